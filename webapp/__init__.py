@@ -1,0 +1,34 @@
+"""A podcast site built to be fast, and to show how.
+
+    from webapp import create_app
+    app = create_app()                                   # settings from the environment
+    app = create_app({"DATABASE_URL": "sqlite:////tmp/t.db"})   # or overridden, as tests do
+
+Run it with ``flask --app webapp run`` or, as deployed, under uWSGI
+(``webapp.wsgi:application``, see deploy/uwsgi/uwsgi.ini).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from . import cli, db, errors
+from .blueprints import api, feed, pages
+from .settings import load_settings
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app. ``config`` overrides settings by their environment variable names."""
+    app = Flask(__name__)
+    app.config.update(load_settings(config))
+    # Flask's JSON responses stay compact: the API is read by programs.
+    app.json.compact = True
+
+    db.init_app(app)
+    errors.init_app(app)
+    cli.init_app(app)
+    app.register_blueprint(pages.blueprint)
+    app.register_blueprint(feed.blueprint)
+    app.register_blueprint(api.blueprint, url_prefix="/api")
+    return app

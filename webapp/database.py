@@ -1,0 +1,366 @@
+"""One data layer over two real backends: embedded SQLite and PostgreSQL.
+
+``DATABASE_URL`` picks the backend::
+
+    db = open_database("sqlite:////srv/podcast/var/podcast.sqlite3")
+    db = open_database("postgresql://podcast:secret@127.0.0.1/podcast")
+    with db.session() as session:
+        rows = session.fetch_all("SELECT number, title FROM episodes WHERE number > %s", (10,))
+
+SQL is written once, with ``%s`` placeholders (psycopg2's style); the SQLite
+backend rewrites them to ``?``. Rows come back as dicts.
+
+Connections are opened lazily in each process and never cross a fork: uWSGI
+loads the app in its master and forks workers from it, and a connection
+inherited by two processes corrupts both. Any failure to reach the database
+becomes :class:`DatabaseUnavailable`, which the web app answers with a 503.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg2
+import psycopg2.errors
+from psycopg2.extensions import parse_dsn
+
+from request_profiler import record_sql, sql_capture_active
+
+Row = dict[str, Any]
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or is not set up. The message is safe to log."""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+class Connection:
+    """A backend connection that speaks ``%s`` SQL and returns dict rows."""
+
+    def __init__(self, raw: Any, placeholder: str) -> None:
+        self.raw = raw
+        self._placeholder = placeholder
+        #: False until the pool hands this connection out a second time.
+        self.reused = False
+
+    def sql(self, statement: str) -> str:
+        if self._placeholder == "%s":
+            return statement
+        return statement.replace("%s", self._placeholder)
+
+    def fetch_all(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
+        cursor = self._execute(statement, params)
+        columns = [column[0] for column in cursor.description]
+        return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+    def fetch_one(self, statement: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = self.fetch_all(statement, params)
+        return rows[0] if rows else None
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; returns the number of rows it changed."""
+        return self._execute(statement, params).rowcount
+
+    def execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.raw.cursor().executemany(self.sql(statement), rows)
+
+    def _execute(self, statement: str, params: Sequence[Any]) -> Any:
+        cursor = self.raw.cursor()
+        sql = self.sql(statement)
+        # The profiler's SQL capture costs one boolean check when nothing is profiled.
+        if not sql_capture_active():
+            cursor.execute(sql, params)
+            return cursor
+        started = time.perf_counter()
+        try:
+            cursor.execute(sql, params)
+        finally:
+            record_sql(statement, time.perf_counter() - started)
+        return cursor
+
+
+class Database:
+    """A backend: hands out connections, one per thread at a time."""
+
+    dialect: str
+    #: Errors that mean "the server is gone", not "the query is wrong".
+    disconnect_errors: tuple[type[BaseException], ...]
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _forked(self) -> bool:
+        """True (once) in a child process: whatever the parent opened is not ours."""
+        if self._pid == os.getpid():
+            return False
+        self._pid = os.getpid()
+        return True
+
+    def acquire(self, *, fresh: bool = False) -> Connection:
+        """A connection for this thread; ``fresh`` forces a new one."""
+        raise NotImplementedError
+
+    def release(self, connection: Connection, *, broken: bool = False) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the idle connections of this process."""
+        raise NotImplementedError
+
+    def schema_sql(self) -> str:
+        return resources.files("webapp").joinpath(f"schema_{self.dialect}.sql").read_text()
+
+    def init_schema(self) -> None:
+        with self.session() as session:
+            session.run_script(self.schema_sql())
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: commits if the block succeeds, rolls back if it raises."""
+        session = Session(self)
+        try:
+            yield session
+        except BaseException:
+            session.end(commit=False)
+            raise
+        session.end(commit=True)
+
+
+class Session:
+    """The connection one request (or one command) uses, borrowed lazily.
+
+    Reads are retried once on a fresh connection when a pooled connection
+    turns out to be dead, which is what every pooled connection is after a
+    database restart: the first request after it succeeds instead of failing.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._connection: Connection | None = None
+
+    @property
+    def connection(self) -> Connection:
+        if self._connection is None:
+            self._connection = self.database.acquire()
+        return self._connection
+
+    def fetch_all(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self._read(lambda connection: connection.fetch_all(statement, params))
+
+    def fetch_one(self, statement: str, params: Sequence[Any] = ()) -> Row | None:
+        return self._read(lambda connection: connection.fetch_one(statement, params))
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        return self._guard(lambda: self.connection.execute(statement, params))
+
+    def execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._guard(lambda: self.connection.execute_many(statement, rows))
+
+    def run_script(self, script: str) -> None:
+        raw = self.connection.raw
+        if isinstance(raw, sqlite3.Connection):
+            # executescript commits first; the script is idempotent DDL.
+            self._guard(lambda: raw.executescript(script))
+        else:
+            self._guard(lambda: raw.cursor().execute(script))
+
+    def _read(self, query: Any) -> Any:
+        connection = self.connection
+        try:
+            return query(connection)
+        except self.database.disconnect_errors as error:
+            if not connection.reused:
+                self._fail(error)
+            # A pooled connection died while idle (the server restarted): retry once.
+            self.database.release(connection, broken=True)
+            self._connection = self.database.acquire(fresh=True)
+            return self._guard(lambda: query(self._connection))
+
+    def _guard(self, operation: Any) -> Any:
+        try:
+            return operation()
+        except self.database.disconnect_errors as error:
+            self._fail(error)
+        except psycopg2.errors.UndefinedTable:
+            self.end(commit=False)
+            raise DatabaseUnavailable(
+                "the database has no schema yet: run `flask --app webapp init-db`"
+            ) from None
+
+    def _fail(self, error: BaseException) -> None:
+        if self._connection is not None:
+            self.database.release(self._connection, broken=True)
+            self._connection = None
+        # The first line of the driver's message says what happened (server
+        # closed the connection, database is locked …) and holds no password.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DatabaseUnavailable(
+            f"database unavailable ({redact_url(self.database.url)}): {reason}"
+        ) from None
+
+    def end(self, *, commit: bool) -> None:
+        """Commit or roll back, and give the connection back."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        broken = False
+        try:
+            if commit:
+                connection.raw.commit()
+            else:
+                connection.raw.rollback()
+        except self.database.disconnect_errors:
+            broken = True
+            if commit:
+                raise DatabaseUnavailable("database unavailable while committing") from None
+        finally:
+            self.database.release(connection, broken=broken)
+
+
+class SQLiteDatabase(Database):
+    """An embedded database file: one connection per thread, kept open.
+
+    The schema is created on first use, so a fresh checkout needs no setup.
+    """
+
+    dialect = "sqlite"
+    disconnect_errors = (sqlite3.OperationalError,)
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.path = Path(url.removeprefix("sqlite:///"))
+        self._local = threading.local()
+        self._schema_checked = False
+
+    def acquire(self, *, fresh: bool = False) -> Connection:
+        if self._forked():
+            self._local = threading.local()
+        connection = getattr(self._local, "connection", None)
+        if connection is None or fresh:
+            connection = Connection(self._connect(), "?")
+            self._local.connection = connection
+        else:
+            connection.reused = True
+        return connection
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            raw = sqlite3.connect(self.path, timeout=5.0)
+            raw.execute("PRAGMA foreign_keys = ON")
+            # WAL lets readers in every uWSGI worker go on while a seed or edit writes.
+            raw.execute("PRAGMA journal_mode = WAL")
+            raw.execute("PRAGMA synchronous = NORMAL")
+            if not self._schema_checked:
+                with self._lock:
+                    raw.executescript(self.schema_sql())
+                    self._schema_checked = True
+        except (OSError, sqlite3.Error) as error:
+            raise DatabaseUnavailable(f"cannot open {self.path}: {error}") from None
+        return raw
+
+    def release(self, connection: Connection, *, broken: bool = False) -> None:
+        if broken:
+            self._local.connection = None
+            connection.raw.close()
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.raw.close()
+            self._local.connection = None
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL through psycopg2, with a small per-process pool.
+
+    Idle connections are kept, most recently used first, up to ``pool_size``;
+    more threads than that still get a connection, which is closed after use
+    instead of kept.
+    """
+
+    dialect = "postgresql"
+    disconnect_errors = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: int = 3) -> None:
+        super().__init__(url)
+        self.pool_size = pool_size
+        try:
+            self._parameters = parse_dsn(url)
+        except psycopg2.ProgrammingError:
+            raise ValueError(f"DATABASE_URL is not a valid PostgreSQL URL: {redact_url(url)}") from None
+        # Timestamps come back in UTC; keep any options the URL sets (search_path …).
+        self._parameters["options"] = f"{self._parameters.get('options', '')} -c timezone=UTC".strip()
+        self._parameters.setdefault("connect_timeout", str(connect_timeout))
+        self._parameters.setdefault("application_name", "webapp")
+        self._idle: list[Connection] = []
+
+    def acquire(self, *, fresh: bool = False) -> Connection:
+        with self._lock:
+            if self._forked():
+                self._idle = []  # the parent's sockets: never touch them here
+            if fresh:
+                self._close_idle()  # they share the fate of the one that just died
+            elif self._idle:
+                connection = self._idle.pop()
+                connection.reused = True
+                return connection
+        try:
+            raw = psycopg2.connect(**self._parameters)
+        except psycopg2.OperationalError:
+            # psycopg2's message can include the DSN; never let the password through.
+            raise DatabaseUnavailable(
+                f"cannot connect to {redact_url(self.url)}"
+            ) from None
+        return Connection(raw, "%s")
+
+    def release(self, connection: Connection, *, broken: bool = False) -> None:
+        raw = connection.raw
+        if not broken and not raw.closed:
+            with self._lock:
+                if len(self._idle) < self.pool_size and not self._forked():
+                    self._idle.append(connection)
+                    return
+        if not raw.closed:
+            raw.close()
+
+    def _close_idle(self) -> None:
+        for connection in self._idle:
+            connection.raw.close()
+        self._idle = []
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._forked():
+                self._close_idle()
+            self._idle = []
+
+
+def open_database(url: str, *, pool_size: int = 4, connect_timeout: int = 3) -> Database:
+    """The backend for ``url``: ``sqlite:///path`` or ``postgresql://…``."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///") or url == "sqlite:///":
+            raise ValueError("DATABASE_URL for SQLite must be sqlite:///path/to/file.db")
+        return SQLiteDatabase(url)
+    if scheme in {"postgresql", "postgres"}:
+        return PostgresDatabase(url, pool_size=pool_size, connect_timeout=connect_timeout)
+    raise ValueError(f"DATABASE_URL has an unsupported scheme {scheme!r}: use sqlite or postgresql")

@@ -1,0 +1,41 @@
+"""The database as the Flask app sees it: one backend per app, one session per request.
+
+    from webapp.db import get_session
+    episodes = queries.latest_episodes(get_session(), 10)
+
+The session borrows a connection on its first query and gives it back when
+the app context ends, committing if the request succeeded.
+"""
+from __future__ import annotations
+
+from flask import Flask, current_app, g
+
+from .database import Database, Session, open_database
+
+
+def init_app(app: Flask) -> None:
+    # Opening a backend connects to nothing: connections are made in each
+    # worker on first use, never in the uWSGI master before it forks.
+    app.extensions["database"] = open_database(
+        app.config["DATABASE_URL"],
+        pool_size=app.config["DATABASE_POOL_SIZE"],
+        connect_timeout=app.config["DATABASE_CONNECT_TIMEOUT"],
+    )
+    app.teardown_appcontext(_end_session)
+
+
+def get_database(app: Flask | None = None) -> Database:
+    return (app or current_app).extensions["database"]
+
+
+def get_session() -> Session:
+    """This request's session, created on first use."""
+    if "db_session" not in g:
+        g.db_session = Session(get_database())
+    return g.db_session
+
+
+def _end_session(error: BaseException | None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.end(commit=error is None)

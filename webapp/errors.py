@@ -1,0 +1,60 @@
+"""Every failure gets a clear answer: HTML for people, JSON for the API.
+
+No stack trace ever reaches a client. 4xx answers carry the reason;
+a database outage is a 503 with Retry-After; anything unexpected is a 500
+logged here with its traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+from flask import Flask, Response, current_app, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+
+from .database import DatabaseUnavailable
+from .params import reject_undecodable_query_string
+
+#: Seconds a client should wait before retrying during a database outage.
+RETRY_AFTER_SECONDS = 5
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path == "/health"
+
+
+def error_response(error: HTTPException) -> Response:
+    code = error.code or 500
+    if wants_json():
+        response = jsonify(error=error.name, status=code, message=error.description)
+    else:
+        response = Response(
+            render_template("error.html", code=code, name=error.name, message=error.description),
+            mimetype="text/html",
+        )
+    response.status_code = code
+    # Keeps the Allow header of a 405, the Location of a 301 …
+    for name, value in error.get_headers():
+        if name.lower() not in {"content-type", "content-length"}:
+            response.headers[name] = value
+    return response
+
+
+def database_unavailable(error: DatabaseUnavailable) -> Response:
+    current_app.logger.warning("503: %s", error)
+    response = error_response(
+        ServiceUnavailable("The database is unavailable right now. Please try again shortly.")
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def internal_error(error: Exception) -> Response:
+    current_app.log_exception(sys.exc_info())
+    return error_response(InternalServerError("Something went wrong on our side. It has been logged."))
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(reject_undecodable_query_string)
+    app.register_error_handler(HTTPException, error_response)
+    app.register_error_handler(DatabaseUnavailable, database_unavailable)
+    app.register_error_handler(Exception, internal_error)

@@ -1,0 +1,111 @@
+"""The site's data, as plain immutable records built from database rows."""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+def slugify(text: str) -> str:
+    """``"Async Python: A Tour!"`` -> ``"async-python-a-tour"``."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-") or "episode"
+
+
+def as_utc(value: datetime | str) -> datetime:
+    """A timezone-aware UTC datetime from either backend's representation.
+
+    PostgreSQL returns aware datetimes; SQLite stores naive UTC ISO text.
+    """
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def sqlite_timestamp(value: datetime) -> str:
+    """How SQLite stores a timestamp: naive UTC, sortable as text."""
+    return as_utc(value).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    slug: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    id: int
+    number: int
+    guid: str
+    slug: str
+    title: str
+    summary: str
+    show_notes: str
+    transcript: str
+    audio_url: str
+    audio_bytes: int
+    duration_seconds: int
+    explicit: bool
+    published_at: datetime
+    updated_at: datetime
+    guests: tuple[Guest, ...] = field(default=())
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], guests: tuple[Guest, ...] = ()) -> Episode:
+        return cls(
+            id=row["id"],
+            number=row["number"],
+            guid=row["guid"],
+            slug=row["slug"],
+            title=row["title"],
+            summary=row["summary"],
+            show_notes=row["show_notes"],
+            transcript=row["transcript"],
+            audio_url=row["audio_url"],
+            audio_bytes=row["audio_bytes"],
+            duration_seconds=row["duration_seconds"],
+            explicit=bool(row["explicit"]),
+            published_at=as_utc(row["published_at"]),
+            updated_at=as_utc(row["updated_at"]),
+            guests=guests,
+        )
+
+    @property
+    def path(self) -> str:
+        """The canonical URL path of the episode's page."""
+        return f"/episodes/{self.number}/{self.slug}"
+
+    @property
+    def duration_display(self) -> str:
+        """``3725`` seconds -> ``"1:02:05"``."""
+        hours, rest = divmod(self.duration_seconds, 3600)
+        minutes, seconds = divmod(rest, 60)
+        return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteState:
+    """What changes whenever published data changes (see site_state in the schema)."""
+
+    version: int
+    changed_at: datetime
+    episode_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodePage:
+    """One page of the API's episode list."""
+
+    episodes: list[Episode]
+    page: int
+    per_page: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))

@@ -1,0 +1,47 @@
+"""Reading request parameters strictly: a malformed value is a 400 with a reason.
+
+    page = int_arg("page", default=1, minimum=1, maximum=10_000)
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+from flask import abort, request
+
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def single_arg(name: str) -> str | None:
+    """The one value of query parameter ``name``, or None; repeating it is a 400."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        abort(400, description=f"'{name}' was given {len(values)} times; give it once")
+    return values[0] if values else None
+
+
+def int_arg(name: str, *, default: int, minimum: int, maximum: int) -> int:
+    raw = single_arg(name)
+    if raw is None:
+        return default
+    if not _WHOLE_NUMBER.fullmatch(raw):
+        abort(400, description=f"'{name}' must be a whole number from {minimum} to {maximum}")
+    value = int(raw)
+    if not minimum <= value <= maximum:
+        abort(400, description=f"'{name}' must be from {minimum} to {maximum}, not {value}")
+    return value
+
+
+def reject_undecodable_query_string() -> None:
+    """A ``before_request`` hook: a query string that is not UTF-8 is a 400.
+
+    Werkzeug would quietly replace the bad bytes with U+FFFD and search for
+    that; saying what is wrong is more useful to whoever built the URL.
+    """
+    raw = request.environ.get("QUERY_STRING", "")
+    if raw:
+        try:
+            # WSGI hands over the raw bytes decoded as latin-1 (PEP 3333).
+            unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            abort(400, description="the query string is not valid UTF-8")

@@ -1,0 +1,125 @@
+"""Every query the site runs, each written once for both backends.
+
+Each function takes a :class:`~webapp.database.Session`. The indexes each
+query relies on are named beside it; ``tests/test_query_plans.py`` runs every
+query here through EXPLAIN on both backends and fails on a table scan.
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+
+from .database import Session
+from .models import Episode, EpisodePage, Guest, SiteState, as_utc
+
+EPISODE_COLUMNS = (
+    "e.id, e.number, e.guid, e.slug, e.title, e.summary, e.show_notes, e.transcript, e.audio_url,"
+    " e.audio_bytes, e.duration_seconds, e.explicit, e.published_at, e.updated_at"
+)
+
+#: At most this many words of a search are used; the rest is ignored.
+MAX_SEARCH_TERMS = 12
+
+
+def site_state(session: Session) -> SiteState:
+    # Primary key lookup on a one-row table.
+    row = session.fetch_one(
+        "SELECT version, changed_at, episode_count FROM site_state WHERE id = 1"
+    )
+    if row is None:  # a schema from before site_state existed, or a wiped row
+        return SiteState(version=0, changed_at=as_utc("1970-01-01"), episode_count=0)
+    return SiteState(
+        version=row["version"], changed_at=as_utc(row["changed_at"]), episode_count=row["episode_count"]
+    )
+
+
+def latest_episodes(session: Session, limit: int) -> list[Episode]:
+    # Index episodes_published_at, read backwards.
+    rows = session.fetch_all(
+        f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.published_at DESC LIMIT %s", (limit,)
+    )
+    return _with_guests(session, rows)
+
+
+def all_episodes(session: Session) -> list[Episode]:
+    """Every episode, newest number first: the catalogue, the feed, the freezer."""
+    # The unique index on number gives the order without a sort.
+    rows = session.fetch_all(f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.number DESC")
+    return _with_guests(session, rows, every_episode=True)
+
+
+def episode_page(session: Session, page: int, per_page: int) -> EpisodePage:
+    total = site_state(session).episode_count
+    # The unique index on number, walked from the top. OFFSET costs a walk of
+    # the skipped entries; the API caps it at the size of the catalogue.
+    rows = session.fetch_all(
+        f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.number DESC LIMIT %s OFFSET %s",
+        (per_page, (page - 1) * per_page),
+    )
+    return EpisodePage(_with_guests(session, rows), page=page, per_page=per_page, total=total)
+
+
+def episode_by_number(session: Session, number: int) -> Episode | None:
+    # The unique index on number.
+    rows = session.fetch_all(f"SELECT {EPISODE_COLUMNS} FROM episodes e WHERE e.number = %s", (number,))
+    episodes = _with_guests(session, rows)
+    return episodes[0] if episodes else None
+
+
+def search_terms(query: str) -> list[str]:
+    """The words of a search box entry; everything else (quotes, operators, NULs) is dropped.
+
+    Passing words, never the raw text, to the full-text engines is what makes
+    any input safe: neither FTS5's nor PostgreSQL's query syntax can be reached.
+    """
+    return re.findall(r"\w+", query.lower())[:MAX_SEARCH_TERMS]
+
+
+def search(session: Session, query: str, limit: int = 50) -> list[Episode]:
+    """Episodes matching every word of ``query``, best match first."""
+    terms = search_terms(query)
+    if not terms:
+        return []
+    if session.database.dialect == "sqlite":
+        # The FTS5 index; bm25 rank is computed inside it.
+        rows = session.fetch_all(
+            f"SELECT {EPISODE_COLUMNS} FROM episodes_fts f JOIN episodes e ON e.id = f.rowid"
+            " WHERE episodes_fts MATCH %s ORDER BY f.rank, e.number DESC LIMIT %s",
+            (" ".join(f'"{term}"' for term in terms), limit),
+        )
+    else:
+        # The GIN index episodes_search.
+        rows = session.fetch_all(
+            f"SELECT {EPISODE_COLUMNS} FROM episodes e, plainto_tsquery('english', %s) q"
+            " WHERE e.search_vector @@ q ORDER BY ts_rank(e.search_vector, q) DESC, e.number DESC"
+            " LIMIT %s",
+            (" ".join(terms), limit),
+        )
+    return _with_guests(session, rows)
+
+
+def _with_guests(session: Session, rows: list[dict], every_episode: bool = False) -> list[Episode]:
+    if not rows:
+        return []
+    guests = _guests_by_episode(session, None if every_episode else [row["id"] for row in rows])
+    return [Episode.from_row(row, tuple(guests.get(row["id"], ()))) for row in rows]
+
+
+def _guests_by_episode(session: Session, episode_ids: Iterable[int] | None) -> dict[int, list[Guest]]:
+    # The primary key (episode_id, position) gives both the lookup and the order;
+    # guests are joined by their primary key.
+    sql = (
+        "SELECT eg.episode_id, g.slug, g.name FROM episode_guests eg"
+        " JOIN guests g ON g.id = eg.guest_id"
+    )
+    params: tuple = ()
+    if episode_ids is not None:
+        ids = list(episode_ids)
+        sql += f" WHERE eg.episode_id IN ({', '.join(['%s'] * len(ids))})"
+        params = tuple(ids)
+    rows = session.fetch_all(sql + " ORDER BY eg.episode_id, eg.position", params)
+    guests: dict[int, list[Guest]] = defaultdict(list)
+    for row in rows:
+        guests[row["episode_id"]].append(Guest(slug=row["slug"], name=row["name"]))
+    return guests

@@ -1,0 +1,80 @@
+-- PostgreSQL schema, run by `flask init-db`. Every statement is idempotent.
+CREATE TABLE IF NOT EXISTS episodes (
+    id               BIGSERIAL PRIMARY KEY,
+    number           INTEGER     NOT NULL UNIQUE,  -- the episode page, the API item
+    guid             TEXT        NOT NULL UNIQUE,  -- the feed's item id: never changes
+    slug             TEXT        NOT NULL,
+    title            TEXT        NOT NULL,
+    summary          TEXT        NOT NULL,
+    show_notes       TEXT        NOT NULL,         -- HTML, written by the site's editors
+    transcript       TEXT        NOT NULL,
+    audio_url        TEXT        NOT NULL,
+    audio_bytes      BIGINT      NOT NULL,
+    duration_seconds INTEGER     NOT NULL,
+    explicit         BOOLEAN     NOT NULL DEFAULT FALSE,
+    published_at     TIMESTAMPTZ NOT NULL,
+    updated_at       TIMESTAMPTZ NOT NULL,
+    -- Kept by PostgreSQL itself; the GIN index below makes /search an index lookup.
+    search_vector    TSVECTOR GENERATED ALWAYS AS (
+        setweight(to_tsvector('english', title), 'A')
+        || setweight(to_tsvector('english', summary), 'B')
+        || setweight(to_tsvector('english', transcript), 'C')
+    ) STORED
+);
+-- The home page's "latest episodes".
+CREATE INDEX IF NOT EXISTS episodes_published_at ON episodes (published_at);
+CREATE INDEX IF NOT EXISTS episodes_search ON episodes USING GIN (search_vector);
+
+CREATE TABLE IF NOT EXISTS guests (
+    id   BIGSERIAL PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    bio  TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS episode_guests (
+    episode_id BIGINT  NOT NULL REFERENCES episodes (id) ON DELETE CASCADE,
+    position   INTEGER NOT NULL,
+    guest_id   BIGINT  NOT NULL REFERENCES guests (id),
+    PRIMARY KEY (episode_id, position),  -- an episode's guests, in billing order
+    UNIQUE (episode_id, guest_id)
+);
+-- Episodes by guest.
+CREATE INDEX IF NOT EXISTS episode_guests_guest ON episode_guests (guest_id);
+
+-- One row that changes whenever published data does. The feed's ETag and
+-- Last-Modified come from it, so a conditional GET costs one primary-key read
+-- instead of a scan of the episodes; /health reads the count from it too.
+CREATE TABLE IF NOT EXISTS site_state (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    version       BIGINT      NOT NULL,
+    changed_at    TIMESTAMPTZ NOT NULL,
+    episode_count INTEGER     NOT NULL
+);
+INSERT INTO site_state (id, version, changed_at, episode_count)
+VALUES (1, 0, clock_timestamp(), 0) ON CONFLICT (id) DO NOTHING;
+
+CREATE OR REPLACE FUNCTION site_state_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE site_state SET
+        version = version + 1,
+        changed_at = clock_timestamp(),
+        episode_count = episode_count + CASE
+            WHEN TG_TABLE_NAME <> 'episodes' THEN 0
+            WHEN TG_OP = 'INSERT' THEN 1
+            WHEN TG_OP = 'DELETE' THEN -1
+            ELSE 0 END
+    WHERE id = 1;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER episodes_changed
+    AFTER INSERT OR UPDATE OR DELETE ON episodes
+    FOR EACH ROW EXECUTE FUNCTION site_state_changed();
+-- Guest names appear on pages and in the feed: renaming one is a change too.
+CREATE OR REPLACE TRIGGER guests_changed
+    AFTER UPDATE ON guests
+    FOR EACH ROW EXECUTE FUNCTION site_state_changed();
+CREATE OR REPLACE TRIGGER episode_guests_changed
+    AFTER INSERT OR DELETE ON episode_guests
+    FOR EACH ROW EXECUTE FUNCTION site_state_changed();

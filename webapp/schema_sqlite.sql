@@ -1,0 +1,96 @@
+-- SQLite schema. Every statement is idempotent: the embedded database creates
+-- itself on first use, and `flask init-db` runs the same script.
+PRAGMA foreign_keys = ON;
+
+CREATE TABLE IF NOT EXISTS episodes (
+    id               INTEGER PRIMARY KEY,
+    number           INTEGER NOT NULL UNIQUE,  -- the episode page, the API item
+    guid             TEXT    NOT NULL UNIQUE,  -- the feed's item id: never changes
+    slug             TEXT    NOT NULL,
+    title            TEXT    NOT NULL,
+    summary          TEXT    NOT NULL,
+    show_notes       TEXT    NOT NULL,         -- HTML, written by the site's editors
+    transcript       TEXT    NOT NULL,
+    audio_url        TEXT    NOT NULL,
+    audio_bytes      INTEGER NOT NULL,
+    duration_seconds INTEGER NOT NULL,
+    explicit         INTEGER NOT NULL DEFAULT 0,
+    published_at     TEXT    NOT NULL,         -- UTC, ISO 8601
+    updated_at       TEXT    NOT NULL
+);
+-- The home page's "latest episodes".
+CREATE INDEX IF NOT EXISTS episodes_published_at ON episodes (published_at);
+
+CREATE TABLE IF NOT EXISTS guests (
+    id   INTEGER PRIMARY KEY,
+    slug TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    bio  TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS episode_guests (
+    episode_id INTEGER NOT NULL REFERENCES episodes (id) ON DELETE CASCADE,
+    position   INTEGER NOT NULL,
+    guest_id   INTEGER NOT NULL REFERENCES guests (id),
+    PRIMARY KEY (episode_id, position),  -- an episode's guests, in billing order
+    UNIQUE (episode_id, guest_id)
+) WITHOUT ROWID;
+-- Episodes by guest.
+CREATE INDEX IF NOT EXISTS episode_guests_guest ON episode_guests (guest_id);
+
+-- One row that changes whenever published data does. The feed's ETag and
+-- Last-Modified come from it, so a conditional GET costs one primary-key read
+-- instead of a scan of the episodes; /health reads the count from it too.
+CREATE TABLE IF NOT EXISTS site_state (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    version       INTEGER NOT NULL,
+    changed_at    TEXT    NOT NULL,
+    episode_count INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO site_state (id, version, changed_at, episode_count)
+VALUES (1, 0, strftime('%Y-%m-%d %H:%M:%f', 'now'), 0);
+
+-- Full-text search over the episodes, kept in step by the triggers below.
+CREATE VIRTUAL TABLE IF NOT EXISTS episodes_fts USING fts5 (
+    title, summary, transcript,
+    content = 'episodes', content_rowid = 'id', tokenize = 'porter unicode61'
+);
+
+CREATE TRIGGER IF NOT EXISTS episodes_inserted AFTER INSERT ON episodes BEGIN
+    INSERT INTO episodes_fts (rowid, title, summary, transcript)
+    VALUES (new.id, new.title, new.summary, new.transcript);
+    UPDATE site_state SET version = version + 1, episode_count = episode_count + 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS episodes_deleted AFTER DELETE ON episodes BEGIN
+    INSERT INTO episodes_fts (episodes_fts, rowid, title, summary, transcript)
+    VALUES ('delete', old.id, old.title, old.summary, old.transcript);
+    UPDATE site_state SET version = version + 1, episode_count = episode_count - 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS episodes_updated AFTER UPDATE ON episodes BEGIN
+    INSERT INTO episodes_fts (episodes_fts, rowid, title, summary, transcript)
+    VALUES ('delete', old.id, old.title, old.summary, old.transcript);
+    INSERT INTO episodes_fts (rowid, title, summary, transcript)
+    VALUES (new.id, new.title, new.summary, new.transcript);
+    UPDATE site_state SET version = version + 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+END;
+
+-- Guest names appear on pages and in the feed: renaming one is a change too.
+CREATE TRIGGER IF NOT EXISTS guests_updated AFTER UPDATE ON guests BEGIN
+    UPDATE site_state SET version = version + 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS episode_guests_inserted AFTER INSERT ON episode_guests BEGIN
+    UPDATE site_state SET version = version + 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+END;
+
+CREATE TRIGGER IF NOT EXISTS episode_guests_deleted AFTER DELETE ON episode_guests BEGIN
+    UPDATE site_state SET version = version + 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+END;

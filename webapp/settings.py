@@ -1,0 +1,122 @@
+"""Configuration, read from environment variables in this one place.
+
+Every setting is named after its environment variable. ``create_app`` takes a
+dict with the same names to override them (the tests use it)::
+
+    settings = load_settings({"DATABASE_URL": "sqlite:////tmp/test.db"})
+    settings["PROFILER_SAMPLE_RATE"]  # -> 0.0, parsed and validated
+
+A malformed value stops start-up with a message naming the variable, instead
+of surfacing later as a confusing error deep inside a request.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+#: The repository root when installed in editable mode (how scripts/ install it).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _text(value: str) -> str:
+    return value.strip()
+
+
+def _float_between(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        number = float(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return number
+
+    return parse
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+
+
+def _url_without_slash(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
+
+
+#: name -> (parser, default). A callable default is computed from the settings
+#: loaded before it (they load in this order), e.g. paths under VAR_DIR.
+SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
+    # Where run-time files live: the SQLite database, profiles, sockets, builds.
+    "VAR_DIR": (_text, lambda settings: str(PROJECT_ROOT / "var")),
+    # sqlite:///absolute/path.db or postgresql://user:password@host/dbname
+    "DATABASE_URL": (_text, lambda settings: f"sqlite:///{settings['VAR_DIR']}/podcast.sqlite3"),
+    # Seconds a PostgreSQL connection attempt may take before the request gets a 503.
+    "DATABASE_CONNECT_TIMEOUT": (_positive_int, 3),
+    # Connections each process may keep open to PostgreSQL.
+    "DATABASE_POOL_SIZE": (_positive_int, 4),
+    # The public address: absolute links in the feed and pages are built from it,
+    # never from the request's Host header, so frozen pages equal live ones.
+    "SITE_URL": (_url_without_slash, "http://127.0.0.1:8000"),
+    "SITE_TITLE": (_text, "Talk Fast Python"),
+    "SITE_AUTHOR": (_text, "Talk Fast Python"),
+    "SITE_OWNER_EMAIL": (_text, "host@example.com"),
+    "SITE_LANGUAGE": (_text, "en-us"),
+    # Where `flask freeze` writes the static site nginx serves.
+    "FREEZE_DIR": (_text, lambda settings: f"{settings['VAR_DIR']}/build"),
+    # Profiler: with no secret, on-demand profiling is off (see request_profiler).
+    "PROFILER_SECRET": (_text, ""),
+    "PROFILER_SAMPLE_RATE": (_float_between(0.0, 1.0), 0.0),
+    "PROFILER_SLOW_MS": (_float_between(0.0, 3_600_000.0), 0.0),
+    "PROFILER_DIR": (_text, lambda settings: f"{settings['VAR_DIR']}/profiles"),
+    "PROFILER_MAX_PROFILES": (_positive_int, 200),
+    "PROFILER_MAX_BYTES": (_positive_int, 100 * 1024 * 1024),
+    "PROFILER_ENGINE": (_text, "pyinstrument"),
+    # Python's cyclic GC is frozen before uWSGI forks; see webapp/wsgi.py.
+    "GC_FREEZE": (_flag, True),
+}
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Return every setting, from ``overrides``, then ``environ``, then defaults.
+
+    Values from the environment (strings) are parsed; overrides that are not
+    strings are taken as already parsed. Unknown override keys are kept, so a
+    caller can pass Flask's own settings (``TESTING``) through the same dict.
+    """
+    environ = os.environ if environ is None else environ
+    overrides = dict(overrides or {})
+    settings: dict[str, Any] = {}
+    for name, (parse, default) in SETTINGS.items():
+        if name in overrides and not isinstance(overrides[name], str):
+            settings[name] = overrides.pop(name)
+            continue
+        raw = overrides.pop(name, environ.get(name))
+        if raw is None:
+            settings[name] = default(settings) if callable(default) else default
+            continue
+        try:
+            settings[name] = parse(raw)
+        except ValueError as error:
+            raise SettingsError(f"{name}={raw!r}: {error}") from None
+    settings.update(overrides)
+    return settings
