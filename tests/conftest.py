@@ -12,7 +12,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 import psycopg2
 import pytest
@@ -65,7 +65,8 @@ def postgres_url() -> Iterator[str]:
     with connection.cursor() as cursor:
         cursor.execute(f"CREATE SCHEMA {schema}")
     separator = "&" if urlsplit(admin_url).query else "?"
-    yield admin_url + separator + urlencode({"options": f"-c search_path={schema}"})
+    # libpq URIs percent-decode but do not turn "+" into a space.
+    yield admin_url + separator + "options=" + quote(f"-c search_path={schema}", safe="")
     with connection.cursor() as cursor:
         cursor.execute(f"DROP SCHEMA {schema} CASCADE")
     connection.close()

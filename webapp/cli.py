@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 from flask import Flask
+from flask.cli import with_appcontext
 
 from .database import DatabaseUnavailable, redact_url
 from .db import get_database
@@ -13,6 +14,7 @@ PROGRESS_BAR_THRESHOLD = 200
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command() -> None:
     """Create the tables and indexes (safe to run again)."""
     database = get_database()
@@ -26,6 +28,7 @@ def init_db_command() -> None:
 @click.command("seed")
 @click.option("--episodes", default=600, show_default=True, type=click.IntRange(0, 100_000),
               help="Episodes 1..N to make sure exist.")
+@with_appcontext
 def seed_command(episodes: int) -> None:
     """Add deterministic sample episodes (existing ones are left alone)."""
     database = get_database()

@@ -50,6 +50,13 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def first_line(error: BaseException) -> str:
+    """What the driver says happened (server closed the connection, database
+    is locked …): its first line, which libpq and SQLite never fill with a password."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 class Connection:
     """A backend connection that speaks ``%s`` SQL and returns dict rows."""
 
@@ -209,11 +216,8 @@ class Session:
         if self._connection is not None:
             self.database.release(self._connection, broken=True)
             self._connection = None
-        # The first line of the driver's message says what happened (server
-        # closed the connection, database is locked …) and holds no password.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DatabaseUnavailable(
-            f"database unavailable ({redact_url(self.database.url)}): {reason}"
+            f"database unavailable ({redact_url(self.database.url)}): {first_line(error)}"
         ) from None
 
     def end(self, *, commit: bool) -> None:
@@ -325,10 +329,9 @@ class PostgresDatabase(Database):
                 return connection
         try:
             raw = psycopg2.connect(**self._parameters)
-        except psycopg2.OperationalError:
-            # psycopg2's message can include the DSN; never let the password through.
+        except psycopg2.OperationalError as error:
             raise DatabaseUnavailable(
-                f"cannot connect to {redact_url(self.url)}"
+                f"cannot connect to {redact_url(self.url)}: {first_line(error)}"
             ) from None
         return Connection(raw, "%s")
 

@@ -31,6 +31,11 @@ def sqlite_timestamp(value: datetime) -> str:
     return as_utc(value).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
+#: Episode numbers are PostgreSQL INTEGERs; a larger number in a URL is a 404,
+#: not an overflow in the driver.
+MAX_EPISODE_NUMBER = 2**31 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class Guest:
     slug: str

@@ -91,6 +91,5 @@ def _item(episode: Episode, site: str) -> str:
         f"<itunes:episode>{episode.number}</itunes:episode>\n"
         "<itunes:episodeType>full</itunes:episodeType>\n"
         f"<itunes:explicit>{'true' if episode.explicit else 'false'}</itunes:explicit>\n"
-        f"<itunes:summary>{escape(episode.summary)}</itunes:summary>\n"
         f"<description>{escape(episode.show_notes)}</description>\n</item>\n"
     )

@@ -13,7 +13,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, url_for
 
 from .. import queries
 from ..db import get_session
-from ..models import Episode
+from ..models import MAX_EPISODE_NUMBER, Episode
 from ..params import int_arg
 
 blueprint = Blueprint("api", __name__)
@@ -60,7 +60,7 @@ def episode_list() -> Response:
     )
 
 
-@blueprint.get("/episodes/<int:number>")
+@blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>")
 def episode_detail(number: int) -> Response:
     episode = queries.episode_by_number(get_session(), number)
     if episode is None:

@@ -6,6 +6,8 @@ from flask import Blueprint, Response, abort, jsonify, redirect, render_template
 from .. import queries
 from ..database import DatabaseUnavailable
 from ..db import get_session
+from ..errors import RETRY_AFTER_SECONDS
+from ..models import MAX_EPISODE_NUMBER
 from ..params import single_arg
 
 blueprint = Blueprint("pages", __name__)
@@ -25,8 +27,8 @@ def catalogue() -> str:
     return render_template("catalogue.html", episodes=queries.all_episodes(get_session()))
 
 
-@blueprint.get("/episodes/<int:number>")
-@blueprint.get("/episodes/<int:number>/<slug>")
+@blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>")
+@blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>/<slug>")
 def episode(number: int, slug: str | None = None) -> Response | str:
     found = queries.episode_by_number(get_session(), number)
     if found is None:
@@ -52,5 +54,7 @@ def health() -> tuple[Response, int]:
     try:
         state = queries.site_state(get_session())
     except DatabaseUnavailable:
-        return jsonify(status="unavailable", database="unreachable"), 503
+        response = jsonify(status="unavailable", database="unreachable")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response, 503
     return jsonify(status="ok", database="ok", episodes=state.episode_count), 200

@@ -1,0 +1,65 @@
+"""Hostile and malformed input: a clear 4xx, never a 500, and the data untouched."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from webapp import queries
+from webapp.db import get_database
+
+
+def data_version(app) -> tuple[int, int]:
+    with get_database(app).session() as session:
+        state = queries.site_state(session)
+    return state.version, state.episode_count
+
+
+NASTY_SEARCHES = [
+    '"unbalanced', "100%", "%%%", "'; DROP TABLE episodes; --", "title:python OR 1=1", "NEAR(a b)",
+    "a AND NOT b", "*", "^python", "python*", "\\", "\x00nul", "emoji 🐍 snake", "&<>", "(((", "-flask",
+    "' OR '1'='1", "ＰＹＴＨＯＮ",
+]
+
+
+@pytest.mark.parametrize("query", NASTY_SEARCHES)
+def test_search_survives_any_syntax(app, client, query):
+    before = data_version(app)
+    response = client.get("/search", query_string={"q": query})
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/html")
+    assert data_version(app) == before
+
+
+def test_overlong_search_is_a_400_with_a_reason(client):
+    response = client.get("/search", query_string={"q": "python " * 1500})  # ~10 KB
+    assert response.status_code == 400
+    assert b"limited to 200 characters" in response.data
+
+
+@pytest.mark.parametrize("raw", ["q=%ff%fe", "q=%c3%28", "page=%80&q=x", "q=\xff"])
+def test_query_strings_that_are_not_utf8_are_400s(client, raw):
+    environ = {"QUERY_STRING": raw.encode("latin-1").decode("latin-1")}
+    response = client.get("/search", environ_overrides=environ)
+    assert response.status_code == 400
+    assert b"not valid UTF-8" in response.data
+
+
+@pytest.mark.parametrize("path", ["/episodes/99999999999999999999999", "/episodes/1e3", "/episodes/%00", "/api/episodes/-5", "/episodes/../../etc/passwd"])
+def test_odd_paths_are_404s(client, path):
+    assert client.get(path).status_code == 404
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.text(max_size=200))
+def test_search_never_fails_whatever_the_text(app, client, query):
+    response = client.get("/search", query_string={"q": query})
+    assert response.status_code == 200
+
+
+def test_nothing_changes_after_a_barrage(app, client):
+    before = data_version(app)
+    for query in NASTY_SEARCHES:
+        client.get("/api/episodes", query_string={"page": query, "per_page": query})
+        client.get("/search", query_string={"q": query})
+    assert data_version(app) == before

@@ -1,0 +1,136 @@
+"""The data layer against real servers: outages, restarts, forks, secrets."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from tests.conftest import make_app
+from webapp import create_app
+from webapp.database import open_database, redact_url
+from webapp.db import get_database
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("path", ["/", "/episodes/", "/episodes/rss", "/api/episodes", "/search?q=python", "/health"])
+def test_postgres_down_is_a_503_that_leaks_no_password(tmp_path, path, caplog):
+    url = f"postgresql://podcast:s3cret-pw@127.0.0.1:{closed_port()}/podcast"
+    app = create_app({"DATABASE_URL": url, "VAR_DIR": str(tmp_path)})
+    response = app.test_client().get(path)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert b"s3cret-pw" not in response.data
+    assert "s3cret-pw" not in caplog.text
+    if path.startswith(("/api", "/health")):
+        assert response.is_json
+    else:
+        assert b"<!doctype html>" in response.data
+
+
+def test_sqlite_that_cannot_be_opened_is_a_503(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    app = create_app({"DATABASE_URL": f"sqlite:///{blocker}/db.sqlite3", "VAR_DIR": str(tmp_path)})
+    assert app.test_client().get("/api/episodes").status_code == 503
+
+
+def test_postgres_connections_are_reopened_after_the_server_drops_them(postgres_url, tmp_path):
+    app = make_app(postgres_url, tmp_path)
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    # What a server restart does to every pooled connection: terminate them.
+    admin = psycopg2.connect(os.environ["TEST_DATABASE_URL"])
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'webapp' AND pid <> pg_backend_pid() AND usename = current_user"
+            " AND query NOT ILIKE '%pg_terminate_backend%'"
+        )
+        assert cursor.rowcount >= 1
+    admin.close()
+    # The next request succeeds on a fresh connection; no 503, no restart.
+    assert client.get("/health").status_code == 200
+    assert client.get("/api/episodes").status_code == 200
+    get_database(app).close()
+
+
+def test_connections_are_not_shared_across_fork(postgres_url):
+    database = open_database(postgres_url)
+    with database.session() as session:
+        parent_backend = session.fetch_one("SELECT pg_backend_pid() AS pid")["pid"]
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            with database.session() as session:
+                pid = session.fetch_one("SELECT pg_backend_pid() AS pid")["pid"]
+            os.write(writer, str(pid).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    child_backend = int(os.read(reader, 100) or 0)
+    os.waitpid(child, 0)
+    assert child_backend and child_backend != parent_backend
+    # The parent's pooled connection still works: the child never touched it.
+    with database.session() as session:
+        assert session.fetch_one("SELECT pg_backend_pid() AS pid")["pid"] == parent_backend
+    database.close()
+
+
+def test_failed_unit_of_work_is_rolled_back(app):
+    database = get_database(app)
+    with pytest.raises(RuntimeError):
+        with database.session() as session:
+            session.execute("DELETE FROM episode_guests")
+            session.execute("DELETE FROM episodes")
+            raise RuntimeError("boom")
+    with database.session() as session:
+        assert session.fetch_one("SELECT count(*) AS n FROM episodes")["n"] == 30
+
+
+def test_site_state_follows_every_change(app):
+    database = get_database(app)
+
+    def state():
+        with database.session() as session:
+            return session.fetch_one("SELECT version, episode_count FROM site_state WHERE id = 1")
+
+    before = state()
+    assert before["episode_count"] == 30
+    with database.session() as session:
+        session.execute("UPDATE guests SET name = 'Renamed' WHERE id = (SELECT min(id) FROM guests)")
+    after_rename = state()
+    assert after_rename["version"] > before["version"]
+    with database.session() as session:
+        episode_id = session.fetch_one("SELECT id FROM episodes WHERE number = 30")["id"]
+        session.execute("DELETE FROM episodes WHERE id = %s", (episode_id,))
+    after_delete = state()
+    assert after_delete["episode_count"] == 29 and after_delete["version"] > after_rename["version"]
+
+
+def test_redact_url_hides_only_the_password():
+    assert redact_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+@pytest.mark.parametrize("url", ["mysql://x/y", "sqlite://relative.db", "sqlite:///"])
+def test_unsupported_urls_are_refused_with_a_reason(url):
+    with pytest.raises(ValueError, match="DATABASE_URL"):
+        open_database(url)
+
+
+def test_sqlite_file_is_created_on_first_use(tmp_path: Path):
+    path = tmp_path / "var" / "new.sqlite3"
+    app = create_app({"DATABASE_URL": f"sqlite:///{path}", "VAR_DIR": str(tmp_path / "var")})
+    response = app.test_client().get("/health")
+    assert response.status_code == 200 and response.get_json()["episodes"] == 0
+    assert path.exists()

@@ -1,0 +1,121 @@
+"""The HTML pages and /health, on both backends."""
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pytest
+
+from webapp import queries
+from webapp.db import get_database
+from webapp.seed import generate_episode
+
+
+class TagBalance(HTMLParser):
+    """Checks what an HTML5 validator would catch first: unclosed or stray tags."""
+
+    VOID = {"meta", "link", "br", "img", "input", "hr", "source", "wbr"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def assert_valid_html(body: bytes) -> None:
+    text = body.decode("utf-8")
+    assert text.startswith("<!doctype html>\n<html lang=\"en\">")
+    parser = TagBalance()
+    parser.feed(text)
+    assert parser.errors == [] and parser.stack == []
+
+
+def test_home_lists_the_latest_episodes_newest_first(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.content_type == "text/html; charset=utf-8"
+    assert_valid_html(response.data)
+    body = response.get_data(as_text=True)
+    positions = [body.index(f"/episodes/{n}/") for n in range(30, 20, -1)]
+    assert positions == sorted(positions)
+    assert "/episodes/20/" not in body
+
+
+def test_catalogue_lists_every_episode(client):
+    body = client.get("/episodes/").get_data(as_text=True)
+    assert "All 30 episodes" in body
+    for number in range(1, 31):
+        assert f'href="/episodes/{number}/{generate_episode(number)["slug"]}"' in body
+
+
+def test_episode_page_shows_notes_guests_and_audio(client):
+    expected = generate_episode(7)
+    response = client.get(f"/episodes/7/{expected['slug']}")
+    assert response.status_code == 200
+    assert_valid_html(response.data)
+    body = response.get_data(as_text=True)
+    assert expected["show_notes"] in body  # editors' HTML is rendered, not escaped
+    assert expected["audio_url"] in body
+    assert "<title>#7 " in body
+
+
+@pytest.mark.parametrize("suffix", ["", "/wrong-slug", "/"])
+def test_non_canonical_episode_urls_redirect_permanently(client, suffix):
+    response = client.get(f"/episodes/7{suffix}")
+    if suffix == "/":
+        # An empty slug is not a route; it is not a page either.
+        assert response.status_code in {301, 404}
+        return
+    assert response.status_code == 301
+    assert response.headers["Location"] == f"/episodes/7/{generate_episode(7)['slug']}"
+
+
+@pytest.mark.parametrize("path", ["/episodes/31/x", "/episodes/999999999999", "/episodes/-1/x", "/episodes/abc", "/nope"])
+def test_unknown_pages_are_html_404s(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.content_type == "text/html; charset=utf-8"
+    assert_valid_html(response.data)
+    assert b"Not Found" in response.data
+
+
+def test_search_finds_episodes_by_words_from_title_and_summary(app, client):
+    with app.app_context():
+        database = get_database()
+        with database.session() as session:
+            episode = queries.episode_by_number(session, 12)
+    word = episode.title.split()[0]
+    body = client.get(f"/search?q={word}").get_data(as_text=True)
+    assert f"/episodes/12/{episode.slug}" in body
+    assert client.get("/search?q=zzzqqqnothing").status_code == 200
+    assert "No episode matches" in client.get("/search?q=zzzqqqnothing").get_data(as_text=True)
+
+
+def test_empty_search_shows_the_form(client):
+    response = client.get("/search")
+    assert response.status_code == 200
+    assert b'name="q"' in response.data
+
+
+def test_health_reports_database_and_count(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "ok", "episodes": 30}
+
+
+def test_static_stylesheet_and_cover(client):
+    assert client.get("/static/style.css").status_code == 200
+    cover = client.get("/static/cover.png")
+    assert cover.status_code == 200 and cover.data.startswith(b"\x89PNG")
+    # Apple Podcasts asks for 1400 to 3000 pixels square.
+    width, height = int.from_bytes(cover.data[16:20], "big"), int.from_bytes(cover.data[20:24], "big")
+    assert 1400 <= width == height <= 3000

@@ -1,0 +1,92 @@
+"""Every query the site issues uses an index, on both backends.
+
+The test crawls every route with the real app, records each statement and
+its parameters as the data layer executes it, and EXPLAINs each one. SQLite
+must not report a bare ``SCAN table``; PostgreSQL, with sequential scans
+disabled as the planner's last resort, must not choose one anyway (which it
+does only when no index can answer the query).
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from webapp import database as database_module
+from webapp.db import get_database
+from webapp.seed import generate_episode
+
+#: Queries that read a whole table on purpose, with the reason.
+WHOLE_TABLE_READS = {
+    # The catalogue and the feed list every episode's guests: all rows are wanted.
+    "SELECT eg.episode_id, g.slug, g.name FROM episode_guests eg JOIN guests g ON g.id = eg.guest_id"
+    " ORDER BY eg.episode_id, eg.position",
+}
+
+
+@pytest.fixture
+def issued_queries(monkeypatch):
+    """(statement, params) of every query run, as the data layer runs it."""
+    issued: list[tuple[str, tuple]] = []
+    real_execute = database_module.Connection._execute
+
+    def recording(self, statement, params):
+        issued.append((statement, tuple(params)))
+        return real_execute(self, statement, params)
+
+    monkeypatch.setattr(database_module.Connection, "_execute", recording)
+    return issued
+
+
+def crawl(client) -> None:
+    slug = generate_episode(7)["slug"]
+    for url in [
+        "/", "/episodes/", f"/episodes/7/{slug}", "/episodes/7", "/episodes/999/x",
+        "/search?q=python+flask", "/search?q=zzz", "/api/episodes", "/api/episodes?page=2&per_page=5",
+        "/api/episodes/7", "/api/episodes/999", "/episodes/rss", "/health",
+    ]:
+        assert client.get(url).status_code < 500, url
+
+
+def explain(session, statement: str, params: tuple) -> list[str]:
+    if session.database.dialect == "sqlite":
+        rows = session.fetch_all("EXPLAIN QUERY PLAN " + statement, params)
+        return [row["detail"] for row in rows]
+    session.execute("SET LOCAL enable_seqscan = off")
+    rows = session.fetch_all("EXPLAIN " + statement, params)
+    return [row["QUERY PLAN"] for row in rows]
+
+
+def table_scans(plan: list[str]) -> list[str]:
+    """Plan lines that read a table without an index."""
+    return [
+        line for line in plan
+        if re.match(r"^SCAN \w+$", line.strip())  # SQLite: no USING INDEX, not a virtual table
+        or "Seq Scan" in line  # PostgreSQL
+    ]
+
+
+def test_every_query_uses_an_index(client, app, issued_queries):
+    crawl(client)
+    statements = {}
+    for statement, params in issued_queries:
+        statements.setdefault(statement, params)
+    assert len(statements) >= 6  # the crawl reached the data layer's queries
+    failures = {}
+    with get_database(app).session() as session:
+        for statement, params in statements.items():
+            scans = table_scans(explain(session, statement, params))
+            if scans and statement not in WHOLE_TABLE_READS:
+                failures[statement] = scans
+    assert failures == {}
+
+
+def test_search_uses_the_full_text_index(client, app, issued_queries):
+    client.get("/search?q=python")
+    (statement, params) = next((s, p) for s, p in issued_queries if "MATCH" in s or "@@" in s)
+    with get_database(app).session() as session:
+        plan = "\n".join(explain(session, statement, params))
+    if session.database.dialect == "sqlite":
+        assert "VIRTUAL TABLE INDEX" in plan
+    else:
+        assert "episodes_search" in plan

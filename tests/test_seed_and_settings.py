@@ -1,0 +1,70 @@
+"""Seeding is deterministic and idempotent; settings are validated at start-up."""
+from __future__ import annotations
+
+import pytest
+
+from webapp import queries
+from webapp.db import get_database
+from webapp.seed import generate_episode, seed
+from webapp.settings import SettingsError, load_settings
+
+
+def test_generated_episodes_are_deterministic_and_realistic():
+    first, again = generate_episode(42), generate_episode(42)
+    assert first == again
+    assert generate_episode(43)["title"] != first["title"] or generate_episode(43)["guid"] != first["guid"]
+    assert first["show_notes"].count("<p>") >= 2 and "<a href=\"https://" in first["show_notes"]
+    assert 25 * 60 <= first["duration_seconds"] <= 75 * 60
+    assert first["audio_bytes"] >= first["duration_seconds"] * 16_000
+    assert first["published_at"].isoformat() == "2015-10-19T14:00:00+00:00"  # weekly from 2015-01-05
+
+
+def test_seeding_twice_changes_nothing(app):
+    database = get_database(app)
+    with database.session() as session:
+        before = queries.site_state(session)
+        assert seed(session, 30) == 0
+        after = queries.site_state(session)
+    assert after == before
+
+
+def test_seeding_more_adds_only_the_missing(app):
+    with get_database(app).session() as session:
+        assert seed(session, 35) == 5
+        assert queries.site_state(session).episode_count == 35
+
+
+def test_cli_init_db_and_seed(empty_app):
+    runner = empty_app.test_cli_runner()
+    result = runner.invoke(args=["init-db"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(args=["seed", "--episodes", "12"])
+    assert result.exit_code == 0 and "12 episodes added" in result.output
+    result = runner.invoke(args=["seed", "--episodes", "12"])
+    assert "0 episodes added (12 were already there)" in result.output
+    assert runner.invoke(args=["seed", "--episodes", "-3"]).exit_code != 0
+
+
+def test_cli_reports_an_unreachable_database_without_the_password(tmp_path):
+    from webapp import create_app
+
+    app = create_app({"DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/db", "VAR_DIR": str(tmp_path)})
+    result = app.test_cli_runner().invoke(args=["seed"])
+    assert result.exit_code == 1
+    assert "cannot connect" in result.output and "hunter2" not in result.output
+
+
+def test_settings_come_from_the_environment_and_overrides():
+    settings = load_settings({"SITE_URL": "https://example.org/"}, environ={"PROFILER_SAMPLE_RATE": "0.25", "VAR_DIR": "/srv/v"})
+    assert settings["SITE_URL"] == "https://example.org"
+    assert settings["PROFILER_SAMPLE_RATE"] == 0.25
+    assert settings["DATABASE_URL"] == "sqlite:////srv/v/podcast.sqlite3"
+    assert settings["FREEZE_DIR"] == "/srv/v/build"
+
+
+@pytest.mark.parametrize(
+    "name, value", [("PROFILER_SAMPLE_RATE", "2"), ("PROFILER_SAMPLE_RATE", "lots"), ("SITE_URL", "example.org"), ("DATABASE_POOL_SIZE", "0"), ("GC_FREEZE", "maybe")]
+)
+def test_malformed_settings_stop_start_up_naming_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        load_settings(environ={name: value})
