@@ -8,6 +8,7 @@ import feedparser
 import pytest
 
 import webapp.blueprints.feed as feed_module
+from webapp.blueprints.feed import FeedCache
 from webapp.db import get_database
 from webapp.seed import generate_episode, seed
 
@@ -127,3 +128,16 @@ def test_head_gets_headers_only(client):
     assert response.status_code == 200
     assert response.data == b""
     assert int(response.headers["Content-Length"]) > 10_000
+
+
+def test_cache_serves_the_rendered_bytes_until_the_key_changes():
+    cache, renders = FeedCache(), []
+
+    def render():
+        renders.append(1)
+        return b"feed-%d" % len(renders)
+
+    assert cache.get_or_render("a", render) == b"feed-1"
+    assert cache.get_or_render("a", render) == b"feed-1"
+    assert cache.get_or_render("b", render) == b"feed-2"
+    assert len(renders) == 2

@@ -1,0 +1,54 @@
+"""Tiny real WSGI apps and a server-like way to call them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from werkzeug.test import EnvironBuilder
+
+from request_profiler import DirectoryStore
+
+SECRET = "test-secret-0f6c2a91d4"
+
+
+def hello_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"), ("X-App", "hello")])
+    return [b"hello ", environ["PATH_INFO"].encode("latin-1")]
+
+
+class Result(NamedTuple):
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        return next((value for key, value in self.headers if key.lower() == name.lower()), None)
+
+
+def environ_for(path: str = "/", **builder_options: Any) -> dict[str, Any]:
+    """A WSGI environ as a server would build it (werkzeug's EnvironBuilder)."""
+    return EnvironBuilder(path=path, **builder_options).get_environ()
+
+
+def run(app: Callable[..., Iterable[bytes]], path: str = "/", **builder_options: Any) -> Result:
+    """Call a WSGI app like a server: start_response, iterate, close."""
+    response: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        response["status"], response["headers"] = status, headers
+        return response.setdefault("written", []).append
+
+    body = app(environ_for(path, **builder_options), start_response)
+    try:
+        chunks = list(body)
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+    return Result(response["status"], response["headers"], b"".join(response.get("written", []) + chunks))
+
+
+def stored(store_dir: Path) -> list[dict[str, Any]]:
+    """The metadata of the profiles in ``store_dir``, newest first."""
+    return DirectoryStore(store_dir).list()
