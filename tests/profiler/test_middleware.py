@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pstats
 import re
 import threading
 import time
@@ -9,7 +10,7 @@ import time
 import pytest
 from werkzeug.test import Client
 
-from request_profiler import ENDPOINT_KEY, Profiler, ProfilerMiddleware, make_token
+from request_profiler import ENDPOINT_KEY, DirectoryStore, Profiler, ProfilerMiddleware, make_token
 from request_profiler.store import PROFILE_ID
 
 from .helpers import SECRET, environ_for, hello_app, run, stored
@@ -275,10 +276,6 @@ def test_the_inline_view_reraises_the_apps_exception(make_middleware, store_dir,
 
 
 def test_cprofile_records_every_call_in_pstats_format(make_middleware, store_dir, token) -> None:
-    import pstats
-
-    from request_profiler import DirectoryStore
-
     def counted_app(environ, start_response):
         return hello_app(environ, start_response)
 

@@ -1,0 +1,98 @@
+"""Per-request profiling for any WSGI application, safe to leave on in production.
+
+Wrap the application; requests are profiled only when they carry a valid
+token, or when sampling picks them::
+
+    from request_profiler import ProfilerMiddleware
+
+    app.wsgi_app = ProfilerMiddleware(
+        app.wsgi_app,
+        secret=os.environ["PROFILER_SECRET"],
+        directory="/var/lib/site/profiles",
+    )
+
+Mint a token with the same secret (``make_token(secret, ttl_seconds)`` or the
+middleware's ``make_token()``), then send it with a request in the
+``X-Profile-Token`` header, the ``_profile`` query parameter or the
+``_profile`` cookie::
+
+    curl -H "X-Profile-Token: $TOKEN" -D - https://example.org/episodes
+    # X-Profile-Id: 20250101T120000123456-3f2a9c1b2d4e
+    # Server-Timing: app;dur=12.3
+
+Add ``_profile_view=inline`` to the query (or send ``X-Profile-View: inline``)
+to get the profile's page instead of the response. Open
+``/_profiler/?_profile=$TOKEN`` for the stored profiles, and press its button
+to keep profiling the pages you browse (a ``_profile`` cookie).
+
+A request with no token, or an invalid, expired, forged, oversized or repeated
+one, is served exactly as without the middleware. A request that arrives while
+another is profiled is served unprofiled: one profile runs at a time per
+process. The profile covers the application call and the iteration of the
+response body, streamed chunk by chunk; it ends in the body's ``close()``.
+``Server-Timing`` covers only the time until ``start_response()``, as headers
+are sent before the body.
+
+Options of :class:`ProfilerMiddleware` (all keyword-only):
+
+``secret`` (str or bytes, default None)
+    Signs and checks tokens. Without it, on-demand profiling and the viewer are off.
+``sample_rate`` (float, default 0)
+    Fraction of all other requests to profile (0 to 1). Sampled responses get
+    no profiling headers.
+``slow_ms`` (float, default 0)
+    Keep a sampled profile only if its request took at least this long, so
+    sampling can run continuously at a known cost. Token profiles are always kept.
+``profiler`` (``"pyinstrument"``, ``"cprofile"`` or a :class:`Profiler`, default ``"pyinstrument"``)
+    The engine: pyinstrument samples (cheap, call tree and timeline page,
+    speedscope download); cProfile counts every call (slower, ``.pstats`` for snakeviz).
+``interval`` (float seconds, default 0.001)
+    pyinstrument's sampling interval.
+``store`` (a :class:`Store`) or ``directory`` (path)
+    Where profiles are kept; ``directory`` makes a :class:`DirectoryStore`.
+    Required when ``secret`` or ``sample_rate`` is set.
+``max_profiles`` (int, default 200), ``max_bytes`` (int, default 100 MiB)
+    Bounds of the ``directory`` store; the oldest profiles go first.
+``viewer_prefix`` (str, default ``"/_profiler"``; None or "" for no viewer)
+    Where the viewer answers, token holders only.
+``token_ttl`` (float seconds, default 3600)
+    Lifetime of tokens minted by the middleware's ``make_token()``.
+``secret_params`` (names, default ``DEFAULT_SECRET_PARAMS``)
+    Query parameters redacted in stored metadata, besides ``_profile``.
+``clock`` (callable, default ``time.time``)
+    The current Unix time, for checking token expiry.
+
+Stored metadata: method, path, redacted query string, status, duration, time
+to ``start_response``, time, endpoint (set ``environ[ENDPOINT_KEY]``), process
+id, request headers (``Cookie``, ``Authorization``, ``Proxy-Authorization``
+and ``X-Profile-Token`` redacted), error, and the SQL queries reported through
+:func:`record_sql`. A failing store (full disk, unwritable directory) never
+fails a request; it is logged once on the ``request_profiler`` logger.
+
+Importing this package does not import Flask or Werkzeug; itsdangerous is
+imported only when a secret is configured.
+"""
+
+from .middleware import ENDPOINT_KEY, ProfilerMiddleware
+from .profilers import CProfileProfiler, ExportFormat, Profiler, PyinstrumentProfiler
+from .redact import DEFAULT_SECRET_PARAMS
+from .sql import record_sql, sql_capture_active
+from .store import DirectoryStore, Store
+from .tokens import TokenVerifier, make_token, parse_ttl
+
+__all__ = [
+    "DEFAULT_SECRET_PARAMS",
+    "ENDPOINT_KEY",
+    "CProfileProfiler",
+    "DirectoryStore",
+    "ExportFormat",
+    "Profiler",
+    "ProfilerMiddleware",
+    "PyinstrumentProfiler",
+    "Store",
+    "TokenVerifier",
+    "make_token",
+    "parse_ttl",
+    "record_sql",
+    "sql_capture_active",
+]

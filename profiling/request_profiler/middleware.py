@@ -1,0 +1,331 @@
+"""The WSGI middleware: decides which requests to profile and profiles them whole.
+
+A profile starts before the application is called and ends in the response
+iterable's ``close()``, so it covers the body's iteration too (templates
+rendered while streaming, a generator's queries). The body is passed on chunk
+by chunk, never buffered, except in the inline view, which replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any
+
+from .pages import element, page
+from .profilers import BUILTIN_PROFILERS, Profiler, get_profiler
+from .redact import DEFAULT_SECRET_PARAMS, redact_query, request_headers
+from .sql import SqlCapture, start_capture, stop_capture
+from .store import DirectoryStore, Store, new_profile_id
+from .tokens import TokenVerifier, make_token
+from .viewer import PROFILE_PAGE_HEADERS, Viewer, WSGIApp
+
+logger = logging.getLogger("request_profiler")
+
+#: The application may set this environ key to the name of the view that
+#: served the request (Flask: ``request.endpoint``); the viewer groups by it.
+ENDPOINT_KEY = "request_profiler.endpoint"
+
+_VIEW_PARAM = "_profile_view=inline"
+_VIEW_HEADER_KEY = "HTTP_X_PROFILE_VIEW"
+
+# One profile at a time in the whole process, however many middlewares: from
+# Python 3.12 a second profiler raises "Another profiling tool is already
+# active", and pyinstrument keeps one sampler per thread. Requests that find
+# it taken are served unprofiled instead of waiting.
+_one_profile_at_a_time = threading.Lock()
+
+
+class ProfilerMiddleware:
+    """Profile the requests that carry a valid token, and a sample of the others.
+
+    ``ProfilerMiddleware(app)`` alone passes every request straight through.
+    The options are described in the package documentation
+    (``help(request_profiler)``).
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        secret: str | bytes | None = None,
+        sample_rate: float = 0.0,
+        slow_ms: float = 0.0,
+        profiler: str | Profiler = "pyinstrument",
+        interval: float = 0.001,
+        store: Store | None = None,
+        directory: str | os.PathLike[str] | None = None,
+        max_profiles: int = 200,
+        max_bytes: int = 100 * 2**20,
+        viewer_prefix: str | None = "/_profiler",
+        token_ttl: float = 3600,
+        secret_params: Collection[str] = DEFAULT_SECRET_PARAMS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 <= sample_rate <= 1:
+            raise ValueError("sample_rate must be between 0 and 1")
+        if store is None and directory is not None:
+            store = DirectoryStore(directory, max_profiles=max_profiles, max_bytes=max_bytes)
+        if store is None and (secret or sample_rate):
+            raise ValueError("profiling needs somewhere to keep profiles: pass store= or directory=")
+        self.app = app
+        self.sample_rate = sample_rate
+        self.slow_ms = slow_ms
+        self.profiler = get_profiler(profiler, interval)
+        self.store = store
+        self.token_ttl = token_ttl
+        self.secret_params = frozenset(name.lower() for name in secret_params)
+        self._secret = secret
+        self._tokens = TokenVerifier(secret, clock=clock) if secret else None
+        self._viewer: Viewer | None = None
+        if self._tokens is not None and store is not None and viewer_prefix:
+            readers = {name: cls() for name, cls in BUILTIN_PROFILERS.items()}
+            readers[self.profiler.name] = self.profiler
+            self._viewer = Viewer(
+                prefix=viewer_prefix, store=store, tokens=self._tokens,
+                profilers=readers, fallback=app, clock=clock,
+            )
+            self._viewer_root = self._viewer.prefix + "/"
+        self._failing: set[str] = set()
+
+    def make_token(self, ttl_seconds: float | None = None) -> str:
+        """A token for this middleware's secret, valid ``ttl_seconds`` (default ``token_ttl``)."""
+        if not self._secret:
+            raise ValueError("no secret is configured: on-demand profiling is off")
+        return make_token(self._secret, self.token_ttl if ttl_seconds is None else ttl_seconds)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        # The path every unprofiled request takes: keep it to a few lookups.
+        if self._viewer is not None:
+            path = environ.get("PATH_INFO", "")
+            if path.startswith(self._viewer_root) or path == self._viewer.prefix:
+                return self._viewer(environ, start_response)
+        requested = self._tokens is not None and self._tokens.from_environ(environ) is not None
+        if requested or (self.sample_rate and random.random() < self.sample_rate):
+            return self._profile(environ, start_response, requested)
+        return self.app(environ, start_response)
+
+    def _profile(self, environ: dict[str, Any], start_response: Callable[..., Any], requested: bool) -> Iterable[bytes]:
+        if not _one_profile_at_a_time.acquire(blocking=False):
+            return self.app(environ, start_response)
+        try:
+            recording = _Recording(environ, requested, self.profiler)
+        except Exception:
+            _one_profile_at_a_time.release()
+            self._failed("starting the profiler")
+            return self.app(environ, start_response)
+        self._succeeded("starting the profiler")
+        if requested and _wants_inline(environ):
+            return self._inline(recording, environ, start_response)
+        try:
+            app_iter = self.app(environ, recording.wrap(start_response))
+        except BaseException as error:
+            recording.failed(error)
+            self._finish(recording)
+            raise
+        return _ProfiledBody(app_iter, recording, self._finish)
+
+    def _inline(self, recording: _Recording, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Answer with the profile's page; the response is run to its end inside the profile."""
+
+        def discard_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            recording.response_started(status)
+            return lambda data: None
+
+        try:
+            app_iter = self.app(environ, discard_response)
+            try:
+                for _ in app_iter:
+                    pass
+                recording.body_complete = True
+            finally:
+                if hasattr(app_iter, "close"):
+                    app_iter.close()
+        except BaseException as error:
+            recording.failed(error)
+            self._finish(recording)
+            raise
+        data = self._finish(recording)
+        if data is None:
+            body = page("No profile", element("p", "The profiler failed; see the server log.")).encode()
+        else:
+            body = self.profiler.render_html(data).encode()
+        headers = [*PROFILE_PAGE_HEADERS, *recording.result_headers(), ("Content-Length", str(len(body)))]
+        start_response("200 OK", headers)
+        return [body]
+
+    def _finish(self, recording: _Recording) -> bytes | None:
+        """Stop the profiler and keep the profile if wanted; later calls do nothing.
+
+        Returns the profile's data, or None if there is none.
+        """
+        if recording.finished:
+            return None
+        recording.finished = True
+        duration_ms = recording.elapsed_ms()
+        try:
+            data: bytes | None = self.profiler.stop()
+        except Exception:
+            # E.g. pyinstrument refuses to stop on a thread other than the one
+            # that started it, if a server ever called close() from another.
+            data = None
+            self._failed("stopping the profiler")
+        else:
+            self._succeeded("stopping the profiler")
+        finally:
+            stop_capture(recording.sql)
+            _one_profile_at_a_time.release()
+        # Token requests are kept whatever their speed; slow_ms makes
+        # continuous sampling cheap to store by keeping only the slow ones.
+        if data is not None and (recording.requested or duration_ms >= self.slow_ms):
+            meta = recording.metadata(duration_ms, self.profiler.name, self.secret_params)
+            assert self.store is not None, "__init__ requires a store whenever profiling can start"
+            try:
+                self.store.save(recording.id, meta, data)
+            except Exception:
+                self._failed("storing a profile")
+            else:
+                self._succeeded("storing a profile")
+        return data
+
+    def _failed(self, what: str) -> None:
+        # Once per run of failures: a full disk must not flood the log with a
+        # traceback per request.
+        if what not in self._failing:
+            self._failing.add(what)
+            logger.warning(
+                "request_profiler: %s failed; requests are still served. "
+                "Further failures are not logged until it succeeds again.",
+                what,
+                exc_info=True,
+            )
+
+    def _succeeded(self, what: str) -> None:
+        self._failing.discard(what)
+
+
+def _wants_inline(environ: dict[str, Any]) -> bool:
+    return environ.get(_VIEW_HEADER_KEY) == "inline" or _VIEW_PARAM in environ.get("QUERY_STRING", "").split("&")
+
+
+class _Recording:
+    """What is known about one profiled request, from its start to its close()."""
+
+    def __init__(self, environ: dict[str, Any], requested: bool, profiler: Profiler) -> None:
+        self.environ = environ
+        self.requested = requested
+        self.id = new_profile_id()
+        self.status: int | None = None
+        self.response_ms: float | None = None
+        self.error: str | None = None
+        self.body_complete = False
+        self.finished = False
+        self._time = time.time()
+        self._started = time.perf_counter()
+        # The description names the request in pyinstrument's page: no query string.
+        profiler.start(f"{environ.get('REQUEST_METHOD', '')} {_path(environ)}")
+        self.sql: SqlCapture = start_capture()
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self._started) * 1000
+
+    def response_started(self, status: str) -> None:
+        self.status = int(status.split(None, 1)[0])
+        self.response_ms = self.elapsed_ms()
+
+    def failed(self, error: BaseException) -> None:
+        self.error = f"{type(error).__qualname__}: {error}"[:500]
+
+    def result_headers(self) -> list[tuple[str, str]]:
+        """The headers that tell a token holder where the profile is.
+
+        Server-Timing can only cover the time until start_response(): headers
+        leave before the body is iterated. The profile itself covers it all.
+        """
+        return [("X-Profile-Id", self.id), ("Server-Timing", f"app;dur={self.response_ms or 0:.1f}")]
+
+    def wrap(self, start_response: Callable[..., Any]) -> Callable[..., Any]:
+        def profiled_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            self.response_started(status)
+            # Sampled requests did not ask to be profiled, and their client
+            # may not be trusted with timings: they look like any other.
+            if self.requested:
+                headers = [*headers, *self.result_headers()]
+            return start_response(status, headers, exc_info)
+
+        return profiled_start_response
+
+    def metadata(self, duration_ms: float, profiler_name: str, secret_params: Collection[str]) -> dict[str, Any]:
+        environ = self.environ
+        sql = self.sql
+        return {
+            "id": self.id,
+            "time": self._time,
+            "method": environ.get("REQUEST_METHOD", ""),
+            "path": _path(environ),
+            "query": redact_query(_text(environ.get("QUERY_STRING", "")), secret_params),
+            "status": self.status,
+            "duration_ms": round(duration_ms, 3),
+            "response_ms": None if self.response_ms is None else round(self.response_ms, 3),
+            "endpoint": environ.get(ENDPOINT_KEY),
+            "pid": os.getpid(),
+            "trigger": "token" if self.requested else "sample",
+            "profiler": profiler_name,
+            "error": self.error,
+            "body_complete": self.body_complete,
+            "sql_count": sql.count,
+            "sql_ms": round(sql.seconds * 1000, 3),
+            "sql": [[statement, round(seconds * 1000, 3)] for statement, seconds in sql.statements],
+            "headers": request_headers(environ),
+        }
+
+
+class _ProfiledBody:
+    """The application's response iterable, passed on chunk by chunk.
+
+    ``close()`` closes the application's iterable, then ends the profile:
+    servers call it when the body is sent, when sending failed and when the
+    client went away, so every profile ends and is kept.
+    """
+
+    def __init__(self, app_iter: Iterable[bytes], recording: _Recording, finish: Callable[[_Recording], object]) -> None:
+        self._app_iter = app_iter
+        self._chunks: Iterator[bytes] = iter(app_iter)
+        self._recording = recording
+        self._finish = finish
+
+    def __iter__(self) -> _ProfiledBody:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self._recording.body_complete = True
+            raise
+        except Exception as error:
+            self._recording.failed(error)
+            raise
+
+    def close(self) -> None:
+        try:
+            if hasattr(self._app_iter, "close"):
+                self._app_iter.close()
+        finally:
+            self._finish(self._recording)
+
+
+def _text(wsgi_string: str) -> str:
+    """A WSGI "bytes as latin-1" string decoded as the UTF-8 the client sent."""
+    try:
+        return wsgi_string.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that already decoded it
+        return wsgi_string
+
+
+def _path(environ: dict[str, Any]) -> str:
+    return _text(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))

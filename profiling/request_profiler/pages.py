@@ -1,0 +1,91 @@
+"""A tiny HTML builder that escapes everything it is not told is markup.
+
+>>> str(element("a", "<b>", href="/x?a=1&b=2"))
+'<a href="/x?a=1&amp;b=2">&lt;b&gt;</a>'
+>>> str(element("td", element("code", "select 1")))
+'<td><code>select 1</code></td>'
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable
+from string import Template
+
+_VOID = frozenset({"br", "input", "meta"})
+
+_PAGE = Template(
+    """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="robots" content="noindex">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>$title</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:1rem 2rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0}
+th,td{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+code,pre{font:12px/1.4 ui-monospace,monospace;white-space:pre-wrap}
+nav a,form button{margin-right:1rem}
+iframe{width:100%;height:80vh;border:1px solid #ddd}
+</style>
+</head>
+<body>
+$body
+</body>
+</html>
+"""
+)
+
+
+class Markup(str):
+    """Text that is already HTML and must not be escaped again."""
+
+
+def escape(value: object) -> Markup:
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape(str(value), quote=True))
+
+
+def join(parts: Iterable[object]) -> Markup:
+    return Markup("".join(escape(part) for part in parts))
+
+
+def element(name: str, *children: object, **attributes: object) -> Markup:
+    """``<name attributes>children</name>``; ``class_`` stands for ``class``.
+
+    An attribute set to True is written bare; None or False leaves it out.
+    """
+    attrs = []
+    for key, value in attributes.items():
+        if value is None or value is False:
+            continue
+        key = key.rstrip("_").replace("_", "-")
+        attrs.append(f" {key}" if value is True else f' {key}="{escape(value)}"')
+    start = f"<{name}{''.join(attrs)}>"
+    if name in _VOID:
+        return Markup(start)
+    return Markup(f"{start}{join(children)}</{name}>")
+
+
+def table(head: Iterable[object], rows: Iterable[Iterable[object]], numeric: frozenset[int] = frozenset()) -> Markup:
+    """A table; the columns whose index is in ``numeric`` are right-aligned."""
+
+    def row(cell_tag: str, cells: Iterable[object]) -> Markup:
+        return element(
+            "tr",
+            *(
+                element(cell_tag, cell, class_="n" if index in numeric else None)
+                for index, cell in enumerate(cells)
+            ),
+        )
+
+    return element("table", element("thead", row("th", head)), element("tbody", *(row("td", r) for r in rows)))
+
+
+def page(title: str, *body: object) -> str:
+    """A complete HTML5 document."""
+    return _PAGE.substitute(title=escape(title), body=join(body))

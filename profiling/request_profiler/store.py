@@ -1,0 +1,165 @@
+"""Where profiles are kept between the request and the viewer.
+
+A :class:`Store` maps a profile id to its metadata (a JSON-able dict) and its
+data (the engine's bytes). :class:`DirectoryStore` is shared by every worker
+process and thread that points at the same directory::
+
+    store = DirectoryStore("/var/lib/site/profiles", max_profiles=200, max_bytes=50 * 2**20)
+    profile_id = new_profile_id()
+    store.save(profile_id, {"id": profile_id, "path": "/"}, data)
+    store.list()[0]["path"]          # "/", newest first
+    store.load(profile_id)           # (metadata, data), or None
+
+Ids are ``<UTC time to the microsecond>-<12 random hex digits>``: they sort by
+age, never collide across processes in practice, and say nothing about the
+request (no path, no query string, no token).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+PROFILE_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{12}")
+
+
+def new_profile_id(now: float | None = None) -> str:
+    moment = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
+    return f"{moment:%Y%m%dT%H%M%S%f}-{secrets.token_hex(6)}"
+
+
+def is_profile_id(text: str) -> bool:
+    return PROFILE_ID.fullmatch(text) is not None
+
+
+class Store(Protocol):
+    """What the middleware and the viewer need from a place to keep profiles."""
+
+    def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
+        """Keep one profile; may drop older ones to stay within bounds."""
+
+    def list(self) -> list[dict[str, Any]]:
+        """The metadata of the stored profiles, newest first."""
+
+    def load(self, profile_id: str) -> tuple[dict[str, Any], bytes] | None:
+        """One profile's metadata and data; None for an unknown or malformed id."""
+
+
+class DirectoryStore:
+    """One file per profile in a directory, bounded by count and total size.
+
+    Each file is written to a temporary name and renamed into place, so a
+    reader (another worker's viewer) sees a whole profile or none. Pruning
+    takes an ``fcntl`` lock on ``.lock`` so that two processes saving at once
+    do not both delete against a stale listing. The profile just saved is
+    never pruned by its own save, even when it alone exceeds ``max_bytes``:
+    the request that asked for it gets to see it.
+
+    The directory is created on the first save, so a misconfigured path fails
+    on profiled requests only (the middleware logs that) and not at startup.
+    """
+
+    suffix = ".profile"
+    #: A temporary file this old was left by a killed worker (uWSGI harakiri).
+    stale_temp_seconds = 3600
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_profiles: int = 200, max_bytes: int = 100 * 2**20) -> None:
+        if max_profiles < 1 or max_bytes < 1:
+            raise ValueError("max_profiles and max_bytes must be positive")
+        self.directory = os.fspath(directory)
+        self.max_profiles = max_profiles
+        self.max_bytes = max_bytes
+
+    def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
+        if not is_profile_id(profile_id):
+            raise ValueError(f"not a profile id: {profile_id!r}")
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        # One line of JSON (json.dumps escapes newlines), then the raw data:
+        # list() reads only the first line of each file.
+        content = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + data
+        fd, temp_path = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(content)
+            os.replace(temp_path, self._path(profile_id))
+        except BaseException:
+            _remove(temp_path)
+            raise
+        self._prune(keep=profile_id)
+
+    def list(self) -> list[dict[str, Any]]:
+        metas = []
+        for profile_id in self._ids():
+            try:
+                with open(self._path(profile_id), "rb") as file:
+                    metas.append(json.loads(file.readline()))
+            except FileNotFoundError:  # pruned by another process meanwhile
+                continue
+        return metas
+
+    def load(self, profile_id: str) -> tuple[dict[str, Any], bytes] | None:
+        if not is_profile_id(profile_id):
+            return None
+        try:
+            with open(self._path(profile_id), "rb") as file:
+                meta = json.loads(file.readline())
+                return meta, file.read()
+        except FileNotFoundError:
+            return None
+
+    def _path(self, profile_id: str) -> str:
+        return os.path.join(self.directory, profile_id + self.suffix)
+
+    def _ids(self) -> list[str]:
+        """The stored ids, newest first."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        ids = (name[: -len(self.suffix)] for name in names if name.endswith(self.suffix))
+        return sorted((i for i in ids if is_profile_id(i)), reverse=True)
+
+    def _prune(self, keep: str) -> None:
+        with open(os.path.join(self.directory, ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            total = count = 0
+            for profile_id in self._ids():
+                path = self._path(profile_id)
+                try:
+                    size = os.stat(path).st_size
+                except FileNotFoundError:
+                    continue
+                if profile_id != keep and (count >= self.max_profiles or total + size > self.max_bytes):
+                    _remove(path)
+                else:
+                    count += 1
+                    total += size
+            self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        cutoff = time.time() - self.stale_temp_seconds
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not entry.name.startswith(".tmp-"):
+                    continue
+                try:
+                    stale = entry.stat().st_mtime < cutoff
+                except FileNotFoundError:  # renamed into place meanwhile
+                    continue
+                if stale:
+                    _remove(entry.path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,347 @@
+"""The WSGI app that shows stored profiles to token holders.
+
+:class:`~request_profiler.ProfilerMiddleware` mounts it at its
+``viewer_prefix`` (``/_profiler`` by default). Its pages:
+
+``/_profiler/``
+    the recent profiles, newest first (``?sort=duration``: slowest first), and
+    the buttons that set and clear the ``_profile`` cookie;
+``/_profiler/endpoints``
+    count, median, p95 and total duration per endpoint;
+``/_profiler/<id>``
+    one request: its metadata, its SQL queries, its downloads, and the
+    profiler's own page in a frame;
+``/_profiler/<id>/profile.html``
+    the profiler's page (pyinstrument's call tree and timeline);
+``/_profiler/<id>/download/<format>``
+    ``speedscope`` and ``session`` (pyinstrument), ``pstats`` (cProfile).
+
+A request without a valid token is handed to the site itself, which answers
+with its own 404: to anyone without a token the viewer does not exist.
+Token-bearing URLs are never written into the pages, which is why the pages
+link to each other without the ``_profile`` query parameter: browse them with
+the cookie (the first page's button) or an ``X-Profile-Token`` header.
+
+Every response carries its own Content-Security-Policy. pyinstrument's page
+runs inline scripts, so ``profile.html`` allows ``'unsafe-inline'`` scripts
+and nothing else; a stricter policy added on top by a proxy for these paths
+would break it, since browsers enforce every policy they receive.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs
+
+from .pages import Markup, element, page, table
+from .profilers import Profiler
+from .store import Store
+from .tokens import TOKEN_PARAM, TokenVerifier, ValidToken
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_PRIVATE = [
+    ("Cache-Control", "no-store"),
+    # Keeps a token that came in the query string out of Referer headers.
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Robots-Tag", "noindex"),
+]
+_PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; frame-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_PROFILE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; font-src data:; frame-ancestors 'self'; base-uri 'none'"
+)
+#: Headers for a profiler's own HTML page, here and in the middleware's inline view.
+PROFILE_PAGE_HEADERS = [
+    ("Content-Type", "text/html; charset=utf-8"),
+    ("Content-Security-Policy", _PROFILE_CSP),
+    *_PRIVATE,
+]
+_HTML_HEADERS = [
+    ("Content-Type", "text/html; charset=utf-8"),
+    ("Content-Security-Policy", _PAGE_CSP),
+    *_PRIVATE,
+]
+_MAX_FORM_BYTES = 1024
+
+
+class _Response(NamedTuple):
+    status: str
+    body: bytes
+    headers: list[tuple[str, str]]
+
+
+class Viewer:
+    """Serves the pages above from ``store``, for the holders of a token ``tokens`` accepts.
+
+    ``profilers`` reads stored profiles back, by engine name; ``fallback``
+    answers every request without a valid token.
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        store: Store,
+        tokens: TokenVerifier,
+        profilers: Mapping[str, Profiler],
+        fallback: WSGIApp,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.prefix = prefix.rstrip("/")
+        self._store = store
+        self._tokens = tokens
+        self._profilers = profilers
+        self._fallback = fallback
+        self._clock = clock
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        token = self._tokens.from_environ(environ)
+        if token is None:
+            return self._fallback(environ, start_response)
+        response = self._route(environ, token)
+        start_response(response.status, [*response.headers, ("Content-Length", str(len(response.body)))])
+        return [response.body]
+
+    def _route(self, environ: dict[str, Any], token: ValidToken) -> _Response:
+        base = environ.get("SCRIPT_NAME", "") + self.prefix
+        rest = environ.get("PATH_INFO", "")[len(self.prefix) :].strip("/")
+        parts = rest.split("/") if rest else []
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        match environ.get("REQUEST_METHOD", "GET"), parts:
+            case "GET", []:
+                return self._list(base, by_duration=query.get("sort") == ["duration"])
+            case "POST", []:
+                return self._set_cookie(environ, base, token)
+            case "GET", ["endpoints"]:
+                return self._endpoints(base)
+            case "GET", [profile_id]:
+                return self._detail(base, profile_id)
+            case "GET", [profile_id, "profile.html"]:
+                return self._profile_page(profile_id)
+            case "GET", [profile_id, "download", fmt]:
+                return self._download(profile_id, fmt)
+        return _not_found()
+
+    def _list(self, base: str, *, by_duration: bool) -> _Response:
+        metas = self._store.list()
+        if by_duration:
+            metas.sort(key=lambda meta: meta["duration_ms"], reverse=True)
+        rows = (
+            (
+                element("a", _when(meta["time"]), href=f"{base}/{meta['id']}"),
+                meta["method"],
+                _target(meta),
+                _status(meta),
+                _ms(meta["duration_ms"]),
+                f"{meta['sql_count']} / {_ms(meta['sql_ms'])}",
+                meta["trigger"],
+                meta["profiler"],
+            )
+            for meta in metas
+        )
+        head = ("Time (UTC)", "Method", "Path", "Status", "ms", "SQL queries / ms", "Trigger", "Profiler")
+        cookie_form = element(
+            "form",
+            element("button", "Profile while browsing", type="submit", name="cookie", value="set"),
+            element("button", "Stop profiling while browsing", type="submit", name="cookie", value="clear"),
+            method="post",
+        )
+        help_text = element(
+            "p",
+            f"The first button stores your token in the {TOKEN_PARAM} cookie (HttpOnly, "
+            "SameSite=Strict) until it expires: every page of the site you then open is "
+            "profiled, one at a time, and listed here.",
+        )
+        title = "Slowest profiles" if by_duration else "Recent profiles"
+        return _html(title, _nav(base), element("h1", title), cookie_form, help_text,
+                     table(head, rows, numeric=frozenset({3, 4, 5})))
+
+    def _set_cookie(self, environ: dict[str, Any], base: str, token: ValidToken) -> _Response:
+        try:
+            length = min(int(environ.get("CONTENT_LENGTH") or 0), _MAX_FORM_BYTES)
+        except ValueError:
+            length = 0
+        form = parse_qs(environ["wsgi.input"].read(length).decode("latin-1"))
+        action = form.get("cookie", [""])[0]
+        if action == "set":
+            value, max_age = token.token, max(0, int(token.expires_at - self._clock()))
+        elif action == "clear":
+            value, max_age = "", 0
+        else:
+            text = [("Content-Type", "text/plain; charset=utf-8"), *_PRIVATE]
+            return _Response("400 Bad Request", b"expected cookie=set or cookie=clear", text)
+        cookie = f"{TOKEN_PARAM}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict"
+        if environ.get("wsgi.url_scheme") == "https":
+            cookie += "; Secure"
+        return _Response("303 See Other", b"", [("Location", f"{base}/"), ("Set-Cookie", cookie), *_PRIVATE])
+
+    def _endpoints(self, base: str) -> _Response:
+        metas = self._store.list()
+        rows = (
+            (s.endpoint, s.count, _ms(s.median_ms), _ms(s.p95_ms), _ms(s.total_ms), _ms(s.sql_ms))
+            for s in aggregate(metas)
+        )
+        head = ("Endpoint", "Profiles", "Median ms", "p95 ms", "Total ms", "SQL ms")
+        note = element(
+            "p",
+            f"Over the {len(metas)} stored profiles, most total time first. They are the "
+            "requests asked for with a token and the sampled ones slower than slow_ms, so "
+            "they show where profiled time goes, not site-wide averages.",
+        )
+        return _html("Time per endpoint", _nav(base), element("h1", "Time per endpoint"), note,
+                     table(head, rows, numeric=frozenset({1, 2, 3, 4, 5})))
+
+    def _detail(self, base: str, profile_id: str) -> _Response:
+        stored = self._store.load(profile_id)
+        if stored is None:
+            return _not_found()
+        meta, _ = stored
+        facts = (
+            ("Time (UTC)", _when(meta["time"])),
+            ("Status", _status(meta)),
+            ("Duration", f"{_ms(meta['duration_ms'])} ms (until close())"),
+            ("Server-Timing app", "—" if meta["response_ms"] is None else f"{_ms(meta['response_ms'])} ms (until start_response)"),
+            ("Endpoint", meta["endpoint"] or "—"),
+            ("Body sent completely", "yes" if meta["body_complete"] else "no (error or client disconnected)"),
+            ("Error", meta["error"] or "—"),
+            ("Trigger", meta["trigger"]),
+            ("Profiler", meta["profiler"]),
+            ("Process", meta["pid"]),
+        )
+        sql_rows = ((element("code", statement), _ms(ms)) for statement, ms in meta["sql"])
+        sql_summary = f"{meta['sql_count']} queries, {_ms(meta['sql_ms'])} ms"
+        if meta["sql_count"] > len(meta["sql"]):
+            sql_summary += f" (the first {len(meta['sql'])} are listed)"
+        sections = [
+            _nav(base),
+            element("h1", meta["method"], " ", _target(meta)),
+            table(("", ""), facts),
+            element("h2", "SQL"),
+            element("p", sql_summary),
+            table(("Statement", "ms"), sql_rows, numeric=frozenset({1})),
+            element("h2", "Request headers"),
+            table(("Header", "Value"), sorted(meta["headers"].items())),
+        ]
+        profiler = self._profilers.get(meta["profiler"])
+        if profiler is not None:
+            links = [
+                element("a", f"Download {profile_id}{export.suffix}", href=f"{base}/{profile_id}/download/{fmt}")
+                for fmt, export in profiler.formats.items()
+            ]
+            links.append(element("a", "Open the profile full page", href=f"{base}/{profile_id}/profile.html"))
+            sections += [
+                element("h2", "Profile"),
+                element("ul", *(element("li", link) for link in links)),
+                element("iframe", src=f"{base}/{profile_id}/profile.html", title="profile"),
+            ]
+        return _html(f"{meta['method']} {meta['path']}", *sections)
+
+    def _profile_page(self, profile_id: str) -> _Response:
+        found = self._read(profile_id)
+        if found is None:
+            return _not_found()
+        profiler, data = found
+        return _Response("200 OK", profiler.render_html(data).encode(), PROFILE_PAGE_HEADERS)
+
+    def _download(self, profile_id: str, fmt: str) -> _Response:
+        found = self._read(profile_id)
+        if found is None or fmt not in found[0].formats:
+            return _not_found()
+        profiler, data = found
+        export = profiler.formats[fmt]
+        headers = [
+            ("Content-Type", export.content_type),
+            ("Content-Disposition", f'attachment; filename="{profile_id}{export.suffix}"'),
+            *_PRIVATE,
+        ]
+        return _Response("200 OK", profiler.export(data, fmt), headers)
+
+    def _read(self, profile_id: str) -> tuple[Profiler, bytes] | None:
+        stored = self._store.load(profile_id)
+        if stored is None:
+            return None
+        meta, data = stored
+        profiler = self._profilers.get(meta["profiler"])
+        return None if profiler is None else (profiler, data)
+
+
+@dataclass(frozen=True)
+class EndpointStats:
+    endpoint: str
+    count: int
+    median_ms: float
+    p95_ms: float
+    total_ms: float
+    sql_ms: float
+
+
+def aggregate(metas: Iterable[Mapping[str, Any]]) -> list[EndpointStats]:
+    """Durations per endpoint (the path when the app named none), most total time first.
+
+    >>> metas = [{"endpoint": "feed", "duration_ms": ms, "sql_ms": 1.0} for ms in (10, 20, 30)]
+    >>> aggregate(metas)[0]
+    EndpointStats(endpoint='feed', count=3, median_ms=20, p95_ms=30, total_ms=60, sql_ms=3.0)
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for meta in metas:
+        groups[meta.get("endpoint") or meta["path"]].append(meta)
+    stats = []
+    for endpoint, group in groups.items():
+        durations = sorted(meta["duration_ms"] for meta in group)
+        stats.append(
+            EndpointStats(
+                endpoint=endpoint,
+                count=len(durations),
+                median_ms=statistics.median(durations),
+                # Nearest rank: a duration that was observed, however few there are.
+                p95_ms=durations[math.ceil(0.95 * len(durations)) - 1],
+                total_ms=sum(durations),
+                sql_ms=sum(meta["sql_ms"] for meta in group),
+            )
+        )
+    return sorted(stats, key=lambda s: s.total_ms, reverse=True)
+
+
+def _html(title: str, *body: object) -> _Response:
+    return _Response("200 OK", page(title, *body).encode(), _HTML_HEADERS)
+
+
+def _not_found() -> _Response:
+    return _Response("404 Not Found", page("Not found", element("h1", "No such profile or page")).encode(), _HTML_HEADERS)
+
+
+def _nav(base: str) -> Markup:
+    return element(
+        "nav",
+        element("a", "Recent", href=f"{base}/"),
+        element("a", "Slowest", href=f"{base}/?sort=duration"),
+        element("a", "By endpoint", href=f"{base}/endpoints"),
+    )
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _target(meta: Mapping[str, Any]) -> str:
+    return f"{meta['path']}?{meta['query']}" if meta["query"] else meta["path"]
+
+
+def _status(meta: Mapping[str, Any]) -> str:
+    return "—" if meta["status"] is None else str(meta["status"])
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}"
