@@ -119,3 +119,19 @@ def test_static_stylesheet_and_cover(client):
     # Apple Podcasts asks for 1400 to 3000 pixels square.
     width, height = int.from_bytes(cover.data[16:20], "big"), int.from_bytes(cover.data[20:24], "big")
     assert 1400 <= width == height <= 3000
+
+
+def test_unexpected_errors_are_a_500_page_without_a_traceback(app, caplog):
+    def broken():
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/broken", "broken", broken)
+    app.add_url_rule("/api/broken", "api_broken", broken)
+    client = app.test_client()
+    page = client.get("/broken")
+    assert page.status_code == 500
+    assert b"Something went wrong" in page.data and b"secret internals" not in page.data
+    assert b"Traceback" not in page.data
+    api = client.get("/api/broken")
+    assert api.status_code == 500 and api.get_json()["status"] == 500
+    assert "secret internals" in caplog.text  # logged for us, not shown to them
