@@ -54,8 +54,8 @@ def join(parts: Iterable[object]) -> Markup:
     return Markup("".join(escape(part) for part in parts))
 
 
-def element(name: str, *children: object, **attributes: object) -> Markup:
-    """``<name attributes>children</name>``; ``class_`` stands for ``class``.
+def element(tag: str, /, *children: object, **attributes: object) -> Markup:
+    """``<tag attributes>children</tag>``; ``class_`` stands for ``class``.
 
     An attribute set to True is written bare; None or False leaves it out.
     """
@@ -65,14 +65,16 @@ def element(name: str, *children: object, **attributes: object) -> Markup:
             continue
         key = key.rstrip("_").replace("_", "-")
         attrs.append(f" {key}" if value is True else f' {key}="{escape(value)}"')
-    start = f"<{name}{''.join(attrs)}>"
-    if name in _VOID:
+    start = f"<{tag}{''.join(attrs)}>"
+    if tag in _VOID:
         return Markup(start)
-    return Markup(f"{start}{join(children)}</{name}>")
+    return Markup(f"{start}{join(children)}</{tag}>")
 
 
-def table(head: Iterable[object], rows: Iterable[Iterable[object]], numeric: frozenset[int] = frozenset()) -> Markup:
-    """A table; the columns whose index is in ``numeric`` are right-aligned."""
+def table(
+    head: Iterable[object] | None, rows: Iterable[Iterable[object]], numeric: frozenset[int] = frozenset()
+) -> Markup:
+    """A table, with a header row unless ``head`` is None; the columns whose index is in ``numeric`` are right-aligned."""
 
     def row(cell_tag: str, cells: Iterable[object]) -> Markup:
         return element(
@@ -83,7 +85,8 @@ def table(head: Iterable[object], rows: Iterable[Iterable[object]], numeric: fro
             ),
         )
 
-    return element("table", element("thead", row("th", head)), element("tbody", *(row("td", r) for r in rows)))
+    thead = "" if head is None else element("thead", row("th", head))
+    return element("table", thead, element("tbody", *(row("td", r) for r in rows)))
 
 
 def page(title: str, *body: object) -> str:

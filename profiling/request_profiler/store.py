@@ -122,7 +122,7 @@ class DirectoryStore:
         """The stored ids, newest first."""
         try:
             names = os.listdir(self.directory)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # nothing was ever saved there
             return []
         ids = (name[: -len(self.suffix)] for name in names if name.endswith(self.suffix))
         return sorted((i for i in ids if is_profile_id(i)), reverse=True)

@@ -221,13 +221,14 @@ class Viewer:
             ("Process", meta["pid"]),
         )
         sql_rows = ((element("code", statement), _ms(ms)) for statement, ms in meta["sql"])
-        sql_summary = f"{meta['sql_count']} queries, {_ms(meta['sql_ms'])} ms"
-        if meta["sql_count"] > len(meta["sql"]):
+        count = meta["sql_count"]
+        sql_summary = f"{count} {'query' if count == 1 else 'queries'}, {_ms(meta['sql_ms'])} ms"
+        if count > len(meta["sql"]):
             sql_summary += f" (the first {len(meta['sql'])} are listed)"
         sections = [
             _nav(base),
             element("h1", meta["method"], " ", _target(meta)),
-            table(("", ""), facts),
+            table(None, facts),
             element("h2", "SQL"),
             element("p", sql_summary),
             table(("Statement", "ms"), sql_rows, numeric=frozenset({1})),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,3 +53,30 @@ def run(app: Callable[..., Iterable[bytes]], path: str = "/", **builder_options:
 def stored(store_dir: Path) -> list[dict[str, Any]]:
     """The metadata of the profiles in ``store_dir``, newest first."""
     return DirectoryStore(store_dir).list()
+
+
+class _TagBalance(HTMLParser):
+    VOID = {"meta", "input", "br", "link", "img", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.problems: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open.pop() != tag:
+            self.problems.append(f"unexpected </{tag}>")
+
+
+def assert_html5_document(text: str) -> None:
+    """A doctype, a title, and every element closed in order (our pages close all)."""
+    assert text.startswith("<!DOCTYPE html>\n<html lang=\"en\">")
+    assert "<title>" in text and '<meta charset="utf-8">' in text
+    checker = _TagBalance()
+    checker.feed(text)
+    checker.close()
+    assert checker.problems == [] and checker.open == []

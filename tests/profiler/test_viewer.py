@@ -1,0 +1,247 @@
+"""The viewer: invisible without a token, its pages, downloads, cookie buttons and redaction."""
+
+from __future__ import annotations
+
+import json
+import pstats
+import re
+import time
+from pathlib import Path
+
+import pytest
+from pyinstrument.session import Session
+from werkzeug.test import Client
+
+from request_profiler import ENDPOINT_KEY, make_token
+from request_profiler.viewer import aggregate
+
+from .helpers import SECRET, assert_html5_document, run, stored
+
+
+def site_app(environ, start_response):
+    """A site with three pages and its own 404 page."""
+    path = environ["PATH_INFO"]
+    if path not in ("/", "/slow", "/episodes"):
+        start_response("404 NOT FOUND", [("Content-Type", "text/html"), ("X-Site", "yes")])
+        return [b"<h1>The site's own 404</h1>"]
+    if path == "/slow":
+        time.sleep(0.03)
+    environ[ENDPOINT_KEY] = {"/": "pages.index", "/slow": "pages.slow", "/episodes": "pages.episodes"}[path]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"page " + path.encode()]
+
+
+@pytest.fixture
+def middleware(make_middleware):
+    return make_middleware(site_app)
+
+
+class TokenBrowser:
+    """A browser that sends the token in a header with every request."""
+
+    def __init__(self, app, token: str) -> None:
+        self._client = Client(app)
+        self._headers = {"X-Profile-Token": token}
+
+    def get(self, path: str, **options):
+        return self._client.get(path, headers=self._headers, **options)
+
+    def post(self, path: str, **options):
+        return self._client.post(path, headers=self._headers, **options)
+
+
+@pytest.fixture
+def viewer(middleware, token) -> TokenBrowser:
+    return TokenBrowser(middleware, token)
+
+
+def profile(middleware, token: str, path: str = "/", **options) -> str:
+    return run(middleware, path, headers={"X-Profile-Token": token}, **options).header("X-Profile-Id")
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("GET", "/_profiler/"), ("GET", "/_profiler"), ("GET", "/_profiler/endpoints"), ("POST", "/_profiler/"),
+     ("GET", "/_profiler/20240101T000000000000-abcdefabcdef")],
+)
+@pytest.mark.parametrize("credential", [None, "garbage", make_token("another", 60), make_token(SECRET, 60, now=0)],
+                         ids=["none", "garbage", "forged", "expired"])
+def test_without_a_valid_token_the_site_answers_its_own_404(middleware, method, path, credential) -> None:
+    headers = {"X-Profile-Token": credential} if credential else {}
+
+    assert run(middleware, path, method=method, headers=headers) == run(site_app, path, method=method, headers=headers)
+
+
+def test_the_list_shows_recent_profiles_newest_first_and_sorts_by_duration(middleware, viewer, token) -> None:
+    profile(middleware, token, "/slow")
+    profile(middleware, token, "/episodes", query_string={"page": "2"})
+
+    recent = viewer.get("/_profiler/")
+    slowest = viewer.get("/_profiler/", query_string={"sort": "duration"})
+
+    assert recent.status_code == 200
+    assert_html5_document(recent.text)
+    assert recent.text.index("/episodes?page=2") < recent.text.index("/slow")
+    assert slowest.text.index("/slow") < slowest.text.index("/episodes?page=2")
+    for column in ("Time (UTC)", "Method", "Path", "Status", "ms", "SQL queries / ms"):
+        assert f"<th" in recent.text and column in recent.text
+    assert "script" not in recent.headers["Content-Security-Policy"]
+
+
+def test_viewer_requests_are_not_profiled(middleware, viewer, store_dir) -> None:
+    viewer.get("/_profiler/")
+
+    assert stored(store_dir) == []
+
+
+def test_a_profile_page_embeds_the_interactive_profile_and_links_downloads(middleware, viewer, token) -> None:
+    profile_id = profile(middleware, token, "/episodes")
+
+    page = viewer.get(f"/_profiler/{profile_id}")
+    interactive = viewer.get(f"/_profiler/{profile_id}/profile.html")
+
+    assert_html5_document(page.text)
+    assert "<h1>GET /episodes</h1>" in page.text
+    assert f'<iframe src="/_profiler/{profile_id}/profile.html"' in page.text
+    assert f'href="/_profiler/{profile_id}/download/speedscope"' in page.text
+    assert "pages.episodes" in page.text
+    assert interactive.status_code == 200
+    assert "pyinstrumentHTMLRenderer.render" in interactive.text
+    assert "script-src 'unsafe-inline'" in interactive.headers["Content-Security-Policy"]
+
+
+def test_links_include_the_script_name_of_a_mounted_site(middleware, token) -> None:
+    profile_id = profile(middleware, token)
+    page = run(middleware, f"/_profiler/{profile_id}", headers={"X-Profile-Token": token},
+               environ_overrides={"SCRIPT_NAME": "/site"})
+
+    assert f'src="/site/_profiler/{profile_id}/profile.html"' in page.body.decode()
+
+
+def test_pyinstrument_profiles_download_as_speedscope_and_session(middleware, viewer, token) -> None:
+    profile_id = profile(middleware, token)
+
+    speedscope = viewer.get(f"/_profiler/{profile_id}/download/speedscope")
+    session = viewer.get(f"/_profiler/{profile_id}/download/session")
+
+    assert speedscope.headers["Content-Disposition"] == f'attachment; filename="{profile_id}.speedscope.json"'
+    assert "speedscope" in json.loads(speedscope.data)["$schema"]
+    assert Session.from_json(json.loads(session.data)).target_description == "GET /"
+
+
+def test_cprofile_profiles_download_as_pstats(make_middleware, token, tmp_path: Path) -> None:
+    middleware = make_middleware(site_app, profiler="cprofile")
+    profile_id = profile(middleware, token)
+    client = Client(middleware)
+
+    download = client.get(f"/_profiler/{profile_id}/download/pstats", headers={"X-Profile-Token": token})
+    page = client.get(f"/_profiler/{profile_id}/profile.html", headers={"X-Profile-Token": token})
+
+    (tmp_path / "p.pstats").write_bytes(download.data)
+    assert any(name == "site_app" for _, _, name in pstats.Stats(str(tmp_path / "p.pstats")).stats)
+    assert "site_app" in page.text and "cumulative" in page.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/_profiler/..", "/_profiler/../outside", "/_profiler/%2e%2e/outside", "/_profiler/..%2Foutside",
+     "/_profiler/20240101T000000000000-abcdefabcdef", "/_profiler/20240101T000000000000-abcdefabcdef/profile.html",
+     "/_profiler/{id}/download/../../outside", "/_profiler/{id}/download/csv", "/_profiler/{id}/nothing"],
+)
+def test_unknown_and_traversing_ids_are_404(middleware, viewer, token, store_dir, path) -> None:
+    profile_id = profile(middleware, token)
+    (store_dir.parent / "outside.profile").write_text('{"id": "outside", "profiler": "pyinstrument"}\n{}')
+
+    response = viewer.get(path.format(id=profile_id))
+
+    assert response.status_code == 404
+    assert "X-Site" not in response.headers  # the viewer's own 404: the token was valid
+
+
+def test_the_cookie_buttons_set_and_clear_the_profiling_cookie(middleware, token) -> None:
+    browser = Client(middleware)
+
+    set_response = browser.post("/_profiler/", query_string={"_profile": token}, data={"cookie": "set"})
+
+    assert set_response.status_code == 303 and set_response.headers["Location"] == "/_profiler/"
+    cookie = set_response.headers["Set-Cookie"]
+    assert cookie.startswith(f"_profile={token}; ")
+    for attribute in ("HttpOnly", "SameSite=Strict", "Path=/"):
+        assert attribute in cookie
+    max_age = int(re.search(r"Max-Age=(\d+)", cookie)[1])
+    assert 590 <= max_age <= 600  # the token's remaining lifetime
+    assert browser.get("/_profiler/").status_code == 200  # the cookie alone opens the viewer
+    assert run(middleware, "/", headers={"Cookie": f"_profile={token}"}).header("X-Profile-Id")
+
+    clear_response = browser.post("/_profiler/", data={"cookie": "clear"})
+
+    assert "_profile=;" in clear_response.headers["Set-Cookie"] and "Max-Age=0" in clear_response.headers["Set-Cookie"]
+    assert browser.get("/_profiler/").headers.get("X-Site") == "yes"
+
+
+def test_the_cookie_is_secure_over_https(viewer) -> None:
+    response = viewer.post("/_profiler/", data={"cookie": "set"}, base_url="https://example.org/")
+
+    assert response.headers["Set-Cookie"].endswith("; Secure")
+
+
+def test_an_unknown_form_action_is_a_400(viewer) -> None:
+    assert viewer.post("/_profiler/", data={"cookie": "eat"}).status_code == 400
+
+
+def test_the_endpoint_page_aggregates_time_per_endpoint(middleware, viewer, token) -> None:
+    for path in ("/", "/", "/slow"):
+        profile(middleware, token, path)
+
+    page = viewer.get("/_profiler/endpoints")
+
+    assert_html5_document(page.text)
+    rows = re.findall(r"<tr><td>([\w.]+)</td><td class=\"n\">(\d+)</td>", page.text)
+    assert rows == [("pages.slow", "1"), ("pages.index", "2")]  # most total time first
+
+
+def test_aggregate_computes_median_p95_and_total() -> None:
+    metas = [{"endpoint": None, "path": "/feed", "duration_ms": float(ms), "sql_ms": 0.5} for ms in range(1, 21)]
+
+    [stats] = aggregate(metas)
+
+    assert (stats.endpoint, stats.count, stats.median_ms, stats.p95_ms, stats.total_ms, stats.sql_ms) == (
+        "/feed", 20, 10.5, 19.0, 210.0, 10.0,
+    )
+
+
+def test_a_custom_prefix_moves_the_viewer(make_middleware, token) -> None:
+    middleware = make_middleware(site_app, viewer_prefix="/_debug/profiles/")
+    headers = {"X-Profile-Token": token}
+
+    assert run(middleware, "/_debug/profiles/", headers=headers).status == "200 OK"
+    assert run(middleware, "/_profiler/", headers=headers).header("X-Site") == "yes"
+
+
+def test_no_secret_reaches_the_store_or_the_pages(middleware, token, store_dir) -> None:
+    secrets = [SECRET, token, "hunter2", "sessionvalue42", "Bearer abc.def"]
+    profile_id = run(
+        middleware,
+        "/episodes",
+        query_string={"_profile": token, "password": "hunter2", "page": "1"},
+        headers={"Cookie": f"session=sessionvalue42; _profile={token}", "Authorization": "Bearer abc.def",
+                 "X-Profile-Token": token},
+    ).header("X-Profile-Id")
+    viewer = TokenBrowser(middleware, token)
+    pages = [
+        viewer.get(url).data
+        for url in ("/_profiler/", "/_profiler/?sort=duration", "/_profiler/endpoints", f"/_profiler/{profile_id}",
+                    f"/_profiler/{profile_id}/profile.html", f"/_profiler/{profile_id}/download/speedscope",
+                    f"/_profiler/{profile_id}/download/session")
+    ]
+    pages.append(viewer.get("/_profiler/", query_string={"_profile": token}).data)  # arrived by a token URL
+    files = [path.read_bytes() for path in store_dir.iterdir()]
+    names = [path.name for path in store_dir.iterdir()]
+
+    for secret in secrets:
+        assert not [blob for blob in pages + files if secret.encode() in blob], secret
+        assert not [name for name in names if secret in name], secret
+    [meta] = stored(store_dir)
+    assert meta["query"] == "_profile=[redacted]&password=[redacted]&page=1"
+    assert meta["headers"]["Cookie"] == meta["headers"]["Authorization"] == "[redacted]"
+    assert meta["headers"]["X-Profile-Token"] == "[redacted]"
