@@ -1,0 +1,74 @@
+"""The site's wiring: PROFILER_* settings, the endpoint names, its SQL, the token command."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from request_profiler import ProfilerMiddleware, TokenVerifier, make_token
+from tests.conftest import make_app
+from webapp.db import get_database
+from webapp.profiler import install_profiler
+from webapp.seed import seed
+
+from .helpers import SECRET, run, stored
+
+
+def site(tmp_path: Path, **settings: object) -> Flask:
+    app = make_app(f"sqlite:///{tmp_path}/site.sqlite3", tmp_path, PROFILER_DIR=str(tmp_path / "profiles"), **settings)
+    if "request_profiler" not in app.extensions:  # until create_app installs it itself
+        install_profiler(app)
+    return app
+
+
+def test_profiling_is_not_even_wrapped_when_off(tmp_path: Path) -> None:
+    app = site(tmp_path)
+
+    assert not isinstance(app.wsgi_app, ProfilerMiddleware)
+    assert app.extensions["request_profiler"] is None
+
+
+def test_a_token_request_lists_the_flask_endpoint_and_the_sites_queries(tmp_path: Path) -> None:
+    app = site(tmp_path, PROFILER_SECRET=SECRET)
+    with get_database(app).session() as session:
+        seed(session, 5)
+
+    result = run(app, "/", headers={"X-Profile-Token": make_token(SECRET, 60)})
+
+    assert result.status == "200 OK" and result.header("X-Profile-Id")
+    [meta] = stored(tmp_path / "profiles")
+    assert meta["endpoint"] == "pages.index"
+    assert meta["sql_count"] >= 1 and "episodes" in meta["sql"][0][0].lower()
+
+
+def test_the_engine_and_sampling_settings_reach_the_middleware(tmp_path: Path) -> None:
+    app = site(tmp_path, PROFILER_SAMPLE_RATE=1.0, PROFILER_ENGINE="cprofile", PROFILER_MAX_PROFILES=1)
+
+    run(app, "/health")
+    run(app, "/health")
+
+    [meta] = stored(tmp_path / "profiles")
+    assert (meta["profiler"], meta["trigger"]) == ("cprofile", "sample")
+
+
+def test_the_token_command_prints_a_token_for_the_ttl(tmp_path: Path) -> None:
+    app = site(tmp_path, PROFILER_SECRET=SECRET)
+
+    result = app.test_cli_runner().invoke(args=["profiler-token", "--ttl", "15m"])
+
+    assert result.exit_code == 0
+    assert TokenVerifier(SECRET).expires_at(result.output.strip()) == pytest.approx(time.time() + 900, abs=2)
+
+
+@pytest.mark.parametrize(
+    "settings, args, message",
+    [({}, ["profiler-token"], "PROFILER_SECRET is not set"),
+     ({"PROFILER_SECRET": SECRET}, ["profiler-token", "--ttl", "1w"], "not a duration")],
+)
+def test_the_token_command_explains_what_is_wrong(tmp_path: Path, settings, args, message) -> None:
+    result = site(tmp_path, **settings).test_cli_runner().invoke(args=args)
+
+    assert result.exit_code != 0 and message in result.output

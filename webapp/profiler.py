@@ -1,0 +1,65 @@
+"""The site's per-request profiler: request_profiler, configured by the PROFILER_* settings.
+
+    install_profiler(app)        # in create_app, after the settings are loaded
+
+    $ flask --app webapp profiler-token --ttl 15m
+    1767225600.q3Xo...           # send as X-Profile-Token, ?_profile= or open /_profiler/?_profile=...
+
+With no PROFILER_SECRET and PROFILER_SAMPLE_RATE 0 (the defaults) nothing is
+wrapped: requests pay nothing at all.
+"""
+from __future__ import annotations
+
+import click
+from flask import Flask, current_app, request
+from flask.cli import with_appcontext
+
+from request_profiler import ENDPOINT_KEY, ProfilerMiddleware, make_token, parse_ttl
+
+
+def install_profiler(app: Flask) -> None:
+    """Wrap ``app.wsgi_app`` in the profiler and add the ``profiler-token`` command.
+
+    The middleware is kept in ``app.extensions["request_profiler"]`` (None when off).
+    """
+    config = app.config
+    middleware = None
+    if config["PROFILER_SECRET"] or config["PROFILER_SAMPLE_RATE"]:
+        middleware = ProfilerMiddleware(
+            app.wsgi_app,
+            secret=config["PROFILER_SECRET"] or None,
+            sample_rate=config["PROFILER_SAMPLE_RATE"],
+            slow_ms=config["PROFILER_SLOW_MS"],
+            profiler=config["PROFILER_ENGINE"],
+            directory=config["PROFILER_DIR"],
+            max_profiles=config["PROFILER_MAX_PROFILES"],
+            max_bytes=config["PROFILER_MAX_BYTES"],
+        )
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        app.before_request(_name_endpoint)
+    app.extensions["request_profiler"] = middleware
+    app.cli.add_command(profiler_token_command)
+
+
+def _name_endpoint() -> None:
+    # The viewer groups profiles by endpoint, which only Flask knows.
+    request.environ[ENDPOINT_KEY] = request.endpoint
+
+
+def _ttl_seconds(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_ttl(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@click.command("profiler-token")
+@click.option("--ttl", default="1h", show_default=True, callback=_ttl_seconds,
+              help="How long the token works: 90s, 15m, 1h, 2d.")
+@with_appcontext
+def profiler_token_command(ttl: int) -> None:
+    """Print a token that switches profiling on for the requests that carry it."""
+    secret = current_app.config["PROFILER_SECRET"]
+    if not secret:
+        raise click.ClickException("PROFILER_SECRET is not set, so on-demand profiling is off")
+    click.echo(make_token(secret, ttl))
