@@ -68,7 +68,7 @@ class DirectoryStore:
     """
 
     suffix = ".profile"
-    #: A temporary file this old was left by a killed worker (uWSGI harakiri).
+    #: Temporary files older than this are left-overs, removed when pruning.
     stale_temp_seconds = 3600
 
     def __init__(self, directory: str | os.PathLike[str], *, max_profiles: int = 200, max_bytes: int = 100 * 2**20) -> None:
@@ -130,32 +130,39 @@ class DirectoryStore:
     def _prune(self, keep: str) -> None:
         with open(os.path.join(self.directory, ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            profiles, temps = [], []
+            with os.scandir(self.directory) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".tmp-"):
+                        temps.append(entry)
+                    elif entry.name.endswith(self.suffix) and is_profile_id(entry.name[: -len(self.suffix)]):
+                        profiles.append(entry)
+            profiles.sort(key=lambda entry: entry.name, reverse=True)  # newest first
             total = count = 0
-            for profile_id in self._ids():
-                path = self._path(profile_id)
-                try:
-                    size = os.stat(path).st_size
-                except FileNotFoundError:
+            for entry in profiles:
+                stat = _stat(entry)
+                if stat is None:
                     continue
-                if profile_id != keep and (count >= self.max_profiles or total + size > self.max_bytes):
-                    _remove(path)
+                if entry.name != keep + self.suffix and (
+                    count >= self.max_profiles or total + stat.st_size > self.max_bytes
+                ):
+                    _remove(entry.path)
                 else:
                     count += 1
-                    total += size
-            self._remove_stale_temps()
-
-    def _remove_stale_temps(self) -> None:
-        cutoff = time.time() - self.stale_temp_seconds
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if not entry.name.startswith(".tmp-"):
-                    continue
-                try:
-                    stale = entry.stat().st_mtime < cutoff
-                except FileNotFoundError:  # renamed into place meanwhile
-                    continue
-                if stale:
+                    total += stat.st_size
+            # Left by a worker killed mid-write (uWSGI harakiri); a fresh one is being written.
+            cutoff = time.time() - self.stale_temp_seconds
+            for entry in temps:
+                stat = _stat(entry)
+                if stat is not None and stat.st_mtime < cutoff:
                     _remove(entry.path)
+
+
+def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
+    try:
+        return entry.stat()
+    except FileNotFoundError:  # removed or renamed by another process meanwhile
+        return None
 
 
 def _remove(path: str) -> None:
