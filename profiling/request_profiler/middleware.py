@@ -89,7 +89,6 @@ class ProfilerMiddleware:
                 prefix=viewer_prefix, store=store, tokens=self._tokens,
                 profilers=readers, fallback=app, clock=clock,
             )
-            self._viewer_root = self._viewer.prefix + "/"
         self._failing: set[str] = set()
 
     def make_token(self, ttl_seconds: float | None = None) -> str:
@@ -100,16 +99,16 @@ class ProfilerMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         # The path every unprofiled request takes: keep it to a few lookups.
-        if self._viewer is not None:
-            path = environ.get("PATH_INFO", "")
-            if path.startswith(self._viewer_root) or path == self._viewer.prefix:
-                return self._viewer(environ, start_response)
+        if self._viewer is not None and self._viewer.handles(environ.get("PATH_INFO", "")):
+            return self._viewer(environ, start_response)
         requested = self._tokens is not None and self._tokens.from_environ(environ) is not None
         if requested or (self.sample_rate and random.random() < self.sample_rate):
             return self._profile(environ, start_response, requested)
         return self.app(environ, start_response)
 
-    def _profile(self, environ: dict[str, Any], start_response: Callable[..., Any], requested: bool) -> Iterable[bytes]:
+    def _profile(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], requested: bool
+    ) -> Iterable[bytes]:
         if not _one_profile_at_a_time.acquire(blocking=False):
             return self.app(environ, start_response)
         try:
@@ -129,10 +128,12 @@ class ProfilerMiddleware:
             raise
         return _ProfiledBody(app_iter, recording, self._finish)
 
-    def _inline(self, recording: _Recording, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def _inline(
+        self, recording: _Recording, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         """Answer with the profile's page; the response is run to its end inside the profile."""
 
-        def discard_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        def discard_response(status: str, headers: list[Any], exc_info: Any = None) -> Callable[[bytes], None]:
             recording.response_started(status)
             return lambda data: None
 
@@ -249,7 +250,7 @@ class _Recording:
         return [("X-Profile-Id", self.id), ("Server-Timing", f"app;dur={self.response_ms or 0:.1f}")]
 
     def wrap(self, start_response: Callable[..., Any]) -> Callable[..., Any]:
-        def profiled_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        def profiled_start_response(status: str, headers: list[Any], exc_info: Any = None) -> Any:
             self.response_started(status)
             # Sampled requests did not ask to be profiled, and their client
             # may not be trusted with timings: they look like any other.
@@ -259,7 +260,9 @@ class _Recording:
 
         return profiled_start_response
 
-    def metadata(self, duration_ms: float, profiler_name: str, secret_params: Collection[str]) -> dict[str, Any]:
+    def metadata(
+        self, duration_ms: float, profiler_name: str, secret_params: Collection[str]
+    ) -> dict[str, Any]:
         environ = self.environ
         sql = self.sql
         return {
@@ -292,7 +295,9 @@ class _ProfiledBody:
     client went away, so every profile ends and is kept.
     """
 
-    def __init__(self, app_iter: Iterable[bytes], recording: _Recording, finish: Callable[[_Recording], object]) -> None:
+    def __init__(
+        self, app_iter: Iterable[bytes], recording: _Recording, finish: Callable[[_Recording], object]
+    ) -> None:
         self._app_iter = app_iter
         self._chunks: Iterator[bytes] = iter(app_iter)
         self._recording = recording
@@ -316,6 +321,13 @@ class _ProfiledBody:
             if hasattr(self._app_iter, "close"):
                 self._app_iter.close()
         finally:
+            self._finish(self._recording)
+
+    def __del__(self) -> None:
+        # WSGI servers call close(), but a test client whose response is never
+        # closed would otherwise keep the process lock: no profile would ever
+        # run again in this process.
+        if not self._recording.finished:
             self._finish(self._recording)
 
 

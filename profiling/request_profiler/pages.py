@@ -74,7 +74,10 @@ def element(tag: str, /, *children: object, **attributes: object) -> Markup:
 def table(
     head: Iterable[object] | None, rows: Iterable[Iterable[object]], numeric: frozenset[int] = frozenset()
 ) -> Markup:
-    """A table, with a header row unless ``head`` is None; the columns whose index is in ``numeric`` are right-aligned."""
+    """A table, with a header row unless ``head`` is None.
+
+    The columns whose index is in ``numeric`` are right-aligned.
+    """
 
     def row(cell_tag: str, cells: Iterable[object]) -> Markup:
         return element(

@@ -71,7 +71,9 @@ class DirectoryStore:
     #: Temporary files older than this are left-overs, removed when pruning.
     stale_temp_seconds = 3600
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_profiles: int = 200, max_bytes: int = 100 * 2**20) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], *, max_profiles: int = 200, max_bytes: int = 100 * 2**20
+    ) -> None:
         if max_profiles < 1 or max_bytes < 1:
             raise ValueError("max_profiles and max_bytes must be positive")
         self.directory = os.fspath(directory)

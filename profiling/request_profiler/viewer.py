@@ -42,7 +42,7 @@ from urllib.parse import parse_qs
 
 from .pages import Markup, element, page, table
 from .profilers import Profiler
-from .store import Store
+from .store import Store, is_profile_id
 from .tokens import TOKEN_PARAM, TokenVerifier, ValidToken
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -100,11 +100,16 @@ class Viewer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.prefix = prefix.rstrip("/")
+        self._root = self.prefix + "/"
         self._store = store
         self._tokens = tokens
         self._profilers = profilers
         self._fallback = fallback
         self._clock = clock
+
+    def handles(self, path: str) -> bool:
+        """Whether ``path`` (a PATH_INFO) is under the viewer's prefix."""
+        return path.startswith(self._root) or path == self.prefix
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         token = self._tokens.from_environ(environ)
@@ -123,7 +128,7 @@ class Viewer:
             case "GET", []:
                 return self._list(base, by_duration=query.get("sort") == ["duration"])
             case "POST", []:
-                return self._set_cookie(environ, base, token)
+                return self._cookie_button(environ, base, token)
             case "GET", ["endpoints"]:
                 return self._endpoints(base)
             case "GET", [profile_id]:
@@ -168,7 +173,7 @@ class Viewer:
         return _html(title, _nav(base), element("h1", title), cookie_form, help_text,
                      table(head, rows, numeric=frozenset({3, 4, 5})))
 
-    def _set_cookie(self, environ: dict[str, Any], base: str, token: ValidToken) -> _Response:
+    def _cookie_button(self, environ: dict[str, Any], base: str, token: ValidToken) -> _Response:
         try:
             length = min(int(environ.get("CONTENT_LENGTH") or 0), _MAX_FORM_BYTES)
         except ValueError:
@@ -204,15 +209,16 @@ class Viewer:
                      table(head, rows, numeric=frozenset({1, 2, 3, 4, 5})))
 
     def _detail(self, base: str, profile_id: str) -> _Response:
-        stored = self._store.load(profile_id)
+        stored = self._load(profile_id)
         if stored is None:
             return _not_found()
         meta, _ = stored
+        response_ms = meta["response_ms"]
         facts = (
             ("Time (UTC)", _when(meta["time"])),
             ("Status", _status(meta)),
             ("Duration", f"{_ms(meta['duration_ms'])} ms (until close())"),
-            ("Server-Timing app", "—" if meta["response_ms"] is None else f"{_ms(meta['response_ms'])} ms (until start_response)"),
+            ("Server-Timing app", "—" if response_ms is None else f"{_ms(response_ms)} ms (to start_response)"),
             ("Endpoint", meta["endpoint"] or "—"),
             ("Body sent completely", "yes" if meta["body_complete"] else "no (error or client disconnected)"),
             ("Error", meta["error"] or "—"),
@@ -270,12 +276,17 @@ class Viewer:
         return _Response("200 OK", profiler.export(data, fmt), headers)
 
     def _read(self, profile_id: str) -> tuple[Profiler, bytes] | None:
-        stored = self._store.load(profile_id)
+        """The profile's data and the engine that reads it."""
+        stored = self._load(profile_id)
         if stored is None:
             return None
         meta, data = stored
         profiler = self._profilers.get(meta["profiler"])
         return None if profiler is None else (profiler, data)
+
+    def _load(self, profile_id: str) -> tuple[dict[str, Any], bytes] | None:
+        # Checked here too, so that no Store implementation ever sees a path.
+        return self._store.load(profile_id) if is_profile_id(profile_id) else None
 
 
 @dataclass(frozen=True)
@@ -320,7 +331,8 @@ def _html(title: str, *body: object) -> _Response:
 
 
 def _not_found() -> _Response:
-    return _Response("404 Not Found", page("Not found", element("h1", "No such profile or page")).encode(), _HTML_HEADERS)
+    body = page("Not found", element("h1", "No such profile or page")).encode()
+    return _Response("404 Not Found", body, _HTML_HEADERS)
 
 
 def _nav(base: str) -> Markup:

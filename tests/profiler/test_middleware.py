@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import pstats
 import re
 import threading
@@ -341,3 +342,14 @@ def test_one_profile_at_a_time_holds_across_middlewares(make_middleware, store_d
 
     assert inner_results[0].header("X-Profile-Id") is None
     assert len(stored(store_dir)) == 1
+
+
+def test_a_response_never_closed_still_ends_its_profile_when_dropped(make_middleware, store_dir, token) -> None:
+    client = Client(make_middleware())
+    response = client.get("/unclosed", headers={"X-Profile-Token": token})  # werkzeug leaves it open
+    assert response.get_data() == b"hello /unclosed"
+
+    del response
+    gc.collect()
+
+    assert [meta["path"] for meta in stored(store_dir)] == ["/unclosed"]

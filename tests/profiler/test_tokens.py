@@ -63,15 +63,16 @@ def test_the_header_wins_then_the_query_then_the_cookie() -> None:
     cookie = make_token(SECRET, 300, now=NOW)
     verifier = verifier_at(NOW)
 
-    def found(**options) -> str | None:
-        valid = verifier.from_environ(environ_for("/", **options))
+    def found(header_token: str, query_token: str, cookie_token: str) -> str | None:
+        headers = {"X-Profile-Token": header_token, "Cookie": f"theme=dark; _profile={cookie_token}"}
+        valid = verifier.from_environ(environ_for("/", headers=headers, query_string={"_profile": query_token}))
         return valid and valid.token
 
-    everything = {"headers": {"X-Profile-Token": header, "Cookie": f"_profile={cookie}"}, "query_string": {"_profile": query}}
-    assert found(**everything) == header
-    assert found(headers={"X-Profile-Token": "bad", "Cookie": f"_profile={cookie}"}, query_string={"_profile": query}) == query
-    assert found(headers={"X-Profile-Token": "bad", "Cookie": f"a=1; _profile={cookie}"}, query_string="_profile=bad") == cookie
-    assert found(query_string={"_profile_view": "inline"}) is None
+    assert found(header, query, cookie) == header
+    assert found("bad", query, cookie) == query
+    assert found("bad", "bad", cookie) == cookie
+    assert found("bad", "bad", "bad") is None
+    assert verifier.from_environ(environ_for("/", query_string={"_profile_view": "inline"})) is None
 
 
 def test_make_token_refuses_what_would_make_a_useless_token() -> None:
