@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 #: The query parameter and the cookie that carry a token.
