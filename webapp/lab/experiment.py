@@ -1,0 +1,260 @@
+"""Experiment files: a baseline, single changes against it, combinations, targets.
+
+    experiment = load_experiment("deploy/experiments/uwsgi-processes.toml")
+    for configuration in experiment.configurations:
+        configuration.id, configuration.settings["uwsgi.processes"]
+
+The format (TOML; knob names are listed in :mod:`webapp.lab.knobs`)::
+
+    title = "uWSGI worker processes"
+    about = "Why this experiment, and what to look at."
+    runs = 3                              # measured runs per configuration
+
+    [baseline]                            # knobs not set here keep their defaults
+    label = "1 process"
+    request.path = "/api/episodes"
+    uwsgi.processes = 1
+
+    [changes.cpus]                        # each change is applied alone to the baseline
+    label = "processes = CPU count"
+    uwsgi.processes = "cpus"
+
+    [combined.tuned]                      # optional: several changes together
+    label = "all of the above"
+    changes = ["cpus", "logging_off"]
+
+    [[targets]]                           # checked in the report, never loosened
+    label = "tuned ≥ 2× the defaults"
+    require = "tuned / baseline >= 2"     # ratio of median requests/s
+
+Anything malformed raises :class:`ExperimentError` with the file and the key.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import knobs
+
+DEFAULT_RUNS = 3
+_ID = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_REQUIRE = re.compile(r"\s*([a-z][a-z0-9_]*)\s*/\s*([a-z][a-z0-9_]*)\s*(>=|<=)\s*(\d+(?:\.\d+)?)\s*")
+_TOP_LEVEL = {"title", "about", "runs", "baseline", "changes", "combined", "targets"}
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot be run as written."""
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """One stack-and-request setup to measure."""
+
+    id: str
+    label: str
+    #: "baseline", "change" or "combined".
+    kind: str
+    #: The knobs this configuration sets on top of the baseline (for the baseline: on the defaults).
+    changes: Mapping[str, Any]
+    #: Every knob's value.
+    settings: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    """``numerator / denominator`` (ratio of median requests/s) ``>=`` or ``<=`` ``bound``."""
+
+    label: str
+    numerator: str
+    denominator: str
+    operator: str
+    bound: float
+
+    @property
+    def expression(self) -> str:
+        return f"{self.numerator} / {self.denominator} {self.operator} {self.bound:g}"
+
+    def met_by(self, ratio: float) -> bool:
+        return ratio >= self.bound if self.operator == ">=" else ratio <= self.bound
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    path: Path
+    title: str
+    about: str
+    runs: int
+    configurations: tuple[Configuration, ...]
+    targets: tuple[Target, ...]
+
+    @property
+    def baseline(self) -> Configuration:
+        return self.configurations[0]
+
+    def configuration(self, id: str) -> Configuration:
+        return next(configuration for configuration in self.configurations if configuration.id == id)
+
+    def shortened(self, runs: int, duration: float, warmup: float) -> Experiment:
+        """The same experiment with at most ``runs`` runs of at most ``duration``/``warmup`` seconds."""
+        def shorten(configuration: Configuration) -> Configuration:
+            settings = dict(configuration.settings)
+            settings["load.duration"] = min(settings["load.duration"], duration)
+            settings["load.warmup"] = min(settings["load.warmup"], warmup)
+            return replace(configuration, settings=settings)
+
+        return replace(self, runs=min(self.runs, runs),
+                       configurations=tuple(shorten(c) for c in self.configurations))
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and check one experiment file."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ExperimentError(f"{path}: cannot read it: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ExperimentError(f"{path}: not valid TOML: {error}") from None
+    try:
+        return parse_experiment(document, path)
+    except ExperimentError as error:
+        raise ExperimentError(f"{path}: {error}") from None
+
+
+def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
+    """Check a parsed experiment file; ``path`` names it (its stem is the experiment's id)."""
+    unknown = set(document) - _TOP_LEVEL
+    if unknown:
+        raise ExperimentError(f"unknown top-level key(s): {', '.join(sorted(unknown))} "
+                              f"(expected {', '.join(sorted(_TOP_LEVEL))})")
+    title = _string(document, "title", "title", required=True)
+    about = _string(document, "about", "about")
+    runs = document.get("runs", DEFAULT_RUNS)
+    if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= 50:
+        raise ExperimentError("runs must be a whole number from 1 to 50")
+
+    baseline_table = _table(document, "baseline", "[baseline]", required=True)
+    baseline_changes = _knob_values(baseline_table, "[baseline]", extra={"label"})
+    baseline = Configuration(
+        "baseline", _string(baseline_table, "label", "[baseline] label") or "baseline", "baseline",
+        baseline_changes, _resolve(baseline_changes, knobs.DEFAULTS, "[baseline]"),
+    )
+    configurations = [baseline]
+
+    changes: dict[str, Mapping[str, Any]] = {}
+    for id, table in _table(document, "changes", "[changes]").items():
+        where = f"[changes.{id}]"
+        _check_id(id, where)
+        if not isinstance(table, dict):
+            raise ExperimentError(f"{where} must be a table of knobs")
+        values = _knob_values(table, where, extra={"label"})
+        if not values:
+            raise ExperimentError(f"{where} changes no knob")
+        changes[id] = values
+        configurations.append(Configuration(
+            id, _string(table, "label", f"{where} label") or knobs.describe(values), "change",
+            values, _resolve(values, baseline.settings, where),
+        ))
+
+    for id, table in _table(document, "combined", "[combined]").items():
+        where = f"[combined.{id}]"
+        _check_id(id, where)
+        if id in changes:
+            raise ExperimentError(f"{where}: the id is already a change's")
+        if not isinstance(table, dict) or set(table) - {"label", "changes"}:
+            raise ExperimentError(f"{where} takes only label and changes (a list of change ids)")
+        names = table.get("changes")
+        if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+            raise ExperimentError(f"{where} changes must list at least two change ids")
+        values = _combine(names, changes, where)
+        configurations.append(Configuration(
+            id, _string(table, "label", f"{where} label") or " + ".join(names), "combined",
+            values, _resolve(values, baseline.settings, where),
+        ))
+
+    ids = {configuration.id for configuration in configurations}
+    targets = tuple(_target(entry, index, ids) for index, entry in enumerate(_targets(document), 1))
+    return Experiment(path.stem, path, title, about, runs, tuple(configurations), targets)
+
+
+def _string(table: Mapping[str, Any], key: str, where: str, required: bool = False) -> str:
+    value = table.get(key, "")
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ExperimentError(f"{where} must be {'a non-empty' if required else 'a'} string")
+    return value.strip()
+
+
+def _table(document: Mapping[str, Any], key: str, where: str, required: bool = False) -> dict[str, Any]:
+    if key not in document and not required:
+        return {}
+    value = document.get(key)
+    if not isinstance(value, dict):
+        raise ExperimentError(f"{where} is {'missing' if value is None else 'not a table'}")
+    return value
+
+
+def _check_id(id: str, where: str) -> None:
+    if id == "baseline" or not _ID.fullmatch(id):
+        raise ExperimentError(f"{where}: ids are lower-case letters, digits and _ (not \"baseline\")")
+
+
+def _knob_values(table: Mapping[str, Any], where: str, extra: set[str]) -> dict[str, Any]:
+    """``{"uwsgi": {"processes": 1}}`` (what TOML makes of dotted keys) as ``{"uwsgi.processes": 1}``."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, inner)
+        else:
+            flat[prefix] = value
+
+    walk("", {key: value for key, value in table.items() if key not in extra})
+    return flat
+
+
+def _resolve(values: Mapping[str, Any], base: Mapping[str, Any], where: str) -> dict[str, Any]:
+    try:
+        return knobs.resolve(values, base)
+    except knobs.KnobError as error:
+        raise ExperimentError(f"{where}: {error}") from None
+
+
+def _combine(names: list[str], changes: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, Any]:
+    combined: dict[str, Any] = {}
+    for name in names:
+        if name not in changes:
+            raise ExperimentError(f'{where}: there is no change "{name}" (known: {", ".join(changes) or "none"})')
+        for knob, value in changes[name].items():
+            if knob in combined and combined[knob] != value:
+                raise ExperimentError(f"{where}: the changes set {knob} to different values")
+            combined[knob] = value
+    return combined
+
+
+def _targets(document: Mapping[str, Any]) -> list[Any]:
+    targets = document.get("targets", [])
+    if not isinstance(targets, list):
+        raise ExperimentError("targets must be an array of tables ([[targets]])")
+    return targets
+
+
+def _target(entry: Any, index: int, ids: set[str]) -> Target:
+    where = f"[[targets]] #{index}"
+    if not isinstance(entry, dict) or set(entry) - {"label", "require"}:
+        raise ExperimentError(f"{where} takes only label and require")
+    require = entry.get("require")
+    match = _REQUIRE.fullmatch(require) if isinstance(require, str) else None
+    if match is None:
+        raise ExperimentError(f'{where}: require must read "<id> / <id> >= <number>" (or <=), got {require!r}')
+    numerator, denominator, operator, bound = match.groups()
+    for id in (numerator, denominator):
+        if id not in ids:
+            raise ExperimentError(f'{where}: no configuration "{id}" (known: {", ".join(sorted(ids))})')
+    label = _string(entry, "label", f"{where} label") or require.strip()
+    return Target(label, numerator, denominator, operator, float(bound))

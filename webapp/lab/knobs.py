@@ -1,0 +1,174 @@
+"""The knobs an experiment may turn, each with its default and its check.
+
+A configuration is a flat mapping of knob names to values::
+
+    settings = resolve({"uwsgi.processes": "2*cpus", "request.path": "/api/episodes"})
+    settings["uwsgi.processes"]      # -> "2*cpus" (checked; made a number at start-up)
+    process_count("2*cpus", cpus=2)  # -> 4
+
+Knobs are grouped by what they act on: ``uwsgi.*`` and ``nginx.*`` the servers,
+``app.*`` the application's environment, ``request.*`` the URL being loaded,
+``load.*`` the load generator. An unknown name or a bad value raises
+:class:`KnobError`, with the closest known name when there is one.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class KnobError(ValueError):
+    """A knob name that does not exist or a value it cannot take."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    default: Any
+    check: Callable[[Any], Any]
+    help: str
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        # bool is an int subclass: `threads = true` is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}")
+        return value
+
+    return check
+
+
+def _number(low: float, high: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise ValueError(f"must be a number from {low:g} to {high:g}")
+        return float(value)
+
+    return check
+
+
+def _choice(*choices: Any) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or value not in choices:
+            raise ValueError("must be one of " + ", ".join(_toml(choice) for choice in choices))
+        return value
+
+    return check
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+_PER_CPU = re.compile(r"(?:(\d+)\s*\*\s*)?cpus")
+
+
+def _processes(value: Any) -> int | str:
+    """A count of processes: a number, or a multiple of the CPU count ("cpus", "2*cpus")."""
+    if isinstance(value, str):
+        match = _PER_CPU.fullmatch(value.strip())
+        if match and int(match.group(1) or 1) in range(1, 17):
+            return value.strip()
+        raise ValueError('must be a number, "cpus" or a multiple such as "2*cpus" (up to 16)')
+    return _integer(1, 256)(value)
+
+
+def _worker_processes(value: Any) -> int | str:
+    return "auto" if value == "auto" else _processes(value)
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError('must be a URL path starting with "/", without spaces')
+    return value
+
+
+def _status(value: Any) -> int | None:
+    return None if value == "auto" else _integer(100, 599)(value)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else str(value)
+
+
+def process_count(value: int | str, cpus: int) -> int:
+    """The number a ``processes`` value stands for on a machine with ``cpus`` CPUs."""
+    if isinstance(value, int):
+        return value
+    if value == "auto":
+        return cpus
+    match = _PER_CPU.fullmatch(value)
+    assert match is not None, value  # checked by _processes
+    return int(match.group(1) or 1) * cpus
+
+
+_KNOBS = [
+    # uWSGI. The defaults are the project's tuned deploy/uwsgi/uwsgi.ini.
+    Knob("uwsgi.processes", "cpus", _processes, 'worker processes: a number, "cpus" or "2*cpus"'),
+    Knob("uwsgi.threads", 1, _integer(1, 64), "threads per worker (1: no threads)"),
+    Knob("uwsgi.logging", "off", _choice("on", "off", "syslog-udp"),
+         'request logging: "on" (to the log file), "off", or "syslog-udp" to a local UDP socket'),
+    Knob("uwsgi.max_requests", 0, _integer(0, 10_000_000), "recycle a worker after this many requests (0: never)"),
+    Knob("uwsgi.max_worker_lifetime", 0, _integer(0, 86_400), "recycle a worker after this many seconds (0: never)"),
+    # nginx. The defaults are the project's tuned deploy/nginx config.
+    Knob("nginx.worker_processes", "auto", _worker_processes, 'a number, "auto", "cpus" or "2*cpus"'),
+    Knob("nginx.worker_connections", 1024, _integer(16, 65_536), "connections per nginx worker"),
+    Knob("nginx.open_file_cache", False, _flag, "cache open file descriptors of static files"),
+    Knob("nginx.gzip", True, _flag, "compress text responses on the fly"),
+    # The application.
+    Knob("app.database", "sqlite", _choice("sqlite", "postgresql"), "the database backend"),
+    Knob("app.gc_freeze", True, _flag, "gc.freeze() in the uWSGI master before the fork"),
+    Knob("app.profiler", "none", _choice("none", "off", "sampled", "on"),
+         '"none": not installed; "off": installed, token-only; "sampled": 1% of requests; "on": every request'),
+    Knob("app.feed", "cached", _choice("cached", "cold", "feedgen"),
+         'the feed route: "cached" (the app), "cold" (the app without its cache), '
+         '"feedgen" (built per request with feedgen, for comparison)'),
+    Knob("app.frozen", False, _flag, "freeze the site first, so nginx serves its pages as files"),
+    # What is loaded.
+    Knob("request.path", "/", _path, "the URL path loaded"),
+    Knob("request.via", "nginx", _choice("nginx", "uwsgi"), "through nginx, or straight to uWSGI's HTTP socket"),
+    Knob("request.conditional", False, _flag, "send If-None-Match with the ETag of a first GET"),
+    Knob("request.gzip", False, _flag, "send Accept-Encoding: gzip"),
+    Knob("request.expect", "auto", _status, 'the status every response must have ("auto": 304 if conditional, else 200)'),
+    # The load generator.
+    Knob("load.connections", 32, _integer(1, 10_000), "concurrent connections"),
+    Knob("load.threads", 1, _integer(1, 64), "load generator threads (wrk -t; ab has one)"),
+    Knob("load.duration", 5.0, _number(0.2, 600), "seconds of each measured run"),
+    Knob("load.warmup", 1.0, _number(0, 600), "seconds of load before each run, not measured"),
+]
+
+KNOBS: dict[str, Knob] = {knob.name: knob for knob in _KNOBS}
+DEFAULTS: dict[str, Any] = {knob.name: knob.default for knob in _KNOBS}
+
+
+def check(name: str, value: Any) -> Any:
+    """``value`` checked for knob ``name``; raises :class:`KnobError` naming both."""
+    knob = KNOBS.get(name)
+    if knob is None:
+        close = difflib.get_close_matches(name, KNOBS, n=1)
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
+        raise KnobError(f'unknown knob "{name}"{hint}')
+    try:
+        return knob.check(value)
+    except ValueError as error:
+        raise KnobError(f"{name} = {_toml(value)}: {error}") from None
+
+
+def resolve(changes: Mapping[str, Any], base: Mapping[str, Any] = DEFAULTS) -> dict[str, Any]:
+    """Every knob: ``base`` with ``changes`` (checked) applied."""
+    settings = dict(base)
+    settings.update({name: check(name, value) for name, value in changes.items()})
+    return settings
+
+
+def describe(changes: Mapping[str, Any]) -> str:
+    """A short human form of some knob values: ``uwsgi.processes=4, nginx.gzip=false``."""
+    return ", ".join(f"{name}={_toml(value).strip(chr(34))}" for name, value in changes.items())

@@ -1,0 +1,194 @@
+"""Load from a separate process: wrk, or ab where wrk is missing.
+
+    tool = find_tool()                                  # "wrk", else "ab"; LoadToolMissing if neither
+    result = run_load(tool, LoadSpec("http://127.0.0.1:8080/health", connections=32,
+                                     threads=1, duration=5.0), workdir)
+    result.requests_per_second, result.p99_ms, result.generator_saturated
+
+Every run is bounded: the tool is told the duration and is killed if it
+overruns it by :data:`GRACE_SECONDS`. The load generator's own CPU time is
+measured from ``getrusage(RUSAGE_CHILDREN)`` around the run; when it used
+(nearly) all of the CPU its threads can use, the result says the number is
+the generator's ceiling rather than the server's.
+"""
+from __future__ import annotations
+
+import json
+import re
+import resource
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Seconds a tool may run past its duration before it is killed.
+GRACE_SECONDS = 15.0
+#: CPU used / (wall time × generator threads) at or above which the generator was the bottleneck.
+SATURATION = 0.9
+
+TOOLS = ("wrk", "ab")
+
+# wrk's Lua hook that prints the summary as one JSON line: its text output
+# rounds latencies and changes units; this keeps microseconds.
+_WRK_REPORT = """\
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'LAB-JSON {"requests":%d,"duration_us":%d,"bytes":%d,' ..
+    '"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,' ..
+    '"p50_us":%d,"p99_us":%d,"max_us":%d}\\n',
+    summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+class LoadError(RuntimeError):
+    """The load generator could not run or its output could not be read."""
+
+
+class LoadToolMissing(LoadError):
+    """Neither wrk nor ab (or not the one asked for) is installed."""
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    url: str
+    connections: int
+    threads: int
+    duration: float
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    tool: str
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    #: Connection, read, write and timeout errors.
+    errors: int
+    #: Responses the tool counts as failed by status: wrk counts non-2xx/3xx, ab non-2xx.
+    bad_status: int
+    bytes: int
+    #: The generator's user+system CPU seconds over the run.
+    cpu_seconds: float
+    threads: int
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def generator_cpu_share(self) -> float:
+        """How much of the CPU its threads could use the load generator used (0–1)."""
+        return self.cpu_seconds / (self.seconds * self.threads) if self.seconds else 0.0
+
+    @property
+    def generator_saturated(self) -> bool:
+        return self.generator_cpu_share >= SATURATION
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(requests_per_second=self.requests_per_second,
+                    generator_cpu_share=self.generator_cpu_share,
+                    generator_saturated=self.generator_saturated)
+        return data
+
+
+def find_tool(preferred: str | None = None) -> str:
+    """The load tool to use: ``preferred`` if given, else wrk, else ab."""
+    candidates = (preferred,) if preferred else TOOLS
+    for name in candidates:
+        if shutil.which(name):
+            return name
+    wanted = preferred or "wrk or ab"
+    raise LoadToolMissing(f"{wanted} is not installed (apt-get install wrk apache2-utils)")
+
+
+def run_load(tool: str, spec: LoadSpec, workdir: Path) -> LoadResult:
+    """Load ``spec.url`` for ``spec.duration`` seconds with ``tool``; ``workdir`` holds its script."""
+    if tool == "wrk":
+        script = workdir / "lab-report.lua"
+        if not script.exists():
+            script.write_text(_WRK_REPORT)
+        command = ["wrk", "--latency", "-t", str(spec.threads), "-c", str(max(spec.connections, spec.threads)),
+                   "-d", f"{spec.duration:g}s", "--timeout", "5s", "-s", str(script)]
+        for name, value in spec.headers.items():
+            command += ["-H", f"{name}: {value}"]
+        output, cpu_seconds = _run(command + [spec.url], spec.duration)
+        return parse_wrk(output, cpu_seconds, spec.threads)
+    if tool == "ab":
+        # -n caps the count; -t is what bounds the run. -k keeps connections alive, as wrk does.
+        command = ["ab", "-q", "-k", "-r", "-s", "5", "-n", "50000000", "-c", str(spec.connections),
+                   "-t", str(max(1, round(spec.duration)))]
+        for name, value in spec.headers.items():
+            command += ["-H", f"{name}: {value}"]
+        output, cpu_seconds = _run(command + [spec.url], spec.duration)
+        return parse_ab(output, cpu_seconds)
+    raise LoadError(f"unknown load tool {tool!r} (known: {', '.join(TOOLS)})")
+
+
+def _run(command: list[str], duration: float) -> tuple[str, float]:
+    # Only the tool is reaped while this runs, so the children's usage delta is its own.
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True,
+                                   timeout=duration + GRACE_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        raise LoadError(f"{command[0]} ran past {duration + GRACE_SECONDS:.0f}s and was killed") from None
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if completed.returncode != 0:
+        detail = (completed.stderr or completed.stdout).strip().splitlines()
+        raise LoadError(f"{command[0]} failed (exit {completed.returncode}): {detail[-1] if detail else 'no output'}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return completed.stdout, cpu
+
+
+def parse_wrk(output: str, cpu_seconds: float, threads: int) -> LoadResult:
+    """A :class:`LoadResult` from wrk's output with the ``LAB-JSON`` line of its report script."""
+    line = next((line for line in output.splitlines() if line.startswith("LAB-JSON ")), None)
+    if line is None:
+        raise LoadError("wrk printed no summary (was its Lua report script run?)")
+    data = json.loads(line.removeprefix("LAB-JSON "))
+    return LoadResult(
+        tool="wrk", requests=data["requests"], seconds=data["duration_us"] / 1e6,
+        p50_ms=data["p50_us"] / 1000, p99_ms=data["p99_us"] / 1000,
+        errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
+        bad_status=data["status"], bytes=data["bytes"], cpu_seconds=cpu_seconds, threads=threads,
+    )
+
+
+def _ab_number(output: str, label: str, default: float | None = None) -> float:
+    match = re.search(rf"^{re.escape(label)}:\s+([\d.]+)", output, re.MULTILINE)
+    if match is None:
+        if default is None:
+            raise LoadError(f"ab's output has no {label!r} line")
+        return default
+    return float(match.group(1))
+
+
+def _ab_percentile(output: str, percent: int) -> float:
+    match = re.search(rf"^\s*{percent}%\s+(\d+)", output, re.MULTILINE)
+    if match is None:
+        raise LoadError(f"ab's output has no {percent}% latency")
+    return float(match.group(1))
+
+
+def parse_ab(output: str, cpu_seconds: float) -> LoadResult:
+    """A :class:`LoadResult` from ``ab``'s text report (latencies are whole milliseconds)."""
+    return LoadResult(
+        tool="ab",
+        requests=int(_ab_number(output, "Complete requests")),
+        seconds=_ab_number(output, "Time taken for tests"),
+        p50_ms=_ab_percentile(output, 50),
+        p99_ms=_ab_percentile(output, 99),
+        errors=int(_ab_number(output, "Failed requests")),
+        bad_status=int(_ab_number(output, "Non-2xx responses", default=0)),
+        bytes=int(_ab_number(output, "Total transferred")),
+        cpu_seconds=cpu_seconds,
+        threads=1,
+    )

@@ -1,0 +1,61 @@
+"""What several runs of one configuration add up to.
+
+    summary = summarize(results)          # LoadResults of the measured runs
+    summary.rps_median, summary.spread    # spread: (max - min) / median of requests/s
+    ratio(summary, baseline_summary)      # median requests/s against the baseline's
+
+Medians, because a run disturbed by something else on the machine should not
+move the figure; the spread shows how disturbed the runs were.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .loadgen import LoadResult
+
+
+@dataclass(frozen=True)
+class Summary:
+    runs: int
+    rps_median: float
+    rps_min: float
+    rps_max: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    bad_status: int
+    #: In how many runs the load generator used (nearly) all the CPU it could.
+    saturated_runs: int
+
+    @property
+    def spread(self) -> float:
+        return (self.rps_max - self.rps_min) / self.rps_median if self.rps_median else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"spread": self.spread}
+
+
+def summarize(results: Sequence[LoadResult]) -> Summary:
+    """The summary of one configuration's measured runs (at least one)."""
+    if not results:
+        raise ValueError("no runs to summarize")
+    rates = [result.requests_per_second for result in results]
+    return Summary(
+        runs=len(results),
+        rps_median=statistics.median(rates),
+        rps_min=min(rates),
+        rps_max=max(rates),
+        p50_ms=statistics.median(result.p50_ms for result in results),
+        p99_ms=statistics.median(result.p99_ms for result in results),
+        errors=sum(result.errors for result in results),
+        bad_status=sum(result.bad_status for result in results),
+        saturated_runs=sum(result.generator_saturated for result in results),
+    )
+
+
+def ratio(summary: Summary, baseline: Summary) -> float:
+    """Median requests/s of ``summary`` over the baseline's (0 when the baseline served nothing)."""
+    return summary.rps_median / baseline.rps_median if baseline.rps_median else 0.0
