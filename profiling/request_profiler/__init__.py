@@ -20,6 +20,9 @@ middleware's ``make_token()``), then send it with a request in the
     # X-Profile-Id: 20250101T120000123456-3f2a9c1b2d4e
     # Server-Timing: app;dur=12.3
 
+A token in the query string ends up in access logs (nginx, uWSGI): prefer the
+header or the cookie, and short lifetimes.
+
 Add ``_profile_view=inline`` to the query (or send ``X-Profile-View: inline``)
 to get the profile's page instead of the response. Open
 ``/_profiler/?_profile=$TOKEN`` for the stored profiles, and press its button

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import request_profiler
+from request_profiler import CProfileProfiler
 
 from .helpers import hello_app, run
 
@@ -116,3 +117,48 @@ def test_huge_and_many_repeated_tokens_pass_through(make_middleware) -> None:
     result = run(make_middleware(), "/", query_string=query, headers={"X-Profile-Token": "x" * 100_000})
 
     assert result == run(hello_app, "/", query_string=query, headers={"X-Profile-Token": "x" * 100_000})
+
+
+class _RefusingProfiler(CProfileProfiler):
+    """cProfile as Python 3.12 behaves when a debugger or coverage already profiles."""
+
+    name = "refusing"
+
+    def start(self, description: str) -> None:
+        raise ValueError("Another profiling tool is already active")
+
+
+class _FailingStopProfiler(CProfileProfiler):
+    """cProfile whose recording cannot be stopped, as pyinstrument on another thread."""
+
+    name = "failing-stop"
+
+    def stop(self) -> bytes:
+        super().stop()
+        raise RuntimeError("Failed to stop profiling")
+
+
+def test_a_profiler_that_cannot_start_leaves_requests_unprofiled(
+    make_middleware, store_dir: Path, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    middleware = make_middleware(profiler=_RefusingProfiler())
+    headers = {"X-Profile-Token": token}
+
+    results = [run(middleware, "/", headers=headers) for _ in range(2)]
+
+    assert results == [run(hello_app, "/", headers=headers)] * 2
+    assert [r.getMessage() for r in caplog.records].count(
+        "request_profiler: starting the profiler failed; requests are still served. "
+        "Further failures are not logged until it succeeds again."
+    ) == 1
+    assert not store_dir.exists()
+
+
+def test_a_profiler_that_cannot_stop_keeps_nothing_and_frees_the_lock(
+    make_middleware, store_dir: Path, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = run(make_middleware(profiler=_FailingStopProfiler()), "/", headers={"X-Profile-Token": token})
+
+    assert result.body == b"hello /"
+    assert any("stopping the profiler failed" in r.getMessage() for r in caplog.records)
+    assert not store_dir.exists()
