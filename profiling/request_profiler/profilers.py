@@ -99,13 +99,15 @@ class PyinstrumentProfiler(Profiler):
         return json.dumps(session.to_json()).encode()
 
     def render_html(self, data: bytes) -> str:
-        return HTMLRenderer().render(self._session(data))
+        html: str = HTMLRenderer().render(self._session(data))
+        return html
 
     def export(self, data: bytes, fmt: str) -> bytes:
         if fmt == "session":
             return data
         if fmt == "speedscope":
-            return SpeedscopeRenderer().render(self._session(data)).encode()
+            speedscope: str = SpeedscopeRenderer().render(self._session(data))
+            return speedscope.encode()
         raise KeyError(fmt)
 
     @staticmethod
@@ -144,7 +146,8 @@ class CProfileProfiler(Profiler):
 
     def render_html(self, data: bytes) -> str:
         text = io.StringIO()
-        stats = pstats.Stats(_LoadedStats(data), stream=text)
+        # pstats reads any object with create_stats() and .stats, not only a Profile.
+        stats = pstats.Stats(_LoadedStats(data), stream=text)  # type: ignore[arg-type]
         stats.strip_dirs().sort_stats("cumulative").print_stats(self.rows)
         return page("cProfile", element("pre", text.getvalue()))
 

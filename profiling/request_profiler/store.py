@@ -7,7 +7,7 @@ process and thread that points at the same directory::
     store = DirectoryStore("/var/lib/site/profiles", max_profiles=200, max_bytes=50 * 2**20)
     profile_id = new_profile_id()
     store.save(profile_id, {"id": profile_id, "path": "/"}, data)
-    store.list()[0]["path"]          # "/", newest first
+    store.recent()[0]["path"]          # "/", newest first
     store.load(profile_id)           # (metadata, data), or None
 
 Ids are ``<UTC time to the microsecond>-<12 random hex digits>``: they sort by
@@ -17,6 +17,7 @@ request (no path, no query string, no token).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -25,14 +26,14 @@ import secrets
 import tempfile
 import time
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 PROFILE_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{12}")
 
 
 def new_profile_id(now: float | None = None) -> str:
-    moment = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
+    moment = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     return f"{moment:%Y%m%dT%H%M%S%f}-{secrets.token_hex(6)}"
 
 
@@ -46,7 +47,7 @@ class Store(Protocol):
     def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
         """Keep one profile; may drop older ones to stay within bounds."""
 
-    def list(self) -> list[dict[str, Any]]:
+    def recent(self) -> list[dict[str, Any]]:
         """The metadata of the stored profiles, newest first."""
 
     def load(self, profile_id: str) -> tuple[dict[str, Any], bytes] | None:
@@ -85,7 +86,7 @@ class DirectoryStore:
             raise ValueError(f"not a profile id: {profile_id!r}")
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         # One line of JSON (json.dumps escapes newlines), then the raw data:
-        # list() reads only the first line of each file.
+        # recent() reads only the first line of each file.
         content = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + data
         fd, temp_path = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:
@@ -97,7 +98,7 @@ class DirectoryStore:
             raise
         self._prune(keep=profile_id)
 
-    def list(self) -> list[dict[str, Any]]:
+    def recent(self) -> list[dict[str, Any]]:
         metas = []
         for profile_id in self._ids():
             try:
@@ -168,7 +169,5 @@ def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
 
 
 def _remove(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # another process removed it first
         os.remove(path)
-    except FileNotFoundError:
-        pass

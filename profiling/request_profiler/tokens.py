@@ -21,8 +21,11 @@ import hashlib
 import re
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
+
+if TYPE_CHECKING:
+    from itsdangerous import Signer
 
 #: The query parameter and the cookie that carry a token.
 TOKEN_PARAM = "_profile"
@@ -37,7 +40,7 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _signer(secret: str | bytes) -> Any:
+def _signer(secret: str | bytes) -> Signer:
     # Imported here: a site with profiling switched off never loads itsdangerous.
     from itsdangerous import Signer
 

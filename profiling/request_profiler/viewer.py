@@ -36,7 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
@@ -140,7 +140,7 @@ class Viewer:
         return _not_found()
 
     def _list(self, base: str, *, by_duration: bool) -> _Response:
-        metas = self._store.list()
+        metas = self._store.recent()
         if by_duration:
             metas.sort(key=lambda meta: meta["duration_ms"], reverse=True)
         rows = (
@@ -193,7 +193,7 @@ class Viewer:
         return _Response("303 See Other", b"", [("Location", f"{base}/"), ("Set-Cookie", cookie), *_PRIVATE])
 
     def _endpoints(self, base: str) -> _Response:
-        metas = self._store.list()
+        metas = self._store.recent()
         rows = (
             (s.endpoint, s.count, _ms(s.median_ms), _ms(s.p95_ms), _ms(s.total_ms), _ms(s.sql_ms))
             for s in aggregate(metas)
@@ -345,7 +345,7 @@ def _nav(base: str) -> Markup:
 
 
 def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _target(meta: Mapping[str, Any]) -> str:

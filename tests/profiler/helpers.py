@@ -52,7 +52,7 @@ def run(app: Callable[..., Iterable[bytes]], path: str = "/", **builder_options:
 
 def stored(store_dir: Path) -> list[dict[str, Any]]:
     """The metadata of the profiles in ``store_dir``, newest first."""
-    return DirectoryStore(store_dir).list()
+    return DirectoryStore(store_dir).recent()
 
 
 class _TagBalance(HTMLParser):

@@ -32,12 +32,12 @@ def test_ids_sort_by_time_and_say_nothing_else() -> None:
     assert is_profile_id(earlier)
 
 
-def test_save_load_and_list_newest_first(tmp_path: Path) -> None:
+def test_save_load_and_recent_newest_first(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path / "new" / "dir")
     first = save(store, b"\x00\n binary", at=1000.0, path="/first")
     second = save(store, at=2000.0, path="/second")
 
-    assert [meta["path"] for meta in store.list()] == ["/second", "/first"]
+    assert [meta["path"] for meta in store.recent()] == ["/second", "/first"]
     assert store.load(first) == ({"id": first, "path": "/first"}, b"\x00\n binary")
     assert files(tmp_path / "new" / "dir") == [f"{first}.profile", f"{second}.profile"]
 
@@ -46,14 +46,14 @@ def test_the_count_bound_removes_the_oldest_first(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path, max_profiles=3)
     ids = [save(store, at=1000.0 + n) for n in range(5)]
 
-    assert [meta["id"] for meta in store.list()] == ids[:1:-1]
+    assert [meta["id"] for meta in store.recent()] == ids[:1:-1]
 
 
 def test_the_byte_bound_removes_the_oldest_first(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path, max_bytes=2500)
     ids = [save(store, b"x" * 1000, at=1000.0 + n) for n in range(4)]
 
-    assert [meta["id"] for meta in store.list()] == [ids[3], ids[2]]
+    assert [meta["id"] for meta in store.recent()] == [ids[3], ids[2]]
     assert sum(path.stat().st_size for path in tmp_path.glob("*.profile")) <= 2500
 
 
@@ -62,7 +62,7 @@ def test_a_profile_larger_than_the_bound_is_kept_until_the_next_save(tmp_path: P
     old = save(store, at=1000.0)
     huge = save(store, b"x" * 1000, at=2000.0)
 
-    assert [meta["id"] for meta in store.list()] == [huge]
+    assert [meta["id"] for meta in store.recent()] == [huge]
     assert store.load(old) is None
 
 
@@ -84,7 +84,7 @@ def test_an_unknown_id_and_an_absent_directory_are_empty(tmp_path: Path) -> None
     store = DirectoryStore(tmp_path / "never-created")
 
     assert store.load(new_profile_id()) is None
-    assert store.list() == []
+    assert store.recent() == []
 
 
 def test_readers_see_whole_profiles_only(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_readers_see_whole_profiles_only(tmp_path: Path) -> None:
 
     def read_continuously() -> None:
         while not done.is_set():
-            for meta in store.list():
+            for meta in store.recent():
                 loaded = store.load(meta["id"])
                 if loaded is not None:
                     seen.append(len(loaded[1]))
@@ -132,7 +132,7 @@ def test_threads_saving_at_once_respect_the_bound(tmp_path: Path) -> None:
         thread.join()
 
     assert errors == []
-    assert len(store.list()) == 20
+    assert len(store.recent()) == 20
 
 
 def _save_twenty(directory: str) -> None:
@@ -151,7 +151,7 @@ def test_processes_saving_at_once_respect_the_bound(tmp_path: Path) -> None:
         worker.join(30)
 
     assert [worker.exitcode for worker in workers] == [0, 0, 0]
-    assert len(DirectoryStore(tmp_path).list()) == 10
+    assert len(DirectoryStore(tmp_path).recent()) == 10
 
 
 def test_temporary_files_left_by_a_killed_writer_are_removed_once_stale(tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ def test_an_unusable_directory_makes_save_raise(tmp_path: Path) -> None:
 
     with pytest.raises(OSError):
         save(store)
-    assert store.list() == []
+    assert store.recent() == []
 
 
 def test_bounds_must_be_positive(tmp_path: Path) -> None:
