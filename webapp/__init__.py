@@ -14,6 +14,7 @@ from typing import Any
 from flask import Flask
 
 from . import cli, db, errors
+from .profiler import install_profiler
 from .blueprints import api, feed, pages
 from .settings import load_settings
 
@@ -31,4 +32,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(feed.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
+    # Last, so the profiler wraps everything the app does, from the first byte.
+    install_profiler(app)
     return app
