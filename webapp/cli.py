@@ -7,6 +7,7 @@ from flask.cli import with_appcontext
 
 from .database import DatabaseUnavailable, redact_url
 from .db import get_database
+from .freeze import freeze_command
 from .seed import seed as seed_episodes
 
 #: Below this many episodes seeding is instant and a progress bar is noise.
@@ -48,3 +49,4 @@ def seed_command(episodes: int) -> None:
 def init_app(app: Flask) -> None:
     app.cli.add_command(init_db_command)
     app.cli.add_command(seed_command)
+    app.cli.add_command(freeze_command)

@@ -1,0 +1,324 @@
+"""``flask freeze``: frozen pages equal live ones, are pre-compressed, and rebuild incrementally.
+
+Every test freezes the small seed into a temporary destination on both
+backends and checks the files against a separately created live app on the
+same database.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from flask import Flask
+
+from tests.conftest import SMALL_SEED, make_app
+from webapp import queries
+from webapp.db import get_database, get_session
+from webapp.freeze import freeze
+from webapp.models import Episode
+
+TEXT_SUFFIXES = {".html", ".xml", ".css", ".js", ".svg", ".json", ".txt"}
+METADATA_FILES = {"manifest.json", ".freeze-state.json", "nginx/episodes.map"}
+
+
+def episodes_of(app: Flask) -> list[Episode]:
+    with app.app_context():
+        return queries.all_episodes(get_session())
+
+
+def execute(app: Flask, statement: str, params: tuple = ()) -> None:
+    with get_database(app).session() as session:
+        session.execute(statement, params)
+
+
+def expected_pages(app: Flask) -> dict[str, tuple[str, int]]:
+    """URL -> (file, status): the layout agreed with deploy/nginx, for every page of the site."""
+    pages = {
+        "/": ("index.html", 200),
+        "/episodes/": ("episodes/index.html", 200),
+        "/episodes/rss": ("episodes/rss.xml", 200),
+        "/this-page-does-not-exist": ("404.html", 404),
+    }
+    pages |= {f"/static/{file.name}": (f"static/{file.name}", 200) for file in Path(app.static_folder).iterdir()}
+    pages |= {episode.path: (f"{episode.path[1:]}.html", 200) for episode in episodes_of(app)}
+    return pages
+
+
+def files_of(dest: Path) -> dict[str, os.stat_result]:
+    """Every file of the live build, by path relative to ``dest``."""
+    root = dest.resolve()
+    return {str(path.relative_to(root)): path.stat() for path in root.rglob("*") if path.is_file()}
+
+
+def versions(dest: Path) -> dict[str, tuple[int, int]]:
+    """Each file's (inode, mtime): what nginx's ETag and Last-Modified come from."""
+    return {path: (stat.st_ino, stat.st_mtime_ns) for path, stat in files_of(dest).items()}
+
+
+def everything_under(dest: Path) -> dict[str, tuple[int, int] | str]:
+    """Every entry of both build trees and the symlink: to prove a freeze wrote nothing."""
+    builds = dest.with_name(f"{dest.name}.builds")
+    entries: dict[str, tuple[int, int] | str] = {"<dest>": os.readlink(dest)}
+    for path in [builds, *builds.rglob("*")]:
+        stat = path.lstat()
+        entries[str(path.relative_to(builds))] = (stat.st_ino, stat.st_mtime_ns)
+    return entries
+
+
+def redirect_map(dest: Path) -> dict[int, str]:
+    """nginx/episodes.map as episode number -> path."""
+    lines = (dest / "nginx/episodes.map").read_text().splitlines()
+    return {int(number): path.removesuffix(";") for number, path in (line.split(" ") for line in lines)}
+
+
+def assert_matches_live(dest: Path, live: Flask) -> None:
+    """Every page's file holds the bytes the live app serves; nothing else is in the build."""
+    client = live.test_client()
+    pages = expected_pages(live)
+    for url, (path, status) in pages.items():
+        response = client.get(url)
+        assert response.status_code == status, url
+        assert (dest / path).read_bytes() == response.data, url
+    compressed = {f"{path}.gz" for path, _ in pages.values() if Path(path).suffix in TEXT_SUFFIXES}
+    assert set(files_of(dest)) == {path for path, _ in pages.values()} | compressed | METADATA_FILES
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    return tmp_path / "site" / "build"
+
+
+@pytest.fixture
+def live(app: Flask, database_url: str, tmp_path: Path) -> Flask:
+    """A second app on the same database, as uWSGI would run it."""
+    return make_app(database_url, tmp_path)
+
+
+def test_every_frozen_page_is_the_bytes_the_live_app_serves(app, live, dest):
+    report = freeze(app, dest)
+    assert report.pages == SMALL_SEED + 6  # /, /episodes/, the feed, 404, two static files
+    assert_matches_live(dest, live)
+
+
+def test_layout_is_what_nginx_is_configured_for(app, dest):
+    freeze(app, dest)
+    assert dest.is_symlink() and os.readlink(dest) in {"build.builds/a", "build.builds/b"}
+    episode = episodes_of(app)[0]
+    for path in ["index.html", "episodes/index.html", f"episodes/{episode.number}/{episode.slug}.html",
+                 "episodes/rss.xml", "404.html", "static/style.css", "static/cover.png"]:
+        assert (dest / path).is_file(), path
+    assert b"<rss" in (dest / "episodes/rss.xml").read_bytes()
+    assert b"Not Found" in (dest / "404.html").read_bytes()
+
+
+def test_text_files_have_a_deterministic_gzip_sibling_with_the_same_mtime(app, dest):
+    freeze(app, dest)
+    files = files_of(dest)
+    pages = [path for path in files if Path(path).suffix in TEXT_SUFFIXES and path not in METADATA_FILES]
+    assert len(pages) == SMALL_SEED + 5
+    for path in pages:
+        original = (dest / path).read_bytes()
+        compressed = (dest / f"{path}.gz").read_bytes()
+        assert gzip.decompress(compressed) == original
+        # Level 9, mtime 0, no file name: the same bytes on every build.
+        assert compressed == gzip.compress(original, compresslevel=9, mtime=0)
+        assert compressed[3] == 0 and compressed[4:8] == bytes(4)  # no FNAME flag, mtime 0
+        assert files[f"{path}.gz"].st_mtime_ns == files[path].st_mtime_ns
+    assert "static/cover.png.gz" not in files  # PNG is compressed already
+
+
+def test_a_rebuild_with_nothing_changed_writes_nothing(app, dest):
+    freeze(app, dest)
+    before = everything_under(dest)
+    report = freeze(app, dest)
+    assert (report.rendered, report.changed) == ((), ())
+    assert "Nothing changed" in report.summary()
+    assert everything_under(dest) == before
+
+
+def test_an_edited_episode_rerenders_it_the_lists_and_the_feed_only(app, live, dest):
+    freeze(app, dest)
+    before = versions(dest)
+    edited = episodes_of(app)[-5]  # episode 5: not among the home page's latest
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("A corrected title", edited.number))
+
+    report = freeze(app, dest)
+
+    assert set(report.rendered) == {edited.path, "/", "/episodes/", "/episodes/rss"}
+    page = f"{edited.path[1:]}.html"
+    # The home page was rendered but its bytes did not change: it is kept.
+    assert report.changed == tuple(sorted([
+        page, f"{page}.gz", "episodes/index.html", "episodes/index.html.gz",
+        "episodes/rss.xml", "episodes/rss.xml.gz",
+    ]))
+    after = versions(dest)
+    for path, version in before.items():
+        if path not in {*report.changed, "manifest.json", ".freeze-state.json"}:
+            assert after[path] == version, f"{path} was rewritten"
+    assert after[page][1] > before[page][1]
+    assert json.loads((dest / "manifest.json").read_text())["changed"] == list(report.changed)
+    assert_matches_live(dest, live)
+
+
+def test_unchanged_files_keep_their_inode_and_mtime_over_many_rebuilds(app, live, dest):
+    """Builds alternate between two trees; files no build changed never move."""
+    freeze(app, dest)
+    untouched = "episodes/1/" + episodes_of(app)[-1].slug + ".html"
+    first = versions(dest)[untouched]
+    for number in [7, 8, 7, 9]:
+        execute(app, "UPDATE episodes SET summary = summary || %s WHERE number = %s", (" More.", number))
+        report = freeze(app, dest)
+        assert len(report.rendered) == 4
+        assert versions(dest)[untouched] == first
+        assert_matches_live(dest, live)
+
+
+def test_a_renamed_guest_rerenders_the_pages_that_show_them(app, live, dest):
+    freeze(app, dest)
+    episode = episodes_of(app)[-3]
+    guest = episode.guests[0]
+    execute(app, "UPDATE guests SET name = %s WHERE slug = %s", ("Renamed Guest", guest.slug))
+    with_guest = {e.path for e in episodes_of(app) if guest.slug in {g.slug for g in e.guests}}
+
+    report = freeze(app, dest)
+
+    assert set(report.rendered) == with_guest | {"/", "/episodes/", "/episodes/rss"}
+    assert b"Renamed Guest" in (dest / f"{episode.path[1:]}.html").read_bytes()
+    assert_matches_live(dest, live)
+
+
+def test_a_deleted_episode_loses_its_files_and_its_redirect(app, live, dest):
+    freeze(app, dest)
+    deleted = episodes_of(app)[-4]
+    execute(app, "DELETE FROM episodes WHERE number = %s", (deleted.number,))
+
+    report = freeze(app, dest)
+
+    page = f"{deleted.path[1:]}.html"
+    assert report.removed == (page, f"{page}.gz")
+    assert set(report.removed) <= set(report.changed)
+    assert not (dest / page).parent.exists()
+    assert deleted.number not in redirect_map(dest)
+    assert_matches_live(dest, live)
+
+
+def test_a_new_slug_moves_the_page_and_its_redirect(app, live, dest):
+    freeze(app, dest)
+    episode = episodes_of(app)[-6]
+    execute(app, "UPDATE episodes SET slug = %s WHERE number = %s", ("a-better-slug", episode.number))
+
+    report = freeze(app, dest)
+
+    old, new = f"{episode.path[1:]}.html", f"episodes/{episode.number}/a-better-slug.html"
+    assert {old, f"{old}.gz"} == set(report.removed)
+    assert {new, f"{new}.gz", "nginx/episodes.map"} <= set(report.changed)
+    assert redirect_map(dest)[episode.number] == f"/episodes/{episode.number}/a-better-slug"
+    assert_matches_live(dest, live)
+
+
+def test_a_settings_change_rerenders_every_page_but_keeps_identical_files(app, database_url, tmp_path, dest):
+    freeze(app, dest)
+    before = versions(dest)
+    renamed = make_app(database_url, tmp_path, SITE_TITLE="Talk Faster Python")
+
+    report = freeze(renamed, dest)
+
+    assert report.pages == len(report.rendered)
+    assert versions(dest)["static/style.css"] == before["static/style.css"]
+    assert "index.html" in report.changed
+    assert_matches_live(dest, make_app(database_url, tmp_path, SITE_TITLE="Talk Faster Python"))
+
+
+def test_the_redirect_map_covers_every_redirect_the_live_app_makes(app, live, dest):
+    freeze(app, dest)
+    redirects = redirect_map(dest)
+    client = live.test_client()
+    episodes = episodes_of(app)
+    assert set(redirects) == {episode.number for episode in episodes}
+    for episode in episodes:
+        for url in [f"/episodes/{episode.number}", f"/episodes/{episode.number}/wrong-slug"]:
+            response = client.get(url)
+            assert response.status_code == 301
+            assert response.headers["Location"] == redirects[episode.number]
+        assert (dest / f"{redirects[episode.number][1:]}.html").is_file()
+    unknown = SMALL_SEED + 1
+    assert client.get(f"/episodes/{unknown}").status_code == 404
+    assert unknown not in redirects and 0 not in redirects
+
+
+def test_a_slug_that_would_break_nginx_syntax_is_percent_encoded(app, live, dest):
+    execute(app, "UPDATE episodes SET slug = %s WHERE number = 2", ('odd slug; $x "quoted"',))
+    freeze(app, dest)
+    path = redirect_map(dest)[2]
+    assert not set(path) & set(' ;$"\'{}')
+    location = live.test_client().get("/episodes/2").headers["Location"]
+    assert unquote(path) == unquote(location) == '/episodes/2/odd slug; $x "quoted"'
+    assert (dest / f"{unquote(path)[1:]}.html").is_file()
+
+
+def test_the_manifest_describes_the_build(app, dest):
+    report = freeze(app, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["pages"] == report.pages == SMALL_SEED + 6
+    assert manifest["changed"] == sorted(set(files_of(dest)) - {"manifest.json", ".freeze-state.json"})
+    assert manifest["removed"] == []
+    assert len(manifest["rendered"]) == report.pages
+    assert manifest["bytes"] == sum(
+        stat.st_size for path, stat in files_of(dest).items()
+        if path not in METADATA_FILES and not path.endswith(".gz")
+    )
+    assert manifest["compressed_bytes"] == sum(
+        stat.st_size for path, stat in files_of(dest).items() if path.endswith(".gz")
+    )
+    assert manifest["built_at"].endswith("+00:00")
+
+
+def test_the_live_build_does_not_change_until_commit(app, live, dest):
+    """A request served during a freeze sees the old build whole, then the new one whole."""
+    from webapp.freeze import SiteBuild
+
+    freeze(app, dest)
+    before = versions(dest)
+    old_feed = (dest / "episodes/rss.xml").open("rb")
+    execute(app, "UPDATE episodes SET title = %s WHERE number = 3", ("Changed while serving",))
+    with SiteBuild(app, dest) as build:
+        for page in build.pending:
+            build.render(page)
+        build._writer.shutdown()  # every write done, before the commit
+        assert versions(dest) == before
+        build.commit()
+    assert versions(dest) != before
+    assert b"Changed while serving" not in old_feed.read()  # an open file keeps its bytes
+    old_feed.close()
+    assert_matches_live(dest, live)
+
+
+def test_cli_freezes_into_freeze_dir_with_a_summary(app, live):
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["freeze"])
+    assert result.exit_code == 0, result.output
+    assert f"Froze {SMALL_SEED + 6} pages" in result.output and "pages/s" in result.output
+    assert "MB gzipped" in result.output
+    dest = Path(app.config["FREEZE_DIR"])
+    assert dest.is_symlink()
+    assert_matches_live(dest, live)
+
+    execute(app, "UPDATE episodes SET title = %s WHERE number = 4", ("Edited",))
+    result = runner.invoke(args=["freeze", "--dest", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert "rendered 4 " in result.output
+    assert "written  episodes/rss.xml.gz" in result.output
+    assert "Nothing changed" in runner.invoke(args=["freeze"]).output
+
+
+def test_scripts_freeze_is_an_executable_bash_script(tmp_path):
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "freeze"
+    assert os.access(script, os.X_OK)
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    assert 'flask --app webapp freeze "$@"' in script.read_text()

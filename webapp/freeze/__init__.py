@@ -1,0 +1,28 @@
+"""The site's most read pages as static files, for nginx to serve without Python.
+
+    flask --app webapp freeze                 # into FREEZE_DIR (var/build)
+    flask --app webapp freeze --dest /srv/podcast/build
+
+    from webapp.freeze import freeze
+    report = freeze(app, "var/build")         # a BuildReport; FreezeError on failure
+    report.changed                            # files written or removed: what a deploy syncs
+
+Frozen-Flask lists the URLs (``site``); each page is rendered by the live
+app's own views, so its file holds exactly the bytes the app serves; text
+files get a deterministic ``.gz`` sibling for nginx's ``gzip_static``. Only
+pages whose inputs changed are rendered again, and unchanged files keep their
+inode and modification time (``build``). Each build goes live in one atomic
+rename of a symlink (``output``).
+
+The layout nginx serves (``<dest>`` is a symlink to the live build tree)::
+
+    index.html  episodes/index.html  episodes/<n>/<slug>.html  episodes/rss.xml
+    404.html  static/…  (+ a .gz beside each text file)
+    nginx/episodes.map   "<n> <canonical path>;" for the episode redirects
+    manifest.json        what the last build changed
+"""
+from .build import BuildReport, SiteBuild, freeze
+from .command import freeze_command
+from .output import FreezeError
+
+__all__ = ["BuildReport", "FreezeError", "SiteBuild", "freeze", "freeze_command"]

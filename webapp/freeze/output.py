@@ -1,0 +1,202 @@
+"""Where builds live on disk, and how a new one goes live in one atomic rename.
+
+    <dest>                 a symlink to one of the two trees: what nginx serves
+    <dest>.builds/a, b     the two build trees
+    <dest>.builds/.lock    held while a freeze runs
+
+A build is written into the tree that is *not* live (the spare), and goes
+live when ``<dest>`` is replaced by a symlink to it (``rename(2)``: a request
+sees the old build or the new one, never a mix, never nothing). The old tree
+stays whole until the next build, so a request that resolved it just before
+the swap still finds its file.
+
+The spare is brought up to date by hard-linking the live build's unchanged
+files into it, so they keep their inode and modification time (nginx's ETag
+and Last-Modified), and only files that changed are written. Each tree records
+its files in ``.freeze-state.json``, written last; a tree without it was left
+unfinished and is rebuilt from scratch. Because the spare was the live build
+one build ago, bringing it up to date costs a link per file changed in the
+last two builds, not one per file of the site.
+
+    with BuildTrees(Path("var/build")) as trees:   # locks, reads the live build
+        trees.prepare(keep={"index.html", ...})    # the spare keeps only these
+        trees.write("index.html", body, mtime_ns, inputs)
+        trees.carry("404.html", trees.live_records["404.html"])
+        trees.commit(records, manifest)            # the swap
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = ".freeze-state.json"
+MANIFEST_FILE = "manifest.json"
+TREE_NAMES = ("a", "b")
+
+
+class FreezeError(Exception):
+    """The build cannot go on; the message says why. The live build is left as it was."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One file of a build: the digest of the inputs it was made from, and of its bytes."""
+
+    inputs: str
+    content: str
+    mtime_ns: int
+    size: int
+
+    def same_file(self, other: FileRecord | None) -> bool:
+        """Same bytes, same modification time: the same version of the file."""
+        return other is not None and (self.content, self.mtime_ns) == (other.content, other.mtime_ns)
+
+
+class BuildTrees:
+    """The live build tree and the spare one of a destination; see the module docstring."""
+
+    def __init__(self, destination: Path) -> None:
+        self.destination = Path(os.path.abspath(destination))
+        self.root = self.destination.with_name(f"{self.destination.name}.builds")
+        self.live: Path | None = None
+        self.spare = self.root / TREE_NAMES[0]
+        #: The files of the live build (empty before the first build).
+        self.live_records: dict[str, FileRecord] = {}
+        self._spare_records: dict[str, FileRecord] = {}
+        self._lock: int | None = None
+        self._made_dirs: set[Path] = set()
+
+    def __enter__(self) -> BuildTrees:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise FreezeError(f"cannot write to {self.destination}: {error.strerror} ({error.filename})") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._unlock()
+            raise FreezeError(f"another freeze is writing to {self.destination}; try again when it ends") from None
+        try:
+            self.live = self._find_live()
+        except FreezeError:
+            self._unlock()
+            raise
+        if self.live is not None:
+            self.live_records = _read_records(self.live) or {}
+            self.spare = self.root / TREE_NAMES[self.live.name == TREE_NAMES[0]]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing releases the flock
+            self._lock = None
+
+    def _find_live(self) -> Path | None:
+        if self.destination.is_symlink():
+            target = os.readlink(self.destination)
+            for name in TREE_NAMES:
+                if target == f"{self.root.name}/{name}":
+                    return self.root / name
+            raise FreezeError(
+                f"{self.destination} links to {target}, not to a build of `flask freeze`;"
+                " remove the link or choose another --dest"
+            )
+        if self.destination.is_dir() and not any(self.destination.iterdir()):
+            return None  # an empty directory, e.g. made by a deploy: replaced at the swap
+        if self.destination.exists():
+            raise FreezeError(
+                f"{self.destination} exists and is not a build of `flask freeze`;"
+                " move it away or choose another --dest"
+            )
+        return None
+
+    def prepare(self, keep: Collection[str]) -> None:
+        """Make the spare tree hold only files in ``keep``, and mark it unfinished."""
+        records = _read_records(self.spare)
+        if records is None:
+            if self.spare.exists():
+                shutil.rmtree(self.spare)
+            records = {}
+        else:
+            (self.spare / STATE_FILE).unlink()
+        for path in records.keys() - set(keep):
+            self._remove(path)
+        self.spare.mkdir(exist_ok=True)
+        self._spare_records = {path: record for path, record in records.items() if path in keep}
+
+    def carry(self, path: str, record: FileRecord) -> None:
+        """Give the spare the live build's ``path`` (a hard link: same inode, same mtime)."""
+        if record.same_file(self._spare_records.get(path)):
+            return
+        target = self._target(path)
+        target.unlink(missing_ok=True)
+        os.link(self.live / path, target)  # type: ignore[operator]
+
+    def write(self, path: str, data: bytes, mtime_ns: int, inputs: str, content: str) -> FileRecord:
+        """Write a new file into the spare tree."""
+        target = self._target(path)
+        if path in self._spare_records:
+            # It may be a hard link to the live build's file: never write through
+            # it ("x" below makes sure of that).
+            target.unlink()
+        with open(target, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.utime(file.fileno(), ns=(mtime_ns, mtime_ns))
+        return FileRecord(inputs, content, mtime_ns, len(data))
+
+    def commit(self, records: Mapping[str, FileRecord], manifest: Mapping[str, Any]) -> None:
+        """Write the manifest and the state of the spare tree, then make it the live build."""
+        self._replace_file(MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+        state = {path: [r.inputs, r.content, r.mtime_ns, r.size] for path, r in records.items()}
+        self._replace_file(STATE_FILE, json.dumps({"files": state}, separators=(",", ":")).encode())
+        link = self.destination.with_name(f".{self.destination.name}.swap")
+        link.unlink(missing_ok=True)
+        os.symlink(f"{self.root.name}/{self.spare.name}", link)
+        if self.live is None and self.destination.is_dir():
+            self.destination.rmdir()  # the empty directory from before the first build
+        os.replace(link, self.destination)
+
+    def _replace_file(self, name: str, data: bytes) -> None:
+        target = self.spare / name
+        target.unlink(missing_ok=True)
+        target.write_bytes(data)
+
+    def _target(self, path: str) -> Path:
+        target = self.spare / path
+        if target.parent not in self._made_dirs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(target.parent)
+        return target
+
+    def _remove(self, path: str) -> None:
+        target = self.spare / path
+        target.unlink(missing_ok=True)
+        # Drop directories left empty (a deleted episode's), up to the tree.
+        for directory in target.parents:
+            if directory == self.spare:
+                break
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+            self._made_dirs.discard(directory)
+
+
+def _read_records(tree: Path) -> dict[str, FileRecord] | None:
+    """The files a finished tree holds; None for a missing or unfinished tree."""
+    try:
+        state = json.loads((tree / STATE_FILE).read_bytes())
+        return {path: FileRecord(*fields) for path, fields in state["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,208 @@
+"""What a build holds: every page's URL, file and inputs, found by Frozen-Flask.
+
+Frozen-Flask's URL generators list the URLs: the ones registered here read the
+database (one query for every episode), its own walks ``webapp/static``.
+Nothing is found by crawling. Each URL becomes a :class:`Page`::
+
+    with app.app_context():
+        pages = plan_pages(app)
+    pages[1]  # Page(url='/static/style.css', path='static/style.css', status=200, inputs='5d0c…')
+
+A page's ``inputs`` digests everything its bytes depend on, so a rebuild
+renders a page only when its inputs changed:
+
+* every page: the files of the ``webapp`` package (code, templates, static
+  files), the versions of the libraries that render them, the ``SITE_*``
+  settings;
+* an episode page: that episode's fields and guests;
+* the home page, the catalogue and the feed (and any page added later, until
+  it is given narrower inputs): every episode, and ``site_state``, whose
+  ``changed_at`` is the feed's lastBuildDate;
+* static files and the 404 page: nothing more.
+
+Episodes are digested field by field rather than trusted by ``updated_at``:
+renaming a guest, or an edit that forgets ``updated_at``, still reaches the page.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from urllib.parse import quote
+
+from flask import Flask, g
+from flask_frozen import Freezer
+from werkzeug.routing import MapAdapter
+
+from .. import queries
+from ..db import get_session
+from ..models import Episode, SiteState
+from .output import FreezeError
+
+#: Any URL no route matches: the live app's 404 body does not depend on which.
+NOT_FOUND_URL = "/404.html"
+#: URLs whose file is not the Frozen-Flask default; nginx picks the
+#: Content-Type from the extension (see deploy/nginx for /episodes/rss).
+FILE_NAMES = {NOT_FOUND_URL: "404.html", "/episodes/rss": "episodes/rss.xml"}
+#: What nginx's gzip_static can serve: these get a ``.gz`` sibling.
+COMPRESSED_SUFFIXES = frozenset({".html", ".xml", ".css", ".js", ".svg", ".json", ".txt"})
+#: The libraries whose output ends up in the pages.
+RENDERING_LIBRARIES = ("flask", "werkzeug", "jinja2", "markupsafe", "frozen-flask")
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+def digest(*parts: str) -> str:
+    """A short digest of ``parts``, for telling inputs or contents apart (not for security)."""
+    return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A URL the live app answers, and the file of the build that holds its body."""
+
+    url: str
+    path: str
+    status: int
+    inputs: str
+    #: ``path`` and, for text, its gzip sibling ``path.gz``
+    files: tuple[str, ...]
+
+    @classmethod
+    def at(cls, url: str, path: str, status: int, inputs: str) -> Page:
+        if posixpath.splitext(path)[1] in COMPRESSED_SUFFIXES:
+            return cls(url, path, status, inputs, (path, f"{path}.gz"))
+        return cls(url, path, status, inputs, (path,))
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """The published data one build freezes."""
+
+    state: SiteState
+    episodes: list[Episode]
+    #: an episode's canonical path -> digest of the episode as its page shows it
+    episode_inputs: dict[str, str]
+    #: digest of every episode and of site_state
+    inputs: str
+
+
+def site_data() -> SiteData:
+    """The data of this build, read once per app context (a build runs in one)."""
+    if "freeze_site_data" not in g:
+        session = get_session()
+        state = queries.site_state(session)
+        episodes = queries.all_episodes(session)
+        if not episodes:
+            raise FreezeError(
+                "the database has no episodes, so the build would be an empty site:"
+                " seed it (`flask --app webapp seed`) or point DATABASE_URL at the right database"
+            )
+        # repr() of the frozen dataclass covers every field and the guests.
+        episode_inputs = {episode.path: digest(repr(episode)) for episode in episodes}
+        g.freeze_site_data = SiteData(
+            state,
+            episodes,
+            episode_inputs,
+            digest(str(state.version), state.changed_at.isoformat(), *episode_inputs.values()),
+        )
+    return g.freeze_site_data
+
+
+def _listing_pages():
+    """Frozen-Flask URL generator: the pages that list episodes."""
+    # The feed first: it is the largest to compress, which then overlaps
+    # with rendering the others (see build.py).
+    yield "feed.rss", {}
+    yield "pages.catalogue", {}
+    yield "pages.index", {}
+
+
+def _episode_pages():
+    """Frozen-Flask URL generator: every episode's canonical page, from the database."""
+    for episode in site_data().episodes:
+        yield "pages.episode", {"number": episode.number, "slug": episode.slug}
+
+
+class SiteFreezer(Freezer):
+    """Frozen-Flask, told this site's URLs and nginx's file layout."""
+
+    def __init__(self, app: Flask) -> None:
+        # Nothing is crawled (log_url_for), and rules without arguments are not
+        # frozen blindly: /search, /health and the API stay dynamic.
+        super().__init__(app, with_no_argument_rules=False, log_url_for=False)
+        self.register_generator(_listing_pages)
+        self.register_generator(_episode_pages)
+
+    def urlpath_to_filepath(self, path: str) -> str:
+        """``/`` -> ``index.html``; ``/episodes/5/a-slug`` -> ``episodes/5/a-slug.html``.
+
+        A URL without an extension is a page, which nginx finds with
+        ``try_files $uri.html``; static files keep their names.
+        """
+        if path in FILE_NAMES:
+            return FILE_NAMES[path]
+        path = super().urlpath_to_filepath(path)
+        return path if posixpath.splitext(path)[1] else f"{path}.html"
+
+
+def site_freezer(app: Flask) -> SiteFreezer:
+    """The app's freezer, made once: every Freezer adds a url_for hook to its app."""
+    freezer = app.extensions.get("site_freezer")
+    if freezer is None:
+        freezer = app.extensions["site_freezer"] = SiteFreezer(app)
+    return freezer
+
+
+def code_fingerprint(app: Flask) -> str:
+    """Digest of what renders every page: package files, library versions, SITE_* settings."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            hasher.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes())
+    for library in RENDERING_LIBRARIES:
+        hasher.update(f"{library}={version(library)}\0".encode())
+    settings = sorted((name, str(value)) for name, value in app.config.items() if name.startswith("SITE_"))
+    hasher.update(repr(settings).encode())
+    return hasher.hexdigest()
+
+
+def plan_pages(app: Flask) -> list[Page]:
+    """Every page of the site, with the digest of its inputs. Needs an app context."""
+    data = site_data()
+    code = code_fingerprint(app)
+    freezer = site_freezer(app)
+    adapter = app.url_map.bind("localhost")
+    pages = [Page.at(NOT_FOUND_URL, FILE_NAMES[NOT_FOUND_URL], 404, digest(code))]
+    seen = set()
+    for url in freezer.all_urls():
+        if url in seen:
+            continue
+        seen.add(url)
+        inputs = digest(code, _data_inputs(url, adapter, data))
+        pages.append(Page.at(url, freezer.urlpath_to_filepath(url), 200, inputs))
+    return pages
+
+
+def _data_inputs(url: str, adapter: MapAdapter, data: SiteData) -> str:
+    """The digest of the data the page at ``url`` shows."""
+    if url in data.episode_inputs:  # an episode's canonical path
+        return data.episode_inputs[url]
+    endpoint, _ = adapter.match(url, method="GET")
+    return "" if endpoint == "static" else data.inputs
+
+
+def episodes_map(data: SiteData) -> bytes:
+    """nginx ``map`` entries, episode number -> canonical path, for the 301s the live app makes.
+
+    ``5 /episodes/5/command-line-tools-with-ines-haddad;`` — paths are
+    percent-encoded, so no slug an editor types can break nginx's syntax
+    (``;``, spaces, quotes) or be read as a variable (``$``).
+    """
+    lines = (f"{episode.number} {quote(episode.path)};\n" for episode in sorted(data.episodes, key=_number))
+    return "".join(lines).encode()
+
+
+def _number(episode: Episode) -> int:
+    return episode.number
