@@ -68,3 +68,19 @@ def test_settings_come_from_the_environment_and_overrides():
 def test_malformed_settings_stop_start_up_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         load_settings(environ={name: value})
+
+
+def test_every_python_package_in_the_tree_is_packaged():
+    """A package left out of pyproject works from the checkout and breaks once installed."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    declared = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "webapp").rglob("__init__.py")
+    } | {"request_profiler"}
+    assert declared == found
+    # Python 3.15's standard library owns "profiling": the folder must not be a package.
+    assert not (root / "profiling" / "__init__.py").exists()
