@@ -99,7 +99,7 @@ class Experiment:
     def configuration(self, id: str) -> Configuration:
         return next(configuration for configuration in self.configurations if configuration.id == id)
 
-    def shortened(self, runs: int, duration: float, warmup: float) -> Experiment:
+    def shortened(self, runs: int, duration: int, warmup: int) -> Experiment:
         """The same experiment with at most ``runs`` runs of at most ``duration``/``warmup`` seconds."""
         def shorten(configuration: Configuration) -> Configuration:
             settings = dict(configuration.settings)
@@ -220,9 +220,15 @@ def _knob_values(table: Mapping[str, Any], where: str, extra: set[str]) -> dict[
 
 def _resolve(values: Mapping[str, Any], base: Mapping[str, Any], where: str) -> dict[str, Any]:
     try:
-        return knobs.resolve(values, base)
+        settings = knobs.resolve(values, base)
     except knobs.KnobError as error:
         raise ExperimentError(f"{where}: {error}") from None
+    unused = knobs.unused_changes(values, settings)
+    if unused:
+        # A change that cannot change anything would read as "no effect" in the report.
+        raise ExperimentError(f'{where}: {", ".join(unused)} only affect(s) requests through nginx, '
+                              f'but request.via = "uwsgi"')
+    return settings
 
 
 def _combine(names: list[str], changes: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, Any]:

@@ -8,8 +8,9 @@ A configuration is a flat mapping of knob names to values::
 
 Knobs are grouped by what they act on: ``uwsgi.*`` and ``nginx.*`` the servers,
 ``app.*`` the application's environment, ``request.*`` the URL being loaded,
-``load.*`` the load generator. An unknown name or a bad value raises
-:class:`KnobError`, with the closest known name when there is one.
+``load.*`` the load generator. A server knob left unset (None) keeps what
+deploy/ configures. An unknown name or a bad value raises :class:`KnobError`,
+with the closest known name when there is one.
 """
 from __future__ import annotations
 
@@ -42,15 +43,6 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
     return check
 
 
-def _number(low: float, high: float) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            raise ValueError(f"must be a number from {low:g} to {high:g}")
-        return float(value)
-
-    return check
-
-
 def _choice(*choices: Any) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if isinstance(value, bool) or value not in choices:
@@ -71,12 +63,12 @@ _PER_CPU = re.compile(r"(?:(\d+)\s*\*\s*)?cpus")
 
 def _processes(value: Any) -> int | str:
     """A count of processes: a number, or a multiple of the CPU count ("cpus", "2*cpus")."""
-    if isinstance(value, str):
-        match = _PER_CPU.fullmatch(value.strip())
-        if match and int(match.group(1) or 1) in range(1, 17):
+    if isinstance(value, str) and (match := _PER_CPU.fullmatch(value.strip())):
+        if 1 <= int(match.group(1) or 1) <= 16:
             return value.strip()
-        raise ValueError('must be a number, "cpus" or a multiple such as "2*cpus" (up to 16)')
-    return _integer(1, 256)(value)
+    elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 256:
+        return value
+    raise ValueError('must be a number from 1 to 256, "cpus" or a multiple such as "2*cpus" (up to 16)')
 
 
 def _worker_processes(value: Any) -> int | str:
@@ -110,22 +102,26 @@ def process_count(value: int | str, cpus: int) -> int:
     return int(match.group(1) or 1) * cpus
 
 
+#: The value of a server knob nobody set: whatever deploy/ configures (the lab never restates it).
+DEPLOYED = None
+
 _KNOBS = [
-    # uWSGI. The defaults are the project's tuned deploy/uwsgi/uwsgi.ini.
-    Knob("uwsgi.processes", "cpus", _processes, 'worker processes: a number, "cpus" or "2*cpus"'),
-    Knob("uwsgi.threads", 1, _integer(1, 64), "threads per worker (1: no threads)"),
-    Knob("uwsgi.logging", "off", _choice("on", "off", "syslog-udp"),
+    # uWSGI: options passed over deploy/uwsgi/uwsgi.ini.
+    Knob("uwsgi.processes", DEPLOYED, _processes, 'worker processes: a number, "cpus" or "2*cpus"'),
+    Knob("uwsgi.threads", DEPLOYED, _integer(1, 64), "threads per worker (1: no threads)"),
+    Knob("uwsgi.logging", DEPLOYED, _choice("on", "off", "syslog-udp"),
          'request logging: "on" (to the log file), "off", or "syslog-udp" to a local UDP socket'),
-    Knob("uwsgi.max_requests", 0, _integer(0, 10_000_000), "recycle a worker after this many requests (0: never)"),
-    Knob("uwsgi.max_worker_lifetime", 0, _integer(0, 86_400), "recycle a worker after this many seconds (0: never)"),
-    # nginx. The defaults are the project's tuned deploy/nginx config.
-    Knob("nginx.worker_processes", "auto", _worker_processes, 'a number, "auto", "cpus" or "2*cpus"'),
-    Knob("nginx.worker_connections", 1024, _integer(16, 65_536), "connections per nginx worker"),
-    Knob("nginx.open_file_cache", False, _flag, "cache open file descriptors of static files"),
-    Knob("nginx.gzip", True, _flag, "compress text responses on the fly"),
+    Knob("uwsgi.max_requests", DEPLOYED, _integer(0, 10_000_000), "recycle a worker after this many requests (0: never)"),
+    Knob("uwsgi.max_worker_lifetime", DEPLOYED, _integer(0, 86_400), "recycle a worker after this many seconds (0: never)"),
+    # nginx: settings of the deploy/nginx templates.
+    Knob("nginx.worker_processes", DEPLOYED, _worker_processes, 'a number, "auto", "cpus" or "2*cpus"'),
+    Knob("nginx.open_file_cache", DEPLOYED, _flag, "false: no cache of open files (deploy/nginx has one)"),
+    Knob("nginx.gzip", DEPLOYED, _flag, "false: no gzip at all (deploy/nginx compresses on the fly and serves .gz files)"),
+    Knob("nginx.access_log", DEPLOYED, _flag, "nginx's buffered access log"),
+    Knob("nginx.microcache", DEPLOYED, _flag, "the 1 s micro-cache of /api/ and /search"),
     # The application.
     Knob("app.database", "sqlite", _choice("sqlite", "postgresql"), "the database backend"),
-    Knob("app.gc_freeze", True, _flag, "gc.freeze() in the uWSGI master before the fork"),
+    Knob("app.gc_freeze", DEPLOYED, _flag, "gc.freeze() in the uWSGI master before the fork (GC_FREEZE)"),
     Knob("app.profiler", "none", _choice("none", "off", "sampled", "on"),
          '"none": not installed; "off": installed, token-only; "sampled": 1% of requests; "on": every request'),
     Knob("app.feed", "cached", _choice("cached", "cold", "feedgen"),
@@ -137,12 +133,12 @@ _KNOBS = [
     Knob("request.via", "nginx", _choice("nginx", "uwsgi"), "through nginx, or straight to uWSGI's HTTP socket"),
     Knob("request.conditional", False, _flag, "send If-None-Match with the ETag of a first GET"),
     Knob("request.gzip", False, _flag, "send Accept-Encoding: gzip"),
-    Knob("request.expect", "auto", _status, 'the status every response must have ("auto": 304 if conditional, else 200)'),
-    # The load generator.
+    Knob("request.expect", None, _status, 'the status every response must have ("auto": 304 if conditional, else 200)'),
+    # The load generator. Whole seconds: wrk takes no fractions.
     Knob("load.connections", 32, _integer(1, 10_000), "concurrent connections"),
     Knob("load.threads", 1, _integer(1, 64), "load generator threads (wrk -t; ab has one)"),
-    Knob("load.duration", 5.0, _number(0.2, 600), "seconds of each measured run"),
-    Knob("load.warmup", 1.0, _number(0, 600), "seconds of load before each run, not measured"),
+    Knob("load.duration", 5, _integer(1, 600), "seconds of each measured run"),
+    Knob("load.warmup", 1, _integer(0, 600), "seconds of load before each run, not measured"),
 ]
 
 KNOBS: dict[str, Knob] = {knob.name: knob for knob in _KNOBS}
@@ -169,6 +165,14 @@ def resolve(changes: Mapping[str, Any], base: Mapping[str, Any] = DEFAULTS) -> d
     return settings
 
 
+def unused_changes(changes: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    """Knobs in ``changes`` that cannot affect what ``settings`` load: nginx's, when loading uWSGI directly."""
+    if settings["request.via"] != "uwsgi":
+        return []
+    return [name for name in changes if name.startswith("nginx.") or name == "app.frozen"]
+
+
 def describe(changes: Mapping[str, Any]) -> str:
     """A short human form of some knob values: ``uwsgi.processes=4, nginx.gzip=false``."""
-    return ", ".join(f"{name}={_toml(value).strip(chr(34))}" for name, value in changes.items())
+    return ", ".join(f"{name}={'deployed' if value is DEPLOYED else _toml(value).strip(chr(34))}"
+                     for name, value in changes.items())

@@ -58,7 +58,8 @@ class LoadSpec:
     url: str
     connections: int
     threads: int
-    duration: float
+    #: Whole seconds.
+    duration: int
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -116,7 +117,7 @@ def run_load(tool: str, spec: LoadSpec, workdir: Path) -> LoadResult:
         if not script.exists():
             script.write_text(_WRK_REPORT)
         command = ["wrk", "--latency", "-t", str(spec.threads), "-c", str(max(spec.connections, spec.threads)),
-                   "-d", f"{spec.duration:g}s", "--timeout", "5s", "-s", str(script)]
+                   "-d", f"{spec.duration}s", "--timeout", "5s", "-s", str(script)]
         for name, value in spec.headers.items():
             command += ["-H", f"{name}: {value}"]
         output, cpu_seconds = _run(command + [spec.url], spec.duration)
@@ -124,7 +125,7 @@ def run_load(tool: str, spec: LoadSpec, workdir: Path) -> LoadResult:
     if tool == "ab":
         # -n caps the count; -t is what bounds the run. -k keeps connections alive, as wrk does.
         command = ["ab", "-q", "-k", "-r", "-s", "5", "-n", "50000000", "-c", str(spec.connections),
-                   "-t", str(max(1, round(spec.duration)))]
+                   "-t", str(spec.duration)]
         for name, value in spec.headers.items():
             command += ["-H", f"{name}: {value}"]
         output, cpu_seconds = _run(command + [spec.url], spec.duration)

@@ -61,10 +61,11 @@ def _experiment_section(result: ExperimentResult) -> list[str]:
     if experiment.about:
         lines += [experiment.about, ""]
     base = experiment.baseline.settings
-    lines += [f"Baseline: {knobs.describe({k: base[k] for k in ('request.path', 'request.via')})}, "
-              f"{knobs.describe(experiment.baseline.changes)}; load: "
+    lines += [f"Baseline: GET {base['request.path']} via {base['request.via']}; "
+              f"{knobs.describe(experiment.baseline.changes) or 'as deployed'}. Load: "
               f"{base['load.connections']} connections, {base['load.threads']} thread(s), "
-              f"{base['load.duration']:g} s runs after {base['load.warmup']:g} s warm-up.", ""]
+              f"{base['load.duration']} s runs after {base['load.warmup']} s of warm-up. Knobs not named "
+              f"keep what deploy/ configures.", ""]
     lines += ["| configuration | changes | req/s | range | × baseline | p50 ms | p99 ms | errors | bad status | body |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for configuration in experiment.configurations:

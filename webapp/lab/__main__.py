@@ -1,0 +1,6 @@
+"""``python -m webapp.lab``: the tuning lab's command line (scripts/bench runs it)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""Runs experiments: the stack for each configuration, a warm-up, measured runs.
+
+    results = run_lab(experiments, LabOptions(out_dir=Path("var/bench/x"), tool="wrk"), start_stack)
+
+Runs are interleaved: round 1 measures every configuration once, then round
+2, and so on, so a disturbance on the machine (another job, a thermal limit)
+spreads over all configurations instead of landing on one. The stack is
+restarted only when the next configuration needs different servers or app
+settings; a configuration that differs only in its request reuses it.
+
+Before any load, one request checks the configuration answers what it should
+(its status, an ETag for conditional requests): a mistake in an experiment
+fails loudly instead of measuring error pages.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from .experiment import Configuration, Experiment
+from .loadgen import LoadError, LoadSpec, run_load
+from .results import ExperimentResult
+
+#: Seconds the check before loading may take.
+CHECK_TIMEOUT = 10.0
+
+
+class LabError(RuntimeError):
+    """The lab cannot go on; the message says why and what to do."""
+
+
+class RunningStack(Protocol):
+    def url(self, via: str) -> str:
+        """The base URL (no trailing slash) of ``via``: "nginx" or "uwsgi"."""
+
+    def stop(self) -> None:
+        """Stop every process of the stack (idempotent)."""
+
+
+#: Starts the servers for a configuration's settings; raises LabError if they do not come up.
+StartStack = Callable[[Mapping[str, Any]], RunningStack]
+
+
+@dataclass
+class LabOptions:
+    out_dir: Path
+    tool: str
+    #: Where progress lines go (None: nowhere).
+    progress: TextIO | None = field(default=sys.stderr)
+
+
+def stack_key(settings: Mapping[str, Any]) -> tuple:
+    """What decides the servers: every knob but the request's and the load's."""
+    return tuple(sorted((name, value) for name, value in settings.items()
+                        if not name.startswith(("request.", "load."))))
+
+
+@dataclass(frozen=True)
+class Check:
+    """What the check before loading learned: the headers to load with, the body's size."""
+
+    headers: dict[str, str]
+    response_bytes: int
+
+
+def check_configuration(base_url: str, settings: Mapping[str, Any]) -> Check:
+    """Make one request as the load will; raise LabError unless it gets the expected status."""
+    url = base_url + settings["request.path"]
+    headers = {"Accept-Encoding": "gzip"} if settings["request.gzip"] else {}
+    if settings["request.conditional"]:
+        status, response_headers, _ = _fetch(url, headers)
+        etag = response_headers.get("ETag")
+        if status != 200 or not etag:
+            raise LabError(f"GET {url} gave {status} with no ETag: it cannot be requested conditionally")
+        headers["If-None-Match"] = etag
+    expected = settings["request.expect"] or (304 if settings["request.conditional"] else 200)
+    status, _, body = _fetch(url, headers)
+    if status != expected:
+        raise LabError(f"GET {url} answered {status}, the experiment expects {expected}")
+    return Check(headers, len(body))
+
+
+def _fetch(url: str, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+    request = urllib.request.Request(url, headers=dict(headers))
+    # No redirect following: a 301 is an answer the experiment should state.
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=CHECK_TIMEOUT) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+    except (urllib.error.URLError, OSError) as error:
+        raise LabError(f"GET {url} failed: {getattr(error, 'reason', error)}") from None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class Progress:
+    """One line per measured run: where the lab is, and what it just measured."""
+
+    def __init__(self, stream: TextIO | None, total_runs: int) -> None:
+        self.stream, self.total, self.done, self.started = stream, total_runs, 0, time.monotonic()
+
+    def report(self, experiment: Experiment, round: int, configuration: Configuration, rps: float,
+               saturated: bool) -> None:
+        self.done += 1
+        if self.stream is None:
+            return
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.done * (self.total - self.done)
+        flag = "  (load generator saturated)" if saturated else ""
+        self.stream.write(f"[{self.done}/{self.total} {elapsed:4.0f}s, ~{left:.0f}s left] {experiment.id} "
+                          f"round {round}/{experiment.runs}: {configuration.id} {rps:,.0f} req/s{flag}\n")
+        self.stream.flush()
+
+
+def run_lab(experiments: Sequence[Experiment], options: LabOptions, start_stack: StartStack) -> list[ExperimentResult]:
+    """Measure every configuration of every experiment; the stack is always stopped.
+
+    On a LabError the results measured so far are attached to it as ``error.results``.
+    """
+    results = [ExperimentResult(experiment) for experiment in experiments]
+    progress = Progress(options.progress, sum(e.runs * len(e.configurations) for e in experiments))
+    workdir = options.out_dir / "work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    current: tuple[tuple, RunningStack] | None = None
+    try:
+        for result in results:
+            experiment = result.experiment
+            for round in range(1, experiment.runs + 1):
+                for configuration in experiment.configurations:
+                    settings = configuration.settings
+                    if current is None or current[0] != stack_key(settings):
+                        if current is not None:
+                            current[1].stop()
+                            current = None
+                        current = (stack_key(settings), start_stack(settings))
+                    where = f"{experiment.id}/{configuration.id}"
+                    try:
+                        measured = _measure(current[1], settings, options.tool, workdir)
+                    except (LabError, LoadError) as error:
+                        raise LabError(f"{where}: {error}") from None
+                    check, load = measured
+                    result.configurations[configuration.id].response_bytes = check.response_bytes
+                    result.add_run(configuration.id, load)
+                    progress.report(experiment, round, configuration, load.requests_per_second,
+                                    load.generator_saturated)
+    except LabError as error:
+        error.results = results  # type: ignore[attr-defined]
+        raise
+    finally:
+        if current is not None:
+            current[1].stop()
+    return results
+
+
+def _measure(stack: RunningStack, settings: Mapping[str, Any], tool: str, workdir: Path):
+    base_url = stack.url(settings["request.via"])
+    check = check_configuration(base_url, settings)
+    spec = LoadSpec(base_url + settings["request.path"], settings["load.connections"], settings["load.threads"],
+                    settings["load.duration"], check.headers)
+    if settings["load.warmup"] > 0:
+        run_load(tool, LoadSpec(spec.url, spec.connections, spec.threads, settings["load.warmup"], spec.headers),
+                 workdir)
+    return check, run_load(tool, spec, workdir)

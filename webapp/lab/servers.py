@@ -1,0 +1,287 @@
+"""The real stack for each configuration, through webapp.stack (the launcher scripts/serve uses).
+
+    with LabStacks(experiments, Path("var/bench/x/work"), port=0, postgres_url=None) as stacks:
+        stack = stacks.start(configuration.settings)    # nginx + uWSGI, answering
+        stack.url("nginx"), stack.url("uwsgi")          # http://127.0.0.1:<port>
+        stack.stop()
+
+``LabStacks`` prepares what the experiments need once (a seeded SQLite file, a
+seeded schema in PostgreSQL, a frozen build, a UDP socket for syslog) and
+turns knob values into :class:`webapp.stack.StackSettings`: uWSGI options
+(which deploy/uwsgi/uwsgi.ini reads as ``UWSGI_*`` variables), nginx template
+settings, and the app's environment. The config files are never copied: a
+knob left unset keeps what deploy/ says.
+
+For ``request.via = "uwsgi"`` uWSGI also listens on an HTTP socket, answering
+with ``Connection: close`` so wrk reconnects cleanly instead of counting each
+closed connection as a read error.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from webapp import create_app
+from webapp.database import DatabaseUnavailable, redact_url
+from webapp.db import get_database
+from webapp.freeze import FreezeError, freeze
+from webapp.seed import seed
+from webapp.stack import NginxConfig, Stack, StackError, StackSettings, find_nginx, find_uwsgi
+
+from .experiment import Experiment
+from .knobs import DEPLOYED, process_count
+
+#: Episodes in the lab's database: the site's default seed.
+EPISODES = 600
+#: The address the app builds its links from, live and frozen alike.
+SITE_URL = "http://podcast.lab"
+#: The PostgreSQL schema the lab seeds and reuses across runs.
+POSTGRES_SCHEMA = "lab_bench"
+PROFILER_SAMPLED_RATE = "0.01"
+LAB_WSGI_MODULE = "webapp.lab.wsgi:application"
+
+
+class ServerError(RuntimeError):
+    """The stack or its data could not be prepared or started."""
+
+
+def settings_used(experiments: Sequence[Experiment], knob: str) -> set[Any]:
+    return {c.settings[knob] for experiment in experiments for c in experiment.configurations}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def check_port_free(port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise ServerError(f"port {port} on 127.0.0.1 is in use: stop what holds it, or pick "
+                              f"another with --port (the lab needs it and the next one)") from None
+
+
+@dataclass
+class _NginxWithOverrides(NginxConfig):
+    """deploy/nginx's config plus server-level directives, which override the http-level ones
+    the templates set (gzip, open_file_cache): the templates have no setting for them yet."""
+
+    server_directives: tuple[str, ...] = ()
+
+    def values(self) -> dict[str, str]:
+        values = super().values()
+        values["HTTP_BODY"] = " ".join(self.server_directives + (values["HTTP_BODY"],))
+        return values
+
+
+class _OverriddenStack(Stack):
+    def __init__(self, settings: StackSettings, server_directives: tuple[str, ...]) -> None:
+        super().__init__(settings)
+        self.server_directives = server_directives
+
+    def nginx_config(self) -> NginxConfig:
+        config = super().nginx_config()
+        return _NginxWithOverrides(**{f.name: getattr(config, f.name) for f in fields(config)},
+                                   server_directives=self.server_directives)
+
+
+def server_directives(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    """nginx directives for the knobs deploy/nginx's templates do not expose."""
+    directives = []
+    if settings["nginx.gzip"] is False:
+        directives += ["gzip off;", "gzip_static off;"]
+    if settings["nginx.open_file_cache"] is False:
+        directives.append("open_file_cache off;")
+    return tuple(directives)
+
+
+class LabStack:
+    """One started stack, and where to load it."""
+
+    def __init__(self, stack: Stack, http_port: int, running: list[LabStack]) -> None:
+        self.stack, self.http_port, self._running = stack, http_port, running
+        running.append(self)
+
+    def url(self, via: str) -> str:
+        return self.stack.settings.url if via == "nginx" else f"http://127.0.0.1:{self.http_port}"
+
+    def stop(self) -> None:
+        self.stack.stop()
+        if self in self._running:
+            self._running.remove(self)
+
+
+class LabStacks:
+    """Prepares the experiments' data once; starts a stack per configuration. A context manager."""
+
+    def __init__(self, experiments: Sequence[Experiment], workdir: Path, *, port: int = 0,
+                 postgres_url: str | None = None) -> None:
+        self.experiments = experiments
+        self.workdir = Path(os.path.abspath(workdir))
+        self.fixed_port = port
+        self.postgres_url = postgres_url
+        self.cpus = os.cpu_count() or 1
+        self.database_urls: dict[str, str] = {}
+        self.build_dir = self.workdir / "build"
+        self.no_build_dir = self.workdir / "no-build"
+        self.syslog: socket.socket | None = None
+        self.running: list[LabStack] = []
+        self.nginx = find_nginx()
+        self.uwsgi = find_uwsgi()
+
+    def __enter__(self) -> LabStacks:
+        if self.nginx is None:
+            raise ServerError("nginx is not installed (apt-get install nginx)")
+        if self.uwsgi is None:
+            raise ServerError("uWSGI is not installed in this environment (pip install uWSGI)")
+        if self.fixed_port:
+            for port in (self.fixed_port, self.fixed_port + 1):
+                check_port_free(port)
+        try:
+            self._prepare()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for stack in self.running:
+            stack.stop()
+        self.running.clear()
+        if self.syslog is not None:
+            self.syslog.close()
+            self.syslog = None
+
+    # -- data --------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.database_urls["sqlite"] = f"sqlite:///{self.workdir}/lab.sqlite3"
+        if "postgresql" in settings_used(self.experiments, "app.database"):
+            self.database_urls["postgresql"] = self._postgres_schema_url()
+        for url in self.database_urls.values():
+            self._seed(url)
+        if True in settings_used(self.experiments, "app.frozen"):
+            self._freeze()
+        if "syslog-udp" in settings_used(self.experiments, "uwsgi.logging"):
+            # A syslog server that reads nothing: the kernel drops what overflows, as UDP allows;
+            # what is measured is uWSGI's cost of sending.
+            self.syslog = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.syslog.bind(("127.0.0.1", 0))
+
+    def _app(self, database_url: str):
+        return create_app({"DATABASE_URL": database_url, "SITE_URL": SITE_URL, "VAR_DIR": str(self.workdir / "var")})
+
+    def _postgres_schema_url(self) -> str:
+        if not self.postgres_url:
+            raise ServerError("an experiment uses app.database = \"postgresql\": pass --postgres-url or set "
+                              "BENCH_DATABASE_URL to a database the lab may create a schema in")
+        import psycopg2  # only when PostgreSQL is measured
+
+        try:
+            with psycopg2.connect(self.postgres_url, connect_timeout=5) as connection, connection.cursor() as cursor:
+                cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {POSTGRES_SCHEMA}")
+        except psycopg2.Error as error:
+            raise ServerError(f"PostgreSQL at {redact_url(self.postgres_url)}: {str(error).strip().splitlines()[0]}") from None
+        separator = "&" if urlsplit(self.postgres_url).query else "?"
+        return self.postgres_url + separator + "options=" + quote(f"-c search_path={POSTGRES_SCHEMA}", safe="")
+
+    def _seed(self, database_url: str) -> None:
+        app = self._app(database_url)
+        database = get_database(app)
+        try:
+            database.init_schema()
+            with database.session() as session:
+                seed(session, EPISODES)
+        except DatabaseUnavailable as error:
+            raise ServerError(f"cannot prepare the lab's data in {redact_url(database_url)}: {error}") from None
+        finally:
+            database.close()
+
+    def _freeze(self) -> None:
+        app = self._app(self.database_urls["sqlite"])
+        try:
+            freeze(app, self.build_dir)
+        except FreezeError as error:
+            raise ServerError(f"freezing the site for the frozen configurations failed: {error}") from None
+        finally:
+            get_database(app).close()
+
+    # -- stacks -------------------------------------------------------------
+
+    def versions(self) -> dict[str, str]:
+        def first_line(command: list[str]) -> str:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+            return (done.stdout + done.stderr).strip().splitlines()[0]
+
+        return {"nginx": first_line([self.nginx, "-v"]), "uWSGI": first_line([self.uwsgi, "--version"])}
+
+    def stack_settings(self, settings: Mapping[str, Any], port: int, http_port: int) -> StackSettings:
+        """The launcher's settings for one configuration's knobs."""
+        uwsgi = {"http-socket": f"127.0.0.1:{http_port}", "add-header": "Connection: close"}
+        if settings["uwsgi.processes"] is not DEPLOYED:
+            uwsgi["processes"] = str(process_count(settings["uwsgi.processes"], self.cpus))
+        if settings["uwsgi.threads"] is not DEPLOYED:
+            uwsgi["threads"] = str(settings["uwsgi.threads"])
+        for knob, option in (("uwsgi.max_requests", "max-requests"), ("uwsgi.max_worker_lifetime", "max-worker-lifetime")):
+            if settings[knob] is not DEPLOYED:
+                uwsgi[option] = str(settings[knob])
+        logging = settings["uwsgi.logging"]
+        if logging is not DEPLOYED:
+            uwsgi["disable-logging"] = "true" if logging == "off" else "false"
+        if logging == "syslog-udp":
+            assert self.syslog is not None
+            host, port_ = self.syslog.getsockname()
+            uwsgi["req-logger"] = f"rsyslog:{host}:{port_},podcast-uwsgi"
+        environment = {
+            "DATABASE_URL": self.database_urls[settings["app.database"]],
+            "SITE_URL": SITE_URL,
+            "VAR_DIR": str(self.workdir / "var"),
+            "PROFILER_DIR": str(self.workdir / "profiles"),
+        }
+        if settings["app.gc_freeze"] is not DEPLOYED:
+            environment["GC_FREEZE"] = "1" if settings["app.gc_freeze"] else "0"
+        profiler = settings["app.profiler"]
+        if profiler != "none":
+            environment["PROFILER_SECRET"] = uuid.uuid4().hex
+            environment["PROFILER_SAMPLE_RATE"] = {"off": "0", "sampled": PROFILER_SAMPLED_RATE, "on": "1"}[profiler]
+        if settings["app.feed"] != "cached":
+            uwsgi["module"] = LAB_WSGI_MODULE
+            environment["LAB_FEED"] = settings["app.feed"]
+
+        stack_settings = StackSettings(
+            run_dir=self.workdir / "run", build_dir=self.build_dir if settings["app.frozen"] else self.no_build_dir,
+            port=port, uwsgi_options=uwsgi, environment=environment, nginx=self.nginx, uwsgi=self.uwsgi,
+        )
+        if settings["nginx.worker_processes"] is not DEPLOYED:
+            stack_settings.worker_processes = str(process_count(settings["nginx.worker_processes"], self.cpus))
+        for knob, attribute in (("nginx.access_log", "access_log"), ("nginx.microcache", "microcache")):
+            if settings[knob] is not DEPLOYED:
+                setattr(stack_settings, attribute, settings[knob])
+        return stack_settings
+
+    def start(self, settings: Mapping[str, Any]) -> LabStack:
+        """Start nginx and uWSGI for ``settings`` and wait until they answer; ServerError if they do not."""
+        if self.fixed_port:
+            port, http_port = self.fixed_port, self.fixed_port + 1
+        else:
+            port, http_port = free_port(), free_port()
+        for number in (port, http_port):
+            check_port_free(number)
+        stack = _OverriddenStack(self.stack_settings(settings, port, http_port), server_directives(settings))
+        try:
+            stack.start()  # stops whatever it started if it fails
+        except StackError as error:
+            raise ServerError(f"the stack did not start: {error}") from None
+        return LabStack(stack, http_port, self.running)
