@@ -471,7 +471,7 @@ def test_an_unexpected_status_stops_the_lab_and_its_stack(tmp_path, site, fake_l
 def test_a_stack_that_fails_to_start_keeps_what_was_measured(tmp_path, site, fake_load):
     experiment = load_experiment(write(tmp_path, RUNNER_EXPERIMENT))
     stacks = StandInStacks(site, fail_on=2)
-    with pytest.raises(LabError, match="uWSGI exited with status 1") as raised:
+    with pytest.raises(LabError, match="exp/threads: uWSGI exited with status 1") as raised:
         run_lab([experiment], LabOptions(tmp_path, "wrk", None), stacks.start)
     assert stacks.events == [("start", 1), ("stop", 1)]
     (partial,) = raised.value.results
@@ -557,7 +557,7 @@ def test_bench_reports_a_stack_that_fails_to_start_and_leaves_nothing_running(tm
     path = write(tmp_path, 'title = "t"\n[baseline]\nrequest.path = "/health"\napp.feed = "cold"\n')
     assert main([str(path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "bench: the stack did not start: uWSGI instance 1 exited with status" in err
+    assert "bench: exp/baseline: the stack did not start: uWSGI instance 1 exited with status" in err
     assert "no_such_module" in err  # the tail of uWSGI's log says why
     assert processes_mentioning(str(tmp_path)) == []
 

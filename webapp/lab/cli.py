@@ -29,12 +29,12 @@ from .experiment import Experiment, ExperimentError, load_experiment
 from .loadgen import LoadError, find_tool
 from .report import write_report
 from .runner import LabError, LabOptions, run_lab
-from .servers import LabStacks, ServerError
+from .servers import LabStacks
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = PROJECT_ROOT / "deploy" / "experiments"
-#: --quick: each configuration once, for 1 s after 1 s of warm-up.
-QUICK = {"runs": 1, "duration": 1, "warmup": 1}
+#: --quick: each configuration once, for 1 s, no warm-up.
+QUICK = {"runs": 1, "duration": 1, "warmup": 0}
 
 
 def find_experiments(names: Sequence[str]) -> list[Path]:
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with LabStacks(experiments, out_dir / "work", port=args.port, postgres_url=args.postgres_url) as stacks:
             machine.update(stacks.versions())
             results = run_lab(experiments, LabOptions(out_dir=out_dir, tool=tool), stacks.start)
-    except (LabError, LoadError, ServerError) as error:
+    except (LabError, LoadError) as error:
         print(f"bench: {error}", file=sys.stderr)
         results = getattr(error, "results", None)
         if results is not None and any(r.summary(c.id) for r in results for c in r.experiment.configurations):

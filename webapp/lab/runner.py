@@ -139,17 +139,15 @@ def run_lab(experiments: Sequence[Experiment], options: LabOptions, start_stack:
             for round in range(1, experiment.runs + 1):
                 for configuration in experiment.configurations:
                     settings = configuration.settings
-                    if current is None or current[0] != stack_key(settings):
-                        if current is not None:
-                            current[1].stop()
-                            current = None
-                        current = (stack_key(settings), start_stack(settings))
-                    where = f"{experiment.id}/{configuration.id}"
                     try:
-                        measured = _measure(current[1], settings, options.tool, workdir)
+                        if current is None or current[0] != stack_key(settings):
+                            if current is not None:
+                                current[1].stop()
+                                current = None
+                            current = (stack_key(settings), start_stack(settings))
+                        check, load = _measure(current[1], settings, options.tool, workdir)
                     except (LabError, LoadError) as error:
-                        raise LabError(f"{where}: {error}") from None
-                    check, load = measured
+                        raise LabError(f"{experiment.id}/{configuration.id}: {error}") from None
                     result.configurations[configuration.id].response_bytes = check.response_bytes
                     result.add_run(configuration.id, load)
                     progress.report(experiment, round, configuration, load.requests_per_second,

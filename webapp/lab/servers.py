@@ -37,6 +37,7 @@ from webapp.stack import NginxConfig, Stack, StackError, StackSettings, find_ngi
 
 from .experiment import Experiment
 from .knobs import DEPLOYED, process_count
+from .runner import LabError
 
 #: Episodes in the lab's database: the site's default seed.
 EPISODES = 600
@@ -48,7 +49,7 @@ PROFILER_SAMPLED_RATE = "0.01"
 LAB_WSGI_MODULE = "webapp.lab.wsgi:application"
 
 
-class ServerError(RuntimeError):
+class ServerError(LabError):
     """The stack or its data could not be prepared or started."""
 
 
