@@ -288,7 +288,6 @@ def test_the_live_build_does_not_change_until_commit(app, live, dest):
     with SiteBuild(app, dest) as build:
         for page in build.pending:
             build.render(page)
-        build._writer.shutdown()  # every write done, before the commit
         assert versions(dest) == before
         build.commit()
     assert versions(dest) != before

@@ -2,20 +2,25 @@
 
     with SiteBuild(app, "var/build") as build:   # lock, read the data and the live build
         for page in build.pending:                # only pages whose inputs changed
-            build.render(page)                    # through the live app's own views
+            build.render(page)                    # as the live app answers its URL
         report = build.commit()                   # the new build goes live in one rename
 
 Leaving the block without ``commit()`` (an error, Ctrl-C) leaves the live
 build as it was. ``freeze(app, dest)`` does all three.
 
-Pages are rendered by the test client Frozen-Flask uses, so a frozen page is
-the body the live app returns for its URL. All requests of a build share one
-app context, and so one database session: no connection hand-off or commit
-per page. A write to the database during a build is picked up by the next
-one (its inputs will differ).
+A page is rendered in a request context for its URL, so its bytes are the
+body the live app returns there. Most pages go through the app's own request
+handling (``before_request`` hooks, the view, error handlers,
+``after_request``), as with Frozen-Flask's test client minus the WSGI
+plumbing around it. Episode pages, nearly all of them, are rendered from the
+episodes the build read once (``site.render_episode_page``) instead of each
+reading its own again. All of a build shares one app context, and so one
+database session: no connection hand-off or commit per page. A write to the
+database during a build is picked up by the next one (its inputs differ).
 
-Compressing and writing happen on a second thread: zlib and file I/O release
-the GIL, so page *n* is gzipped and written while page *n + 1* renders.
+Gzip runs on a second thread (zlib releases the GIL), so page *n* is
+compressed while page *n + 1* renders; the files are written on the main
+thread, where a blocking write does not then wait for the GIL.
 """
 from __future__ import annotations
 
@@ -32,10 +37,11 @@ from os import PathLike
 from pathlib import Path
 
 from flask import Flask
+from flask.testing import EnvironBuilder
 
 from ..database import DatabaseUnavailable
 from .output import BuildTrees, FileRecord, FreezeError
-from .site import Page, episodes_map, plan_pages, site_data
+from .site import Page, episodes_map, plan_pages, render_episode_page, site_data
 
 #: The nginx include with the episode redirects (see site.episodes_map).
 MAP_PATH = "nginx/episodes.map"
@@ -109,7 +115,7 @@ class SiteBuild:
         self._records: dict[str, FileRecord] = {}
         self._written: list[str] = []
         self._rendered: list[str] = []
-        self._stores: list[Future[None]] = []
+        self._compressed: list[tuple[str, str, Future[bytes]]] = []
         self._mtime_ns = time.time_ns()
 
     def __enter__(self) -> SiteBuild:
@@ -124,9 +130,11 @@ class SiteBuild:
             self._data = site_data()
             self._map = episodes_map(self._data)
             self._plan_changes()
-            self._client = self.app.test_client()
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="freeze-writer")
-            stack.callback(self._writer.shutdown, cancel_futures=True)
+            # One WSGI environ, its path swapped per page: building a fresh one
+            # per request (as the test client does) costs more than most pages.
+            self._environ = EnvironBuilder(self.app).get_environ()
+            self._gzipper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="freeze-gzip")
+            stack.callback(self._gzipper.shutdown, cancel_futures=True)
             self._exit_stack = stack.pop_all()
         return self
 
@@ -148,25 +156,35 @@ class SiteBuild:
             self.trees.prepare(keep)
 
     def render(self, page: Page) -> None:
-        """Render ``page`` through the app, then store it on the writer thread."""
+        """Render ``page`` as the live app answers a GET of its URL, and store it."""
+        environ = {**self._environ, "PATH_INFO": _wsgi_path(page.url)}
+        with _freeze_errors(self.trees.destination), self.app.request_context(environ):
+            if page.episode is None:
+                body = self._dispatch(page)
+            else:
+                try:
+                    body = render_episode_page(page.episode)
+                except Exception as error:  # a template error: say which page
+                    raise _page_error(page, f"{type(error).__name__}: {error}") from error
+            self._rendered.append(page.url)
+            self._store(page, body)
+
+    def _dispatch(self, page: Page) -> bytes:
         self._errors.error = None
-        with _freeze_errors(self.trees.destination), self._client.get(page.url) as response:
+        with self.app.full_dispatch_request() as response:
             if response.status_code != page.status:
                 error = self._errors.error
                 cause = f" ({type(error).__name__}: {error})" if error else ""
-                raise FreezeError(
-                    f"{page.url} answered {response.status} instead of {page.status}{cause};"
-                    " the live build is unchanged"
-                )
-            body = response.get_data()
-        self._rendered.append(page.url)
-        self._stores.append(self._writer.submit(self._store, page, body))
+                raise _page_error(page, f"the app answered {response.status}{cause}")
+            response.direct_passthrough = False  # static files: read the file as a server would
+            return response.get_data()
 
     def commit(self) -> BuildReport:
-        """Wait for the writes, add what did not change, and make the build live."""
+        """Write the .gz files, add what did not change, and make the build live."""
         with _freeze_errors(self.trees.destination):
-            for store in self._stores:
-                store.result()
+            for path, inputs, compressed in self._compressed:
+                data = compressed.result()
+                self._write(path, data, inputs, content_digest(data))
             if self.up_to_date:
                 return self._report(self.trees.live_records, removed=[])
             rendered = set(self._rendered)
@@ -194,10 +212,7 @@ class SiteBuild:
             return
         self._write(page.path, body, page.inputs, content)
         for path in page.files[1:]:
-            # mtime=0 and no file name in the header: the same page always
-            # compresses to the same bytes.
-            compressed = gzip.compress(body, compresslevel=9, mtime=0)
-            self._write(path, compressed, page.inputs, content_digest(compressed))
+            self._compressed.append((path, page.inputs, self._gzipper.submit(gzip_bytes, body)))
 
     def _unchanged(self, path: str, content: str) -> bool:
         record = self.trees.live_records.get(path)
@@ -239,6 +254,21 @@ class SiteBuild:
             "seconds": round(report.seconds, 3),
             "site_version": self._data.state.version,
         }
+
+
+def _page_error(page: Page, reason: str) -> FreezeError:
+    return FreezeError(f"cannot freeze {page.url}: {reason}; the live build is unchanged")
+
+
+def _wsgi_path(url: str) -> str:
+    """A URL path as WSGI's PATH_INFO holds it: its UTF-8 bytes, decoded as latin-1 (PEP 3333)."""
+    return url.encode().decode("latin-1")
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    # mtime=0 and no file name in the header: the same page always compresses
+    # to the same bytes.
+    return gzip.compress(data, compresslevel=9, mtime=0)
 
 
 def _stale(page: Page, live: dict[str, FileRecord]) -> bool:

@@ -70,7 +70,8 @@ class BuildTrees:
         self.live_records: dict[str, FileRecord] = {}
         self._spare_records: dict[str, FileRecord] = {}
         self._lock: int | None = None
-        self._made_dirs: set[Path] = set()
+        # Per-file work uses plain strings: pathlib costs more than the syscalls here.
+        self._made_dirs: set[str] = set()
 
     def __enter__(self) -> BuildTrees:
         try:
@@ -139,8 +140,9 @@ class BuildTrees:
         if record.same_file(self._spare_records.get(path)):
             return
         target = self._target(path)
-        target.unlink(missing_ok=True)
-        os.link(self.live / path, target)  # type: ignore[operator]
+        if path in self._spare_records:
+            os.unlink(target)
+        os.link(os.path.join(self.live, path), target)  # type: ignore[arg-type]
 
     def write(self, path: str, data: bytes, mtime_ns: int, inputs: str, content: str) -> FileRecord:
         """Write a new file into the spare tree."""
@@ -148,7 +150,7 @@ class BuildTrees:
         if path in self._spare_records:
             # It may be a hard link to the live build's file: never write through
             # it ("x" below makes sure of that).
-            target.unlink()
+            os.unlink(target)
         with open(target, "xb") as file:
             file.write(data)
             file.flush()
@@ -172,11 +174,13 @@ class BuildTrees:
         target.unlink(missing_ok=True)
         target.write_bytes(data)
 
-    def _target(self, path: str) -> Path:
-        target = self.spare / path
-        if target.parent not in self._made_dirs:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add(target.parent)
+    def _target(self, path: str) -> str:
+        """The spare tree's file for ``path``, its directory made."""
+        target = os.path.join(self.spare, path)
+        directory = os.path.dirname(target)
+        if directory not in self._made_dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._made_dirs.add(directory)
         return target
 
     def _remove(self, path: str) -> None:
@@ -190,7 +194,6 @@ class BuildTrees:
                 directory.rmdir()
             except OSError:
                 break
-            self._made_dirs.discard(directory)
 
 
 def _read_records(tree: Path) -> dict[str, FileRecord] | None:

@@ -11,9 +11,10 @@ Nothing is found by crawling. Each URL becomes a :class:`Page`::
 A page's ``inputs`` digests everything its bytes depend on, so a rebuild
 renders a page only when its inputs changed:
 
-* every page: the files of the ``webapp`` package (code, templates, static
-  files), the versions of the libraries that render them, the ``SITE_*``
-  settings;
+* every page: the code that renders it (the ``webapp`` modules the process
+  has loaded: the app and the freezer, not tools such as the tuning lab), the
+  templates and static files, the versions of the libraries that render
+  them, the ``SITE_*`` settings;
 * an episode page: that episode's fields and guests;
 * the home page, the catalogue and the feed (and any page added later, until
   it is given narrower inputs): every episode, and ``site_state``, whose
@@ -27,12 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import sys
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import quote
 
-from flask import Flask, g
+from flask import Flask, g, render_template
 from flask_frozen import Freezer
 from werkzeug.routing import MapAdapter
 
@@ -68,12 +70,14 @@ class Page:
     inputs: str
     #: ``path`` and, for text, its gzip sibling ``path.gz``
     files: tuple[str, ...]
+    #: For an episode's page, the episode it shows (see render_episode_page).
+    episode: Episode | None = None
 
     @classmethod
-    def at(cls, url: str, path: str, status: int, inputs: str) -> Page:
+    def at(cls, url: str, path: str, status: int, inputs: str, episode: Episode | None = None) -> Page:
         if posixpath.splitext(path)[1] in COMPRESSED_SUFFIXES:
-            return cls(url, path, status, inputs, (path, f"{path}.gz"))
-        return cls(url, path, status, inputs, (path,))
+            return cls(url, path, status, inputs, (path, f"{path}.gz"), episode)
+        return cls(url, path, status, inputs, (path,), episode)
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ class SiteData:
     """The published data one build freezes."""
 
     state: SiteState
-    episodes: list[Episode]
+    #: every episode, by its canonical path
+    episodes: dict[str, Episode]
     #: an episode's canonical path -> digest of the episode as its page shows it
     episode_inputs: dict[str, str]
     #: digest of every episode and of site_state
@@ -103,7 +108,7 @@ def site_data() -> SiteData:
         episode_inputs = {episode.path: digest(repr(episode)) for episode in episodes}
         g.freeze_site_data = SiteData(
             state,
-            episodes,
+            {episode.path: episode for episode in episodes},
             episode_inputs,
             digest(str(state.version), state.changed_at.isoformat(), *episode_inputs.values()),
         )
@@ -120,9 +125,10 @@ def _listing_pages():
 
 
 def _episode_pages():
-    """Frozen-Flask URL generator: every episode's canonical page, from the database."""
-    for episode in site_data().episodes:
-        yield "pages.episode", {"number": episode.number, "slug": episode.slug}
+    """Frozen-Flask URL generator: every episode's page, from the database."""
+    # Their canonical paths, where the view redirects every other URL of an
+    # episode (and cheaper than 600 url_for calls).
+    return site_data().episodes.keys()
 
 
 class SiteFreezer(Freezer):
@@ -156,16 +162,25 @@ def site_freezer(app: Flask) -> SiteFreezer:
 
 
 def code_fingerprint(app: Flask) -> str:
-    """Digest of what renders every page: package files, library versions, SITE_* settings."""
+    """Digest of what renders every page: code, templates, static files, libraries, SITE_* settings."""
     hasher = hashlib.blake2b(digest_size=16)
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            hasher.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes())
+    for path in sorted(_rendering_files(app)):
+        hasher.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes())
     for library in RENDERING_LIBRARIES:
         hasher.update(f"{library}={version(library)}\0".encode())
     settings = sorted((name, str(value)) for name, value in app.config.items() if name.startswith("SITE_"))
     hasher.update(repr(settings).encode())
     return hasher.hexdigest()
+
+
+def _rendering_files(app: Flask) -> set[Path]:
+    modules = {
+        Path(module.__file__)
+        for module in list(sys.modules.values())
+        if getattr(module, "__file__", None) and Path(module.__file__).is_relative_to(PACKAGE_DIR)
+    }
+    folders = [Path(app.root_path, app.template_folder or ""), Path(app.static_folder or "")]
+    return modules | {path for folder in folders for path in folder.rglob("*") if path.is_file()}
 
 
 def plan_pages(app: Flask) -> list[Page]:
@@ -180,17 +195,27 @@ def plan_pages(app: Flask) -> list[Page]:
         if url in seen:
             continue
         seen.add(url)
-        inputs = digest(code, _data_inputs(url, adapter, data))
-        pages.append(Page.at(url, freezer.urlpath_to_filepath(url), 200, inputs))
+        episode = data.episodes.get(url)
+        inputs = digest(code, data.episode_inputs[url] if episode else _data_inputs(url, adapter, data))
+        pages.append(Page.at(url, freezer.urlpath_to_filepath(url), 200, inputs, episode))
     return pages
 
 
 def _data_inputs(url: str, adapter: MapAdapter, data: SiteData) -> str:
-    """The digest of the data the page at ``url`` shows."""
-    if url in data.episode_inputs:  # an episode's canonical path
-        return data.episode_inputs[url]
+    """The digest of the data the page at ``url`` (not an episode's) shows."""
     endpoint, _ = adapter.match(url, method="GET")
     return "" if endpoint == "static" else data.inputs
+
+
+def render_episode_page(episode: Episode) -> bytes:
+    """The body ``pages.episode`` answers for the episode's canonical URL. Needs its request context.
+
+    Rendered from the episode the build has already read: letting the view
+    read each of 600 episodes again costs two queries per page, which on
+    PostgreSQL is most of a page's time. tests/test_freeze.py checks the bytes
+    against the live view for every page.
+    """
+    return render_template("episode.html", episode=episode).encode()
 
 
 def episodes_map(data: SiteData) -> bytes:
@@ -200,7 +225,8 @@ def episodes_map(data: SiteData) -> bytes:
     percent-encoded, so no slug an editor types can break nginx's syntax
     (``;``, spaces, quotes) or be read as a variable (``$``).
     """
-    lines = (f"{episode.number} {quote(episode.path)};\n" for episode in sorted(data.episodes, key=_number))
+    episodes = sorted(data.episodes.values(), key=_number)
+    lines = (f"{episode.number} {quote(episode.path)};\n" for episode in episodes)
     return "".join(lines).encode()
 
 

@@ -1,0 +1,123 @@
+"""Freezing the default seed: ``flask freeze`` vs plain Frozen-Flask, full and incremental.
+
+    pytest tests/benchmarks/test_freeze_bench.py --benchmark-only
+
+Each backend's group holds, for the 600-episode seed:
+
+* ``full``: our freeze into an empty destination, .gz siblings and all;
+* ``plain``: plain Frozen-Flask, ``freezer.freeze()``, on the same URLs into
+  an empty destination;
+* ``incremental``: our rebuild of an existing destination.
+
+Before every round one episode's title is edited (not timed), as a publish
+would; so every round renders the feed afresh instead of taking it from the
+app's feed cache. Apps are warmed up by an untimed first freeze: the rounds
+measure freezing, not compiling templates. Compare per page: our build has
+one page more (404.html). Nothing here asserts a time.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask_frozen import Freezer
+
+from tests.benchmarks.conftest import DEFAULT_SEED
+from tests.conftest import make_app
+from webapp import queries
+from webapp.db import get_database, get_session
+from webapp.freeze import freeze
+from webapp.seed import seed
+
+FULL_ROUNDS = 5
+INCREMENTAL_ROUNDS = 15
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+    """An app on the default seed (the suite's ``app`` fixture has the small one)."""
+    app = make_app(database_url, tmp_path)
+    with get_database(app).session() as session:
+        seed(session, DEFAULT_SEED)
+    yield app
+    get_database(app).close()
+
+
+@pytest.fixture
+def new_destination(tmp_path: Path) -> Callable[[], Path]:
+    """A new destination per round: deleting the last build would slow the next one's writes."""
+    numbers = itertools.count()
+    return lambda: tmp_path / f"round-{next(numbers)}" / "build"
+
+
+def edit_one_episode(app: Flask, edits=itertools.count()) -> None:
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET title = %s WHERE number = 300", (f"Edit {next(edits)}",))
+
+
+def group(benchmark, database_url: str) -> None:
+    benchmark.group = f"freeze {DEFAULT_SEED} episodes, {database_url.split(':')[0]}"
+
+
+def plain_freezer(app: Flask) -> Freezer:
+    """Frozen-Flask at its defaults, on our URLs; its mimetype warnings (our
+    page URLs have no extension) are off, which only makes it faster."""
+    app.config["FREEZER_IGNORE_MIMETYPE_WARNINGS"] = True
+    freezer = Freezer(app, with_no_argument_rules=False, log_url_for=False)
+
+    @freezer.register_generator
+    def pages():
+        yield from ["/", "/episodes/", "/episodes/rss"]
+        for episode in queries.all_episodes(get_session()):
+            yield episode.path
+
+    return freezer
+
+
+def test_full(benchmark, database_url, app, new_destination):
+    group(benchmark, database_url)
+    freeze(app, new_destination())
+
+    def round_setup():
+        edit_one_episode(app)
+        return (app, new_destination()), {}
+
+    report = benchmark.pedantic(freeze, setup=round_setup, rounds=FULL_ROUNDS)
+    assert report.pages == len(report.rendered) == DEFAULT_SEED + 6
+    benchmark.extra_info["pages"] = report.pages
+
+
+@pytest.mark.filterwarnings("ignore::flask_frozen.MissingURLGeneratorWarning")
+def test_plain_frozen_flask(benchmark, database_url, app, new_destination):
+    group(benchmark, database_url)
+    freezer = plain_freezer(app)
+
+    def round_setup():
+        edit_one_episode(app)
+        app.config["FREEZER_DESTINATION"] = str(new_destination())
+        return (), {}
+
+    round_setup()
+    freezer.freeze()
+    urls = benchmark.pedantic(freezer.freeze, setup=round_setup, rounds=FULL_ROUNDS)
+    assert len(urls) == DEFAULT_SEED + 5
+    benchmark.extra_info["pages"] = len(urls)
+
+
+def test_incremental(benchmark, database_url, app, new_destination):
+    group(benchmark, database_url)
+    destination = new_destination()
+    freeze(app, destination)
+    edit_one_episode(app)
+    freeze(app, destination)  # the first rebuild fills the spare tree
+
+    def round_setup():
+        edit_one_episode(app)
+        return (app, destination), {}
+
+    report = benchmark.pedantic(freeze, setup=round_setup, rounds=INCREMENTAL_ROUNDS)
+    assert len(report.rendered) == 4 and len(report.changed) == 6
+    benchmark.extra_info["pages"] = len(report.rendered)

@@ -1,0 +1,122 @@
+"""``flask freeze`` on bad input: a clear message, a non-zero exit, the live build intact."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from jinja2 import ChoiceLoader, DictLoader
+
+from tests.test_freeze import assert_matches_live, episodes_of, everything_under, execute, versions
+from tests.test_freeze import dest, live  # noqa: F401 (fixtures)
+from webapp import create_app
+from webapp.freeze import FreezeError, SiteBuild, freeze
+
+
+def freeze_cli(app: Flask, dest: Path):
+    return app.test_cli_runner().invoke(args=["freeze", "--dest", str(dest)])
+
+
+def live_build(dest: Path) -> tuple[str, dict[str, tuple[int, int]]]:
+    """What nginx serves: the symlink's target and every file's (inode, mtime)."""
+    return os.readlink(dest), versions(dest)
+
+
+def test_a_destination_that_cannot_be_created_is_named(app, tmp_path):
+    # Root ignores permissions, but not a regular file where a directory must be.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = freeze_cli(app, blocker / "build")
+    assert result.exit_code == 1
+    assert f"cannot write to {blocker / 'build'}: Not a directory" in result.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories anyway")
+def test_a_read_only_parent_directory_is_named(app, tmp_path):
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        result = freeze_cli(app, parent / "build")
+    finally:
+        parent.chmod(0o755)
+    assert result.exit_code == 1
+    assert "cannot write to" in result.output and "Permission denied" in result.output
+
+
+def test_an_empty_database_keeps_the_previous_build(app, dest):
+    freeze(app, dest)
+    before = everything_under(dest)
+    execute(app, "DELETE FROM episodes")
+    result = freeze_cli(app, dest)
+    assert result.exit_code == 1
+    assert "the database has no episodes" in result.output
+    assert everything_under(dest) == before
+
+
+def test_an_unreachable_database_is_reported_without_its_password(tmp_path, dest):
+    app = create_app({
+        "DATABASE_URL": "postgresql://podcast:secret-pw@127.0.0.1:1/podcast",
+        "VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_CONNECT_TIMEOUT": 1,
+    })
+    result = freeze_cli(app, dest)
+    assert result.exit_code == 1
+    assert "cannot connect to postgresql://podcast:***@127.0.0.1:1/podcast" in result.output
+    assert "secret-pw" not in result.output
+    assert not dest.exists() and not dest.is_symlink()
+
+
+def test_a_template_error_on_one_page_names_it_and_keeps_the_live_build(app, live, dest):
+    freeze(app, dest)
+    before = live_build(dest)
+    broken = episodes_of(app)[-3]  # episode 3
+    execute(app, "UPDATE episodes SET title = %s WHERE number = 3", ("Edited before the bug",))
+    original_loader = app.jinja_env.loader
+    app.jinja_env.loader = ChoiceLoader([
+        DictLoader({"episode.html": '{% extends "base.html" %}{% block main %}{{ 1 / (episode.number - 3) }}{% endblock %}'}),
+        original_loader,
+    ])
+
+    result = freeze_cli(app, dest)
+
+    assert result.exit_code == 1
+    assert f"Error: cannot freeze {broken.path}: ZeroDivisionError: division by zero" in result.output
+    assert live_build(dest) == before
+    # Fixed, the next build succeeds from the half-written spare tree.
+    app.jinja_env.loader = original_loader
+    assert freeze_cli(app, dest).exit_code == 0
+    assert_matches_live(dest, live)
+
+
+def test_a_directory_that_is_not_a_build_is_left_alone(app, dest):
+    dest.mkdir(parents=True)
+    (dest / "precious.txt").write_text("keep me")
+    result = freeze_cli(app, dest)
+    assert result.exit_code == 1
+    assert "exists and is not a build of `flask freeze`" in result.output
+    assert [path.name for path in dest.iterdir()] == ["precious.txt"]
+
+
+def test_a_symlink_to_elsewhere_is_left_alone(app, tmp_path, dest):
+    dest.parent.mkdir(parents=True)
+    dest.symlink_to(tmp_path)
+    result = freeze_cli(app, dest)
+    assert result.exit_code == 1
+    assert f"links to {tmp_path}, not to a build" in result.output
+    assert os.readlink(dest) == str(tmp_path)
+
+
+def test_an_empty_directory_becomes_the_build(app, live, dest):
+    dest.mkdir(parents=True)  # as a deploy might create it for nginx
+    assert freeze_cli(app, dest).exit_code == 0
+    assert dest.is_symlink()
+    assert_matches_live(dest, live)
+
+
+def test_a_second_freeze_into_the_same_destination_waits_its_turn(app, dest):
+    with SiteBuild(app, dest):
+        with pytest.raises(FreezeError, match="another freeze is writing to"):
+            freeze(app, dest)
+    freeze(app, dest)  # the lock is released with the first build
