@@ -9,8 +9,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from flask import Flask
@@ -22,7 +23,7 @@ from webapp.freeze import freeze
 from webapp.models import Episode
 
 TEXT_SUFFIXES = {".html", ".xml", ".css", ".js", ".svg", ".json", ".txt"}
-METADATA_FILES = {"manifest.json", ".freeze-state.json", "nginx/episodes.map"}
+METADATA_FILES = {"manifest.json", ".freeze-state.json", "nginx/episodes.map", "nginx/redirects.conf"}
 
 
 def episodes_of(app: Flask) -> list[Episode]:
@@ -233,7 +234,7 @@ def test_a_settings_change_rerenders_every_page_but_keeps_identical_files(app, d
     assert_matches_live(dest, make_app(database_url, tmp_path, SITE_TITLE="Talk Faster Python"))
 
 
-def test_the_redirect_map_covers_every_redirect_the_live_app_makes(app, live, dest):
+def test_the_episode_map_covers_every_episode_redirect_the_live_app_makes(app, live, dest):
     freeze(app, dest)
     redirects = redirect_map(dest)
     client = live.test_client()
@@ -248,6 +249,27 @@ def test_the_redirect_map_covers_every_redirect_the_live_app_makes(app, live, de
     unknown = SMALL_SEED + 1
     assert client.get(f"/episodes/{unknown}").status_code == 404
     assert unknown not in redirects and 0 not in redirects
+
+
+def test_the_other_redirect_rules_are_the_live_apps_for_urls_next_to_frozen_ones(app, live, dest):
+    """A frozen page's URL with its trailing slash toggled: wherever the app
+    redirects, nginx/redirects.conf does the same; nowhere else."""
+    freeze(app, dest)
+    rules = {
+        source: (int(code), target)
+        for source, code, target in re.findall(
+            r"^location = (\S+) \{ return (\d{3}) (\S+); \}$", (dest / "nginx/redirects.conf").read_text(), re.M
+        )
+    }
+    client = live.test_client()
+    redirected = {}
+    for url in expected_pages(live):
+        neighbour = url[:-1] if url.endswith("/") else f"{url}/"
+        response = client.get(neighbour)
+        if neighbour and 300 <= response.status_code < 400:
+            redirected[neighbour] = (response.status_code, urlsplit(response.headers["Location"]).path)
+    assert redirected == {"/episodes": (308, "/episodes/")}
+    assert rules == redirected
 
 
 def test_a_slug_that_would_break_nginx_syntax_is_percent_encoded(app, live, dest):

@@ -18,7 +18,8 @@ The layout nginx serves (``<dest>`` is a symlink to the live build tree)::
 
     index.html  episodes/index.html  episodes/<n>/<slug>.html  episodes/rss.xml
     404.html  static/…  (+ a .gz beside each text file)
-    nginx/episodes.map   "<n> <canonical path>;" for the episode redirects
+    nginx/episodes.map   "<n> <canonical path>;" for the episode redirects (inside a map)
+    nginx/redirects.conf the app's other redirects to frozen pages (server context)
     manifest.json        what the last build changed
 """
 from .build import BuildReport, SiteBuild, freeze

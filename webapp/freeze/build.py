@@ -41,10 +41,7 @@ from flask.testing import EnvironBuilder
 
 from ..database import DatabaseUnavailable
 from .output import BuildTrees, FileRecord, FreezeError
-from .site import Page, episodes_map, plan_pages, render_episode_page, site_data
-
-#: The nginx include with the episode redirects (see site.episodes_map).
-MAP_PATH = "nginx/episodes.map"
+from .site import Page, episodes_map, plan_pages, redirect_rules, render_episode_page, site_data
 
 
 def content_digest(data: bytes) -> str:
@@ -128,7 +125,11 @@ class SiteBuild:
             stack.callback(self.app.logger.removeHandler, self._errors)
             self.pages = plan_pages(self.app)
             self._data = site_data()
-            self._map = episodes_map(self._data)
+            # Made from the data at each build, written only when they change.
+            self._generated = {
+                "nginx/episodes.map": episodes_map(self._data),
+                "nginx/redirects.conf": redirect_rules(self.app, self.pages),
+            }
             self._plan_changes()
             # One WSGI environ, its path swapped per page: building a fresh one
             # per request (as the test client does) costs more than most pages.
@@ -144,13 +145,11 @@ class SiteBuild:
     def _plan_changes(self) -> None:
         live = self.trees.live_records
         self.pending = [page for page in self.pages if _stale(page, live)]
-        keep = {path for page in self.pages for path in page.files} | {MAP_PATH}
-        map_record = live.get(MAP_PATH)
+        keep = {path for page in self.pages for path in page.files} | self._generated.keys()
         self.up_to_date = (
             not self.pending
             and keep == live.keys()
-            and map_record is not None
-            and map_record.content == content_digest(self._map)
+            and all(self._unchanged(path, content_digest(data)) for path, data in self._generated.items())
         )
         if not self.up_to_date:
             self.trees.prepare(keep)
@@ -192,11 +191,12 @@ class SiteBuild:
                 if page.url not in rendered:
                     for path in page.files:
                         self._carry(path, page.inputs)
-            map_content = content_digest(self._map)
-            if self._unchanged(MAP_PATH, map_content):
-                self._carry(MAP_PATH, map_content)
-            else:
-                self._write(MAP_PATH, self._map, map_content, map_content)
+            for path, data in self._generated.items():
+                content = content_digest(data)
+                if self._unchanged(path, content):
+                    self._carry(path, content)
+                else:
+                    self._write(path, data, content, content)
             removed = sorted(self.trees.live_records.keys() - self._records.keys())
             report = self._report(self._records, removed)
             self.trees.commit(self._records, self._manifest(report))

@@ -32,11 +32,12 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from flask import Flask, g, render_template
 from flask_frozen import Freezer
-from werkzeug.routing import MapAdapter
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import MapAdapter, RequestRedirect
 
 from .. import queries
 from ..db import get_session
@@ -228,6 +229,30 @@ def episodes_map(data: SiteData) -> bytes:
     episodes = sorted(data.episodes.values(), key=_number)
     lines = (f"{episode.number} {quote(episode.path)};\n" for episode in episodes)
     return "".join(lines).encode()
+
+
+def redirect_rules(app: Flask, pages: list[Page]) -> bytes:
+    """nginx ``location`` blocks for the app's other redirects to frozen pages.
+
+    The app answers a URL without the trailing slash of its route with a
+    redirect (Werkzeug's strict slashes: ``/episodes`` -> ``/episodes/``).
+    nginx would otherwise serve the directory's index.html there too: the same
+    page at two URLs.
+    """
+    adapter = app.url_map.bind("localhost")
+    rules = []
+    for page in pages:
+        if not page.url.endswith("/") or page.url == "/":
+            continue
+        try:
+            adapter.match(page.url[:-1], method="GET")
+        except RequestRedirect as redirect:
+            # Route paths come from code, not data: nothing in them needs escaping.
+            target = urlsplit(redirect.new_url).path
+            rules.append(f"location = {page.url[:-1]} {{ return {redirect.code} {target}; }}\n")
+        except HTTPException:
+            pass  # a 404 or 405 there, as nginx will answer too
+    return "".join(rules).encode()
 
 
 def _number(episode: Episode) -> int:
