@@ -180,12 +180,12 @@ class SiteBuild:
 
     def commit(self) -> BuildReport:
         """Write the .gz files, add what did not change, and make the build live."""
+        if self.up_to_date:
+            return self._report(self.trees.live_records, removed=[])
         with _freeze_errors(self.trees.destination):
             for path, inputs, compressed in self._compressed:
                 data = compressed.result()
                 self._write(path, data, inputs, content_digest(data))
-            if self.up_to_date:
-                return self._report(self.trees.live_records, removed=[])
             rendered = set(self._rendered)
             for page in self.pages:
                 if page.url not in rendered:

@@ -19,10 +19,10 @@ one build ago, bringing it up to date costs a link per file changed in the
 last two builds, not one per file of the site.
 
     with BuildTrees(Path("var/build")) as trees:   # locks, reads the live build
-        trees.prepare(keep={"index.html", ...})    # the spare keeps only these
-        trees.write("index.html", body, mtime_ns, inputs)
+        trees.prepare(keep={"index.html", "404.html", ...})   # the spare keeps only these
+        record = trees.write("index.html", body, mtime_ns, inputs, content_digest)
         trees.carry("404.html", trees.live_records["404.html"])
-        trees.commit(records, manifest)            # the swap
+        trees.commit({"index.html": record, ...}, manifest)   # the swap
 """
 from __future__ import annotations
 
@@ -80,18 +80,10 @@ class BuildTrees:
         except OSError as error:
             raise FreezeError(f"cannot write to {self.destination}: {error.strerror} ({error.filename})") from None
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._unlock()
-            raise FreezeError(f"another freeze is writing to {self.destination}; try again when it ends") from None
-        try:
-            self.live = self._find_live()
-        except FreezeError:
+            self._lock_and_find_live()
+        except BaseException:
             self._unlock()
             raise
-        if self.live is not None:
-            self.live_records = _read_records(self.live) or {}
-            self.spare = self.root / TREE_NAMES[self.live.name == TREE_NAMES[0]]
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -101,6 +93,16 @@ class BuildTrees:
         if self._lock is not None:
             os.close(self._lock)  # closing releases the flock
             self._lock = None
+
+    def _lock_and_find_live(self) -> None:
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
+        except BlockingIOError:
+            raise FreezeError(f"another freeze is writing to {self.destination}; try again when it ends") from None
+        self.live = self._find_live()
+        if self.live is not None:
+            self.live_records = _read_records(self.live) or {}
+            self.spare = self.root / TREE_NAMES[self.live.name == TREE_NAMES[0]]
 
     def _find_live(self) -> Path | None:
         if self.destination.is_symlink():

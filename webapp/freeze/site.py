@@ -1,12 +1,13 @@
 """What a build holds: every page's URL, file and inputs, found by Frozen-Flask.
 
-Frozen-Flask's URL generators list the URLs: the ones registered here read the
-database (one query for every episode), its own walks ``webapp/static``.
-Nothing is found by crawling. Each URL becomes a :class:`Page`::
+Frozen-Flask's URL generators list the URLs: the ones registered here read
+every episode from the database, once; Frozen-Flask's own walks
+``webapp/static``. Nothing is found by crawling. Each URL becomes a
+:class:`Page`::
 
     with app.app_context():
         pages = plan_pages(app)
-    pages[1]  # Page(url='/static/style.css', path='static/style.css', status=200, inputs='5d0c…')
+    pages[0]  # Page(url='/404.html', path='404.html', status=404, inputs='5d0c…', files=(…, '404.html.gz'))
 
 A page's ``inputs`` digests everything its bytes depend on, so a rebuild
 renders a page only when its inputs changed:
@@ -31,6 +32,7 @@ import posixpath
 import sys
 from dataclasses import dataclass
 from importlib.metadata import version
+from operator import attrgetter
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -166,7 +168,7 @@ def code_fingerprint(app: Flask) -> str:
     """Digest of what renders every page: code, templates, static files, libraries, SITE_* settings."""
     hasher = hashlib.blake2b(digest_size=16)
     for path in sorted(_rendering_files(app)):
-        hasher.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes())
+        hasher.update(str(path).encode() + b"\0" + path.read_bytes())
     for library in RENDERING_LIBRARIES:
         hasher.update(f"{library}={version(library)}\0".encode())
     settings = sorted((name, str(value)) for name, value in app.config.items() if name.startswith("SITE_"))
@@ -180,7 +182,7 @@ def _rendering_files(app: Flask) -> set[Path]:
         for module in list(sys.modules.values())
         if getattr(module, "__file__", None) and Path(module.__file__).is_relative_to(PACKAGE_DIR)
     }
-    folders = [Path(app.root_path, app.template_folder or ""), Path(app.static_folder or "")]
+    folders = [Path(app.root_path, folder) for folder in (app.template_folder, app.static_folder) if folder]
     return modules | {path for folder in folders for path in folder.rglob("*") if path.is_file()}
 
 
@@ -226,7 +228,7 @@ def episodes_map(data: SiteData) -> bytes:
     percent-encoded, so no slug an editor types can break nginx's syntax
     (``;``, spaces, quotes) or be read as a variable (``$``).
     """
-    episodes = sorted(data.episodes.values(), key=_number)
+    episodes = sorted(data.episodes.values(), key=attrgetter("number"))
     lines = (f"{episode.number} {quote(episode.path)};\n" for episode in episodes)
     return "".join(lines).encode()
 
@@ -253,7 +255,3 @@ def redirect_rules(app: Flask, pages: list[Page]) -> bytes:
         except HTTPException:
             pass  # a 404 or 405 there, as nginx will answer too
     return "".join(rules).encode()
-
-
-def _number(episode: Episode) -> int:
-    return episode.number
