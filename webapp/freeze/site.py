@@ -28,6 +28,7 @@ renaming a guest, or an edit that forgets ``updated_at``, still reaches the page
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import sys
 from dataclasses import dataclass
@@ -177,10 +178,11 @@ def code_fingerprint(app: Flask) -> str:
 
 
 def _rendering_files(app: Flask) -> set[Path]:
+    package = f"{PACKAGE_DIR}{os.sep}"
     modules = {
-        Path(module.__file__)
-        for module in list(sys.modules.values())
-        if getattr(module, "__file__", None) and Path(module.__file__).is_relative_to(PACKAGE_DIR)
+        Path(path)
+        for path in [getattr(module, "__file__", None) for module in list(sys.modules.values())]
+        if path and path.startswith(package)
     }
     folders = [Path(app.root_path, folder) for folder in (app.template_folder, app.static_folder) if folder]
     return modules | {path for folder in folders for path in folder.rglob("*") if path.is_file()}
