@@ -21,6 +21,7 @@ from webapp import queries
 from webapp.db import get_database, get_session
 from webapp.freeze import freeze
 from webapp.models import Episode
+from webapp.seed import seed
 
 TEXT_SUFFIXES = {".html", ".xml", ".css", ".js", ".svg", ".json", ".txt"}
 METADATA_FILES = {"manifest.json", ".freeze-state.json", "nginx/episodes.map", "nginx/redirects.conf"}
@@ -162,6 +163,23 @@ def test_an_edited_episode_rerenders_it_the_lists_and_the_feed_only(app, live, d
             assert after[path] == version, f"{path} was rewritten"
     assert after[page][1] > before[page][1]
     assert json.loads((dest / "manifest.json").read_text())["changed"] == list(report.changed)
+    assert_matches_live(dest, live)
+
+
+def test_a_newly_published_episode_adds_its_page_and_its_redirect(app, live, dest):
+    freeze(app, dest)
+    with get_database(app).session() as session:
+        seed(session, SMALL_SEED + 1)
+    published = episodes_of(app)[0]
+    assert published.number == SMALL_SEED + 1
+
+    report = freeze(app, dest)
+
+    assert set(report.rendered) == {published.path, "/", "/episodes/", "/episodes/rss"}
+    page = f"{published.path[1:]}.html"
+    assert {page, f"{page}.gz", "index.html", "nginx/episodes.map"} <= set(report.changed)
+    assert report.removed == ()
+    assert redirect_map(dest)[published.number] == published.path
     assert_matches_live(dest, live)
 
 
