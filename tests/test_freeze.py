@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -19,7 +20,7 @@ from flask import Flask
 from tests.conftest import SMALL_SEED, make_app
 from webapp import queries
 from webapp.db import get_database, get_session
-from webapp.freeze import freeze
+from webapp.freeze import SiteBuild, freeze
 from webapp.models import Episode
 from webapp.seed import seed
 
@@ -319,8 +320,6 @@ def test_the_manifest_describes_the_build(app, dest):
 
 def test_the_live_build_does_not_change_until_commit(app, live, dest):
     """A request served during a freeze sees the old build whole, then the new one whole."""
-    from webapp.freeze import SiteBuild
-
     freeze(app, dest)
     before = versions(dest)
     old_feed = (dest / "episodes/rss.xml").open("rb")
@@ -354,9 +353,7 @@ def test_cli_freezes_into_freeze_dir_with_a_summary(app, live):
     assert "Nothing changed" in runner.invoke(args=["freeze"]).output
 
 
-def test_scripts_freeze_is_an_executable_bash_script(tmp_path):
-    import subprocess
-
+def test_scripts_freeze_is_an_executable_bash_script():
     script = Path(__file__).resolve().parent.parent / "scripts" / "freeze"
     assert os.access(script, os.X_OK)
     subprocess.run(["bash", "-n", str(script)], check=True)
