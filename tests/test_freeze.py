@@ -18,11 +18,12 @@ import pytest
 from flask import Flask
 
 from tests.conftest import SMALL_SEED, make_app
-from webapp import queries
+from webapp import create_app, queries
 from webapp.db import get_database, get_session
 from webapp.freeze import SiteBuild, freeze
 from webapp.models import Episode
 from webapp.seed import seed
+from webapp.settings import SETTINGS
 
 TEXT_SUFFIXES = {".html", ".xml", ".css", ".js", ".svg", ".json", ".txt"}
 METADATA_FILES = {"manifest.json", ".freeze-state.json", "nginx/episodes.map", "nginx/redirects.conf"}
@@ -78,9 +79,15 @@ def redirect_map(dest: Path) -> dict[int, str]:
     return {int(number): path.removesuffix(";") for number, path in (line.split(" ") for line in lines)}
 
 
-def assert_matches_live(dest: Path, live: Flask) -> None:
-    """Every page's file holds the bytes the live app serves; nothing else is in the build."""
-    client = live.test_client()
+def live_twin(app: Flask) -> Flask:
+    """A second app with the same settings and database, as uWSGI would run it."""
+    return create_app({name: app.config[name] for name in SETTINGS} | {"TESTING": True})
+
+
+def assert_matches_live(dest: Path, app: Flask) -> None:
+    """Every page's file holds the bytes the live ``app`` serves; nothing else is in the build."""
+    live = live_twin(app)
+    client = live_twin(app).test_client()
     pages = expected_pages(live)
     for url, (path, status) in pages.items():
         response = client.get(url)
@@ -88,6 +95,7 @@ def assert_matches_live(dest: Path, live: Flask) -> None:
         assert (dest / path).read_bytes() == response.data, url
     compressed = {f"{path}.gz" for path, _ in pages.values() if Path(path).suffix in TEXT_SUFFIXES}
     assert set(files_of(dest)) == {path for path, _ in pages.values()} | compressed | METADATA_FILES
+    get_database(live).close()
 
 
 @pytest.fixture
@@ -95,16 +103,10 @@ def dest(tmp_path: Path) -> Path:
     return tmp_path / "site" / "build"
 
 
-@pytest.fixture
-def live(app: Flask, database_url: str, tmp_path: Path) -> Flask:
-    """A second app on the same database, as uWSGI would run it."""
-    return make_app(database_url, tmp_path)
-
-
-def test_every_frozen_page_is_the_bytes_the_live_app_serves(app, live, dest):
+def test_every_frozen_page_is_the_bytes_the_live_app_serves(app, dest):
     report = freeze(app, dest)
     assert report.pages == SMALL_SEED + 6  # /, /episodes/, the feed, 404, two static files
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
 
 def test_layout_is_what_nginx_is_configured_for(app, dest):
@@ -143,7 +145,7 @@ def test_a_rebuild_with_nothing_changed_writes_nothing(app, dest):
     assert everything_under(dest) == before
 
 
-def test_an_edited_episode_rerenders_it_the_lists_and_the_feed_only(app, live, dest):
+def test_an_edited_episode_rerenders_it_the_lists_and_the_feed_only(app, dest):
     freeze(app, dest)
     before = versions(dest)
     edited = episodes_of(app)[-5]  # episode 5: not among the home page's latest
@@ -164,10 +166,10 @@ def test_an_edited_episode_rerenders_it_the_lists_and_the_feed_only(app, live, d
             assert after[path] == version, f"{path} was rewritten"
     assert after[page][1] > before[page][1]
     assert json.loads((dest / "manifest.json").read_text())["changed"] == list(report.changed)
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
 
-def test_a_newly_published_episode_adds_its_page_and_its_redirect(app, live, dest):
+def test_a_newly_published_episode_adds_its_page_and_its_redirect(app, dest):
     freeze(app, dest)
     with get_database(app).session() as session:
         seed(session, SMALL_SEED + 1)
@@ -181,10 +183,10 @@ def test_a_newly_published_episode_adds_its_page_and_its_redirect(app, live, des
     assert {page, f"{page}.gz", "index.html", "nginx/episodes.map"} <= set(report.changed)
     assert report.removed == ()
     assert redirect_map(dest)[published.number] == published.path
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
 
-def test_unchanged_files_keep_their_inode_and_mtime_over_many_rebuilds(app, live, dest):
+def test_unchanged_files_keep_their_inode_and_mtime_over_many_rebuilds(app, dest):
     """Builds alternate between two trees; files no build changed never move."""
     freeze(app, dest)
     untouched = "episodes/1/" + episodes_of(app)[-1].slug + ".html"
@@ -194,10 +196,10 @@ def test_unchanged_files_keep_their_inode_and_mtime_over_many_rebuilds(app, live
         report = freeze(app, dest)
         assert len(report.rendered) == 4
         assert versions(dest)[untouched] == first
-        assert_matches_live(dest, live)
+        assert_matches_live(dest, app)
 
 
-def test_a_renamed_guest_rerenders_the_pages_that_show_them(app, live, dest):
+def test_a_renamed_guest_rerenders_the_pages_that_show_them(app, dest):
     freeze(app, dest)
     episode = episodes_of(app)[-3]
     guest = episode.guests[0]
@@ -208,10 +210,10 @@ def test_a_renamed_guest_rerenders_the_pages_that_show_them(app, live, dest):
 
     assert set(report.rendered) == with_guest | {"/", "/episodes/", "/episodes/rss"}
     assert b"Renamed Guest" in (dest / f"{episode.path[1:]}.html").read_bytes()
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
 
-def test_a_deleted_episode_loses_its_files_and_its_redirect(app, live, dest):
+def test_a_deleted_episode_loses_its_files_and_its_redirect(app, dest):
     freeze(app, dest)
     deleted = episodes_of(app)[-4]
     execute(app, "DELETE FROM episodes WHERE number = %s", (deleted.number,))
@@ -223,10 +225,10 @@ def test_a_deleted_episode_loses_its_files_and_its_redirect(app, live, dest):
     assert set(report.removed) <= set(report.changed)
     assert not (dest / page).parent.exists()
     assert deleted.number not in redirect_map(dest)
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
 
-def test_a_new_slug_moves_the_page_and_its_redirect(app, live, dest):
+def test_a_new_slug_moves_the_page_and_its_redirect(app, dest):
     freeze(app, dest)
     episode = episodes_of(app)[-6]
     execute(app, "UPDATE episodes SET slug = %s WHERE number = %s", ("a-better-slug", episode.number))
@@ -237,7 +239,7 @@ def test_a_new_slug_moves_the_page_and_its_redirect(app, live, dest):
     assert {old, f"{old}.gz"} == set(report.removed)
     assert {new, f"{new}.gz", "nginx/episodes.map"} <= set(report.changed)
     assert redirect_map(dest)[episode.number] == f"/episodes/{episode.number}/a-better-slug"
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
 
 def test_a_settings_change_rerenders_every_page_but_keeps_identical_files(app, database_url, tmp_path, dest):
@@ -250,13 +252,13 @@ def test_a_settings_change_rerenders_every_page_but_keeps_identical_files(app, d
     assert report.pages == len(report.rendered)
     assert versions(dest)["static/style.css"] == before["static/style.css"]
     assert "index.html" in report.changed
-    assert_matches_live(dest, make_app(database_url, tmp_path, SITE_TITLE="Talk Faster Python"))
+    assert_matches_live(dest, renamed)
 
 
-def test_the_episode_map_covers_every_episode_redirect_the_live_app_makes(app, live, dest):
+def test_the_episode_map_covers_every_episode_redirect_the_live_app_makes(app, dest):
     freeze(app, dest)
     redirects = redirect_map(dest)
-    client = live.test_client()
+    client = live_twin(app).test_client()
     episodes = episodes_of(app)
     assert set(redirects) == {episode.number for episode in episodes}
     for episode in episodes:
@@ -270,7 +272,7 @@ def test_the_episode_map_covers_every_episode_redirect_the_live_app_makes(app, l
     assert unknown not in redirects and 0 not in redirects
 
 
-def test_the_other_redirect_rules_are_the_live_apps_for_urls_next_to_frozen_ones(app, live, dest):
+def test_the_other_redirect_rules_are_the_live_apps_for_urls_next_to_frozen_ones(app, dest):
     """A frozen page's URL with its trailing slash toggled: wherever the app
     redirects, nginx/redirects.conf does the same; nowhere else."""
     freeze(app, dest)
@@ -280,9 +282,9 @@ def test_the_other_redirect_rules_are_the_live_apps_for_urls_next_to_frozen_ones
             r"^location = (\S+) \{ return (\d{3}) (\S+); \}$", (dest / "nginx/redirects.conf").read_text(), re.M
         )
     }
-    client = live.test_client()
+    client = live_twin(app).test_client()
     redirected = {}
-    for url in expected_pages(live):
+    for url in expected_pages(app):
         neighbour = url[:-1] if url.endswith("/") else f"{url}/"
         response = client.get(neighbour)
         if neighbour and 300 <= response.status_code < 400:
@@ -291,12 +293,12 @@ def test_the_other_redirect_rules_are_the_live_apps_for_urls_next_to_frozen_ones
     assert rules == redirected
 
 
-def test_a_slug_that_would_break_nginx_syntax_is_percent_encoded(app, live, dest):
+def test_a_slug_that_would_break_nginx_syntax_is_percent_encoded(app, dest):
     execute(app, "UPDATE episodes SET slug = %s WHERE number = 2", ('odd slug; $x "quoted"',))
     freeze(app, dest)
     path = redirect_map(dest)[2]
     assert not set(path) & set(' ;$"\'{}')
-    location = live.test_client().get("/episodes/2").headers["Location"]
+    location = live_twin(app).test_client().get("/episodes/2").headers["Location"]
     assert unquote(path) == unquote(location) == '/episodes/2/odd slug; $x "quoted"'
     assert (dest / f"{unquote(path)[1:]}.html").is_file()
 
@@ -318,7 +320,7 @@ def test_the_manifest_describes_the_build(app, dest):
     assert manifest["built_at"].endswith("+00:00")
 
 
-def test_the_live_build_does_not_change_until_commit(app, live, dest):
+def test_the_live_build_does_not_change_until_commit(app, dest):
     """A request served during a freeze sees the old build whole, then the new one whole."""
     freeze(app, dest)
     before = versions(dest)
@@ -332,10 +334,10 @@ def test_the_live_build_does_not_change_until_commit(app, live, dest):
     assert versions(dest) != before
     assert b"Changed while serving" not in old_feed.read()  # an open file keeps its bytes
     old_feed.close()
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
 
-def test_cli_freezes_into_freeze_dir_with_a_summary(app, live):
+def test_cli_freezes_into_freeze_dir_with_a_summary(app):
     runner = app.test_cli_runner()
     result = runner.invoke(args=["freeze"])
     assert result.exit_code == 0, result.output
@@ -343,7 +345,7 @@ def test_cli_freezes_into_freeze_dir_with_a_summary(app, live):
     assert "MB gzipped" in result.output
     dest = Path(app.config["FREEZE_DIR"])
     assert dest.is_symlink()
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
     execute(app, "UPDATE episodes SET title = %s WHERE number = 4", ("Edited",))
     result = runner.invoke(args=["freeze", "--dest", str(dest)])

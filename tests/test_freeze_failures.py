@@ -9,9 +9,13 @@ from flask import Flask
 from jinja2 import ChoiceLoader, DictLoader
 
 from tests.test_freeze import assert_matches_live, episodes_of, everything_under, execute, versions
-from tests.test_freeze import dest, live  # noqa: F401 (fixtures)
 from webapp import create_app
 from webapp.freeze import FreezeError, SiteBuild, freeze
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    return tmp_path / "site" / "build"
 
 
 def freeze_cli(app: Flask, dest: Path):
@@ -68,14 +72,16 @@ def test_an_unreachable_database_is_reported_without_its_password(tmp_path, dest
     assert not dest.exists() and not dest.is_symlink()
 
 
-def test_a_template_error_on_one_page_names_it_and_keeps_the_live_build(app, live, dest):
+def test_a_template_error_on_one_page_names_it_and_keeps_the_live_build(app, dest):
     freeze(app, dest)
     before = live_build(dest)
     broken = episodes_of(app)[-3]  # episode 3
     execute(app, "UPDATE episodes SET title = %s WHERE number = 3", ("Edited before the bug",))
     original_loader = app.jinja_env.loader
     app.jinja_env.loader = ChoiceLoader([
-        DictLoader({"episode.html": '{% extends "base.html" %}{% block main %}{{ 1 / (episode.number - 3) }}{% endblock %}'}),
+        DictLoader({
+            "episode.html": '{% extends "base.html" %}{% block main %}{{ 1 / (episode.number - 3) }}{% endblock %}',
+        }),
         original_loader,
     ])
 
@@ -87,7 +93,7 @@ def test_a_template_error_on_one_page_names_it_and_keeps_the_live_build(app, liv
     # Fixed, the next build succeeds from the half-written spare tree.
     app.jinja_env.loader = original_loader
     assert freeze_cli(app, dest).exit_code == 0
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
 
 def test_a_directory_that_is_not_a_build_is_left_alone(app, dest):
@@ -108,11 +114,11 @@ def test_a_symlink_to_elsewhere_is_left_alone(app, tmp_path, dest):
     assert os.readlink(dest) == str(tmp_path)
 
 
-def test_an_empty_directory_becomes_the_build(app, live, dest):
+def test_an_empty_directory_becomes_the_build(app, dest):
     dest.mkdir(parents=True)  # as a deploy might create it for nginx
     assert freeze_cli(app, dest).exit_code == 0
     assert dest.is_symlink()
-    assert_matches_live(dest, live)
+    assert_matches_live(dest, app)
 
 
 def test_a_second_freeze_into_the_same_destination_waits_its_turn(app, dest):
