@@ -7,12 +7,14 @@
     report = freeze(app, "var/build")         # a BuildReport; FreezeError on failure
     report.changed                            # files written or removed: what a deploy syncs
 
-Frozen-Flask lists the URLs (``site``); each page is rendered by the live
-app's own views, so its file holds exactly the bytes the app serves; text
-files get a deterministic ``.gz`` sibling for nginx's ``gzip_static``. Only
-pages whose inputs changed are rendered again, and unchanged files keep their
-inode and modification time (``build``). Each build goes live in one atomic
-rename of a symlink (``output``).
+Frozen-Flask's URL generators list the pages (``site``). Each is rendered
+as the app answers its URL (through its views; episode pages with the view's
+template, from the one read of the data), so its file holds the bytes the app
+serves, which tests/test_freeze.py checks for every page. Text files get a
+deterministic ``.gz`` sibling for nginx's ``gzip_static``. Only pages whose
+inputs changed are rendered again, and unchanged files keep their inode and
+modification time (``build``). Each build goes live in one atomic rename of a
+symlink (``output``).
 
 The layout nginx serves (``<dest>`` is a symlink to the live build tree)::
 
