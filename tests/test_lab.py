@@ -28,7 +28,7 @@ from webapp.lab.loadgen import LoadError, LoadResult, LoadSpec, LoadToolMissing
 from webapp.lab.report import markdown, write_report
 from webapp.lab.results import ExperimentResult
 from webapp.lab.runner import LabError, LabOptions, run_lab
-from webapp.lab.stats import ratio, summarize
+from webapp.lab.stats import summarize
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -245,7 +245,6 @@ def test_summary_takes_medians_and_the_relative_range():
     assert (summary.rps_median, summary.rps_min, summary.rps_max) == (1000, 900, 1200)
     assert summary.spread == pytest.approx(0.3)
     assert summary.p99_ms == 5.0 and summary.errors == 2 and summary.saturated_runs == 1
-    assert ratio(summary, summarize([result(500)])) == 2.0
     with pytest.raises(ValueError):
         summarize([])
 
@@ -269,6 +268,16 @@ def test_targets_say_met_or_by_how_much_they_were_missed(tmp_path):
     assert not upper.met and upper.verdict.startswith("missed by 14%")
 
 
+def test_ratios_are_paired_round_by_round_and_a_bound_inside_their_range_is_inconclusive(tmp_path):
+    measured = two_config_result(tmp_path, "two / baseline >= 4.2")
+    measured.add_run("two", result(3300))  # round 2: 3300 / 1100
+    assert measured.paired_ratios("two") == (4.4, 3.0)
+    assert measured.ratio("two") == pytest.approx(3.7)
+    (outcome,) = measured.outcomes()
+    assert not outcome.met and outcome.inconclusive
+    assert outcome.verdict == "missed by 12%: 3.70, needs >= 4.2 (inconclusive: per-round ratios 3.00–4.40)"
+
+
 def test_a_target_on_an_unmeasured_configuration_is_not_met(tmp_path):
     experiment = load_experiment(write(tmp_path, MINIMAL + '[[targets]]\nrequire = "two / baseline >= 1"\n'))
     (outcome,) = ExperimentResult(experiment).outcomes()
@@ -281,7 +290,8 @@ def test_report_files_hold_every_run_the_table_and_the_targets(tmp_path):
     paths = write_report(tmp_path / "out", [measured], {"cpus": 2})
     text = paths["markdown"].read_text()
     assert "| exp | two / baseline >= 5 | `two / baseline >= 5` | ❌ missed by" in text
-    assert "| uwsgi.processes=2 | `uwsgi.processes=2` | 4,200 ⚠ 1/2 | 10% | 4.20× |" in text
+    # Ratios are paired by round: 4400/1000 and 4000/1100.
+    assert "| uwsgi.processes=2 | `uwsgi.processes=2` | 4,200 ⚠ 1/2 | 10% | 4.02× (3.64–4.40) |" in text
     data = json.loads(paths["json"].read_text())
     (experiment,) = data["experiments"]
     assert [len(c["runs"]) for c in experiment["configurations"]] == [3, 2]

@@ -36,7 +36,9 @@ def markdown(results: Sequence[ExperimentResult], machine: Mapping[str, Any],
     lines = ["# Tuning lab report", ""]
     lines += [f"- **{key}**: {value}" for key, value in machine.items()]
     lines += ["", "Requests/s is the median of the measured runs (warm-up discarded); *range* is "
-              "(max − min) / median; *× baseline* is the ratio of medians. p50/p99 are medians of "
+              "(max − min) / median. Every configuration is measured once per round; *× baseline* is "
+              "the median of the per-round ratios to the baseline, with their lowest and highest in "
+              "brackets. A target whose bound lies within that bracket is marked inconclusive. p50/p99 are medians of "
               "the runs' latency percentiles. *errors* are connect/read/write/timeout errors; *bad "
               "status* counts responses the tool rejects by status (wrk: not 2xx/3xx; ab: not 2xx). "
               "⚠ marks runs where the load generator used ≥90% of its CPU: there the figure is the "
@@ -76,10 +78,13 @@ def _experiment_section(result: ExperimentResult) -> list[str]:
             lines.append(f"| {configuration.label} | {changes} | not measured | | | | | | | |")
             continue
         warning = f" ⚠ {summary.saturated_runs}/{summary.runs}" if summary.saturated_runs else ""
-        ratio = result.ratio(configuration.id)
+        ratios = result.paired_ratios(configuration.id)
+        ratio = f"{result.ratio(configuration.id):.2f}×"
+        if configuration.kind != "baseline" and len(ratios) > 1:
+            ratio += f" ({min(ratios):.2f}–{max(ratios):.2f})"
         lines.append(
             f"| {configuration.label} | {changes} | {summary.rps_median:,.0f}{warning} | {summary.spread:.0%} | "
-            f"{ratio:.2f}× | {summary.p50_ms:.2f} | {summary.p99_ms:.2f} | {summary.errors} | "
+            f"{ratio} | {summary.p50_ms:.2f} | {summary.p99_ms:.2f} | {summary.errors} | "
             f"{summary.bad_status} | {_size(measured.response_bytes)} |"
         )
     lines.append("")
@@ -97,6 +102,7 @@ def write_chart(path: Path, results: Sequence[ExperimentResult]) -> tuple[Path |
     except ImportError:
         return None, "matplotlib is not installed (pip install -e '.[bench]')"
     matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.ticker
     from matplotlib import pyplot
 
     charted = [result for result in results if any(c.summary for c in result.configurations.values())]
@@ -113,15 +119,22 @@ def write_chart(path: Path, results: Sequence[ExperimentResult]) -> tuple[Path |
         colours = ["#888888" if c.kind == "baseline" else "#2a7ab0" if r >= 1 else "#c0504d"
                    for c, r in zip(configurations, ratios)]
         rows = range(len(configurations))
-        axis.barh(rows, ratios, color=colours)
+        # Bars grow from the baseline's 1.0, left for slower, right for faster.
+        axis.barh(rows, [value - 1 for value in ratios], left=1.0, color=colours)
         axis.set_yticks(rows, labels, fontsize=8)
         axis.invert_yaxis()
         axis.axvline(1.0, color="black", linewidth=0.8)
         axis.set_xscale("log")
+        times = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}×")
+        axis.xaxis.set_major_formatter(times)
+        axis.xaxis.set_minor_formatter(times)
+        axis.tick_params(axis="x", which="both", labelsize=7)
         axis.set_title(result.experiment.title, fontsize=10, loc="left")
         for row, value in zip(rows, ratios):
-            axis.annotate(f"{value:.2f}×", (value, row), xytext=(3, 0), textcoords="offset points",
-                          va="center", fontsize=7)
+            right = value >= 1
+            axis.annotate(f"{value:.2f}×", (value, row), xytext=(3 if right else -3, 0), textcoords="offset points",
+                          ha="left" if right else "right", va="center", fontsize=7)
+        axis.margins(x=0.15)
     axes[-1, 0].set_xlabel("requests/s, ratio to the experiment's baseline (log scale)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

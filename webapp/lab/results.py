@@ -2,19 +2,26 @@
 
     result = ExperimentResult(experiment)
     result.add_run("baseline", load_result)          # as the runner measures
-    result.ratio("cpus")                             # median req/s against the baseline's
+    result.ratio("cpus")               # median of the per-round ratios of req/s to the baseline's
     [outcome.verdict for outcome in result.outcomes()]
     # ['met: 6.10 >= 5', 'missed by 12%: 4.40, needs >= 5']
+
+Ratios are paired by round: the runner measures every configuration once per
+round, so run *i* of a configuration and run *i* of the baseline were taken a
+minute apart at most, under the same disturbances. The median of those
+per-round ratios is steadier than the ratio of two medians on a shared machine,
+and their range says how far the comparison itself moved between rounds.
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import knobs
 from .experiment import Experiment, Target
 from .loadgen import LoadResult
-from .stats import Summary, ratio, summarize
+from .stats import Summary, summarize
 
 
 @dataclass
@@ -31,12 +38,21 @@ class ConfigurationResult:
 @dataclass(frozen=True)
 class TargetOutcome:
     target: Target
-    #: None when a configuration it compares was not measured.
-    ratio: float | None
+    #: The per-round ratios (empty when a configuration it compares was not measured).
+    ratios: tuple[float, ...]
+
+    @property
+    def ratio(self) -> float | None:
+        return statistics.median(self.ratios) if self.ratios else None
 
     @property
     def met(self) -> bool:
         return self.ratio is not None and self.target.met_by(self.ratio)
+
+    @property
+    def inconclusive(self) -> bool:
+        """The bound lies between the lowest and the highest per-round ratio: another run could flip it."""
+        return len(self.ratios) > 1 and min(self.ratios) <= self.target.bound <= max(self.ratios)
 
     @property
     def verdict(self) -> str:
@@ -44,10 +60,14 @@ class TargetOutcome:
         if self.ratio is None:
             return f"not measured (needs {bound})"
         if self.met:
-            return f"met: {self.ratio:.2f} {bound}"
-        # How far off, relative to the bound: a 4.4 for ">= 5" is 12% short.
-        off = abs(self.ratio / self.target.bound - 1) if self.target.bound else float("inf")
-        return f"missed by {off:.0%}: {self.ratio:.2f}, needs {bound}"
+            verdict = f"met: {self.ratio:.2f} {bound}"
+        else:
+            # How far off, relative to the bound: a 4.4 for ">= 5" is 12% short.
+            off = abs(self.ratio / self.target.bound - 1) if self.target.bound else float("inf")
+            verdict = f"missed by {off:.0%}: {self.ratio:.2f}, needs {bound}"
+        if self.inconclusive:
+            verdict += f" (inconclusive: per-round ratios {min(self.ratios):.2f}–{max(self.ratios):.2f})"
+        return verdict
 
 
 @dataclass
@@ -65,12 +85,18 @@ class ExperimentResult:
     def summary(self, id: str) -> Summary | None:
         return self.configurations[id].summary
 
+    def paired_ratios(self, id: str, against: str = "baseline") -> tuple[float, ...]:
+        """Requests/s of ``id`` over ``against``'s, round by round."""
+        pairs = zip(self.configurations[id].runs, self.configurations[against].runs)
+        return tuple(run.requests_per_second / base.requests_per_second
+                     for run, base in pairs if base.requests_per_second)
+
     def ratio(self, id: str, against: str = "baseline") -> float | None:
-        summary, base = self.summary(id), self.summary(against)
-        return ratio(summary, base) if summary and base else None
+        ratios = self.paired_ratios(id, against)
+        return statistics.median(ratios) if ratios else None
 
     def outcomes(self) -> list[TargetOutcome]:
-        return [TargetOutcome(target, self.ratio(target.numerator, target.denominator))
+        return [TargetOutcome(target, self.paired_ratios(target.numerator, target.denominator))
                 for target in self.experiment.targets]
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,12 +118,14 @@ class ExperimentResult:
                     "runs": [run.as_dict() for run in self.configurations[configuration.id].runs],
                     "summary": summary.as_dict() if (summary := self.summary(configuration.id)) else None,
                     "ratio_to_baseline": self.ratio(configuration.id),
+                    "ratios_by_round": list(self.paired_ratios(configuration.id)),
                 }
                 for configuration in experiment.configurations
             ],
             "targets": [
                 {"label": outcome.target.label, "require": outcome.target.expression,
-                 "ratio": outcome.ratio, "met": outcome.met, "verdict": outcome.verdict}
+                 "ratio": outcome.ratio, "ratios_by_round": list(outcome.ratios), "met": outcome.met,
+                 "inconclusive": outcome.inconclusive, "verdict": outcome.verdict}
                 for outcome in self.outcomes()
             ],
         }

@@ -2,7 +2,6 @@
 
     summary = summarize(results)          # LoadResults of the measured runs
     summary.rps_median, summary.spread    # spread: (max - min) / median of requests/s
-    ratio(summary, baseline_summary)      # median requests/s against the baseline's
 
 Medians, because a run disturbed by something else on the machine should not
 move the figure; the spread shows how disturbed the runs were.
@@ -55,7 +54,3 @@ def summarize(results: Sequence[LoadResult]) -> Summary:
         saturated_runs=sum(result.generator_saturated for result in results),
     )
 
-
-def ratio(summary: Summary, baseline: Summary) -> float:
-    """Median requests/s of ``summary`` over the baseline's (0 when the baseline served nothing)."""
-    return summary.rps_median / baseline.rps_median if baseline.rps_median else 0.0
