@@ -127,6 +127,8 @@ class NginxConfig:
     open_file_cache_valid: str = "2s"
     uwsgi_read_timeout: int = DEFAULT_HARAKIRI + READ_TIMEOUT_MARGIN
     backlog: int = field(default_factory=kernel_somaxconn)
+    #: False renders an empty microcache.conf: every dynamic GET reaches uWSGI (for measuring it).
+    microcache: bool = True
 
     def values(self) -> dict[str, str]:
         conf = self.conf_dir
@@ -188,6 +190,8 @@ def render_nginx(config: NginxConfig) -> Path:
         target.write_text(render_template(NGINX_TEMPLATES / template, values))
     for name in NGINX_STATIC_FILES:
         shutil.copyfile(NGINX_TEMPLATES / name, conf / name)
+    if not config.microcache:
+        (conf / "microcache.conf").write_text("# The micro-cache is off (StackSettings.microcache).\n")
     return conf / "nginx.conf"
 
 
@@ -398,6 +402,7 @@ class StackSettings:
     access_log: bool = True
     worker_processes: str = "auto"
     open_file_cache_valid: str = "2s"
+    microcache: bool = True
     #: Seconds to wait for the site to answer at start, and for processes to exit at stop.
     start_timeout: float = 60.0
     stop_timeout: float = 40.0
@@ -533,6 +538,7 @@ class Stack:
             access_log=self.nginx_dir / "access.log" if settings.access_log else None,
             open_file_cache_valid=settings.open_file_cache_valid,
             uwsgi_read_timeout=self.harakiri() + READ_TIMEOUT_MARGIN,
+            microcache=settings.microcache,
         )
 
     def uwsgi_environment(self, instance: UwsgiInstance) -> dict[str, str]:

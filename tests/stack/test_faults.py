@@ -1,0 +1,199 @@
+"""Faults under load: what breaks, what is bounded, what does not fail at all.
+
+Each test runs a stack of its own, a bounded background load (threads of keep-alive
+clients on loopback, stopping by themselves), breaks one thing and counts failed
+requests. The bounds asserted are the ones the configuration guarantees, not timings:
+
+* a uWSGI worker killed by SIGKILL loses at most the one request it was running;
+* recycling (max-requests), a graceful reload and a chain reload lose none;
+* PostgreSQL stopped: 503 with Retry-After, never a 500 or 502; started again: full
+  service from the same uWSGI processes;
+* a request slower than harakiri is killed (502) and its worker replaced.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from webapp.stack import Stack
+
+from .conftest import EPISODES, Site, build_site
+from .probe_wsgi import SLEEP_PATH
+from .support import BackgroundLoad, get, wait_until
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+def varied_path(number: int) -> str:
+    """Mostly requests that reach Python: /health is never cached, and every search is a new URL."""
+    kind = number % 4
+    if kind == 0:
+        return "/health"
+    if kind == 1:
+        return f"/search?q=python+{number}"
+    if kind == 2:
+        return f"/api/episodes/{number % EPISODES + 1}"
+    return "/"  # a frozen page: nginx alone
+
+
+def workers(stack: Stack, instance: int = 0) -> dict[int, dict]:
+    """uWSGI's stats for each worker of one instance, by worker id."""
+    return {worker["id"]: worker for worker in stack.instances[instance].stats()["workers"]}
+
+
+# --- uWSGI stopped: the frozen site stays up ---------------------------------------------
+
+
+def test_frozen_pages_keep_being_served_with_uwsgi_stopped(make_stack, site: Site) -> None:
+    stack = make_stack()
+    url = stack.settings.url
+    episode = (site.build_dir / "nginx" / "episodes.map").read_text().split(";")[0].split()[1]
+    stack.stop_uwsgi(*stack.instances)
+    assert stack.nginx_pid() is not None
+    for path in ["/", "/episodes/", episode, "/episodes/rss", "/static/style.css", "/episodes/2"]:
+        status, _, _ = get(url + path)
+        assert status in (200, 301), path
+    assert get(url + "/no-such-page")[0] == 404
+    # What needs Python is unavailable: a 502 from nginx, at once.
+    for path in ["/api/episodes/1", "/health", "/search?q=anything"]:
+        assert get(url + path)[0] == 502, path
+    for instance in stack.instances:
+        stack.start_uwsgi(instance)
+    assert get(url + "/api/episodes/1")[0] == 200
+
+
+# --- A worker killed, workers recycled, reloads ------------------------------------
+
+
+def test_sigkilled_worker_loses_at_most_its_one_request(make_stack) -> None:
+    stack = make_stack()
+    kills = 3
+    with BackgroundLoad(stack.settings.url, varied_path, threads=6, max_seconds=60) as load:
+        for _ in range(kills):
+            load.wait_requests(150)
+            before = workers(stack)
+            victim = before[1]["pid"]
+            os.kill(victim, signal.SIGKILL)
+            # The master notices and forks a new worker 1.
+            assert wait_until(lambda: workers(stack)[1]["pid"] not in (0, victim), 30), "worker 1 not respawned"
+        load.wait_requests(150)
+    result = load.result
+    # One process serves one request at a time (no threads): a kill can lose that one, never one that waited in the socket's backlog.
+    assert len(result.failures) <= kills, result.summary()
+    assert all(outcome == 502 for _, _, outcome in result.failures), result.summary()
+    assert result.total > 600
+
+
+def test_worker_recycling_by_max_requests_under_load_loses_nothing(make_stack) -> None:
+    # uWSGI never recycles a worker younger than min-worker-lifetime (10 s by default): 1 s here.
+    stack = make_stack(uwsgi_options={"max-requests": "40", "max-requests-delta": "10", "min-worker-lifetime": "1"})
+    first = {wid: worker["pid"] for wid, worker in workers(stack).items()}
+    with BackgroundLoad(stack.settings.url, varied_path, threads=6, max_seconds=60) as load:
+        # respawn_count starts at 1: every worker recycled at least twice.
+        assert wait_until(lambda: min(w["respawn_count"] for w in workers(stack).values()) >= 3, 45), \
+            "the workers were not recycled"
+    result = load.result
+    assert result.failures == [], result.summary()
+    assert not set(first.values()) & {worker["pid"] for worker in workers(stack).values()}
+
+
+@pytest.mark.parametrize("chain", [False, True], ids=["graceful-reload", "chain-reload"])
+def test_reload_under_load_loses_nothing(make_stack, chain: bool) -> None:
+    stack = make_stack(uwsgi_instances=2)
+    masters = [instance.master_pid() for instance in stack.instances]
+    old_workers = {pid for instance in stack.instances for pid in instance.worker_pids()}
+    with BackgroundLoad(stack.settings.url, varied_path, threads=6, max_seconds=90) as load:
+        load.wait_requests(200)
+        stack.reload(chain=chain)  # instance by instance, each waited for; then nginx
+        load.wait_requests(200)
+    result = load.result
+    assert result.failures == [], result.summary()
+    # The same masters (a reload, not a restart), every worker new.
+    assert [instance.master_pid() for instance in stack.instances] == masters
+    assert not old_workers & {pid for instance in stack.instances for pid in instance.worker_pids()}
+
+
+def test_reload_picks_up_a_new_build_map(make_stack, site: Site, tmp_path: Path) -> None:
+    """After a freeze that adds episodes, `reload` makes nginx read the new episodes.map."""
+    fresh = build_site(f"sqlite:///{tmp_path}/more.sqlite3", tmp_path / "more")
+    stack = make_stack(site_=fresh)
+    number = EPISODES + 5
+    assert get(stack.settings.url + f"/episodes/{number}")[0] == 404
+    from webapp.db import get_database
+    from webapp.freeze import freeze
+    from webapp.seed import seed
+
+    with get_database(fresh.app).session() as session:
+        seed(session, EPISODES + 10)
+    freeze(fresh.app, fresh.build_dir)
+    stack.reload()
+    # With uWSGI stopped only nginx can answer: the redirect and the page come from the new build.
+    stack.stop_uwsgi(*stack.instances)
+    status, headers, _ = get(stack.settings.url + f"/episodes/{number}")
+    assert status == 301 and headers["Location"].startswith(f"/episodes/{number}/")
+    assert get(stack.settings.url + headers["Location"])[0] == 200
+
+
+# --- harakiri ----------------------------------------------------------------------
+
+
+def test_request_slower_than_harakiri_is_killed_and_its_worker_replaced(make_stack) -> None:
+    """The real uwsgi.ini with harakiri lowered to 1 s, serving tests/stack/probe_wsgi.py (the site + a sleep URL)."""
+    stack = make_stack(uwsgi_options={"harakiri": "1", "module": "tests.stack.probe_wsgi:application"})
+    url = stack.settings.url
+    before = {worker["pid"] for worker in workers(stack).values()}
+    # Without harakiri this would answer 200 after 4 s (nginx waits harakiri + 5 s = 6 s).
+    status, _, _ = get(url + f"{SLEEP_PATH}?seconds=4")
+    assert status == 502
+    after = workers(stack)
+    assert before - {worker["pid"] for worker in after.values()}, "no worker was replaced"
+    assert "HARAKIRI" in stack.instances[0].log.read_text()
+    assert get(url + "/api/episodes/1")[0] == 200
+    # A request within the limit is untouched.
+    assert get(url + f"{SLEEP_PATH}?seconds=0.1")[0] == 200
+
+
+# --- PostgreSQL stopped and started under load ----------------------------------
+
+
+def test_postgres_outage_under_load(make_stack, private_postgres, tmp_path: Path) -> None:
+    site = build_site(private_postgres.url, tmp_path / "pgsite")
+    stack = make_stack(site_=site)
+    url = stack.settings.url
+    pids_before = sorted(pid for instance in stack.instances for pid in [instance.master_pid(), *instance.worker_pids()])
+    # Only requests that need the database (the frozen pages would not notice the outage).
+    load = BackgroundLoad(url, lambda n: "/health" if n % 2 else f"/search?q=outage+{n}", threads=4,
+                          max_seconds=90, ok_statuses=frozenset({200, 503}))
+    with load:
+        load.wait_requests(100)
+        private_postgres.stop()
+        status, headers, body = wait_until(lambda: (r := get(url + "/health")) and r[0] == 503 and r, 30)
+        assert headers["Retry-After"] and json.loads(body) == {"status": "unavailable", "database": "unreachable"}
+        assert get(url + "/search?q=while+down")[0] == 503
+        load.wait_requests(100)
+        private_postgres.start()
+        assert wait_until(lambda: get(url + "/health")[0] == 200, 30), "service did not come back"
+        load.wait_requests(100)
+    result = load.result
+    truncated = [failure for failure in result.failures if failure[2] == "IncompleteRead"]
+    others = [failure for failure in result.failures if failure[2] != "IncompleteRead"]
+    assert others == [], result.summary()  # only 200s and 503s: never a 500, 502 or a reset
+    assert result.statuses[503] > 0 and result.statuses[200] > 0
+    # After the outage: every request answered again, by the same processes (nothing restarted).
+    tail = BackgroundLoad(url, lambda n: f"/search?q=after+{n}", threads=4, max_requests=200, max_seconds=60)
+    with tail:
+        tail.wait_requests(200)
+    assert tail.result.statuses == {200: 200}, tail.result.summary()
+    pids_after = sorted(pid for instance in stack.instances for pid in [instance.master_pid(), *instance.worker_pids()])
+    assert pids_after == pids_before
+    if truncated:
+        # A request whose connection dies between its query and the end of the request: the 503 is
+        # rendered and its headers sent, then webapp/db.py's teardown commits, the commit fails, and
+        # the DatabaseUnavailable it raises from the teardown aborts the body (uWSGI logs "generated
+        # 0 bytes", nginx "upstream prematurely closed connection"). Reported to the app's owner;
+        # everything else above holds.
+        pytest.xfail(f"app bug: {len(truncated)} response(s) cut short by a commit failing in teardown")

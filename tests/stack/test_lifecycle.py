@@ -1,0 +1,139 @@
+"""scripts/serve starts the whole stack, and stopping it leaves nothing behind.
+
+These run ``python -m webapp.stack`` (what scripts/serve execs) as a separate process,
+the way a person does: in the foreground stopped by Ctrl-C, or detached and stopped
+by ``scripts/serve stop`` from another shell.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_binary
+from webapp.stack import Stack, StackSettings, pid_alive, read_pid
+
+from .conftest import Site
+from .support import free_port, get, wait_until
+
+pytestmark = pytest.mark.stack
+
+
+def serve(*args: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "webapp.stack", *args], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def recorded_pids(run_dir: Path) -> list[int]:
+    """Every master pid the running stack recorded (uWSGI instances and nginx)."""
+    state = json.loads((run_dir / "stack.json").read_text())
+    pids = [read_pid(Path(instance["pid_file"]), "uwsgi") for instance in state["uwsgi"]]
+    if state["nginx"]:
+        pids.append(read_pid(Path(state["nginx"]["pid_file"]), "nginx"))
+    assert all(pids), state
+    return pids  # type: ignore[return-value]
+
+
+def assert_nothing_left(run_dir: Path, pids: list[int]) -> None:
+    assert not [pid for pid in pids if pid_alive(pid)]
+    left = [p.name for p in run_dir.rglob("*") if p.suffix in (".sock", ".pid", ".fifo") or p.name == "stack.json"]
+    assert left == []
+
+
+def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(tmp_path: Path, site: Site, stack_binaries) -> None:
+    run_dir, port = tmp_path / "run", free_port()
+    process = serve("--port", str(port), "--uwsgi-instances", "2", "--processes", "1", "--run-dir", str(run_dir),
+                    "--build-dir", str(site.build_dir), "--no-freeze", env=site.environment)
+    try:
+        assert wait_until(lambda: (run_dir / "stack.json").exists() or process.poll() is not None, 60)
+        assert process.poll() is None, process.stdout.read()
+        pids = recorded_pids(run_dir)
+        assert len(pids) == 3
+        status, headers, body = get(f"http://127.0.0.1:{port}/")
+        assert status == 200 and body == (site.build_dir / "index.html").read_bytes()
+        assert get(f"http://127.0.0.1:{port}/api/episodes/1")[0] == 200
+        # What a terminal's Ctrl-C does: SIGINT to scripts/serve (the servers are in sessions of their own).
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output
+    assert "stopped; nothing left running" in output
+    assert_nothing_left(run_dir, pids)
+
+
+def test_serve_detached_then_stop_from_another_shell(tmp_path: Path, site: Site, stack_binaries) -> None:
+    run_dir, port = tmp_path / "run", free_port()
+    common = ["--run-dir", str(run_dir)]
+    started = serve("--port", str(port), "--detach", "--build-dir", str(site.build_dir), "--no-freeze", *common,
+                    env=site.environment)
+    output, _ = started.communicate(timeout=90)
+    assert started.returncode == 0, output
+    pids = recorded_pids(run_dir)
+    try:
+        assert get(f"http://127.0.0.1:{port}/health")[0] == 200
+        status = serve("status", *common, env={})
+        assert status.wait(30) == 0 and f"http://127.0.0.1:{port}" in status.stdout.read()
+        # A second start on the same run directory refuses instead of clobbering the running one.
+        again = serve("--port", str(free_port()), "--detach", "--no-freeze", *common, env=site.environment)
+        again_output, _ = again.communicate(timeout=60)
+        assert again.returncode == 1 and "already running" in again_output
+    finally:
+        stop = serve("stop", *common, env={})
+        stop_output, _ = stop.communicate(timeout=90)
+    assert stop.returncode == 0, stop_output
+    assert_nothing_left(run_dir, pids)
+    assert serve("status", *common, env={}).wait(30) == 1
+
+
+def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(tmp_path: Path, site: Site, stack_binaries) -> None:
+    stack = Stack(StackSettings(run_dir=tmp_path / "run", build_dir=site.build_dir, port=free_port(),
+                                environment=site.environment, nginx=None, uwsgi=stack_binaries["uwsgi"]))
+    stack.start()
+    try:
+        pids = [stack.instances[0].master_pid()]
+        url = stack.settings.url
+        status, headers, body = get(url + "/static/style.css")
+        assert status == 200 and body == (site.build_dir / "static/style.css").read_bytes()
+        status, _, body = get(url + "/")
+        assert status == 200 and body == (site.build_dir / "index.html").read_bytes()
+        status, headers, _ = get(url + "/static/style.css", {"Accept-Encoding": "gzip"})
+        assert headers["Content-Encoding"] == "gzip"
+        assert get(url + "/api/episodes/2")[0] == 200
+        assert get(url + "/episodes/rss")[0] == 200
+    finally:
+        stack.stop()
+    assert_nothing_left(stack.run_dir, pids)  # type: ignore[arg-type]
+
+
+def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_binaries) -> None:
+    """`scripts/serve render` output is a complete, valid nginx config (with production-like paths moved to tmp)."""
+    require_binary("nginx")
+    out, var = tmp_path / "etc-nginx", tmp_path / "var"
+    var.mkdir()
+    user = [] if os.geteuid() != 0 else ["--user", "root"]
+    result = subprocess.run(
+        [sys.executable, "-m", "webapp.stack", "render", "--out", str(out), "--build-dir", str(tmp_path / "build"),
+         "--upstream", "unix:/run/podcast/uwsgi.sock", "--upstream", "10.0.0.6:3031", "--server-name", "podcast.example.org",
+         "--http-listen", f"127.0.0.1:{free_port()}", "--https-listen", f"127.0.0.1:{free_port()}",
+         "--certificate", str(certificate[0]), "--certificate-key", str(certificate[1]),
+         "--pid-file", str(var / "nginx.pid"), "--error-log", str(var / "error.log"),
+         "--access-log", str(var / "access.log"), "--temp-dir", str(var / "tmp"), "--cache-dir", str(var / "cache"),
+         *user],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    conf = (out / "nginx.conf").read_text()
+    assert "server unix:/run/podcast/uwsgi.sock" in conf and "server 10.0.0.6:3031" in conf
+    assert "max-age=63072000" in conf  # HSTS in production
+    assert "return 301 https://$host$request_uri;" in (out / "servers" / "http.conf").read_text()
+    (var / "tmp").mkdir()
+    check = subprocess.run([stack_binaries["nginx"], "-t", "-p", f"{out}/", "-c", str(out / "nginx.conf"),
+                            "-e", str(var / "error.log")], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr

@@ -1,0 +1,314 @@
+"""The real stack answers as the app would, faster: frozen files from nginx, the rest from Flask.
+
+Every expected answer comes from the in-process app on the same database, so these tests
+check nginx's config against the app, not against numbers copied into the test.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import socket
+import ssl
+import warnings
+from email.message import Message
+from pathlib import Path
+
+import pytest
+from werkzeug.routing import Rule
+
+from request_profiler import make_token
+from webapp.stack import Stack
+
+from .conftest import PROFILER_SECRET, Site
+from .support import get
+
+pytestmark = pytest.mark.stack
+
+CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; media-src 'self' https:; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def episode_paths(site: Site) -> list[str]:
+    """Canonical episode paths from the build's redirect map."""
+    lines = (site.build_dir / "nginx" / "episodes.map").read_text().split(";")
+    return [line.split()[1] for line in lines if line.strip()]
+
+
+def app_get(site: Site, path: str, headers: dict[str, str] | None = None):
+    return site.app.test_client().get(path, headers=headers or {})
+
+
+def frozen(site: Site, name: str) -> bytes:
+    return (site.build_dir / name).read_bytes()
+
+
+def is_nginx_etag(headers: Message) -> bool:
+    # nginx's ETag for a file: "<mtime hex>-<size hex>"; the app sends none for pages.
+    return bool(re.fullmatch(r'"[0-9a-f]+-[0-9a-f]+"', headers.get("ETag", "")))
+
+
+# --- Frozen pages from nginx, dynamic routes from Flask ---------------------
+
+
+def test_frozen_pages_are_the_build_files_served_by_nginx(site_stack: Stack, site: Site) -> None:
+    url = site_stack.settings.url
+    episode = episode_paths(site)[3]
+    for path, name in [("/", "index.html"), ("/episodes/", "episodes/index.html"),
+                       (episode, episode[1:] + ".html"), ("/episodes/rss", "episodes/rss.xml"),
+                       ("/static/style.css", "static/style.css")]:
+        status, headers, body = get(url + path)
+        assert status == 200, path
+        assert body == frozen(site, name), path
+        assert is_nginx_etag(headers) and headers["Last-Modified"], path
+        # The frozen bytes are what the app itself serves at that URL.
+        assert body == app_get(site, path).data, path
+
+
+def test_dynamic_routes_reach_flask(site_stack: Stack, site: Site) -> None:
+    url = site_stack.settings.url
+    for path in ["/api/episodes?page=2&per_page=5", "/api/episodes/7", "/search?q=python", "/health"]:
+        status, headers, body = get(url + path)
+        expected = app_get(site, path)
+        assert status == expected.status_code == 200, path
+        assert body == expected.data, path
+        assert headers["Content-Type"] == expected.headers["Content-Type"], path
+        assert not is_nginx_etag(headers)
+
+
+def _sample_url(rule: Rule) -> str:
+    """A concrete URL for a url_map rule: 1 for numbers, a word for strings."""
+    return re.sub(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>",
+                  lambda m: "1" if m[1] in ("int", "float") else ("style.css" if m[2] == "filename" else "word"),
+                  rule.rule)
+
+
+def test_every_app_route_still_reaches_the_app(site_stack: Stack, site: Site) -> None:
+    """nginx answers unknown paths itself (frozen 404); a route added to the app must be routed to it."""
+    url = site_stack.settings.url
+    for rule in site.app.url_map.iter_rules():
+        path = _sample_url(rule)
+        status, _, _ = get(url + path)
+        expected = app_get(site, path).status_code
+        assert status == expected, f"{rule.rule}: nginx {status}, app {expected} for {path}"
+
+
+def test_unknown_paths_get_the_frozen_404_page(site_stack: Stack, site: Site) -> None:
+    url = site_stack.settings.url
+    for path in ["/no-such-page", "/episodes/1/a/b", "/manifest.json", "/nginx/episodes.map",
+                 "/.freeze-state.json", "/index.html.gz/x"]:
+        status, headers, body = get(url + path)
+        assert status == 404, path
+        assert body == frozen(site, "404.html"), path
+        assert headers["Content-Type"] == "text/html; charset=utf-8"
+
+
+def test_unknown_episode_numbers_fall_through_to_the_app(site_stack: Stack, site: Site) -> None:
+    status, _, body = get(site_stack.settings.url + "/episodes/999999")
+    expected = app_get(site, "/episodes/999999")
+    assert status == expected.status_code == 404
+    assert body == expected.data and b"There is no episode 999999." in body
+
+
+# --- Headers: types, compression, validators ----------------------------------
+
+
+def test_content_types_match_the_app(site_stack: Stack, site: Site) -> None:
+    url = site_stack.settings.url
+    episode = episode_paths(site)[0]
+    expected = {
+        "/": "text/html; charset=utf-8",
+        episode: "text/html; charset=utf-8",
+        "/episodes/rss": "application/rss+xml; charset=utf-8",
+        "/static/style.css": "text/css; charset=utf-8",
+        "/api/episodes": "application/json",  # no charset: RFC 8259 defines none
+    }
+    for path, content_type in expected.items():
+        status, headers, _ = get(url + path)
+        assert status == 200
+        assert headers["Content-Type"] == content_type, path
+        assert headers["Content-Type"].split(";")[0] == app_get(site, path).mimetype, path
+
+
+@pytest.mark.parametrize("path", ["/", "/episodes/rss", "/static/style.css", "/api/episodes", "/search?q=data"])
+def test_gzip_for_clients_that_accept_it(site_stack: Stack, path: str) -> None:
+    url = site_stack.settings.url + path
+    status, plain_headers, plain = get(url)
+    assert status == 200 and "Content-Encoding" not in plain_headers
+    status, headers, compressed = get(url, {"Accept-Encoding": "gzip"})
+    assert status == 200
+    assert headers["Content-Encoding"] == "gzip"
+    assert "Accept-Encoding" in headers["Vary"]
+    assert gzip.decompress(compressed) == plain
+    assert len(compressed) < len(plain)
+
+
+def test_frozen_files_are_sent_precompressed(site_stack: Stack, site: Site) -> None:
+    """gzip_static: the bytes on the wire are the build's .gz sibling, not a fresh compression."""
+    _, _, body = get(site_stack.settings.url + "/episodes/rss", {"Accept-Encoding": "gzip"})
+    assert body == frozen(site, "episodes/rss.xml.gz")
+
+
+@pytest.mark.parametrize("path", ["/episodes/rss", "/", "/episodes/"])
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_conditional_get_answers_304(site_stack: Stack, site: Site, path: str, encoding: str | None) -> None:
+    url = site_stack.settings.url + path
+    base = {"Accept-Encoding": encoding} if encoding else {}
+    status, headers, _ = get(url, base)
+    assert status == 200
+    etag, last_modified = headers["ETag"], headers["Last-Modified"]
+    for validator in ({"If-None-Match": etag}, {"If-Modified-Since": last_modified}):
+        status, headers304, body = get(url, base | validator)
+        assert status == 304, validator
+        assert body == b""
+        assert headers304["ETag"] == etag
+    status, _, _ = get(url, base | {"If-None-Match": '"something-else"'})
+    assert status == 200
+
+
+def test_cache_lifetimes(site_stack: Stack, site: Site) -> None:
+    url = site_stack.settings.url
+    assert get(url + "/episodes/rss")[1]["Cache-Control"] == app_get(site, "/episodes/rss").headers["Cache-Control"]
+    assert get(url + "/")[1]["Cache-Control"] == "public, max-age=60"
+    assert get(url + "/static/style.css")[1]["Cache-Control"] == "public, max-age=604800"
+    assert get(url + "/static/style.css?v=1")[1]["Cache-Control"] == "public, max-age=31536000, immutable"
+    # Answers from the app keep the app's own (none for the API).
+    assert "Cache-Control" not in get(url + "/health")[1]
+
+
+# --- Redirects ------------------------------------------------------------
+
+
+def test_episode_redirects_match_the_app(site_stack: Stack, site: Site) -> None:
+    url = site_stack.settings.url
+    for canonical in episode_paths(site)[:10]:
+        number = canonical.split("/")[2]
+        for variant in [f"/episodes/{number}", f"/episodes/{number}/not-the-slug"]:
+            status, headers, _ = get(url + variant)
+            expected = app_get(site, variant)
+            assert status == expected.status_code == 301, variant
+            assert headers["Location"] == expected.headers["Location"] == canonical, variant
+        status, _, _ = get(url + canonical)
+        assert status == 200
+
+
+# --- Security headers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/episodes/rss", "/api/episodes", "/no-such-page", "/episodes/3",
+                                  "/static/style.css", "/health"])
+def test_security_headers_on_every_kind_of_answer(site_stack: Stack, path: str) -> None:
+    _, headers, _ = get(site_stack.settings.url + path)
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+    assert headers.get_all("Content-Security-Policy") == [CSP]
+    assert headers["Server"] == "nginx"  # server_tokens off: no version
+    assert "Strict-Transport-Security" not in headers  # not for a self-signed localhost
+
+
+def test_pages_satisfy_their_content_security_policy(site: Site) -> None:
+    """default-src 'none' with style-src 'self': no script, no inline style, nothing from elsewhere."""
+    for page in sorted(site.build_dir.rglob("*.html")):
+        html = page.read_text()
+        assert "<script" not in html and "<style" not in html and " style=" not in html, page
+        assert re.findall(r'<link rel="stylesheet" href="([^"]+)"', html) == ["/static/style.css"], page
+        for action in re.findall(r'<form[^>]*action="([^"]+)"', html):
+            assert action.startswith("/"), page
+        for source in re.findall(r'<(?:img|audio|video|source|iframe)[^>]*src="([^"]+)"', html):
+            assert source.startswith(("/", "https://")), page
+
+
+# --- Big requests --------------------------------------------------------------
+
+
+def test_large_request_headers_reach_the_app(site_stack: Stack) -> None:
+    """uWSGI's default 4 KB buffer would drop this request (nginx: 502); buffer-size is 32 KB.
+
+    (nginx's own limit, 8 KB per header line by default, stays: a cookie is not a database.)"""
+    # A URL of its own, so the answer cannot come from the micro-cache.
+    status, _, body = get(site_stack.settings.url + "/api/episodes?page=1&per_page=17",
+                          {"Cookie": "preferences=" + "x" * 6_000})
+    assert status == 200
+    assert json.loads(body)["per_page"] == 17
+
+
+# --- HTTPS ------------------------------------------------------------------------
+
+
+def test_https_with_http2_and_modern_tls(site_stack: Stack, certificate: tuple[Path, Path]) -> None:
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    port = site_stack.settings.https_port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_https_serves_the_same_site(site_stack: Stack, site: Site, tls_context: ssl.SSLContext) -> None:
+    base = site_stack.settings.https_url
+    for path, expected in [("/", frozen(site, "index.html")), ("/api/episodes/3", app_get(site, "/api/episodes/3").data)]:
+        status, headers, body = get(base + path, context=tls_context)
+        assert status == 200 and body == expected, path
+        assert headers["X-Content-Type-Options"] == "nosniff"
+    status, headers, _ = get(base + "/episodes/3", context=tls_context)
+    assert status == 301 and headers["Location"] == app_get(site, "/episodes/3").headers["Location"]
+
+
+def test_tls_below_1_2_is_refused(site_stack: Stack, certificate: tuple[Path, Path]) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(certificate[0]))
+    try:
+        with warnings.catch_warnings():  # deprecated, which is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
+        context.set_ciphers("ALL:@SECLEVEL=0")
+    except (ValueError, ssl.SSLError):
+        pytest.skip("this OpenSSL cannot even offer TLS 1.1")
+    with socket.create_connection(("127.0.0.1", site_stack.settings.https_port), timeout=10) as raw:
+        with pytest.raises(ssl.SSLError):
+            context.wrap_socket(raw, server_hostname="localhost")
+
+
+# --- Micro-cache and the profiler's token path ----------------------------------------
+
+
+def test_api_answers_are_micro_cached(site_stack: Stack) -> None:
+    url = site_stack.settings.url + "/api/episodes?page=3&per_page=4"
+    statuses = [get(url)[1].get("X-Cache-Status") for _ in range(5)]
+    assert statuses[0] in ("MISS", "EXPIRED", "HIT")
+    assert "HIT" in statuses  # five requests in a row, one second of validity
+
+
+@pytest.mark.parametrize("carrier", ["header", "cookie", "query"])
+def test_profiling_tokens_reach_the_app_past_frozen_files_and_cache(
+    site_stack: Stack, site: Site, carrier: str
+) -> None:
+    token = make_token(PROFILER_SECRET, 300)
+    url = site_stack.settings.url
+    headers = {"header": {"X-Profile-Token": token}, "cookie": {"Cookie": f"_profile={token}"}, "query": {}}[carrier]
+    query = f"?_profile={token}" if carrier == "query" else ""
+    for path in ["/", "/api/episodes", episode_paths(site)[1]]:
+        for _ in range(2):  # the second time too: never from the micro-cache
+            status, response_headers, _ = get(url + path + query, headers)
+            assert status == 200, path
+            assert response_headers.get("X-Profile-Id"), f"{path} did not reach the profiler"
+            assert "X-Cache-Status" not in response_headers
+            assert not is_nginx_etag(response_headers)
+
+
+def test_profiler_viewer_through_nginx_keeps_its_own_csp(site_stack: Stack) -> None:
+    token = make_token(PROFILER_SECRET, 300)
+    url = site_stack.settings.url
+    get(url + "/api/episodes/2", {"X-Profile-Token": token})  # at least one stored profile
+    status, headers, body = get(url + "/_profiler/", {"X-Profile-Token": token})
+    assert status == 200
+    policies = headers.get_all("Content-Security-Policy")
+    assert len(policies) == 1 and policies[0] != CSP  # the viewer's, not nginx's
+    assert "X-Cache-Status" not in headers
+    assert b"<tbody><tr" in body  # the stored profiles are listed
+    # Without a token the viewer is closed, and nginx caches nothing of it.
+    status, headers, _ = get(url + "/_profiler/")
+    assert status in (401, 403, 404)
+    assert "X-Cache-Status" not in headers
