@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 
-from webapp.stack import Stack
+from webapp.stack import Stack, pid_alive
 
 from .conftest import EPISODES, Site, build_site
 from .probe_wsgi import SLEEP_PATH
@@ -136,6 +137,22 @@ def test_reload_picks_up_a_new_build_map(make_stack, site: Site, tmp_path: Path)
     status, headers, _ = get(stack.settings.url + f"/episodes/{number}")
     assert status == 301 and headers["Location"].startswith(f"/episodes/{number}/")
     assert get(stack.settings.url + headers["Location"])[0] == 200
+
+
+def test_sigterm_lets_running_requests_finish(make_stack) -> None:
+    """systemd's stop (SIGTERM) is graceful: a request running at that moment still gets its answer."""
+    stack = make_stack(uwsgi_options={"module": "tests.stack.probe_wsgi:application"})
+    instance = stack.instances[0]
+    master = instance.master_pid()
+    outcome: list[int] = []
+    request = threading.Thread(target=lambda: outcome.append(get(stack.settings.url + f"{SLEEP_PATH}?seconds=2")[0]))
+    request.start()
+    assert wait_until(lambda: any(w["status"] == "busy" for w in workers(stack).values()), 10)
+    os.kill(master, signal.SIGTERM)
+    request.join(30)
+    assert outcome == [200]
+    assert wait_until(lambda: not pid_alive(master), 30)
+    assert "graceful shutdown triggered" in instance.log.read_text()
 
 
 # --- harakiri ----------------------------------------------------------------------
