@@ -155,6 +155,25 @@ def test_sigterm_lets_running_requests_finish(make_stack) -> None:
     assert "graceful shutdown triggered" in instance.log.read_text()
 
 
+def test_a_rebuild_goes_live_under_load_without_an_error(make_stack, tmp_path: Path) -> None:
+    """`flask freeze` swaps the build in one rename; nginx serves the new page once open_file_cache rechecks."""
+    fresh = build_site(f"sqlite:///{tmp_path}/rebuild.sqlite3", tmp_path / "rebuild")
+    stack = make_stack(site_=fresh)
+    url = stack.settings.url
+    from webapp.db import get_database
+    from webapp.freeze import freeze
+
+    with BackgroundLoad(url, lambda n: ["/", "/episodes/", "/episodes/rss"][n % 3], threads=4, max_seconds=60) as load:
+        load.wait_requests(100)
+        with get_database(fresh.app).session() as session:
+            session.execute("UPDATE episodes SET title = %s WHERE number = %s", ("A title from the rebuild", EPISODES))
+        freeze(fresh.app, fresh.build_dir)
+        # Bounded wait, not a timing assertion: open_file_cache_valid is 2 s.
+        assert wait_until(lambda: b"A title from the rebuild" in get(url + "/")[2], 30)
+        load.wait_requests(100)
+    assert load.result.failures == [], load.result.summary()
+
+
 # --- harakiri ----------------------------------------------------------------------
 
 
