@@ -44,7 +44,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -591,7 +591,7 @@ class Stack:
         for sub in ("tmp", "cache"):
             (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
         conf = render_nginx(self.nginx_config())
-        result = subprocess.run(self._nginx_command(conf) + ["-t", "-q"], capture_output=True, text=True)
+        result = subprocess.run(self._nginx_command(conf) + ["-t", "-q"], capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise StackError(f"nginx rejected {conf}:\n{result.stderr.strip()}")
 
@@ -657,7 +657,7 @@ class Stack:
         last_error: object = None
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as response:
+                with urllib.request.urlopen(url + "/health", timeout=5):
                     return
             except urllib.error.HTTPError as error:
                 if error.code == 503:
@@ -837,7 +837,7 @@ def stack_from_state(run_dir: Path) -> Stack | None:
 def freeze_site(build_dir: Path, environment: Mapping[str, str]) -> bool:
     """``flask freeze`` into ``build_dir`` (incremental: only what changed is written). False if it failed."""
     command = [sys.executable, "-m", "flask", "--app", "webapp", "freeze", "--dest", str(build_dir)]
-    result = subprocess.run(command, env={**os.environ, **environment}, capture_output=True, text=True)
+    result = subprocess.run(command, env={**os.environ, **environment}, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         _say(f"freezing the site failed, so the app serves every page:\n{result.stderr.strip()[-2000:]}")
         return False

@@ -80,7 +80,8 @@ def test_sigkilled_worker_loses_at_most_its_one_request(make_stack) -> None:
             victim = before[1]["pid"]
             os.kill(victim, signal.SIGKILL)
             # The master notices and forks a new worker 1.
-            assert wait_until(lambda: workers(stack)[1]["pid"] not in (0, victim), 30), "worker 1 not respawned"
+            assert wait_until(lambda victim=victim: workers(stack)[1]["pid"] not in (0, victim), 30), \
+                "worker 1 not respawned"
         load.wait_requests(150)
     result = load.result
     # One process serves one request at a time (no threads): a kill can lose that one, never one that waited in the socket's backlog.
@@ -207,7 +208,9 @@ def test_postgres_outage_under_load(make_stack, private_postgres, tmp_path: Path
     with load:
         load.wait_requests(100)
         private_postgres.stop()
-        status, headers, body = wait_until(lambda: (r := get(url + "/health")) and r[0] == 503 and r, 30)
+        answer = wait_until(lambda: (r := get(url + "/health")) and r[0] == 503 and r, 30)
+        assert answer, "/health never answered 503 while PostgreSQL was stopped"
+        _, headers, body = answer
         assert headers["Retry-After"] and json.loads(body) == {"status": "unavailable", "database": "unreachable"}
         assert get(url + "/search?q=while+down")[0] == 503
         load.wait_requests(100)

@@ -15,9 +15,9 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+from request_profiler import make_token
 from werkzeug.routing import Rule
 
-from request_profiler import make_token
 from webapp.stack import Stack
 
 from .conftest import PROFILER_SECRET, Site
@@ -239,10 +239,10 @@ def test_https_with_http2_and_modern_tls(site_stack: Stack, certificate: tuple[P
     context = ssl.create_default_context(cafile=str(certificate[0]))
     context.set_alpn_protocols(["h2", "http/1.1"])
     port = site_stack.settings.https_port
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            assert tls.selected_alpn_protocol() == "h2"
-            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
 def test_https_serves_the_same_site(site_stack: Stack, site: Site, tls_context: ssl.SSLContext) -> None:
@@ -266,9 +266,9 @@ def test_tls_below_1_2_is_refused(site_stack: Stack, certificate: tuple[Path, Pa
         context.set_ciphers("ALL:@SECLEVEL=0")
     except (ValueError, ssl.SSLError):
         pytest.skip("this OpenSSL cannot even offer TLS 1.1")
-    with socket.create_connection(("127.0.0.1", site_stack.settings.https_port), timeout=10) as raw:
-        with pytest.raises(ssl.SSLError):
-            context.wrap_socket(raw, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", site_stack.settings.https_port), timeout=10) as raw, \
+            pytest.raises(ssl.SSLError):
+        context.wrap_socket(raw, server_hostname="localhost")
 
 
 # --- Micro-cache and the profiler's token path ----------------------------------------
