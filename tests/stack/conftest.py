@@ -40,9 +40,6 @@ SITE_URL = "https://podcast.test"
 #: Lets the tests mint profiling tokens the stack accepts.
 PROFILER_SECRET = "stack-tests-profiler-secret"
 
-pytestmark = pytest.mark.stack
-
-
 @dataclass
 class Site:
     """A seeded database, the app on it (for expected answers), and its frozen build."""
