@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app, g
 
-from .database import Database, Session, open_database
+from .database import Database, DatabaseUnavailable, Session, open_database
 
 
 def init_app(app: Flask) -> None:
@@ -37,5 +37,11 @@ def get_session() -> Session:
 
 def _end_session(error: BaseException | None) -> None:
     session = g.pop("db_session", None)
-    if session is not None:
+    if session is None:
+        return
+    try:
         session.end(commit=error is None)
+    except DatabaseUnavailable as failure:
+        # The response is on its way (its headers may be sent): raising here
+        # would cut its body short. The next request will get its own 503.
+        current_app.logger.warning("ending the request's session: %s", failure)

@@ -28,9 +28,9 @@ ensure_venv() {
         missing=1
     fi
     if [ "$missing" = 1 ] || [ "$hash" != "$installed_hash" ]; then
-        say "Installing the project into .venv (.[${extras}]; uWSGI compiles on the first run, about a minute)"
+        say "Installing the project into .venv (.${extras:+[$extras]}; uWSGI compiles on the first run, about a minute)"
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -e ".[${extras}]"
+        "$VENV/bin/python" -m pip install --quiet -e ".${extras:+[$extras]}"
         echo "$hash $extras" > "$VENV/.installed"
     fi
 }
