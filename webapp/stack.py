@@ -133,7 +133,7 @@ class NginxConfig:
     def values(self) -> dict[str, str]:
         conf = self.conf_dir
         access_log = (
-            f"access_log {self.access_log} combined buffer=64k flush=5s;"
+            f"access_log {self.access_log} redacted buffer=64k flush=5s;"
             if self.access_log is not None
             else "access_log off;"
         )

@@ -12,6 +12,7 @@ import socket
 import ssl
 import warnings
 from email.message import Message
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -312,3 +313,21 @@ def test_profiler_viewer_through_nginx_keeps_its_own_csp(site_stack: Stack) -> N
     status, headers, _ = get(url + "/_profiler/")
     assert status in (401, 403, 404)
     assert "X-Cache-Status" not in headers
+
+
+def test_profiling_tokens_never_reach_the_logs(make_stack: Callable[..., Stack], site: Site) -> None:
+    stack = make_stack()
+    url = stack.settings.url
+    token = make_token(PROFILER_SECRET, 300)
+    forged = "1999999999.forged-signature-" + "x" * 20
+    referer = {"Referer": f"{url}/?page=1&_profile={token}&x=1"}
+    get(url + f"/?_profile={token}", referer)  # a profiled page
+    get(url + f"/api/episodes?_profile={token}&page=1")  # through the micro-cache's bypass
+    get(url + f"/no-such-page?_profile={forged}")  # a 404: uWSGI's log-4xx line
+    get(url + f"/api/episodes?page=x&_profile={token}")  # a 400
+    stack.stop()  # flushes nginx's buffered access log
+    logs = {path.name: path.read_text() for path in [stack.nginx_dir / "access.log", *(i.log for i in stack.instances)]}
+    assert "/no-such-page" in logs["access.log"] and "[redacted]" in logs["access.log"]
+    assert any("/no-such-page" in text for name, text in logs.items() if name != "access.log")
+    for name, text in logs.items():
+        assert token not in text and forged not in text, name
