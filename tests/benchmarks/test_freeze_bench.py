@@ -13,9 +13,9 @@ Before every round one episode's title is edited (not timed), as a publish
 would; so every round renders the feed afresh instead of taking it from the
 app's feed cache. A first, untimed round warms the app up: the rounds
 measure freezing, not compiling templates. Compare per page: our build has
-one page more (404.html) and twice the files (a .gz beside each page), so on
-a busy disk file creation weighs on ours more; ``os.times()`` around a round
-separates the two (user vs system time). Nothing here asserts a time.
+one page more (404.html) and twice the files (a .gz beside each page), so
+where creating a file is slow (a busy disk), that weighs on ours more.
+Nothing here asserts a time.
 """
 from __future__ import annotations
 
