@@ -14,6 +14,7 @@ import warnings
 from email.message import Message
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from request_profiler import make_token
@@ -191,6 +192,11 @@ def test_episode_redirects_match_the_app(site_stack: Stack, site: Site) -> None:
             assert headers["Location"] == expected.headers["Location"] == canonical, variant
         status, _, _ = get(url + canonical)
         assert status == 200
+    # The generated site-wide rules (nginx/redirects.conf) too.
+    status, headers, _ = get(url + "/episodes")
+    expected = app_get(site, "/episodes")
+    # Werkzeug makes its slash redirect absolute (http://localhost/…); nginx's is a path, as the app's 301s are.
+    assert (status, headers["Location"]) == (expected.status_code, urlsplit(expected.headers["Location"]).path)
 
 
 # --- Security headers ---------------------------------------------------------
