@@ -118,7 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     out_dir = args.out or PROJECT_ROOT / "var" / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    results = None
     try:
         tool = find_tool(args.tool)
         machine = machine_description(tool, args.quick)

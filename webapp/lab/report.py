@@ -125,16 +125,17 @@ def write_chart(path: Path, results: Sequence[ExperimentResult]) -> tuple[Path |
         axis.invert_yaxis()
         axis.axvline(1.0, color="black", linewidth=0.8)
         axis.set_xscale("log")
-        times = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}×")
-        axis.xaxis.set_major_formatter(times)
-        axis.xaxis.set_minor_formatter(times)
-        axis.tick_params(axis="x", which="both", labelsize=7)
+        axis.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1, 2, 5)))
+        axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}×"))
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.tick_params(axis="x", labelsize=7)
         axis.set_title(result.experiment.title, fontsize=10, loc="left")
         for row, value in zip(rows, ratios):
             right = value >= 1
             axis.annotate(f"{value:.2f}×", (value, row), xytext=(3 if right else -3, 0), textcoords="offset points",
                           ha="left" if right else "right", va="center", fontsize=7)
-        axis.margins(x=0.15)
+        # Room on both sides of 1× for the labels, whichever way the bars go.
+        axis.set_xlim(min(ratios + [1.0]) / 1.6, max(ratios + [1.0]) * 1.6)
     axes[-1, 0].set_xlabel("requests/s, ratio to the experiment's baseline (log scale)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
