@@ -11,6 +11,7 @@ import http.server
 import io
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -541,9 +542,11 @@ def test_bench_list_checks_and_lists_the_shipped_experiments(capsys):
 
 def test_bench_without_wrk_or_ab_says_so_and_starts_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    handler = signal.getsignal(signal.SIGTERM)
     assert main([str(write(tmp_path, MINIMAL)), "--out", str(tmp_path / "out")]) == 1
     assert "bench: wrk or ab is not installed" in capsys.readouterr().err
     assert processes_mentioning(str(tmp_path)) == []
+    assert signal.getsignal(signal.SIGTERM) == handler  # the lab's SIGTERM handler is only for its run
 
 
 @pytest.mark.stack

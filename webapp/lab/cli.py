@@ -116,7 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         experiments = [experiment.shortened(**QUICK) for experiment in experiments]
 
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _run(experiments, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _run(experiments: Sequence[Experiment], args: argparse.Namespace) -> int:
     out_dir = args.out or PROJECT_ROOT / "var" / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
         tool = find_tool(args.tool)
