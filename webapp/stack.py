@@ -124,7 +124,12 @@ class NginxConfig:
     access_log: Path | None = None
     temp_dir: Path | None = None
     cache_dir: Path | None = None
+    #: False: no cache of open files; True: the deployed one (nginx.conf.template says why).
+    open_file_cache: bool = True
     open_file_cache_valid: str = "2s"
+    #: False: neither gzip_static nor on-the-fly gzip (for measuring them).
+    gzip: bool = True
+    worker_connections: int = 4096
     uwsgi_read_timeout: int = DEFAULT_HARAKIRI + READ_TIMEOUT_MARGIN
     backlog: int = field(default_factory=kernel_somaxconn)
     #: False renders an empty microcache.conf: every dynamic GET reaches uWSGI (for measuring it).
@@ -150,7 +155,10 @@ class NginxConfig:
             "ACCESS_LOG": access_log,
             "TEMP_DIR": str(self.temp_dir or conf / "tmp"),
             "CACHE_DIR": str(self.cache_dir or conf / "cache"),
+            "OPEN_FILE_CACHE": "max=2000 inactive=30s" if self.open_file_cache else "off",
             "OPEN_FILE_CACHE_VALID": self.open_file_cache_valid,
+            "GZIP": "on" if self.gzip else "off",
+            "WORKER_CONNECTIONS": str(self.worker_connections),
             "UPSTREAM_SERVERS": "\n".join(
                 f"        server {upstream} max_fails=3 fail_timeout=5s;" for upstream in self.upstreams
             ),
@@ -401,7 +409,10 @@ class StackSettings:
     uwsgi: str | None = field(default_factory=find_uwsgi)
     access_log: bool = True
     worker_processes: str = "auto"
+    worker_connections: int = 4096
+    open_file_cache: bool = True
     open_file_cache_valid: str = "2s"
+    gzip: bool = True
     microcache: bool = True
     #: Seconds to wait for the site to answer at start, and for processes to exit at stop.
     start_timeout: float = 60.0
@@ -535,6 +546,9 @@ class Stack:
             certificate_key=settings.certificate_key,
             user=user,
             worker_processes=settings.worker_processes,
+            worker_connections=settings.worker_connections,
+            open_file_cache=settings.open_file_cache,
+            gzip=settings.gzip,
             access_log=self.nginx_dir / "access.log" if settings.access_log else None,
             open_file_cache_valid=settings.open_file_cache_valid,
             uwsgi_read_timeout=self.harakiri() + READ_TIMEOUT_MARGIN,

@@ -115,6 +115,7 @@ _KNOBS = [
     Knob("uwsgi.max_worker_lifetime", DEPLOYED, _integer(0, 86_400), "recycle a worker after this many seconds (0: never)"),
     # nginx: settings of the deploy/nginx templates.
     Knob("nginx.worker_processes", DEPLOYED, _worker_processes, 'a number, "auto", "cpus" or "2*cpus"'),
+    Knob("nginx.worker_connections", DEPLOYED, _integer(16, 65_536), "connections per nginx worker (deploy/nginx: 4096)"),
     Knob("nginx.open_file_cache", DEPLOYED, _flag, "false: no cache of open files (deploy/nginx has one)"),
     Knob("nginx.gzip", DEPLOYED, _flag, "false: no gzip at all (deploy/nginx compresses on the fly and serves .gz files)"),
     Knob("nginx.access_log", DEPLOYED, _flag, "nginx's buffered access log"),

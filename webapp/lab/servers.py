@@ -23,7 +23,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -33,7 +33,7 @@ from webapp.database import DatabaseUnavailable, redact_url
 from webapp.db import get_database
 from webapp.freeze import FreezeError, freeze
 from webapp.seed import seed
-from webapp.stack import NginxConfig, Stack, StackError, StackSettings, find_nginx, find_uwsgi
+from webapp.stack import Stack, StackError, StackSettings, find_nginx, find_uwsgi
 
 from .experiment import Experiment
 from .knobs import DEPLOYED, process_count
@@ -74,39 +74,6 @@ def check_port_free(port: int) -> None:
 
 
 @dataclass
-class _NginxWithOverrides(NginxConfig):
-    """deploy/nginx's config plus server-level directives, which override the http-level ones
-    the templates set (gzip, open_file_cache): the templates have no setting for them yet."""
-
-    server_directives: tuple[str, ...] = ()
-
-    def values(self) -> dict[str, str]:
-        values = super().values()
-        values["HTTP_BODY"] = " ".join(self.server_directives + (values["HTTP_BODY"],))
-        return values
-
-
-class _OverriddenStack(Stack):
-    def __init__(self, settings: StackSettings, server_directives: tuple[str, ...]) -> None:
-        super().__init__(settings)
-        self.server_directives = server_directives
-
-    def nginx_config(self) -> NginxConfig:
-        config = super().nginx_config()
-        return _NginxWithOverrides(**{f.name: getattr(config, f.name) for f in fields(config)},
-                                   server_directives=self.server_directives)
-
-
-def server_directives(settings: Mapping[str, Any]) -> tuple[str, ...]:
-    """nginx directives for the knobs deploy/nginx's templates do not expose."""
-    directives = []
-    if settings["nginx.gzip"] is False:
-        directives += ["gzip off;", "gzip_static off;"]
-    if settings["nginx.open_file_cache"] is False:
-        directives.append("open_file_cache off;")
-    return tuple(directives)
-
-
 class LabStack:
     """One started stack, and where to load it."""
 
@@ -267,7 +234,10 @@ class LabStacks:
         )
         if settings["nginx.worker_processes"] is not DEPLOYED:
             stack_settings.worker_processes = str(process_count(settings["nginx.worker_processes"], self.cpus))
-        for knob, attribute in (("nginx.access_log", "access_log"), ("nginx.microcache", "microcache")):
+        for knob, attribute in (
+            ("nginx.access_log", "access_log"), ("nginx.microcache", "microcache"), ("nginx.gzip", "gzip"),
+            ("nginx.open_file_cache", "open_file_cache"), ("nginx.worker_connections", "worker_connections"),
+        ):
             if settings[knob] is not DEPLOYED:
                 setattr(stack_settings, attribute, settings[knob])
         return stack_settings
@@ -280,7 +250,7 @@ class LabStacks:
             port, http_port = free_port(), free_port()
         for number in (port, http_port):
             check_port_free(number)
-        stack = _OverriddenStack(self.stack_settings(settings, port, http_port), server_directives(settings))
+        stack = Stack(self.stack_settings(settings, port, http_port))
         try:
             stack.start()  # stops whatever it started if it fails
         except StackError as error:
