@@ -7,7 +7,7 @@ from .. import queries
 from ..database import DatabaseUnavailable
 from ..db import get_session
 from ..errors import RETRY_AFTER_SECONDS
-from ..models import MAX_EPISODE_NUMBER
+from ..models import MAX_EPISODE_NUMBER, Episode
 from ..params import single_arg
 
 blueprint = Blueprint("pages", __name__)
@@ -36,7 +36,12 @@ def episode(number: int, slug: str | None = None) -> Response | str:
     if slug != found.slug:
         # One canonical URL per episode: old or mistyped slugs still work.
         return redirect(found.path, code=301)
-    return render_template("episode.html", episode=found)
+    return render_episode(found)
+
+
+def render_episode(episode: Episode) -> str:
+    """An episode's page: the view's body, and the freezer's from episodes it has read already."""
+    return render_template("episode.html", episode=episode)
 
 
 @blueprint.get("/search")

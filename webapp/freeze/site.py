@@ -37,12 +37,13 @@ from operator import attrgetter
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from flask import Flask, g, render_template
+from flask import Flask, g
 from flask_frozen import Freezer
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import MapAdapter, RequestRedirect
 
 from .. import queries
+from ..blueprints import pages
 from ..db import get_session
 from ..models import Episode, SiteState
 from .output import FreezeError
@@ -220,7 +221,7 @@ def render_episode_page(episode: Episode) -> bytes:
     PostgreSQL is most of a page's time. tests/test_freeze.py checks the bytes
     against the live view for every page.
     """
-    return render_template("episode.html", episode=episode).encode()
+    return pages.render_episode(episode).encode()
 
 
 def episodes_map(data: SiteData) -> bytes:
