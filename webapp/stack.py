@@ -594,7 +594,7 @@ class Stack:
             for instance in self.instances:
                 self._wait_uwsgi_ready(instance)
             if not self.standalone:
-                self._start_nginx()
+                self.start_nginx()
             self._wait_site(settings.url)
             self._write_state()
         except BaseException:
@@ -648,9 +648,6 @@ class Stack:
             time.sleep(0.05)
 
     def start_nginx(self) -> None:
-        self._start_nginx()
-
-    def _start_nginx(self) -> None:
         log = self.nginx_dir / "error.log"
         with open(log, "ab") as stderr:
             self.nginx_popen = subprocess.Popen(
