@@ -18,6 +18,7 @@ becomes :class:`DatabaseUnavailable`, which the web app answers with a 503.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -275,7 +276,11 @@ class SQLiteDatabase(Database):
             raw.execute("PRAGMA synchronous = NORMAL")
             if not self._schema_checked:
                 with self._lock:
-                    raw.executescript(self.schema_sql())
+                    script = self.schema_sql()
+                    # Only a database older than the script is written to: a
+                    # worker's start must not take the write lock every time.
+                    if raw.execute("PRAGMA user_version").fetchone()[0] < _script_version(script):
+                        raw.executescript(script)
                     self._schema_checked = True
         except (OSError, sqlite3.Error) as error:
             raise DatabaseUnavailable(f"cannot open {self.path}: {error}") from None
@@ -291,6 +296,11 @@ class SQLiteDatabase(Database):
         if connection is not None:
             connection.raw.close()
             self._local.connection = None
+
+
+def _script_version(script: str) -> int:
+    """The ``PRAGMA user_version = N`` a schema script ends with."""
+    return int(re.search(r"PRAGMA user_version = (\d+);", script).group(1))  # type: ignore[union-attr]
 
 
 class PostgresDatabase(Database):

@@ -83,7 +83,7 @@ class Episode:
     @property
     def path(self) -> str:
         """The canonical URL path of the episode's page."""
-        return f"/episodes/{self.number}/{self.slug}"
+        return episode_path(self.number, self.slug)
 
     @property
     def duration_display(self) -> str:
@@ -91,6 +91,25 @@ class Episode:
         hours, rest = divmod(self.duration_seconds, 3600)
         minutes, seconds = divmod(rest, 60)
         return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def episode_path(number: int, slug: str) -> str:
+    """``/episodes/5/a-slug``: the canonical URL path of an episode's page."""
+    return f"/episodes/{number}/{slug}"
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeRevision:
+    """What a build of the static site reads of every episode to find the changed ones."""
+
+    number: int
+    slug: str
+    #: site_state.version at the episode's last change (see episode_revisions)
+    revision: int
+
+    @property
+    def path(self) -> str:
+        return episode_path(self.number, self.slug)
 
 
 @dataclass(frozen=True, slots=True)

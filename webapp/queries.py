@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from .database import Session
-from .models import Episode, EpisodePage, Guest, SiteState, as_utc
+from .models import Episode, EpisodePage, EpisodeRevision, Guest, SiteState, as_utc
 
 EPISODE_COLUMNS = (
     "e.id, e.number, e.guid, e.slug, e.title, e.summary, e.show_notes, e.transcript, e.audio_url,"
@@ -47,6 +47,37 @@ def all_episodes(session: Session) -> list[Episode]:
     # The unique index on number gives the order without a sort.
     rows = session.fetch_all(f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.number DESC")
     return _with_guests(session, rows, every_episode=True)
+
+
+def episode_revisions(session: Session) -> list[EpisodeRevision]:
+    """Every episode's number, slug and revision, newest number first: what a build compares."""
+    # The unique index on number gives the order; each revision is a primary-key lookup.
+    rows = session.fetch_all(
+        "SELECT e.number, e.slug, r.revision FROM episodes e"
+        " JOIN episode_revisions r ON r.episode_id = e.id ORDER BY e.number DESC"
+    )
+    return [EpisodeRevision(row["number"], row["slug"], row["revision"]) for row in rows]
+
+
+def episodes_by_number(session: Session, numbers: Iterable[int]) -> list[Episode]:
+    """The episodes with these numbers (those that exist), newest number first."""
+    numbers = list(numbers)
+    if not numbers:
+        return []
+    # The unique index on number, once per number.
+    rows = session.fetch_all(
+        f"SELECT {EPISODE_COLUMNS} FROM episodes e WHERE e.number IN ({', '.join(['%s'] * len(numbers))})"
+        " ORDER BY e.number DESC",
+        numbers,
+    )
+    return _with_guests(session, rows)
+
+
+def latest_episode_numbers(session: Session, limit: int) -> list[int]:
+    """The numbers of the episodes ``latest_episodes`` returns, in its order."""
+    # Index episodes_published_at, read backwards.
+    rows = session.fetch_all("SELECT e.number FROM episodes e ORDER BY e.published_at DESC LIMIT %s", (limit,))
+    return [row["number"] for row in rows]
 
 
 def episode_page(session: Session, page: int, per_page: int) -> EpisodePage:

@@ -54,10 +54,21 @@ def rfc2822(moment: datetime) -> str:
 
 def render_feed(episodes: Sequence[Episode], channel: FeedChannel, updated_at: datetime) -> bytes:
     """The whole feed as UTF-8 bytes; ``episodes`` newest first."""
+    before, after = feed_frame(channel, updated_at)
+    return f"{before}{''.join(feed_items(episodes, channel))}{after}".encode("utf-8")
+
+
+def feed_frame(channel: FeedChannel, updated_at: datetime) -> tuple[str, str]:
+    """The feed around its items: the channel before them, the closing tags after.
+
+    The freezer composes the feed from this and items it kept from the last
+    build (see webapp.freeze.site.Listing), so ``render_feed`` is made of
+    nothing else.
+    """
     site = escape(channel.site_url)
     title = escape(channel.title)
     author = escape(channel.author)
-    parts = [
+    before = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<rss version="2.0" xmlns:itunes="http://www.itunes.com/dtds/podcast-1.0.dtd"'
         ' xmlns:atom="http://www.w3.org/2005/Atom">\n<channel>\n'
@@ -74,10 +85,14 @@ def render_feed(episodes: Sequence[Episode], channel: FeedChannel, updated_at: d
         f"<itunes:author>{author}</itunes:author>\n"
         f"<itunes:owner><itunes:name>{author}</itunes:name>"
         f"<itunes:email>{escape(channel.owner_email)}</itunes:email></itunes:owner>\n"
-    ]
-    parts.extend(_item(episode, site) for episode in episodes)
-    parts.append("</channel>\n</rss>\n")
-    return "".join(parts).encode("utf-8")
+    )
+    return before, "</channel>\n</rss>\n"
+
+
+def feed_items(episodes: Sequence[Episode], channel: FeedChannel) -> list[str]:
+    """One ``<item>`` per episode, in the order given."""
+    site = escape(channel.site_url)
+    return [_item(episode, site) for episode in episodes]
 
 
 def _item(episode: Episode, site: str) -> str:

@@ -54,7 +54,25 @@ CREATE TABLE IF NOT EXISTS site_state (
 INSERT INTO site_state (id, version, changed_at, episode_count)
 VALUES (1, 0, clock_timestamp(), 0) ON CONFLICT (id) DO NOTHING;
 
+-- Which change of the site each episode last had (site_state.version then):
+-- anything its pages show, guests included. A build of the static site
+-- re-renders an episode's pages and fragments only when this moved, and so
+-- reads nothing else of an unchanged episode. Versions never repeat, so a
+-- deleted episode's number reused by a new one cannot look unchanged.
+CREATE TABLE IF NOT EXISTS episode_revisions (
+    episode_id BIGINT PRIMARY KEY REFERENCES episodes (id) ON DELETE CASCADE,
+    revision   BIGINT NOT NULL
+);
+INSERT INTO episode_revisions (episode_id, revision)
+SELECT e.id, s.version FROM episodes e, site_state s WHERE s.id = 1
+ON CONFLICT (episode_id) DO NOTHING;
+
+-- Bumps site_state, then records the new version as the revision of the
+-- episodes the change shows on. The row lock on site_state orders concurrent
+-- writers, so no two changes get the same version.
 CREATE OR REPLACE FUNCTION site_state_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    new_version BIGINT;
 BEGIN
     UPDATE site_state SET
         version = version + 1,
@@ -64,7 +82,24 @@ BEGIN
             WHEN TG_OP = 'INSERT' THEN 1
             WHEN TG_OP = 'DELETE' THEN -1
             ELSE 0 END
-    WHERE id = 1;
+    WHERE id = 1
+    RETURNING version INTO new_version;
+    IF TG_TABLE_NAME = 'episodes' AND TG_OP <> 'DELETE' THEN
+        -- A deleted episode's row goes with it (ON DELETE CASCADE).
+        INSERT INTO episode_revisions (episode_id, revision) VALUES (NEW.id, new_version)
+        ON CONFLICT (episode_id) DO UPDATE SET revision = EXCLUDED.revision;
+    ELSIF TG_TABLE_NAME = 'guests' THEN
+        -- Through the index episode_guests_guest.
+        UPDATE episode_revisions SET revision = new_version
+        WHERE episode_id IN (SELECT episode_id FROM episode_guests WHERE guest_id = NEW.id);
+    ELSIF TG_TABLE_NAME = 'episode_guests' THEN
+        IF TG_OP <> 'DELETE' THEN
+            UPDATE episode_revisions SET revision = new_version WHERE episode_id = NEW.episode_id;
+        END IF;
+        IF TG_OP <> 'INSERT' THEN
+            UPDATE episode_revisions SET revision = new_version WHERE episode_id = OLD.episode_id;
+        END IF;
+    END IF;
     RETURN NULL;
 END $$;
 
@@ -76,5 +111,5 @@ CREATE OR REPLACE TRIGGER guests_changed
     AFTER UPDATE ON guests
     FOR EACH ROW EXECUTE FUNCTION site_state_changed();
 CREATE OR REPLACE TRIGGER episode_guests_changed
-    AFTER INSERT OR DELETE ON episode_guests
+    AFTER INSERT OR UPDATE OR DELETE ON episode_guests
     FOR EACH ROW EXECUTE FUNCTION site_state_changed();

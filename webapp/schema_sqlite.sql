@@ -1,6 +1,9 @@
 -- SQLite schema. Every statement is idempotent: the embedded database creates
--- itself on first use, and `flask init-db` runs the same script.
+-- itself on first use, and `flask init-db` runs the same script. The app runs
+-- it when a database's user_version is below the one set at the end, which is
+-- how an existing database gets new tables and the current triggers.
 PRAGMA foreign_keys = ON;
+BEGIN IMMEDIATE;
 
 CREATE TABLE IF NOT EXISTS episodes (
     id               INTEGER PRIMARY KEY,
@@ -50,47 +53,90 @@ CREATE TABLE IF NOT EXISTS site_state (
 INSERT OR IGNORE INTO site_state (id, version, changed_at, episode_count)
 VALUES (1, 0, strftime('%Y-%m-%d %H:%M:%f', 'now'), 0);
 
+-- Which change of the site each episode last had (site_state.version then):
+-- anything its pages show, guests included. A build of the static site
+-- re-renders an episode's pages and fragments only when this moved, and so
+-- reads nothing else of an unchanged episode. Versions never repeat, so a
+-- deleted episode's number reused by a new one cannot look unchanged.
+CREATE TABLE IF NOT EXISTS episode_revisions (
+    episode_id INTEGER PRIMARY KEY REFERENCES episodes (id) ON DELETE CASCADE,
+    revision   INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO episode_revisions (episode_id, revision)
+SELECT id, (SELECT version FROM site_state WHERE id = 1) FROM episodes;
+
 -- Full-text search over the episodes, kept in step by the triggers below.
 CREATE VIRTUAL TABLE IF NOT EXISTS episodes_fts USING fts5 (
     title, summary, transcript,
     content = 'episodes', content_rowid = 'id', tokenize = 'porter unicode61'
 );
 
-CREATE TRIGGER IF NOT EXISTS episodes_inserted AFTER INSERT ON episodes BEGIN
+-- Each trigger bumps site_state first, then records the new version as the
+-- revision of the episodes the change shows on: in one body, so in that order.
+DROP TRIGGER IF EXISTS episodes_inserted;
+CREATE TRIGGER episodes_inserted AFTER INSERT ON episodes BEGIN
     INSERT INTO episodes_fts (rowid, title, summary, transcript)
     VALUES (new.id, new.title, new.summary, new.transcript);
     UPDATE site_state SET version = version + 1, episode_count = episode_count + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+    INSERT OR REPLACE INTO episode_revisions (episode_id, revision)
+    VALUES (new.id, (SELECT version FROM site_state WHERE id = 1));
 END;
 
-CREATE TRIGGER IF NOT EXISTS episodes_deleted AFTER DELETE ON episodes BEGIN
+-- The episode's revision row goes with it (ON DELETE CASCADE).
+DROP TRIGGER IF EXISTS episodes_deleted;
+CREATE TRIGGER episodes_deleted AFTER DELETE ON episodes BEGIN
     INSERT INTO episodes_fts (episodes_fts, rowid, title, summary, transcript)
     VALUES ('delete', old.id, old.title, old.summary, old.transcript);
     UPDATE site_state SET version = version + 1, episode_count = episode_count - 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
 END;
 
-CREATE TRIGGER IF NOT EXISTS episodes_updated AFTER UPDATE ON episodes BEGIN
+DROP TRIGGER IF EXISTS episodes_updated;
+CREATE TRIGGER episodes_updated AFTER UPDATE ON episodes BEGIN
     INSERT INTO episodes_fts (episodes_fts, rowid, title, summary, transcript)
     VALUES ('delete', old.id, old.title, old.summary, old.transcript);
     INSERT INTO episodes_fts (rowid, title, summary, transcript)
     VALUES (new.id, new.title, new.summary, new.transcript);
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+    INSERT OR REPLACE INTO episode_revisions (episode_id, revision)
+    VALUES (new.id, (SELECT version FROM site_state WHERE id = 1));
 END;
 
--- Guest names appear on pages and in the feed: renaming one is a change too.
-CREATE TRIGGER IF NOT EXISTS guests_updated AFTER UPDATE ON guests BEGIN
+-- Guest names appear on pages and in the feed: renaming one is a change of
+-- every episode they are on (found through episode_guests_guest).
+DROP TRIGGER IF EXISTS guests_updated;
+CREATE TRIGGER guests_updated AFTER UPDATE ON guests BEGIN
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+    UPDATE episode_revisions SET revision = (SELECT version FROM site_state WHERE id = 1)
+        WHERE episode_id IN (SELECT episode_id FROM episode_guests WHERE guest_id = new.id);
 END;
 
-CREATE TRIGGER IF NOT EXISTS episode_guests_inserted AFTER INSERT ON episode_guests BEGIN
+DROP TRIGGER IF EXISTS episode_guests_inserted;
+CREATE TRIGGER episode_guests_inserted AFTER INSERT ON episode_guests BEGIN
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+    UPDATE episode_revisions SET revision = (SELECT version FROM site_state WHERE id = 1)
+        WHERE episode_id = new.episode_id;
 END;
 
-CREATE TRIGGER IF NOT EXISTS episode_guests_deleted AFTER DELETE ON episode_guests BEGIN
+DROP TRIGGER IF EXISTS episode_guests_deleted;
+CREATE TRIGGER episode_guests_deleted AFTER DELETE ON episode_guests BEGIN
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+    UPDATE episode_revisions SET revision = (SELECT version FROM site_state WHERE id = 1)
+        WHERE episode_id = old.episode_id;
 END;
+
+DROP TRIGGER IF EXISTS episode_guests_updated;
+CREATE TRIGGER episode_guests_updated AFTER UPDATE ON episode_guests BEGIN
+    UPDATE site_state SET version = version + 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+    UPDATE episode_revisions SET revision = (SELECT version FROM site_state WHERE id = 1)
+        WHERE episode_id IN (old.episode_id, new.episode_id);
+END;
+
+COMMIT;
+PRAGMA user_version = 1;

@@ -1,7 +1,10 @@
 """The HTML pages, and ``/health``."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, jsonify, redirect, render_template
+from collections.abc import Sequence
+
+from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template
+from markupsafe import Markup
 
 from .. import queries
 from ..database import DatabaseUnavailable
@@ -22,9 +25,27 @@ def index() -> str:
     return render_template("index.html", episodes=queries.latest_episodes(get_session(), LATEST_COUNT))
 
 
+#: Stands in for the items while a listing's frame renders: no page holds a NUL.
+ITEMS_SLOT = "\0"
+
+
 @blueprint.get("/episodes/")
 def catalogue() -> str:
-    return render_template("catalogue.html", episodes=queries.all_episodes(get_session()))
+    episodes = queries.all_episodes(get_session())
+    before, after = catalogue_frame(len(episodes))
+    return f"{before}{''.join(catalogue_items(episodes))}{after}"
+
+
+def catalogue_frame(count: int) -> tuple[str, str]:
+    """The catalogue around its items, which the freezer keeps from build to build."""
+    before, _, after = render_template("catalogue.html", count=count, items=Markup(ITEMS_SLOT)).partition(ITEMS_SLOT)
+    return before, after
+
+
+def catalogue_items(episodes: Sequence[Episode]) -> list[str]:
+    """One ``<li>`` per episode, as every episode list shows it."""
+    episode_item = current_app.jinja_env.get_template("_macros.html").module.episode_item
+    return [episode_item(episode) for episode in episodes]
 
 
 @blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>")

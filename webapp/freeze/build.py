@@ -9,14 +9,19 @@ Leaving the block without ``commit()`` (an error, Ctrl-C) leaves the live
 build as it was. ``freeze(app, dest)`` does all three.
 
 A page is rendered in a request context for its URL, so its bytes are the
-body the live app returns there. Most pages go through the app's own request
-handling (``before_request`` hooks, the view, error handlers,
-``after_request``), as with Frozen-Flask's test client minus the WSGI
-plumbing around it. Episode pages, nearly all of them, are rendered from the
-episodes the build read once (``site.render_episode_page``) instead of each
-reading its own again. All of a build shares one app context, and so one
-database session: no connection hand-off or commit per page. A write to the
-database during a build is picked up by the next one (its inputs differ).
+body the live app returns there. The home page, the 404 page and static
+files go through the app's own request handling (``before_request`` hooks,
+the view, error handlers, ``after_request``), as with Frozen-Flask's test
+client minus the WSGI plumbing around it. Episode pages are rendered with
+the view's template (``site.render_episode_page``), and the catalogue and the
+feed are composed the way their views compose them (``site.Listing``), from
+episodes this build reads in one query: only those with a page or a fragment
+to render. A fragment of an unchanged episode is copied from the last
+build's file, and so are the gzip chunks around it (``chunked_gzip``): an
+edit of one episode renders and compresses a few kilobytes, not the 1.2 MB
+feed. All of a build shares one app context, and so one database session.
+A write to the database during a build is picked up by the next one (its
+revisions differ).
 
 Gzip runs on a second thread (zlib releases the GIL), so page *n* is
 compressed while page *n + 1* renders; the files are written on the main
@@ -25,7 +30,6 @@ thread, where a blocking write does not then wait for the GIL.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -35,17 +39,23 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from flask.testing import EnvironBuilder
 
+from .. import queries
 from ..database import DatabaseUnavailable
-from .output import BuildTrees, FileRecord, FreezeError
+from ..db import get_session
+from ..models import Episode, EpisodeRevision
+from . import chunked_gzip
+from .output import BuildTrees, FileRecord, FreezeError, content_digest
 from .site import Page, episodes_map, plan_pages, redirect_rules, render_episode_page, site_data
 
-
-def content_digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+#: An episode's fragment in a listing: (number, revision).
+FragmentKey = tuple[int, int]
+#: A compressed file and, if it is in chunks, their layout.
+Compressed = tuple[bytes, dict[str, Any] | None]
 
 
 @dataclass(frozen=True)
@@ -112,8 +122,12 @@ class SiteBuild:
         self._records: dict[str, FileRecord] = {}
         self._written: list[str] = []
         self._rendered: list[str] = []
-        self._compressed: list[tuple[str, str, Future[bytes]]] = []
+        self._compressed: list[tuple[str, str, Future[Compressed]]] = []
         self._mtime_ns = time.time_ns()
+        #: The episodes this build renders a page or a fragment of, by number.
+        self._episodes: dict[int, Episode] = {}
+        #: Fragments of the live build's listings this build may copy, by page URL.
+        self._kept: dict[str, dict[FragmentKey, bytes]] = {}
 
     def __enter__(self) -> SiteBuild:
         self._started = time.perf_counter()
@@ -131,6 +145,7 @@ class SiteBuild:
                 "nginx/redirects.conf": redirect_rules(self.app, self.pages),
             }
             self._plan_changes()
+            self._episodes = self._read_episodes()
             # One WSGI environ, its path swapped per page: building a fresh one
             # per request (as the test client does) costs more than most pages.
             self._environ = EnvironBuilder(self.app).get_environ()
@@ -154,19 +169,93 @@ class SiteBuild:
         if not self.up_to_date:
             self.trees.prepare(keep)
 
+    def _read_episodes(self) -> dict[int, Episode]:
+        """The episodes of the pending pages and fragments, in one query."""
+        numbers = {page.number for page in self.pending if page.number is not None}
+        for page in self.pending:
+            if page.listing is not None:
+                kept = self._kept[page.url] = self._kept_fragments(page)
+                numbers.update(episode.number for episode in self._data.episodes if _key(episode) not in kept)
+        if not numbers:
+            return {}
+        session = get_session()
+        if len(numbers) > len(self._data.episodes) // 2:
+            episodes = queries.all_episodes(session)  # one pass over the table beats a lookup each
+        else:
+            episodes = queries.episodes_by_number(session, numbers)
+        return {episode.number: episode for episode in episodes}
+
+    def _kept_fragments(self, page: Page) -> dict[FragmentKey, bytes]:
+        """The fragments of ``page``'s file in the live build, if the same code made them."""
+        layout = self._live_layout(page.path)
+        if layout is None or layout["code"] != self._data.code:
+            return {}
+        data = self.trees.read_live(page.path)
+        if data is None:
+            return {}
+        kept, offset = {}, layout["before"]
+        for number, revision, length in layout["items"]:
+            kept[number, revision] = data[offset:offset + length]
+            offset += length
+        return kept
+
+    def _live_layout(self, path: str) -> dict[str, Any] | None:
+        record = self.trees.live_records.get(path)
+        return record.layout if record is not None else None
+
     def render(self, page: Page) -> None:
         """Render ``page`` as the live app answers a GET of its URL, and store it."""
         environ = {**self._environ, "PATH_INFO": _wsgi_path(page.url)}
         with _freeze_errors(self.trees.destination), self.app.request_context(environ):
-            if page.episode is None:
-                body = self._dispatch(page)
+            if page.number is None and page.listing is None:
+                self._store(page, self._dispatch(page))
             else:
                 try:
-                    body = render_episode_page(page.episode)
+                    if page.listing is not None:
+                        self._store(page, *self._compose(page))
+                    else:
+                        self._store(page, render_episode_page(self._episode(page.number)))  # type: ignore[arg-type]
+                except FreezeError:
+                    raise
                 except Exception as error:  # a template error: say which page
                     raise _page_error(page, f"{type(error).__name__}: {error}") from error
             self._rendered.append(page.url)
-            self._store(page, body)
+
+    def _episode(self, number: int) -> Episode:
+        try:
+            return self._episodes[number]
+        except KeyError:
+            raise FreezeError(
+                f"episode {number} was deleted while the build ran; the live build is unchanged: freeze again"
+            ) from None
+
+    def _compose(self, page: Page) -> tuple[bytes, dict[str, Any], list[bytes]]:
+        """A listing's body as its view composes it, from kept and newly rendered fragments.
+
+        Returns the body, its layout (for the next build) and its gzip chunks.
+        """
+        listing = page.listing
+        assert listing is not None
+        kept = self._kept.get(page.url, {})
+        episodes = self._data.episodes
+        missing = [episode for episode in episodes if _key(episode) not in kept]
+        rendered = listing.items([self._episode(episode.number) for episode in missing])
+        fresh = {_key(episode): item.encode() for episode, item in zip(missing, rendered)}
+        items = [kept.get(_key(episode)) or fresh[_key(episode)] for episode in episodes]
+        before, after = (part.encode() for part in listing.frame(self._data))
+        chunks, chunk = [], [before]
+        for episode, item in zip(episodes, items):
+            if episode.number % listing.chunk_every == 0:
+                chunks.append(b"".join(chunk))
+                chunk = []
+            chunk.append(item)
+        chunks.append(b"".join([*chunk, after]))
+        layout = {
+            "code": self._data.code,
+            "before": len(before),
+            "items": [[*_key(episode), len(item)] for episode, item in zip(episodes, items)],
+        }
+        return b"".join(chunks), layout, chunks
 
     def _dispatch(self, page: Page) -> bytes:
         self._errors.error = None
@@ -184,8 +273,8 @@ class SiteBuild:
             return self._report(self.trees.live_records, removed=[])
         with _freeze_errors(self.trees.destination):
             for path, inputs, compressed in self._compressed:
-                data = compressed.result()
-                self._write(path, data, inputs, content_digest(data))
+                data, layout = compressed.result()
+                self._write(path, data, inputs, content_digest(data), layout)
             rendered = set(self._rendered)
             for page in self.pages:
                 if page.url not in rendered:
@@ -202,32 +291,49 @@ class SiteBuild:
             self.trees.commit(self._records, self._manifest(report))
         return report
 
-    def _store(self, page: Page, body: bytes) -> None:
+    def _store(
+        self, page: Page, body: bytes, layout: dict[str, Any] | None = None, chunks: list[bytes] | None = None
+    ) -> None:
         content = content_digest(body)
         live = self.trees.live_records
         if self._unchanged(page.path, content) and all(path in live for path in page.files):
             # Same bytes: keep the file, and so its mtime and nginx's ETag.
-            for path in page.files:
+            self._carry(page.path, page.inputs, layout)
+            for path in page.files[1:]:
                 self._carry(path, page.inputs)
             return
-        self._write(page.path, body, page.inputs, content)
+        self._write(page.path, body, page.inputs, content, layout)
         for path in page.files[1:]:
-            self._compressed.append((path, page.inputs, self._gzipper.submit(gzip_bytes, body)))
+            if chunks is None:
+                compressed = self._gzipper.submit(_gzip_whole, body)
+            else:
+                compressed = self._gzipper.submit(_gzip_chunks, chunks, self._kept_chunks(path))
+            self._compressed.append((path, page.inputs, compressed))
+
+    def _kept_chunks(self, path: str) -> dict[str, bytes]:
+        """The deflated chunks of the live build's ``path``, by digest."""
+        layout = self._live_layout(path)
+        data = self.trees.read_live(path) if layout is not None else None
+        if data is None:
+            return {}
+        return chunked_gzip.GzipChunks(data, layout["chunks"]).reusable()
 
     def _unchanged(self, path: str, content: str) -> bool:
         record = self.trees.live_records.get(path)
         return record is not None and record.content == content
 
-    def _carry(self, path: str, inputs: str) -> None:
+    def _carry(self, path: str, inputs: str, layout: dict[str, Any] | None = None) -> None:
         record = self.trees.live_records[path]
         if record.inputs != inputs:
             record = replace(record, inputs=inputs)
+        if layout is not None and record.layout != layout:
+            record = replace(record, layout=layout)  # same bytes, from other revisions
         self.trees.carry(path, record)
         self._records[path] = record
 
-    def _write(self, path: str, data: bytes, inputs: str, content: str) -> None:
+    def _write(self, path: str, data: bytes, inputs: str, content: str, layout: dict[str, Any] | None = None) -> None:
         # A page and its .gz get the same mtime, as nginx's gzip_static expects.
-        self._records[path] = self.trees.write(path, data, self._mtime_ns, inputs, content)
+        self._records[path] = self.trees.write(path, data, self._mtime_ns, inputs, content, layout)
         self._written.append(path)
 
     def _report(self, records: dict[str, FileRecord], removed: list[str]) -> BuildReport:
@@ -265,10 +371,19 @@ def _wsgi_path(url: str) -> str:
     return url.encode().decode("latin-1")
 
 
-def gzip_bytes(data: bytes) -> bytes:
+def _gzip_whole(data: bytes) -> Compressed:
     # mtime=0 and no file name in the header: the same page always compresses
     # to the same bytes.
-    return gzip.compress(data, compresslevel=9, mtime=0)
+    return gzip.compress(data, compresslevel=9, mtime=0), None
+
+
+def _gzip_chunks(chunks: list[bytes], reusable: dict[str, bytes]) -> Compressed:
+    compressed = chunked_gzip.compress(chunks, reusable)
+    return compressed.data, {"chunks": compressed.chunks}
+
+
+def _key(episode: EpisodeRevision) -> FragmentKey:
+    return episode.number, episode.revision
 
 
 def _stale(page: Page, live: dict[str, FileRecord]) -> bool:

@@ -27,6 +27,7 @@ last two builds, not one per file of the site.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +45,10 @@ class FreezeError(Exception):
     """The build cannot go on; the message says why. The live build is left as it was."""
 
 
+def content_digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class FileRecord:
     """One file of a build: the digest of the inputs it was made from, and of its bytes."""
@@ -52,6 +57,8 @@ class FileRecord:
     content: str
     mtime_ns: int
     size: int
+    #: How the file is made of parts the next build may reuse (see build.py), if it is.
+    layout: dict[str, Any] | None = None
 
     def same_file(self, other: FileRecord | None) -> bool:
         """Same bytes, same modification time: the same version of the file."""
@@ -146,7 +153,20 @@ class BuildTrees:
             os.unlink(target)
         os.link(os.path.join(self.live, path), target)  # type: ignore[arg-type]
 
-    def write(self, path: str, data: bytes, mtime_ns: int, inputs: str, content: str) -> FileRecord:
+    def read_live(self, path: str) -> bytes | None:
+        """The live build's ``path``, if it holds the bytes its record says it does."""
+        record = self.live_records.get(path)
+        if record is None or self.live is None:
+            return None
+        try:
+            data = (self.live / path).read_bytes()
+        except OSError:
+            return None
+        return data if content_digest(data) == record.content else None
+
+    def write(
+        self, path: str, data: bytes, mtime_ns: int, inputs: str, content: str, layout: dict[str, Any] | None = None
+    ) -> FileRecord:
         """Write a new file into the spare tree."""
         target = self._target(path)
         if path in self._spare_records:
@@ -157,12 +177,15 @@ class BuildTrees:
             file.write(data)
             file.flush()
             os.utime(file.fileno(), ns=(mtime_ns, mtime_ns))
-        return FileRecord(inputs, content, mtime_ns, len(data))
+        return FileRecord(inputs, content, mtime_ns, len(data), layout)
 
     def commit(self, records: Mapping[str, FileRecord], manifest: Mapping[str, Any]) -> None:
         """Write the manifest and the state of the spare tree, then make it the live build."""
         self._replace_file(MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
-        state = {path: [r.inputs, r.content, r.mtime_ns, r.size] for path, r in records.items()}
+        state = {
+            path: [r.inputs, r.content, r.mtime_ns, r.size, *([r.layout] if r.layout else [])]
+            for path, r in records.items()
+        }
         self._replace_file(STATE_FILE, json.dumps({"files": state}, separators=(",", ":")).encode())
         link = self.destination.with_name(f".{self.destination.name}.swap")
         link.unlink(missing_ok=True)

@@ -1,9 +1,9 @@
 """What a build holds: every page's URL, file and inputs, found by Frozen-Flask.
 
 Frozen-Flask's URL generators list the URLs: the ones registered here read
-every episode from the database, once; Frozen-Flask's own walks
-``webapp/static``. Nothing is found by crawling. Each URL becomes a
-:class:`Page`::
+every episode's number, slug and revision from the database, once;
+Frozen-Flask's own walks ``webapp/static``. Nothing is found by crawling.
+Each URL becomes a :class:`Page`::
 
     with app.app_context():
         pages = plan_pages(app)
@@ -16,14 +16,20 @@ renders a page only when its inputs changed:
   has loaded: the app and the freezer, not tools such as the tuning lab), the
   templates and static files, the versions of the libraries that render
   them, the ``SITE_*`` settings;
-* an episode page: that episode's fields and guests;
-* the home page, the catalogue and the feed (and any page added later, until
-  it is given narrower inputs): every episode, and ``site_state``, whose
-  ``changed_at`` is the feed's lastBuildDate;
+* an episode page: that episode's revision;
+* the home page: the revisions of the episodes it lists;
+* the catalogue: every episode's revision; the feed: those and
+  ``site_state.changed_at``, its lastBuildDate; any page added later, until
+  it is given narrower inputs: all of that and ``site_state.version``;
 * static files and the 404 page: nothing more.
 
-Episodes are digested field by field rather than trusted by ``updated_at``:
-renaming a guest, or an edit that forgets ``updated_at``, still reaches the page.
+An episode's revision is the ``site_state.version`` of its last change, kept
+by the database's triggers for any write to the episode or its guests (see
+``episode_revisions`` in the schemas): renaming a guest, or an edit that
+forgets ``updated_at``, still reaches the page, and an unchanged episode costs
+the build one row of three numbers. The catalogue and the feed are
+:class:`Listing` pages, one fragment per episode, so a rebuild renders the
+fragments of changed episodes only (see build.py).
 """
 from __future__ import annotations
 
@@ -31,21 +37,22 @@ import hashlib
 import os
 import posixpath
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
-from operator import attrgetter
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-from flask import Flask, g
+from flask import Flask, current_app, g
 from flask_frozen import Freezer
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import MapAdapter, RequestRedirect
+from werkzeug.routing import RequestRedirect
 
 from .. import queries
 from ..blueprints import pages
 from ..db import get_session
-from ..models import Episode, SiteState
+from ..models import Episode, EpisodeRevision, SiteState
+from ..rss import FeedChannel, feed_frame, feed_items
 from .output import FreezeError
 
 #: Any URL no route matches: the live app's 404 body does not depend on which.
@@ -65,6 +72,78 @@ def digest(*parts: str) -> str:
     return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
 
 
+@dataclass(frozen=True)
+class SiteData:
+    """The published data one build freezes, as far as telling changes apart needs."""
+
+    state: SiteState
+    #: every episode, newest number first
+    episodes: list[EpisodeRevision]
+    #: the episodes the home page lists
+    latest: list[EpisodeRevision]
+    #: see code_fingerprint
+    code: str
+
+    def by_path(self) -> dict[str, EpisodeRevision]:
+        return {episode.path: episode for episode in self.episodes}
+
+
+def site_data() -> SiteData:
+    """The data of this build, read once per app context (a build runs in one)."""
+    if "freeze_site_data" not in g:
+        session = get_session()
+        state = queries.site_state(session)
+        episodes = queries.episode_revisions(session)
+        if not episodes:
+            raise FreezeError(
+                "the database has no episodes, so the build would be an empty site:"
+                " seed it (`flask --app webapp seed`) or point DATABASE_URL at the right database"
+            )
+        by_number = {episode.number: episode for episode in episodes}
+        latest = queries.latest_episode_numbers(session, pages.LATEST_COUNT)
+        latest_episodes = [by_number[number] for number in latest if number in by_number]
+        code = code_fingerprint(current_app)
+        g.freeze_site_data = SiteData(state, episodes, latest_episodes, code)
+    return g.freeze_site_data
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A page of every episode: a frame around one fragment per episode, newest number first.
+
+    Its live view is made of the same two functions, so a build can take each
+    unchanged episode's fragment from the last build's file instead of
+    rendering it again (tests/test_freeze.py checks the bytes against the view).
+    """
+
+    #: the page around its items, for this build's data: (before, after)
+    frame: Callable[[SiteData], tuple[str, str]]
+    #: the fragments of these episodes, in their order
+    items: Callable[[Sequence[Episode]], list[str]]
+    #: A gzip chunk starts at each episode whose number is a multiple of this:
+    #: about 128 KiB of fragments (see chunked_gzip).
+    chunk_every: int
+
+
+def _feed_channel() -> FeedChannel:
+    return FeedChannel.from_config(current_app.config)
+
+
+#: The listings, by endpoint.
+LISTINGS = {
+    "pages.catalogue": Listing(
+        frame=lambda data: pages.catalogue_frame(len(data.episodes)),
+        items=pages.catalogue_items,
+        chunk_every=256,
+    ),
+    "feed.rss": Listing(
+        frame=lambda data: feed_frame(_feed_channel(), data.state.changed_at),
+        items=lambda episodes: feed_items(episodes, _feed_channel()),
+        chunk_every=64,
+    ),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """A URL the live app answers, and the file of the build that holds its body."""
@@ -75,49 +154,16 @@ class Page:
     inputs: str
     #: ``path`` and, for text, its gzip sibling ``path.gz``
     files: tuple[str, ...]
-    #: For an episode's page, the episode it shows (see render_episode_page).
-    episode: Episode | None = None
+    #: For an episode's page, the episode's number (see render_episode_page).
+    number: int | None = None
+    #: For the catalogue and the feed, how they are composed.
+    listing: Listing | None = None
 
     @classmethod
-    def at(cls, url: str, path: str, status: int, inputs: str, episode: Episode | None = None) -> Page:
+    def at(cls, url: str, path: str, status: int, inputs: str, **kind: object) -> Page:
         if posixpath.splitext(path)[1] in COMPRESSED_SUFFIXES:
-            return cls(url, path, status, inputs, (path, f"{path}.gz"), episode)
-        return cls(url, path, status, inputs, (path,), episode)
-
-
-@dataclass(frozen=True)
-class SiteData:
-    """The published data one build freezes."""
-
-    state: SiteState
-    #: every episode, by its canonical path
-    episodes: dict[str, Episode]
-    #: an episode's canonical path -> digest of the episode as its page shows it
-    episode_inputs: dict[str, str]
-    #: digest of every episode and of site_state
-    inputs: str
-
-
-def site_data() -> SiteData:
-    """The data of this build, read once per app context (a build runs in one)."""
-    if "freeze_site_data" not in g:
-        session = get_session()
-        state = queries.site_state(session)
-        episodes = queries.all_episodes(session)
-        if not episodes:
-            raise FreezeError(
-                "the database has no episodes, so the build would be an empty site:"
-                " seed it (`flask --app webapp seed`) or point DATABASE_URL at the right database"
-            )
-        # repr() of the frozen dataclass covers every field and the guests.
-        episode_inputs = {episode.path: digest(repr(episode)) for episode in episodes}
-        g.freeze_site_data = SiteData(
-            state,
-            {episode.path: episode for episode in episodes},
-            episode_inputs,
-            digest(str(state.version), state.changed_at.isoformat(), *episode_inputs.values()),
-        )
-    return g.freeze_site_data
+            return cls(url, path, status, inputs, (path, f"{path}.gz"), **kind)  # type: ignore[arg-type]
+        return cls(url, path, status, inputs, (path,), **kind)  # type: ignore[arg-type]
 
 
 def _listing_pages():
@@ -133,7 +179,7 @@ def _episode_pages():
     """Frozen-Flask URL generator: every episode's page, from the database."""
     # Their canonical paths, where the view redirects every other URL of an
     # episode (and cheaper than 600 url_for calls).
-    return site_data().episodes.keys()
+    return [episode.path for episode in site_data().episodes]
 
 
 class SiteFreezer(Freezer):
@@ -192,25 +238,43 @@ def _rendering_files(app: Flask) -> set[Path]:
 def plan_pages(app: Flask) -> list[Page]:
     """Every page of the site, with the digest of its inputs. Needs an app context."""
     data = site_data()
-    code = code_fingerprint(app)
     freezer = site_freezer(app)
     adapter = app.url_map.bind("localhost")
-    pages = [Page.at(NOT_FOUND_URL, FILE_NAMES[NOT_FOUND_URL], 404, digest(code))]
+    episodes = data.by_path()
+    pages = [Page.at(NOT_FOUND_URL, FILE_NAMES[NOT_FOUND_URL], 404, digest(data.code))]
     seen = set()
     for url in freezer.all_urls():
         if url in seen:
             continue
         seen.add(url)
-        episode = data.episodes.get(url)
-        inputs = digest(code, data.episode_inputs[url] if episode else _data_inputs(url, adapter, data))
-        pages.append(Page.at(url, freezer.urlpath_to_filepath(url), 200, inputs, episode))
+        path = freezer.urlpath_to_filepath(url)
+        episode = episodes.get(url)
+        if episode is not None:
+            inputs = digest(data.code, _revisions([episode]))
+            pages.append(Page.at(url, path, 200, inputs, number=episode.number))
+            continue
+        endpoint, _ = adapter.match(url, method="GET")
+        inputs = digest(data.code, _data_inputs(endpoint, data))
+        pages.append(Page.at(url, path, 200, inputs, listing=LISTINGS.get(endpoint)))
     return pages
 
 
-def _data_inputs(url: str, adapter: MapAdapter, data: SiteData) -> str:
-    """The digest of the data the page at ``url`` (not an episode's) shows."""
-    endpoint, _ = adapter.match(url, method="GET")
-    return "" if endpoint == "static" else data.inputs
+def _data_inputs(endpoint: str, data: SiteData) -> str:
+    """The digest of the data the page of ``endpoint`` (not an episode's) shows."""
+    if endpoint == "static":
+        return ""
+    if endpoint == "pages.index":
+        return _revisions(data.latest)
+    every_episode = _revisions(data.episodes)
+    if endpoint == "pages.catalogue":
+        return every_episode
+    if endpoint == "feed.rss":
+        return digest(data.state.changed_at.isoformat(), every_episode)
+    return digest(str(data.state.version), data.state.changed_at.isoformat(), every_episode)
+
+
+def _revisions(episodes: Sequence[EpisodeRevision]) -> str:
+    return digest(*(f"{episode.number}.{episode.revision}" for episode in episodes))
 
 
 def render_episode_page(episode: Episode) -> bytes:
@@ -231,8 +295,8 @@ def episodes_map(data: SiteData) -> bytes:
     percent-encoded, so no slug an editor types can break nginx's syntax
     (``;``, spaces, quotes) or be read as a variable (``$``).
     """
-    episodes = sorted(data.episodes.values(), key=attrgetter("number"))
-    lines = (f"{episode.number} {quote(episode.path)};\n" for episode in episodes)
+    # data.episodes is newest number first.
+    lines = (f"{episode.number} {quote(episode.path)};\n" for episode in reversed(data.episodes))
     return "".join(lines).encode()
 
 
