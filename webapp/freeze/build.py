@@ -30,10 +30,11 @@ thread, where a blocking write does not then wait for the GIL.
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import time
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -54,8 +55,8 @@ from .site import Page, episodes_map, plan_pages, redirect_rules, render_episode
 
 #: An episode's fragment in a listing: (number, revision).
 FragmentKey = tuple[int, int]
-#: A compressed file and, if it is in chunks, their layout.
-Compressed = tuple[bytes, dict[str, Any] | None]
+#: A compressed file and, if it is in chunks, their layout (JSON).
+Compressed = tuple[bytes, str | None]
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,8 @@ class SiteBuild:
         self._records: dict[str, FileRecord] = {}
         self._written: list[str] = []
         self._rendered: list[str] = []
-        self._compressed: list[tuple[str, str, Future[Compressed]]] = []
+        #: Each .gz file to write: its path, its inputs, and how to get its bytes.
+        self._compressed: list[tuple[str, str, Callable[[], Compressed]]] = []
         self._mtime_ns = time.time_ns()
         #: The episodes this build renders a page or a fragment of, by number.
         self._episodes: dict[int, Episode] = {}
@@ -201,7 +203,7 @@ class SiteBuild:
 
     def _live_layout(self, path: str) -> dict[str, Any] | None:
         record = self.trees.live_records.get(path)
-        return record.layout if record is not None else None
+        return json.loads(record.layout) if record is not None and record.layout else None
 
     def render(self, page: Page) -> None:
         """Render ``page`` as the live app answers a GET of its URL, and store it."""
@@ -229,7 +231,7 @@ class SiteBuild:
                 f"episode {number} was deleted while the build ran; the live build is unchanged: freeze again"
             ) from None
 
-    def _compose(self, page: Page) -> tuple[bytes, dict[str, Any], list[bytes]]:
+    def _compose(self, page: Page) -> tuple[bytes, str, list[bytes]]:
         """A listing's body as its view composes it, from kept and newly rendered fragments.
 
         Returns the body, its layout (for the next build) and its gzip chunks.
@@ -255,7 +257,7 @@ class SiteBuild:
             "before": len(before),
             "items": [[*_key(episode), len(item)] for episode, item in zip(episodes, items)],
         }
-        return b"".join(chunks), layout, chunks
+        return b"".join(chunks), _json(layout), chunks
 
     def _dispatch(self, page: Page) -> bytes:
         self._errors.error = None
@@ -273,7 +275,7 @@ class SiteBuild:
             return self._report(self.trees.live_records, removed=[])
         with _freeze_errors(self.trees.destination):
             for path, inputs, compressed in self._compressed:
-                data, layout = compressed.result()
+                data, layout = compressed()
                 self._write(path, data, inputs, content_digest(data), layout)
             rendered = set(self._rendered)
             for page in self.pages:
@@ -291,9 +293,7 @@ class SiteBuild:
             self.trees.commit(self._records, self._manifest(report))
         return report
 
-    def _store(
-        self, page: Page, body: bytes, layout: dict[str, Any] | None = None, chunks: list[bytes] | None = None
-    ) -> None:
+    def _store(self, page: Page, body: bytes, layout: str | None = None, chunks: list[bytes] | None = None) -> None:
         content = content_digest(body)
         live = self.trees.live_records
         if self._unchanged(page.path, content) and all(path in live for path in page.files):
@@ -305,10 +305,22 @@ class SiteBuild:
         self._write(page.path, body, page.inputs, content, layout)
         for path in page.files[1:]:
             if chunks is None:
-                compressed = self._gzipper.submit(_gzip_whole, body)
+                self._compressed.append((path, page.inputs, self._gzipper.submit(_gzip_whole, body).result))
             else:
-                compressed = self._gzipper.submit(_gzip_chunks, chunks, self._kept_chunks(path))
-            self._compressed.append((path, page.inputs, compressed))
+                self._compressed.append((path, page.inputs, self._gzip_chunks(path, chunks)))
+
+    def _gzip_chunks(self, path: str, chunks: list[bytes]) -> Callable[[], Compressed]:
+        """Deflate the chunks the live ``path`` lacks, on the gzip threads; the rest is copied."""
+        kept = self._kept_chunks(path)
+        split = chunked_gzip.split(chunks)
+        deflating = [kept.get(chunk.digest) or self._gzipper.submit(chunked_gzip.deflate, chunk) for chunk in split]
+
+        def assemble() -> Compressed:
+            deflated = [part if isinstance(part, bytes) else part.result() for part in deflating]
+            compressed = chunked_gzip.assemble(split, deflated)
+            return compressed.data, _json({"chunks": compressed.chunks})
+
+        return assemble
 
     def _kept_chunks(self, path: str) -> dict[str, bytes]:
         """The deflated chunks of the live build's ``path``, by digest."""
@@ -322,7 +334,7 @@ class SiteBuild:
         record = self.trees.live_records.get(path)
         return record is not None and record.content == content
 
-    def _carry(self, path: str, inputs: str, layout: dict[str, Any] | None = None) -> None:
+    def _carry(self, path: str, inputs: str, layout: str | None = None) -> None:
         record = self.trees.live_records[path]
         if record.inputs != inputs:
             record = replace(record, inputs=inputs)
@@ -331,7 +343,7 @@ class SiteBuild:
         self.trees.carry(path, record)
         self._records[path] = record
 
-    def _write(self, path: str, data: bytes, inputs: str, content: str, layout: dict[str, Any] | None = None) -> None:
+    def _write(self, path: str, data: bytes, inputs: str, content: str, layout: str | None = None) -> None:
         # A page and its .gz get the same mtime, as nginx's gzip_static expects.
         self._records[path] = self.trees.write(path, data, self._mtime_ns, inputs, content, layout)
         self._written.append(path)
@@ -377,9 +389,8 @@ def _gzip_whole(data: bytes) -> Compressed:
     return gzip.compress(data, compresslevel=9, mtime=0), None
 
 
-def _gzip_chunks(chunks: list[bytes], reusable: dict[str, bytes]) -> Compressed:
-    compressed = chunked_gzip.compress(chunks, reusable)
-    return compressed.data, {"chunks": compressed.chunks}
+def _json(layout: dict[str, Any]) -> str:
+    return json.dumps(layout, separators=(",", ":"))
 
 
 def _key(episode: EpisodeRevision) -> FragmentKey:

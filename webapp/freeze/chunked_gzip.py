@@ -14,6 +14,10 @@ is copied from the last build's file::
     again = compress([head, new_middle, tail], reusable)  # deflates new_middle only, unless
                                                           # tail's 32 KiB before it moved
 
+``compress`` is ``split``, ``deflate`` for each chunk not reused, and
+``assemble``; a caller with threads runs the deflates on them (zlib releases
+the GIL while it works, and a chunk's deflate is one call).
+
 The output decompresses with any gzip reader; it is a few bytes larger than a
 one-piece ``gzip.compress`` (an empty block per chunk, fresh Huffman tables),
 and is the same bytes for the same chunks on every build.
@@ -53,24 +57,48 @@ class GzipChunks:
         return reusable
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk to compress: its bytes, the 32 KiB before them, and the digest of both."""
+
+    data: bytes
+    window: bytes
+    digest: str
+
+
+def split(chunks: Sequence[bytes]) -> list[Chunk]:
+    """Each chunk with the window it is compressed against."""
+    split_chunks = []
+    window = b""
+    for data in chunks:
+        split_chunks.append(Chunk(data, window, _digest(window, data)))
+        window = data[-WINDOW:] if len(data) >= WINDOW else (window + data)[-WINDOW:]
+    return split_chunks
+
+
+def deflate(chunk: Chunk) -> bytes:
+    """The chunk's deflate blocks: none final, the last one ending on a byte boundary."""
+    options = {"zdict": chunk.window} if chunk.window else {}
+    compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, **options)
+    return compressor.compress(chunk.data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def assemble(chunks: Sequence[Chunk], deflated: Sequence[bytes]) -> GzipChunks:
+    """The gzip file of ``chunks``, given each one's ``deflate`` output."""
+    crc = size = 0
+    for chunk in chunks:
+        crc = zlib.crc32(chunk.data, crc)
+        size += len(chunk.data)
+    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    layout = [(chunk.digest, len(data)) for chunk, data in zip(chunks, deflated)]
+    return GzipChunks(b"".join([HEADER, *deflated, FINAL_BLOCK, trailer]), layout)
+
+
 def compress(chunks: Sequence[bytes], reusable: Mapping[str, bytes] | None = None) -> GzipChunks:
     """One gzip file of ``chunks`` in order, deflating only those not in ``reusable``."""
     reusable = reusable or {}
-    deflated, layout = [], []
-    window = b""
-    crc = size = 0
-    for chunk in chunks:
-        digest = _digest(window, chunk)
-        data = reusable.get(digest)
-        if data is None:
-            data = _deflate(chunk, window)
-        deflated.append(data)
-        layout.append((digest, len(data)))
-        crc = zlib.crc32(chunk, crc)
-        size += len(chunk)
-        window = chunk[-WINDOW:] if len(chunk) >= WINDOW else (window + chunk)[-WINDOW:]
-    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
-    return GzipChunks(b"".join([HEADER, *deflated, FINAL_BLOCK, trailer]), layout)
+    split_chunks = split(chunks)
+    return assemble(split_chunks, [reusable.get(chunk.digest) or deflate(chunk) for chunk in split_chunks])
 
 
 def _digest(window: bytes, chunk: bytes) -> str:
@@ -79,9 +107,3 @@ def _digest(window: bytes, chunk: bytes) -> str:
     hasher.update(window)
     hasher.update(chunk)
     return hasher.hexdigest()
-
-
-def _deflate(chunk: bytes, window: bytes) -> bytes:
-    options = {"zdict": window} if window else {}
-    compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, **options)
-    return compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)

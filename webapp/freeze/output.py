@@ -57,12 +57,9 @@ class FileRecord:
     content: str
     mtime_ns: int
     size: int
-    #: How the file is made of parts the next build may reuse (see build.py), if it is.
-    layout: dict[str, Any] | None = None
-
-    def same_file(self, other: FileRecord | None) -> bool:
-        """Same bytes, same modification time: the same version of the file."""
-        return other is not None and (self.content, self.mtime_ns) == (other.content, other.mtime_ns)
+    #: How the file is made of parts the next build may reuse, as JSON (see
+    #: build.py), if it is: decoded only by a build that reuses them.
+    layout: str | None = None
 
 
 class BuildTrees:
@@ -75,7 +72,8 @@ class BuildTrees:
         self.spare = self.root / TREE_NAMES[0]
         #: The files of the live build (empty before the first build).
         self.live_records: dict[str, FileRecord] = {}
-        self._spare_records: dict[str, FileRecord] = {}
+        #: The spare tree's files: path -> the fields of its FileRecord.
+        self._spare_files: dict[str, list[Any]] = {}
         self._lock: int | None = None
         # Per-file work uses plain strings: pathlib costs more than the syscalls here.
         self._made_dirs: set[str] = set()
@@ -108,7 +106,7 @@ class BuildTrees:
             raise FreezeError(f"another freeze is writing to {self.destination}; try again when it ends") from None
         self.live = self._find_live()
         if self.live is not None:
-            self.live_records = _read_records(self.live) or {}
+            self.live_records = _records(_read_state(self.live) or {})
             self.spare = self.root / TREE_NAMES[self.live.name == TREE_NAMES[0]]
 
     def _find_live(self) -> Path | None:
@@ -132,44 +130,53 @@ class BuildTrees:
 
     def prepare(self, keep: Collection[str]) -> None:
         """Make the spare tree hold only files in ``keep``, and mark it unfinished."""
-        records = _read_records(self.spare)
-        if records is None:
+        files = _read_state(self.spare)
+        if files is None:
             if self.spare.exists():
                 shutil.rmtree(self.spare)
-            records = {}
+            files = {}
         else:
             (self.spare / STATE_FILE).unlink()
-        for path in records.keys() - set(keep):
+        for path in files.keys() - set(keep):
             self._remove(path)
+            del files[path]
         self.spare.mkdir(exist_ok=True)
-        self._spare_records = {path: record for path, record in records.items() if path in keep}
+        self._spare_files = files
 
     def carry(self, path: str, record: FileRecord) -> None:
         """Give the spare the live build's ``path`` (a hard link: same inode, same mtime)."""
-        if record.same_file(self._spare_records.get(path)):
-            return
+        spare = self._spare_files.get(path)
+        if spare is not None and (spare[1], spare[2]) == (record.content, record.mtime_ns):
+            return  # the spare has this version already: same bytes, same mtime
         target = self._target(path)
-        if path in self._spare_records:
+        if spare is not None:
             os.unlink(target)
         os.link(os.path.join(self.live, path), target)  # type: ignore[arg-type]
 
     def read_live(self, path: str) -> bytes | None:
-        """The live build's ``path``, if it holds the bytes its record says it does."""
+        """The live build's ``path``, if its size and mtime are still those of its record.
+
+        No build writes a file in place (see ``write``), so that is enough to
+        know the bytes are the ones recorded, without reading them twice.
+        """
         record = self.live_records.get(path)
         if record is None or self.live is None:
             return None
         try:
-            data = (self.live / path).read_bytes()
+            with open(os.path.join(self.live, path), "rb") as file:
+                stat = os.fstat(file.fileno())
+                if (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
+                    return None
+                return file.read()
         except OSError:
             return None
-        return data if content_digest(data) == record.content else None
 
     def write(
-        self, path: str, data: bytes, mtime_ns: int, inputs: str, content: str, layout: dict[str, Any] | None = None
+        self, path: str, data: bytes, mtime_ns: int, inputs: str, content: str, layout: str | None = None
     ) -> FileRecord:
         """Write a new file into the spare tree."""
         target = self._target(path)
-        if path in self._spare_records:
+        if path in self._spare_files:
             # It may be a hard link to the live build's file: never write through
             # it ("x" below makes sure of that).
             os.unlink(target)
@@ -221,10 +228,17 @@ class BuildTrees:
                 break
 
 
-def _read_records(tree: Path) -> dict[str, FileRecord] | None:
-    """The files a finished tree holds; None for a missing or unfinished tree."""
+def _read_state(tree: Path) -> dict[str, list[Any]] | None:
+    """The files a finished tree holds, each as its FileRecord's fields; None for a missing or unfinished tree."""
     try:
-        state = json.loads((tree / STATE_FILE).read_bytes())
-        return {path: FileRecord(*fields) for path, fields in state["files"].items()}
+        files = json.loads((tree / STATE_FILE).read_bytes())["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return files if isinstance(files, dict) else None
+
+
+def _records(files: dict[str, list[Any]]) -> dict[str, FileRecord]:
+    try:
+        return {path: FileRecord(*fields) for path, fields in files.items()}
+    except TypeError:  # a state file of another version: rebuild everything
+        return {}
