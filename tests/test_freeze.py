@@ -28,6 +28,8 @@ from webapp.settings import SETTINGS
 
 TEXT_SUFFIXES = {".html", ".xml", ".css", ".js", ".svg", ".json", ".txt"}
 METADATA_FILES = {"manifest.json", ".freeze-state.json", "nginx/episodes.map", "nginx/redirects.conf"}
+#: Enough episodes for the feed and the catalogue to be gzipped in several chunks.
+CHUNKED_SEED = 300
 #: Composed from one fragment per episode, and compressed in chunks.
 LISTING_FILES = {"episodes/index.html", "episodes/rss.xml"}
 
@@ -204,6 +206,40 @@ def test_a_newly_published_episode_adds_its_page_and_its_redirect(app, dest):
     assert {page, f"{page}.gz", "index.html", "nginx/episodes.map"} <= set(report.changed)
     assert report.removed == ()
     assert redirect_map(dest)[published.number] == published.path
+    assert_matches_live(dest, app)
+
+
+def contents(dest: Path) -> dict[str, bytes]:
+    """Every page and .gz file of the live build, by path."""
+    return {path: (dest / path).read_bytes() for path in files_of(dest) if path not in METADATA_FILES}
+
+
+def test_incremental_rebuilds_are_byte_for_byte_a_fresh_build(empty_app, dest, tmp_path):
+    """Fragments and gzip chunks kept from earlier builds never show: after each kind of
+    change, every file of the rebuilt site is the file a build from scratch makes."""
+    app = empty_app
+    with get_database(app).session() as session:
+        seed(session, CHUNKED_SEED)  # several gzip chunks in the feed and the catalogue
+    freeze(app, dest)
+    guest_id = "SELECT guest_id FROM episode_guests WHERE episode_id = (SELECT id FROM episodes WHERE number = 40)"
+    changes = [
+        ("UPDATE episodes SET title = %s WHERE number = %s", ("Edited <title> & \"more\"", 130)),
+        # An item that grows by 20 kB: every later fragment and chunk moves.
+        ("UPDATE episodes SET show_notes = show_notes || %s WHERE number = %s", ("<p>More notes.</p>" * 1000, 200)),
+        (f"UPDATE guests SET name = %s WHERE id IN ({guest_id})", ("Renamed Guest",)),
+        ("DELETE FROM episodes WHERE number = %s", (64,)),
+        ("UPDATE episodes SET slug = %s WHERE number = %s", ("a-new-slug", 257)),
+        None,  # a newly published episode
+    ]
+    for step, change in enumerate(changes):
+        if change is None:
+            with get_database(app).session() as session:
+                seed(session, CHUNKED_SEED + 1)
+        else:
+            execute(app, *change)
+        report = freeze(app, dest)
+        fresh = freeze(app, tmp_path / f"fresh-{step}" / "build").destination
+        assert report.rendered and contents(dest) == contents(fresh), change
     assert_matches_live(dest, app)
 
 

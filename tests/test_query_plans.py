@@ -14,6 +14,7 @@ import pytest
 
 from webapp import database as database_module
 from webapp.db import get_database
+from webapp.freeze import freeze
 from webapp.seed import generate_episode
 
 #: Queries that read a whole table on purpose, with the reason.
@@ -66,12 +67,23 @@ def table_scans(plan: list[str]) -> list[str]:
     ]
 
 
-def test_every_query_uses_an_index(client, app, issued_queries):
+def freeze_twice(app, tmp_path) -> None:
+    """A full build, then an incremental one after an edit: the freezer's queries."""
+    freeze(app, tmp_path / "build")
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET title = %s WHERE number = 7", ("Edited",))
+    assert len(freeze(app, tmp_path / "build").rendered) == 3
+
+
+def test_every_query_uses_an_index(client, app, issued_queries, tmp_path):
     crawl(client)
+    freeze_twice(app, tmp_path)
     statements = {}
     for statement, params in issued_queries:
         statements.setdefault(statement, params)
     assert len(statements) >= 6  # the crawl reached the data layer's queries
+    assert any("episode_revisions r" in statement for statement in statements)  # and the freezer's
+    assert any("e.number IN" in statement for statement in statements)
     failures = {}
     with get_database(app).session() as session:
         for statement, params in statements.items():
