@@ -73,14 +73,17 @@ CREATE VIRTUAL TABLE IF NOT EXISTS episodes_fts USING fts5 (
 
 -- Each trigger bumps site_state first, then records the new version as the
 -- revision of the episodes the change shows on: in one body, so in that order.
+-- An upsert, not INSERT OR REPLACE: a statement's own conflict clause
+-- (UPDATE OR IGNORE ...) overrides OR REPLACE inside its triggers.
 DROP TRIGGER IF EXISTS episodes_inserted;
 CREATE TRIGGER episodes_inserted AFTER INSERT ON episodes BEGIN
     INSERT INTO episodes_fts (rowid, title, summary, transcript)
     VALUES (new.id, new.title, new.summary, new.transcript);
     UPDATE site_state SET version = version + 1, episode_count = episode_count + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
-    INSERT OR REPLACE INTO episode_revisions (episode_id, revision)
-    VALUES (new.id, (SELECT version FROM site_state WHERE id = 1));
+    INSERT INTO episode_revisions (episode_id, revision)
+    VALUES (new.id, (SELECT version FROM site_state WHERE id = 1))
+    ON CONFLICT (episode_id) DO UPDATE SET revision = excluded.revision;
 END;
 
 -- The episode's revision row goes with it (ON DELETE CASCADE).
@@ -100,8 +103,9 @@ CREATE TRIGGER episodes_updated AFTER UPDATE ON episodes BEGIN
     VALUES (new.id, new.title, new.summary, new.transcript);
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
-    INSERT OR REPLACE INTO episode_revisions (episode_id, revision)
-    VALUES (new.id, (SELECT version FROM site_state WHERE id = 1));
+    INSERT INTO episode_revisions (episode_id, revision)
+    VALUES (new.id, (SELECT version FROM site_state WHERE id = 1))
+    ON CONFLICT (episode_id) DO UPDATE SET revision = excluded.revision;
 END;
 
 -- Guest names appear on pages and in the feed: renaming one is a change of
@@ -139,4 +143,4 @@ CREATE TRIGGER episode_guests_updated AFTER UPDATE ON episode_guests BEGIN
 END;
 
 COMMIT;
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;

@@ -101,6 +101,11 @@ def compress(chunks: Sequence[bytes], reusable: Mapping[str, bytes] | None = Non
     return assemble(split_chunks, [reusable.get(chunk.digest) or deflate(chunk) for chunk in split_chunks])
 
 
+def digest_of(chunks: Sequence[Chunk]) -> str:
+    """A digest of the chunks' bytes, from their digests (which cover every byte)."""
+    return hashlib.blake2b("".join(chunk.digest for chunk in chunks).encode(), digest_size=16).hexdigest()
+
+
 def _digest(window: bytes, chunk: bytes) -> str:
     hasher = hashlib.blake2b(f"deflate-{LEVEL}\0".encode(), digest_size=16)
     hasher.update(len(window).to_bytes(4, "big"))

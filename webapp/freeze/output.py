@@ -16,7 +16,10 @@ and Last-Modified), and only files that changed are written. Each tree records
 its files in ``.freeze-state.json``, written last; a tree without it was left
 unfinished and is rebuilt from scratch. Because the spare was the live build
 one build ago, bringing it up to date costs a link per file changed in the
-last two builds, not one per file of the site.
+last two builds, not one per file of the site. Which files those are, the
+live build's state says (the files it changed, and which state file the
+spare had then), so the spare's own state is read only if it has been
+touched since.
 
     with BuildTrees(Path("var/build")) as trees:   # locks, reads the live build
         trees.prepare(keep={"index.html", "404.html", ...})   # the spare keeps only these
@@ -72,8 +75,13 @@ class BuildTrees:
         self.spare = self.root / TREE_NAMES[0]
         #: The files of the live build (empty before the first build).
         self.live_records: dict[str, FileRecord] = {}
-        #: The spare tree's files: path -> the fields of its FileRecord.
-        self._spare_files: dict[str, list[Any]] = {}
+        #: The files the live build changed (wrote or removed), and the state
+        #: file the spare had when it was made (see _spare_is_previous).
+        self._live_changed: set[str] = set()
+        self._live_previous: list[int] | None = None
+        #: Files the spare already holds in the live build's version.
+        self._spare_same: set[str] = set()
+        self._written: set[str] = set()
         self._lock: int | None = None
         # Per-file work uses plain strings: pathlib costs more than the syscalls here.
         self._made_dirs: set[str] = set()
@@ -106,7 +114,10 @@ class BuildTrees:
             raise FreezeError(f"another freeze is writing to {self.destination}; try again when it ends") from None
         self.live = self._find_live()
         if self.live is not None:
-            self.live_records = _records(_read_state(self.live) or {})
+            state = _read_state(self.live) or {}
+            self.live_records = _records(state.get("files", {}))
+            self._live_changed = set(state.get("changed", ()))
+            self._live_previous = state.get("previous")
             self.spare = self.root / TREE_NAMES[self.live.name == TREE_NAMES[0]]
 
     def _find_live(self) -> Path | None:
@@ -130,27 +141,43 @@ class BuildTrees:
 
     def prepare(self, keep: Collection[str]) -> None:
         """Make the spare tree hold only files in ``keep``, and mark it unfinished."""
-        files = _read_state(self.spare)
-        if files is None:
-            if self.spare.exists():
-                shutil.rmtree(self.spare)
-            files = {}
+        live = self.live_records
+        if self._spare_is_previous():
+            # The build before the live one, untouched since: it differs from
+            # the live build in the files the live build changed, no others.
+            present = live.keys() | self._live_changed
+            self._spare_same = live.keys() - self._live_changed
         else:
-            (self.spare / STATE_FILE).unlink()
-        for path in files.keys() - set(keep):
+            state = _read_state(self.spare)
+            if state is None:
+                if self.spare.exists():
+                    shutil.rmtree(self.spare)
+                state = {"files": {}}
+            spare = _records(state["files"])
+            present = state["files"].keys()
+            self._spare_same = {
+                path for path, record in spare.items()
+                if path in live and (record.content, record.mtime_ns) == (live[path].content, live[path].mtime_ns)
+            }
+        (self.spare / STATE_FILE).unlink(missing_ok=True)
+        for path in present - set(keep):
             self._remove(path)
-            del files[path]
         self.spare.mkdir(exist_ok=True)
-        self._spare_files = files
+
+    def _spare_is_previous(self) -> bool:
+        """True if the spare's state file is the one the live build recorded as its predecessor's."""
+        try:
+            stat = os.stat(self.spare / STATE_FILE)
+        except OSError:
+            return False
+        return self._live_previous == [stat.st_ino, stat.st_mtime_ns, stat.st_size]
 
     def carry(self, path: str, record: FileRecord) -> None:
         """Give the spare the live build's ``path`` (a hard link: same inode, same mtime)."""
-        spare = self._spare_files.get(path)
-        if spare is not None and (spare[1], spare[2]) == (record.content, record.mtime_ns):
+        if path in self._spare_same:
             return  # the spare has this version already: same bytes, same mtime
         target = self._target(path)
-        if spare is not None:
-            os.unlink(target)
+        _unlink(target)
         os.link(os.path.join(self.live, path), target)  # type: ignore[arg-type]
 
     def read_live(self, path: str) -> bytes | None:
@@ -176,10 +203,10 @@ class BuildTrees:
     ) -> FileRecord:
         """Write a new file into the spare tree."""
         target = self._target(path)
-        if path in self._spare_files:
-            # It may be a hard link to the live build's file: never write through
-            # it ("x" below makes sure of that).
-            os.unlink(target)
+        # It may be a hard link to the live build's file: never write through
+        # it ("x" below makes sure of that).
+        _unlink(target)
+        self._written.add(path)
         with open(target, "xb") as file:
             file.write(data)
             file.flush()
@@ -189,11 +216,17 @@ class BuildTrees:
     def commit(self, records: Mapping[str, FileRecord], manifest: Mapping[str, Any]) -> None:
         """Write the manifest and the state of the spare tree, then make it the live build."""
         self._replace_file(MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
-        state = {
+        files = {
             path: [r.inputs, r.content, r.mtime_ns, r.size, *([r.layout] if r.layout else [])]
             for path, r in records.items()
         }
-        self._replace_file(STATE_FILE, json.dumps({"files": state}, separators=(",", ":")).encode())
+        changed = self._written | (self.live_records.keys() - records.keys())
+        previous = None
+        if self.live is not None:
+            stat = os.stat(self.live / STATE_FILE)
+            previous = [stat.st_ino, stat.st_mtime_ns, stat.st_size]
+        state = {"files": files, "changed": sorted(changed), "previous": previous}
+        self._replace_file(STATE_FILE, json.dumps(state, separators=(",", ":")).encode())
         link = self.destination.with_name(f".{self.destination.name}.swap")
         link.unlink(missing_ok=True)
         os.symlink(f"{self.root.name}/{self.spare.name}", link)
@@ -228,13 +261,20 @@ class BuildTrees:
                 break
 
 
-def _read_state(tree: Path) -> dict[str, list[Any]] | None:
-    """The files a finished tree holds, each as its FileRecord's fields; None for a missing or unfinished tree."""
+def _read_state(tree: Path) -> dict[str, Any] | None:
+    """The state of a finished tree (its files, each as its FileRecord's fields); None for an unfinished one."""
     try:
-        files = json.loads((tree / STATE_FILE).read_bytes())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        state = json.loads((tree / STATE_FILE).read_bytes())
+    except (OSError, ValueError):
         return None
-    return files if isinstance(files, dict) else None
+    return state if isinstance(state, dict) and isinstance(state.get("files"), dict) else None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _records(files: dict[str, list[Any]]) -> dict[str, FileRecord]:

@@ -63,7 +63,7 @@ NOT_FOUND_URL = "/404.html"
 #: Content-Type from the extension (see deploy/nginx for /episodes/rss).
 FILE_NAMES = {NOT_FOUND_URL: "404.html", "/episodes/rss": "episodes/rss.xml"}
 #: What nginx's gzip_static can serve: these get a ``.gz`` sibling.
-COMPRESSED_SUFFIXES = frozenset({".html", ".xml", ".css", ".js", ".svg", ".json", ".txt"})
+COMPRESSED_SUFFIXES = (".html", ".xml", ".css", ".js", ".svg", ".json", ".txt")
 #: The libraries whose output ends up in the pages.
 RENDERING_LIBRARIES = ("flask", "werkzeug", "jinja2", "markupsafe", "frozen-flask")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -163,7 +163,7 @@ class Page:
 
     @classmethod
     def at(cls, url: str, path: str, status: int, inputs: str, **kind: object) -> Page:
-        if posixpath.splitext(path)[1] in COMPRESSED_SUFFIXES:
+        if path.endswith(COMPRESSED_SUFFIXES):
             return cls(url, path, status, inputs, (path, f"{path}.gz"), **kind)  # type: ignore[arg-type]
         return cls(url, path, status, inputs, (path,), **kind)  # type: ignore[arg-type]
 

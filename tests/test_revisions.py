@@ -1,0 +1,463 @@
+"""Episode revisions: the database's triggers record which change of the site each episode last had.
+
+A static build re-renders an episode only when its revision moved, so every
+change an episode's pages show must move exactly that episode's revision (and
+no other's), to a site_state.version never used before. Each test makes a
+real change with real SQL on both backends and reads the revisions back;
+the last tests open an SQLite file from before the table existed, and one
+already up to date, through a new app.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from tests.conftest import SMALL_SEED, make_app
+from webapp import create_app, queries
+from webapp.database import DatabaseUnavailable, Session, open_database
+from webapp.db import get_database
+from webapp.models import EpisodeRevision, sqlite_timestamp
+from webapp.seed import generate_episode, seed
+from webapp.settings import SETTINGS
+
+
+def execute(app: Flask, statement: str, params: tuple = ()) -> int:
+    with get_database(app).session() as session:
+        return session.execute(statement, params)
+
+
+def fetch_all(app: Flask, statement: str, params: tuple = ()) -> list[dict[str, Any]]:
+    with get_database(app).session() as session:
+        return session.fetch_all(statement, params)
+
+
+def revisions(app: Flask) -> dict[int, int]:
+    """Episode number -> revision, straight from the table."""
+    rows = fetch_all(
+        app, "SELECT e.number, r.revision FROM episodes e JOIN episode_revisions r ON r.episode_id = e.id"
+    )
+    return {row["number"]: row["revision"] for row in rows}
+
+
+def version(app: Flask) -> int:
+    return fetch_all(app, "SELECT version FROM site_state WHERE id = 1")[0]["version"]
+
+
+def episode_id(app: Flask, number: int) -> int:
+    return fetch_all(app, "SELECT id FROM episodes WHERE number = %s", (number,))[0]["id"]
+
+
+def revision_rows(app: Flask) -> int:
+    return fetch_all(app, "SELECT COUNT(*) AS n FROM episode_revisions")[0]["n"]
+
+
+def episodes_without_revision(app: Flask) -> list[int]:
+    rows = fetch_all(
+        app,
+        "SELECT e.number FROM episodes e LEFT JOIN episode_revisions r ON r.episode_id = e.id"
+        " WHERE r.episode_id IS NULL",
+    )
+    return [row["number"] for row in rows]
+
+
+def changed(before: dict[int, int], after: dict[int, int]) -> dict[int, int]:
+    """The episodes whose revision differs (or that appeared), with the new revision."""
+    return {number: revision for number, revision in after.items() if before.get(number) != revision}
+
+
+def guest_not_on(app: Flask, number: int) -> int:
+    """The id of some guest who is not on episode ``number``."""
+    rows = fetch_all(
+        app,
+        "SELECT id FROM guests WHERE id NOT IN"
+        " (SELECT guest_id FROM episode_guests WHERE episode_id = %s) ORDER BY id LIMIT 1",
+        (episode_id(app, number),),
+    )
+    return rows[0]["id"]
+
+
+def reopen(app: Flask) -> Flask:
+    """A new app on the same database, as a restarted uWSGI worker opens it: no init_schema."""
+    return create_app({name: app.config[name] for name in SETTINGS} | {"TESTING": True})
+
+
+# -- seeding and listing ------------------------------------------------------
+
+
+def test_every_seeded_episode_has_one_revision_row(app):
+    assert episodes_without_revision(app) == []
+    assert revision_rows(app) == SMALL_SEED
+    current = version(app)
+    assert all(1 <= revision <= current for revision in revisions(app).values())
+    # The seed's last statement adds guests, which moves their episodes last.
+    assert max(revisions(app).values()) == current
+
+
+def test_episode_revisions_lists_every_episode_newest_number_first(app):
+    expected = [
+        EpisodeRevision(row["number"], row["slug"], row["revision"])
+        for row in fetch_all(
+            app,
+            "SELECT e.number, e.slug, r.revision FROM episodes e"
+            " JOIN episode_revisions r ON r.episode_id = e.id",
+        )
+    ]
+    with get_database(app).session() as session:
+        listed = queries.episode_revisions(session)
+    assert [revision.number for revision in listed] == list(range(SMALL_SEED, 0, -1))
+    assert listed == sorted(expected, key=lambda revision: -revision.number)
+
+
+# -- what moves a revision ----------------------------------------------------
+
+
+def test_updating_an_episode_moves_its_revision_only(app):
+    before = revisions(app)
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("A fresh title", 7))
+    after = revisions(app)
+    assert changed(before, after) == {7: version(app)}
+    assert after[7] > max(before.values())
+
+
+def test_every_update_of_an_episode_gets_a_new_revision(app):
+    seen = {revisions(app)[12]}
+    for summary in ["one", "two", "three"]:
+        execute(app, "UPDATE episodes SET summary = %s WHERE number = %s", (summary, 12))
+        revision = revisions(app)[12]
+        assert revision == version(app)
+        assert revision not in seen
+        seen.add(revision)
+
+
+@pytest.mark.parametrize(
+    "conflict",
+    # The statement's conflict clause overrides any a trigger's INSERT has
+    # (which is why the triggers upsert).
+    ["", "OR REPLACE", "OR IGNORE", "OR ABORT", "OR FAIL", "OR ROLLBACK"],
+)
+def test_an_sqlite_update_with_any_conflict_clause_moves_the_revision(tmp_path, conflict):
+    """`UPDATE OR IGNORE episodes …` is as much a change as a plain UPDATE (sqlite3 shell, scripts)."""
+    app, _ = sqlite_app(tmp_path)
+    before = revisions(app)
+    execute(app, f"UPDATE {conflict} episodes SET title = %s WHERE number = %s", ("Edited in the shell", 7))
+    assert fetch_all(app, "SELECT title FROM episodes WHERE number = 7")[0]["title"] == "Edited in the shell"
+    assert changed(before, revisions(app)) == {7: version(app)}
+    get_database(app).close()
+
+
+def test_renaming_a_guest_moves_exactly_their_episodes_to_one_new_revision(app):
+    # The lead guest of episode 1, on episode 2 as well, so the rename covers several episodes.
+    guest = fetch_all(
+        app, "SELECT guest_id FROM episode_guests WHERE episode_id = %s AND position = 0", (episode_id(app, 1),)
+    )[0]["guest_id"]
+    execute(
+        app,
+        "INSERT INTO episode_guests (episode_id, position, guest_id) VALUES (%s, %s, %s)",
+        (episode_id(app, 2), 9, guest),
+    )
+    on_episodes = {
+        row["number"]
+        for row in fetch_all(
+            app,
+            "SELECT e.number FROM episode_guests eg JOIN episodes e ON e.id = eg.episode_id"
+            " WHERE eg.guest_id = %s",
+            (guest,),
+        )
+    }
+    assert {1, 2} <= on_episodes
+    before = revisions(app)
+
+    execute(app, "UPDATE guests SET name = %s WHERE id = %s", ("Renamed Guest", guest))
+
+    moved = changed(before, revisions(app))
+    assert set(moved) == on_episodes
+    assert set(moved.values()) == {version(app)}
+    assert version(app) > max(before.values())
+
+
+def test_adding_and_removing_a_guest_moves_that_episodes_revision_only(app):
+    target = episode_id(app, 5)
+    guest = guest_not_on(app, 5)
+    before = revisions(app)
+
+    execute(app, "INSERT INTO episode_guests (episode_id, position, guest_id) VALUES (%s, %s, %s)", (target, 10, guest))
+    added = revisions(app)
+    assert changed(before, added) == {5: version(app)}
+
+    execute(app, "DELETE FROM episode_guests WHERE episode_id = %s AND guest_id = %s", (target, guest))
+    removed = revisions(app)
+    assert changed(added, removed) == {5: version(app)}
+    assert removed[5] > added[5] > before[5]
+
+
+def test_reordering_an_episodes_guests_moves_its_revision_only(app):
+    before = revisions(app)
+    assert execute(
+        app, "UPDATE episode_guests SET position = 20 WHERE episode_id = %s AND position = 0", (episode_id(app, 9),)
+    ) == 1
+    assert changed(before, revisions(app)) == {9: version(app)}
+
+
+def test_moving_a_guest_row_to_another_episode_moves_both_revisions(app):
+    before = revisions(app)
+    assert execute(
+        app,
+        "UPDATE episode_guests SET episode_id = %s, position = 20 WHERE episode_id = %s AND position = 0",
+        (episode_id(app, 4), episode_id(app, 3)),
+    ) == 1
+    assert changed(before, revisions(app)) == {3: version(app), 4: version(app)}
+
+
+# -- publishing, deleting, reusing a number ------------------------------------
+
+
+def test_a_published_episode_gets_a_revision_above_every_earlier_one(app):
+    before = revisions(app)
+    with get_database(app).session() as session:
+        assert seed(session, SMALL_SEED + 1) == 1
+    after = revisions(app)
+    assert changed(before, after) == {SMALL_SEED + 1: version(app)}
+    assert after[SMALL_SEED + 1] > max(before.values())
+    assert episodes_without_revision(app) == []
+
+
+def test_an_episode_inserted_without_guests_gets_the_version_of_its_insert(app):
+    # seed() adds guests right after, which moves the revision again; a bare INSERT must set it itself.
+    episode = generate_episode(SMALL_SEED + 1)
+    stamp = sqlite_timestamp if get_database(app).dialect == "sqlite" else (lambda value: value)
+    before = revisions(app)
+    execute(
+        app,
+        "INSERT INTO episodes (number, guid, slug, title, summary, show_notes, transcript, audio_url,"
+        " audio_bytes, duration_seconds, explicit, published_at, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            episode["number"], episode["guid"], episode["slug"], episode["title"], episode["summary"],
+            episode["show_notes"], episode["transcript"], episode["audio_url"], episode["audio_bytes"],
+            episode["duration_seconds"], episode["explicit"], stamp(episode["published_at"]),
+            stamp(episode["updated_at"]),
+        ),
+    )
+    assert changed(before, revisions(app)) == {SMALL_SEED + 1: version(app)}
+
+
+def test_deleting_an_episode_deletes_its_revision_row_only(app):
+    before = revisions(app)
+    deleted_id = episode_id(app, 7)
+    execute(app, "DELETE FROM episodes WHERE number = %s", (7,))
+    assert fetch_all(app, "SELECT revision FROM episode_revisions WHERE episode_id = %s", (deleted_id,)) == []
+    assert revisions(app) == {number: revision for number, revision in before.items() if number != 7}
+    assert revision_rows(app) == SMALL_SEED - 1
+
+
+def test_a_reused_episode_number_never_gets_the_old_revision(app):
+    # The highest number has SQLite's highest rowid too, so SQLite hands the
+    # same id to the episode inserted next: the number and the id both repeat.
+    old_id = episode_id(app, SMALL_SEED)
+    old_revision = revisions(app)[SMALL_SEED]
+    execute(app, "DELETE FROM episodes WHERE number = %s", (SMALL_SEED,))
+    every_earlier = version(app)
+
+    with get_database(app).session() as session:
+        assert seed(session, SMALL_SEED) == 1  # re-inserts the missing episode, same number
+
+    if get_database(app).dialect == "sqlite":
+        assert episode_id(app, SMALL_SEED) == old_id
+    new_revision = revisions(app)[SMALL_SEED]
+    assert new_revision != old_revision
+    assert new_revision > every_earlier >= old_revision
+
+
+# -- the queries a build uses ----------------------------------------------------
+
+
+def test_episodes_by_number_returns_those_that_exist_newest_number_first(app):
+    with get_database(app).session() as session:
+        found = queries.episodes_by_number(session, [3, 17, 999999])
+        assert [episode.number for episode in found] == [17, 3]
+        assert found == [queries.episode_by_number(session, 17), queries.episode_by_number(session, 3)]
+        assert any(episode.guests for episode in found)
+        # Any iterable; a number asked twice is one episode.
+        assert queries.episodes_by_number(session, iter([3, 3])) == [queries.episode_by_number(session, 3)]
+        assert queries.episodes_by_number(session, [999999]) == []
+
+
+def test_episodes_by_number_of_nothing_runs_no_query(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    session = Session(open_database(f"sqlite:///{blocker}/db.sqlite3"))
+    # The database cannot be opened: any query would raise.
+    with pytest.raises(DatabaseUnavailable):
+        queries.episodes_by_number(session, [1])
+    assert queries.episodes_by_number(session, []) == []
+    assert queries.episodes_by_number(session, iter(())) == []
+
+
+@pytest.mark.parametrize("limit", [1, 10, SMALL_SEED + 5])
+def test_latest_episode_numbers_are_the_numbers_of_latest_episodes(app, limit):
+    with get_database(app).session() as session:
+        numbers = queries.latest_episode_numbers(session, limit)
+        assert numbers == [episode.number for episode in queries.latest_episodes(session, limit)]
+    assert len(numbers) == min(limit, SMALL_SEED)
+
+
+def test_latest_episode_numbers_follow_publication_date_not_number(app):
+    # Episode 3 republished as the newest: first by date, though not by number.
+    with get_database(app).session() as session:
+        newest = queries.latest_episodes(session, 1)[0].published_at
+    later = newest.replace(year=newest.year + 1)
+    stamp = sqlite_timestamp(later) if get_database(app).dialect == "sqlite" else later
+    execute(app, "UPDATE episodes SET published_at = %s WHERE number = %s", (stamp, 3))
+    with get_database(app).session() as session:
+        numbers = queries.latest_episode_numbers(session, 10)
+        assert numbers == [episode.number for episode in queries.latest_episodes(session, 10)]
+    assert numbers[0] == 3
+
+
+# -- the schema script on an existing database ---------------------------------------
+
+
+def test_running_the_schema_again_changes_no_revision(app):
+    before, before_version = revisions(app), version(app)
+    get_database(app).init_schema()
+    assert revisions(app) == before
+    assert version(app) == before_version
+
+
+def test_init_schema_backfills_a_database_without_revisions(app):
+    """`flask init-db` on a database from before episode_revisions, on either backend."""
+    execute(app, "DROP TABLE episode_revisions")
+    get_database(app).close()  # no pooled connection keeps a plan of the old table
+    at_upgrade = version(app)
+
+    get_database(app).init_schema()
+
+    assert episodes_without_revision(app) == []
+    assert set(revisions(app).values()) == {at_upgrade}
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("After the upgrade", 8))
+    assert changed({n: at_upgrade for n in range(1, SMALL_SEED + 1)}, revisions(app)) == {8: version(app)}
+
+
+def sqlite_app(tmp_path: Path) -> tuple[Flask, Path]:
+    """A seeded app on an SQLite file, closed; and the file."""
+    path = tmp_path / "podcast.sqlite3"
+    app = make_app(f"sqlite:///{path}", tmp_path)
+    with get_database(app).session() as session:
+        seed(session, SMALL_SEED)
+    get_database(app).close()
+    return app, path
+
+
+def script_version() -> int:
+    script = (Path(__file__).parents[1] / "webapp" / "schema_sqlite.sql").read_text()
+    return int(re.search(r"PRAGMA user_version = (\d+);", script).group(1))  # type: ignore[union-attr]
+
+
+def sqlite_rows(path: Path, statement: str) -> list[tuple]:
+    """``statement``'s rows, read with a connection of its own."""
+    with closing(sqlite3.connect(path)) as connection:
+        return connection.execute(statement).fetchall()
+
+
+def trigger_sql(path: Path) -> dict[str, str]:
+    return dict(sqlite_rows(path, "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"))
+
+
+def make_it_a_database_from_before_revisions(path: Path) -> None:
+    """What the previous release left: no episode_revisions, triggers that know
+    nothing of it, user_version 0."""
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA foreign_keys = ON")
+    for name, sql in trigger_sql(path).items():
+        if "episode_revisions" in sql:
+            old_sql = re.sub(r"\s*(INSERT INTO|UPDATE) episode_revisions[^;]*;", "", sql)
+            assert "episode_revisions" not in old_sql
+            connection.execute(f"DROP TRIGGER {name}")
+            connection.execute(old_sql)
+    connection.execute("DROP TABLE episode_revisions")
+    connection.commit()
+    connection.execute("PRAGMA user_version = 0")
+    connection.close()
+
+
+def test_an_sqlite_database_from_before_revisions_is_upgraded_when_an_app_opens_it(tmp_path):
+    old_app, path = sqlite_app(tmp_path)
+    make_it_a_database_from_before_revisions(path)
+    [(at_upgrade,)] = sqlite_rows(path, "SELECT version FROM site_state")
+
+    app = reopen(old_app)  # no init_schema: opening the file is the upgrade
+    with get_database(app).session() as session:
+        listed = queries.episode_revisions(session)
+
+    assert [revision.number for revision in listed] == list(range(SMALL_SEED, 0, -1))
+    assert {revision.revision for revision in listed} == {at_upgrade}
+    assert version(app) == at_upgrade  # the upgrade is not a change of the site
+    assert episodes_without_revision(app) == []
+    assert sqlite_rows(path, "PRAGMA user_version") == [(script_version(),)]
+
+    # The triggers maintain it again: an edit, a rename, a new guest.
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited after the upgrade", 4))
+    assert changed({n: at_upgrade for n in range(1, SMALL_SEED + 1)}, revisions(app)) == {4: version(app)}
+    before = revisions(app)
+    guest = fetch_all(
+        app, "SELECT guest_id FROM episode_guests WHERE episode_id = %s AND position = 0", (episode_id(app, 11),)
+    )[0]["guest_id"]
+    execute(app, "UPDATE guests SET name = %s WHERE id = %s", ("Renamed After Upgrade", guest))
+    guest_episodes = {
+        row["number"]
+        for row in fetch_all(
+            app,
+            "SELECT e.number FROM episode_guests eg JOIN episodes e ON e.id = eg.episode_id WHERE eg.guest_id = %s",
+            (guest,),
+        )
+    }
+    assert changed(before, revisions(app)) == {number: version(app) for number in guest_episodes}
+    before = revisions(app)
+    execute(
+        app,
+        "INSERT INTO episode_guests (episode_id, position, guest_id) VALUES (%s, %s, %s)",
+        (episode_id(app, 6), 10, guest_not_on(app, 6)),
+    )
+    assert changed(before, revisions(app)) == {6: version(app)}
+    get_database(app).close()
+
+
+def test_an_up_to_date_sqlite_database_is_not_written_when_an_app_opens_it(tmp_path):
+    old_app, path = sqlite_app(tmp_path)
+    # A trigger altered by hand: the schema script, if it ran, would put it back.
+    altered = "CREATE TRIGGER guests_updated AFTER UPDATE ON guests BEGIN SELECT 1; END"
+    connection = sqlite3.connect(path)
+    connection.execute("DROP TRIGGER guests_updated")
+    connection.execute(altered)
+    connection.commit()
+    connection.close()
+
+    # An observer connection: data_version moves when any other connection commits.
+    observer = sqlite3.connect(path)
+    data_version, schema_version, user_version = (
+        observer.execute(f"PRAGMA {pragma}").fetchone()[0]
+        for pragma in ("data_version", "schema_version", "user_version")
+    )
+    assert user_version == script_version()
+
+    app = reopen(old_app)
+    with get_database(app).session() as session:
+        assert len(queries.episode_revisions(session)) == SMALL_SEED
+        assert len(queries.latest_episodes(session, 10)) == 10
+
+    assert observer.execute("PRAGMA data_version").fetchone()[0] == data_version
+    assert observer.execute("PRAGMA schema_version").fetchone()[0] == schema_version
+    assert trigger_sql(path)["guests_updated"] == altered
+
+    # The probe does see a write: `flask init-db` runs the script regardless.
+    get_database(app).init_schema()
+    assert observer.execute("PRAGMA data_version").fetchone()[0] != data_version
+    assert trigger_sql(path)["guests_updated"] != altered
+    observer.close()
+    get_database(app).close()
