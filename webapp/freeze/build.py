@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from os import PathLike
 from pathlib import Path
@@ -339,9 +339,9 @@ class SiteBuild:
     def _carry(self, path: str, inputs: str, layout: str | None = None) -> None:
         record = self.trees.live_records[path]
         if record.inputs != inputs:
-            record = replace(record, inputs=inputs)
+            record = record._replace(inputs=inputs)
         if layout is not None and record.layout != layout:
-            record = replace(record, layout=layout)  # same bytes, from other revisions
+            record = record._replace(layout=layout)  # same bytes, from other revisions
         self.trees.carry(path, record)
         self._records[path] = record
 

@@ -35,9 +35,8 @@ import json
 import os
 import shutil
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 STATE_FILE = ".freeze-state.json"
 MANIFEST_FILE = "manifest.json"
@@ -52,9 +51,12 @@ def content_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class FileRecord:
-    """One file of a build: the digest of the inputs it was made from, and of its bytes."""
+class FileRecord(NamedTuple):
+    """One file of a build: the digest of the inputs it was made from, and of its bytes.
+
+    A tuple, so the state file (JSON) holds each as an array, and the thousand
+    of a site cost little to read and write.
+    """
 
     inputs: str
     content: str
@@ -216,16 +218,12 @@ class BuildTrees:
     def commit(self, records: Mapping[str, FileRecord], manifest: Mapping[str, Any]) -> None:
         """Write the manifest and the state of the spare tree, then make it the live build."""
         self._replace_file(MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
-        files = {
-            path: [r.inputs, r.content, r.mtime_ns, r.size, *([r.layout] if r.layout else [])]
-            for path, r in records.items()
-        }
         changed = self._written | (self.live_records.keys() - records.keys())
         previous = None
         if self.live is not None:
             stat = os.stat(self.live / STATE_FILE)
             previous = [stat.st_ino, stat.st_mtime_ns, stat.st_size]
-        state = {"files": files, "changed": sorted(changed), "previous": previous}
+        state = {"files": records, "changed": sorted(changed), "previous": previous}
         self._replace_file(STATE_FILE, json.dumps(state, separators=(",", ":")).encode())
         link = self.destination.with_name(f".{self.destination.name}.swap")
         link.unlink(missing_ok=True)
