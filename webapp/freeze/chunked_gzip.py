@@ -103,12 +103,13 @@ def compress(chunks: Sequence[bytes], reusable: Mapping[str, bytes] | None = Non
 
 def digest_of(chunks: Sequence[Chunk]) -> str:
     """A digest of the chunks' bytes, from their digests (which cover every byte)."""
-    return hashlib.blake2b("".join(chunk.digest for chunk in chunks).encode(), digest_size=16).hexdigest()
+    return hashlib.sha256("".join(chunk.digest for chunk in chunks).encode()).hexdigest()[:32]
 
 
 def _digest(window: bytes, chunk: bytes) -> str:
-    hasher = hashlib.blake2b(f"deflate-{LEVEL}\0".encode(), digest_size=16)
+    # SHA-256: with CPU support, twice as fast as BLAKE2b (see output.content_digest).
+    hasher = hashlib.sha256(f"deflate-{LEVEL}\0".encode())
     hasher.update(len(window).to_bytes(4, "big"))
     hasher.update(window)
     hasher.update(chunk)
-    return hasher.hexdigest()
+    return hasher.hexdigest()[:32]

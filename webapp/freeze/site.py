@@ -54,7 +54,7 @@ from ..blueprints import pages
 from ..db import get_session
 from ..models import Episode, EpisodeRevision, SiteState
 from ..rss import FeedChannel, feed_frame, feed_items
-from .output import FreezeError
+from .output import FreezeError, content_digest
 
 #: Any URL no route matches: the live app's 404 body does not depend on which.
 NOT_FOUND_URL = "/404.html"
@@ -70,7 +70,7 @@ PACKAGE = __name__.partition(".")[0]
 
 def digest(*parts: str) -> str:
     """A short digest of ``parts``, for telling inputs or contents apart (not for security)."""
-    return hashlib.blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
+    return content_digest("\0".join(parts).encode())
 
 
 @dataclass(frozen=True)
@@ -221,13 +221,13 @@ def site_freezer(app: Flask) -> SiteFreezer:
 
 def code_fingerprint(app: Flask) -> str:
     """Digest of what renders every page: code, templates, static files, libraries, SITE_* settings."""
-    hasher = hashlib.blake2b(digest_size=16)
+    hasher = hashlib.sha256()
     for path in sorted(_rendering_files(app)):
         hasher.update(str(path).encode() + b"\0" + path.read_bytes())
     hasher.update(_library_versions().encode())
     settings = sorted((name, str(value)) for name, value in app.config.items() if name.startswith("SITE_"))
     hasher.update(repr(settings).encode())
-    return hasher.hexdigest()
+    return hasher.hexdigest()[:32]
 
 
 @functools.cache
