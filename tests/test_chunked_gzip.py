@@ -262,6 +262,15 @@ def test_reusable_maps_each_digest_to_that_chunks_deflated_bytes_as_laid_out():
     assert len(gz.data) == len(HEADER) + sum(length for _, length in gz.chunks) + len(FINAL_BLOCK) + 8
 
 
+@pytest.mark.parametrize("change", [+1, -1])
+def test_reusable_refuses_a_layout_that_does_not_tile_the_file(change):
+    gz = compress(pieces(feed_xml(200_000), CHUNK))
+    (digest, length), *rest = gz.chunks
+    wrong = chunked_gzip.GzipChunks(gz.data, [(digest, length + change), *rest])
+    with pytest.raises(ValueError, match="does not describe"):
+        wrong.reusable()
+
+
 def test_reusable_of_repeated_chunks_keeps_one_entry_per_distinct_digest():
     # Identical chunks after identical windows: the same digest, the same bytes.
     chunks = [b"a" * WINDOW] * 4

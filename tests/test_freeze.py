@@ -243,6 +243,32 @@ def test_incremental_rebuilds_are_byte_for_byte_a_fresh_build(empty_app, dest, t
     assert_matches_live(dest, app)
 
 
+@pytest.mark.parametrize("damage", ["shifted", "not JSON"])
+def test_layouts_that_do_not_fit_their_files_are_not_trusted(empty_app, dest, tmp_path, damage):
+    """A state file that no longer describes the listings (edited, or from other code)
+    makes the next build render them whole, not copy the wrong bytes."""
+    app = empty_app
+    with get_database(app).session() as session:
+        seed(session, CHUNKED_SEED)
+    freeze(app, dest)
+    state_file = dest / ".freeze-state.json"
+    state = json.loads(state_file.read_text())
+    for path in LISTING_FILES:
+        page, gz = state["files"][path], state["files"][f"{path}.gz"]
+        if damage == "shifted":
+            page[4] = json.dumps(json.loads(page[4]) | {"before": json.loads(page[4])["before"] + 1})
+            chunks = json.loads(gz[4])["chunks"]
+            gz[4] = json.dumps({"chunks": [[chunks[0][0], chunks[0][1] + 1], *chunks[1:]]})
+        else:
+            page[4] = gz[4] = "not JSON"
+    state_file.write_text(json.dumps(state))
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited", 150))
+
+    freeze(app, dest)
+
+    assert contents(dest) == contents(freeze(app, tmp_path / "fresh" / "build").destination)
+
+
 def test_unchanged_files_keep_their_inode_and_mtime_over_many_rebuilds(app, dest):
     """Builds alternate between two trees; files no build changed never move."""
     freeze(app, dest)

@@ -188,22 +188,33 @@ class SiteBuild:
         return {episode.number: episode for episode in episodes}
 
     def _kept_fragments(self, page: Page) -> dict[FragmentKey, bytes]:
-        """The fragments of ``page``'s file in the live build, if the same code made them."""
+        """The fragments of ``page``'s file in the live build, if the same code made them.
+
+        Nothing is kept unless the layout tiles the file exactly: a state file
+        that does not describe the file is not trusted.
+        """
         layout = self._live_layout(page.path)
-        if layout is None or layout["code"] != self._data.code:
-            return {}
-        data = self.trees.read_live(page.path)
+        data = self.trees.read_live(page.path) if layout is not None else None
         if data is None:
             return {}
-        kept, offset = {}, layout["before"]
-        for number, revision, length in layout["items"]:
-            kept[number, revision] = data[offset:offset + length]
-            offset += length
-        return kept
+        try:
+            if layout["code"] != self._data.code:  # type: ignore[index]
+                return {}
+            kept, offset = {}, layout["before"]  # type: ignore[index]
+            for number, revision, length in layout["items"]:  # type: ignore[index]
+                kept[number, revision] = data[offset:offset + length]
+                offset += length
+            return kept if offset + layout["after"] == len(data) else {}  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            return {}
 
     def _live_layout(self, path: str) -> dict[str, Any] | None:
         record = self.trees.live_records.get(path)
-        return json.loads(record.layout) if record is not None and record.layout else None
+        try:
+            layout = json.loads(record.layout) if record is not None and record.layout else None
+        except ValueError:
+            return None
+        return layout if isinstance(layout, dict) else None
 
     def render(self, page: Page) -> None:
         """Render ``page`` as the live app answers a GET of its URL, and store it."""
@@ -255,6 +266,7 @@ class SiteBuild:
             "code": self._data.code,
             "before": len(before),
             "items": [[number, revision, len(fragments[number, revision])] for number, revision in keys],
+            "after": len(after),
         }
         return b"".join(chunks), _json(layout), chunked_gzip.split(chunks)
 
@@ -330,7 +342,10 @@ class SiteBuild:
         data = self.trees.read_live(path) if layout is not None else None
         if data is None:
             return {}
-        return chunked_gzip.GzipChunks(data, layout["chunks"]).reusable()
+        try:
+            return chunked_gzip.GzipChunks(data, layout["chunks"]).reusable()  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            return {}
 
     def _unchanged(self, path: str, content: str) -> bool:
         record = self.trees.live_records.get(path)

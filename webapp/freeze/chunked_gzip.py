@@ -38,6 +38,8 @@ WINDOW = 32 * 1024
 HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03"
 #: An empty final block: the chunks' blocks are all non-final.
 FINAL_BLOCK = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
+#: CRC-32 and size of the uncompressed data.
+TRAILER_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,17 @@ class GzipChunks:
     chunks: list[tuple[str, int]]
 
     def reusable(self) -> dict[str, bytes]:
-        """Each chunk's deflated bytes, by digest: what ``compress`` may copy."""
+        """Each chunk's deflated bytes, by digest: what ``compress`` may copy.
+
+        Raises ValueError if the layout does not tile the file exactly.
+        """
         reusable = {}
         offset = len(HEADER)
         for digest, length in self.chunks:
             reusable[digest] = self.data[offset:offset + length]
             offset += length
+        if offset + len(FINAL_BLOCK) + TRAILER_SIZE != len(self.data):
+            raise ValueError("the chunk layout does not describe this gzip file")
         return reusable
 
 
