@@ -7,7 +7,9 @@ Each backend's group holds, for the 600-episode seed:
 * ``full``: our freeze into an empty destination, .gz siblings and all;
 * ``plain``: plain Frozen-Flask, ``freezer.freeze()``, on the same URLs into
   an empty destination;
-* ``incremental``: our rebuild of an existing destination.
+* ``incremental``: our rebuild of an existing destination after that edit:
+  the episode's page, the catalogue and the feed (one fragment each rendered,
+  the rest copied from the last build, a gzip chunk or two deflated).
 
 Before every round one episode's title is edited (not timed), as a publish
 would; so every round renders the feed afresh instead of taking it from the
