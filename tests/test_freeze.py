@@ -10,7 +10,9 @@ import gzip
 import json
 import os
 import re
+import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -267,6 +269,52 @@ def test_layouts_that_do_not_fit_their_files_are_not_trusted(empty_app, dest, tm
     freeze(app, dest)
 
     assert contents(dest) == contents(freeze(app, tmp_path / "fresh" / "build").destination)
+
+
+def test_a_restored_backup_never_passes_for_the_lost_history(tmp_path, dest):
+    """Restore a backup, edit: the revisions of the edits made since the backup
+    (and built into the live site) must not come back for other content."""
+    path = tmp_path / "podcast.sqlite3"
+    app = make_app(f"sqlite:///{path}", tmp_path)
+    with get_database(app).session() as session:
+        seed(session, SMALL_SEED)
+    get_database(app).close()
+    backup = tmp_path / "backup.sqlite3"
+    with closing(sqlite3.connect(path)) as live, closing(sqlite3.connect(backup)) as copy:
+        live.backup(copy)
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Lost with the restore", 5))
+    freeze(app, dest)
+    get_database(app).close()
+
+    with closing(sqlite3.connect(backup)) as copy, closing(sqlite3.connect(path)) as live:
+        copy.backup(live)
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited after the restore", 5))
+    freeze(app, dest)
+
+    assert contents(dest) == contents(freeze(app, tmp_path / "fresh" / "build").destination)
+    assert_matches_live(dest, app)
+    get_database(app).close()
+
+
+def test_a_live_state_file_gone_or_of_another_version_means_a_full_rebuild(app, dest, tmp_path):
+    freeze(app, dest)
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Second build", 6))
+    freeze(app, dest)  # now each tree has been live once
+    for step, damage in enumerate(["gone", "other version"]):
+        state_file = dest / ".freeze-state.json"
+        if damage == "gone":
+            state_file.unlink()
+        else:
+            state = json.loads(state_file.read_text())
+            state["files"] = {path: [*fields, "a field of a later version"] for path, fields in state["files"].items()}
+            state_file.write_text(json.dumps(state))
+        execute(app, "DELETE FROM episodes WHERE number = %s", (20 + step,))
+
+        report = freeze(app, dest)
+
+        assert report.pages == len(report.rendered)
+        assert contents(dest) == contents(freeze(app, tmp_path / f"fresh-{step}" / "build").destination)
+        assert_matches_live(dest, app)
 
 
 def test_unchanged_files_keep_their_inode_and_mtime_over_many_rebuilds(app, dest):

@@ -10,6 +10,7 @@ from jinja2 import ChoiceLoader, DictLoader
 
 from tests.test_freeze import assert_matches_live, episodes_of, everything_under, execute, versions
 from webapp import create_app
+from webapp.db import get_database
 from webapp.freeze import FreezeError, SiteBuild, freeze
 
 
@@ -56,6 +57,38 @@ def test_an_empty_database_keeps_the_previous_build(app, dest):
     result = freeze_cli(app, dest)
     assert result.exit_code == 1
     assert "the database has no episodes" in result.output
+    assert everything_under(dest) == before
+
+
+def test_an_episode_without_a_revision_stops_the_build_and_init_db_mends_it(app, dest):
+    """Written with the triggers off (a bulk load, replication): the build cannot tell
+    whether it changed, so it says so instead of dropping or trusting it."""
+    freeze(app, dest)
+    before = everything_under(dest)
+    execute(app, "DELETE FROM episode_revisions WHERE episode_id = (SELECT id FROM episodes WHERE number = 4)")
+
+    result = freeze_cli(app, dest)
+
+    assert result.exit_code == 1
+    assert "episode(s) 4 have no revision" in result.output and "init-db" in result.output
+    assert everything_under(dest) == before
+    get_database(app).init_schema()
+    assert freeze_cli(app, dest).exit_code == 0
+    assert_matches_live(dest, app)
+
+
+def test_a_postgresql_database_from_before_revisions_asks_for_init_db(app, dest):
+    if get_database(app).dialect != "postgresql":
+        pytest.skip("SQLite upgrades itself when the app opens it (tests/test_revisions.py)")
+    freeze(app, dest)
+    before = everything_under(dest)
+    execute(app, "DROP TABLE episode_revisions")
+    get_database(app).close()
+
+    result = freeze_cli(app, dest)
+
+    assert result.exit_code == 1
+    assert "run `flask --app webapp init-db`" in result.output and "Traceback" not in result.output
     assert everything_under(dest) == before
 
 

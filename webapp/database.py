@@ -201,6 +201,8 @@ class Session:
             self.database.release(connection, broken=True)
             self._connection = self.database.acquire(fresh=True)
             return self._guard(lambda: query(self._connection))
+        except psycopg2.errors.UndefinedTable:
+            self._no_schema()
 
     def _guard(self, operation: Any) -> Any:
         try:
@@ -208,10 +210,13 @@ class Session:
         except self.database.disconnect_errors as error:
             self._fail(error)
         except psycopg2.errors.UndefinedTable:
-            self.end(commit=False)
-            raise DatabaseUnavailable(
-                "the database has no schema yet: run `flask --app webapp init-db`"
-            ) from None
+            self._no_schema()
+
+    def _no_schema(self) -> None:
+        self.end(commit=False)
+        raise DatabaseUnavailable(
+            "the database has no schema yet, or one older than the app's: run `flask --app webapp init-db`"
+        ) from None
 
     def _fail(self, error: BaseException) -> None:
         if self._connection is not None:

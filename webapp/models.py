@@ -104,8 +104,9 @@ class EpisodeRevision:
 
     number: int
     slug: str
-    #: site_state.version at the episode's last change (see episode_revisions)
-    revision: int
+    #: drawn anew at each change of the episode (see episode_revisions); None
+    #: for an episode written while the triggers were off
+    revision: int | None
 
     @property
     def path(self) -> str:

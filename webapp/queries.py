@@ -35,9 +35,9 @@ def site_state(session: Session) -> SiteState:
 
 
 def latest_episodes(session: Session, limit: int) -> list[Episode]:
-    # Index episodes_published_at, read backwards.
+    # Index episodes_published_at, read backwards; the number orders ties.
     rows = session.fetch_all(
-        f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.published_at DESC LIMIT %s", (limit,)
+        f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.published_at DESC, e.number DESC LIMIT %s", (limit,)
     )
     return _with_guests(session, rows)
 
@@ -51,10 +51,12 @@ def all_episodes(session: Session) -> list[Episode]:
 
 def episode_revisions(session: Session) -> list[EpisodeRevision]:
     """Every episode's number, slug and revision, newest number first: what a build compares."""
-    # The unique index on number gives the order; each revision is a primary-key lookup.
+    # The unique index on number gives the order; each revision is a primary-key
+    # lookup. A LEFT JOIN: an episode without a revision (written with the
+    # triggers off) must show as one, not vanish from the build.
     rows = session.fetch_all(
         "SELECT e.number, e.slug, r.revision FROM episodes e"
-        " JOIN episode_revisions r ON r.episode_id = e.id ORDER BY e.number DESC"
+        " LEFT JOIN episode_revisions r ON r.episode_id = e.id ORDER BY e.number DESC"
     )
     return [EpisodeRevision(row["number"], row["slug"], row["revision"]) for row in rows]
 
@@ -75,8 +77,10 @@ def episodes_by_number(session: Session, numbers: Iterable[int]) -> list[Episode
 
 def latest_episode_numbers(session: Session, limit: int) -> list[int]:
     """The numbers of the episodes ``latest_episodes`` returns, in its order."""
-    # Index episodes_published_at, read backwards.
-    rows = session.fetch_all("SELECT e.number FROM episodes e ORDER BY e.published_at DESC LIMIT %s", (limit,))
+    # As latest_episodes.
+    rows = session.fetch_all(
+        "SELECT e.number FROM episodes e ORDER BY e.published_at DESC, e.number DESC LIMIT %s", (limit,)
+    )
     return [row["number"] for row in rows]
 
 

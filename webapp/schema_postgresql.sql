@@ -54,25 +54,24 @@ CREATE TABLE IF NOT EXISTS site_state (
 INSERT INTO site_state (id, version, changed_at, episode_count)
 VALUES (1, 0, clock_timestamp(), 0) ON CONFLICT (id) DO NOTHING;
 
--- Which change of the site each episode last had (site_state.version then):
--- anything its pages show, guests included. A build of the static site
--- re-renders an episode's pages and fragments only when this moved, and so
--- reads nothing else of an unchanged episode. Versions never repeat, so a
--- deleted episode's number reused by a new one cannot look unchanged.
+-- A token that changes with every change of the episode: anything its pages
+-- show, guests included. A build of the static site re-renders an episode's
+-- pages and fragments only when it moved, and so reads nothing else of an
+-- unchanged episode. Random (63 bits), not a counter: builds compare tokens
+-- for equality only, and no restored backup, rewound counter or number
+-- reused by a new episode can make an old token stand for new content.
 CREATE TABLE IF NOT EXISTS episode_revisions (
     episode_id BIGINT PRIMARY KEY REFERENCES episodes (id) ON DELETE CASCADE,
     revision   BIGINT NOT NULL
 );
 INSERT INTO episode_revisions (episode_id, revision)
-SELECT e.id, s.version FROM episodes e, site_state s WHERE s.id = 1
+SELECT id, floor(random() * 9.2e18)::bigint FROM episodes
 ON CONFLICT (episode_id) DO NOTHING;
 
--- Bumps site_state, then records the new version as the revision of the
--- episodes the change shows on. The row lock on site_state orders concurrent
--- writers, so no two changes get the same version.
+-- Bumps site_state, and draws a new revision for the episodes the change shows on.
 CREATE OR REPLACE FUNCTION site_state_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    new_version BIGINT;
+    new_revision BIGINT := floor(random() * 9.2e18)::bigint;
 BEGIN
     UPDATE site_state SET
         version = version + 1,
@@ -82,22 +81,21 @@ BEGIN
             WHEN TG_OP = 'INSERT' THEN 1
             WHEN TG_OP = 'DELETE' THEN -1
             ELSE 0 END
-    WHERE id = 1
-    RETURNING version INTO new_version;
+    WHERE id = 1;
     IF TG_TABLE_NAME = 'episodes' AND TG_OP <> 'DELETE' THEN
         -- A deleted episode's row goes with it (ON DELETE CASCADE).
-        INSERT INTO episode_revisions (episode_id, revision) VALUES (NEW.id, new_version)
+        INSERT INTO episode_revisions (episode_id, revision) VALUES (NEW.id, new_revision)
         ON CONFLICT (episode_id) DO UPDATE SET revision = EXCLUDED.revision;
     ELSIF TG_TABLE_NAME = 'guests' THEN
         -- Through the index episode_guests_guest.
-        UPDATE episode_revisions SET revision = new_version
+        UPDATE episode_revisions SET revision = new_revision
         WHERE episode_id IN (SELECT episode_id FROM episode_guests WHERE guest_id = NEW.id);
     ELSIF TG_TABLE_NAME = 'episode_guests' THEN
         IF TG_OP <> 'DELETE' THEN
-            UPDATE episode_revisions SET revision = new_version WHERE episode_id = NEW.episode_id;
+            UPDATE episode_revisions SET revision = new_revision WHERE episode_id = NEW.episode_id;
         END IF;
         IF TG_OP <> 'INSERT' THEN
-            UPDATE episode_revisions SET revision = new_version WHERE episode_id = OLD.episode_id;
+            UPDATE episode_revisions SET revision = new_revision WHERE episode_id = OLD.episode_id;
         END IF;
     END IF;
     RETURN NULL;

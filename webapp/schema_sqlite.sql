@@ -53,17 +53,18 @@ CREATE TABLE IF NOT EXISTS site_state (
 INSERT OR IGNORE INTO site_state (id, version, changed_at, episode_count)
 VALUES (1, 0, strftime('%Y-%m-%d %H:%M:%f', 'now'), 0);
 
--- Which change of the site each episode last had (site_state.version then):
--- anything its pages show, guests included. A build of the static site
--- re-renders an episode's pages and fragments only when this moved, and so
--- reads nothing else of an unchanged episode. Versions never repeat, so a
--- deleted episode's number reused by a new one cannot look unchanged.
+-- A token that changes with every change of the episode: anything its pages
+-- show, guests included. A build of the static site re-renders an episode's
+-- pages and fragments only when it moved, and so reads nothing else of an
+-- unchanged episode. Random (63 bits), not a counter: builds compare tokens
+-- for equality only, and no restored backup, rewound counter or number
+-- reused by a new episode can make an old token stand for new content.
 CREATE TABLE IF NOT EXISTS episode_revisions (
     episode_id INTEGER PRIMARY KEY REFERENCES episodes (id) ON DELETE CASCADE,
     revision   INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO episode_revisions (episode_id, revision)
-SELECT id, (SELECT version FROM site_state WHERE id = 1) FROM episodes;
+SELECT id, random() FROM episodes;
 
 -- Full-text search over the episodes, kept in step by the triggers below.
 CREATE VIRTUAL TABLE IF NOT EXISTS episodes_fts USING fts5 (
@@ -71,9 +72,8 @@ CREATE VIRTUAL TABLE IF NOT EXISTS episodes_fts USING fts5 (
     content = 'episodes', content_rowid = 'id', tokenize = 'porter unicode61'
 );
 
--- Each trigger bumps site_state first, then records the new version as the
--- revision of the episodes the change shows on: in one body, so in that order.
--- An upsert, not INSERT OR REPLACE: a statement's own conflict clause
+-- Each trigger bumps site_state and draws a new revision for the episodes
+-- the change shows on. An upsert, not INSERT OR REPLACE: a statement's own conflict clause
 -- (UPDATE OR IGNORE ...) overrides OR REPLACE inside its triggers.
 DROP TRIGGER IF EXISTS episodes_inserted;
 CREATE TRIGGER episodes_inserted AFTER INSERT ON episodes BEGIN
@@ -82,7 +82,7 @@ CREATE TRIGGER episodes_inserted AFTER INSERT ON episodes BEGIN
     UPDATE site_state SET version = version + 1, episode_count = episode_count + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
     INSERT INTO episode_revisions (episode_id, revision)
-    VALUES (new.id, (SELECT version FROM site_state WHERE id = 1))
+    VALUES (new.id, random())
     ON CONFLICT (episode_id) DO UPDATE SET revision = excluded.revision;
 END;
 
@@ -104,7 +104,7 @@ CREATE TRIGGER episodes_updated AFTER UPDATE ON episodes BEGIN
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
     INSERT INTO episode_revisions (episode_id, revision)
-    VALUES (new.id, (SELECT version FROM site_state WHERE id = 1))
+    VALUES (new.id, random())
     ON CONFLICT (episode_id) DO UPDATE SET revision = excluded.revision;
 END;
 
@@ -114,7 +114,7 @@ DROP TRIGGER IF EXISTS guests_updated;
 CREATE TRIGGER guests_updated AFTER UPDATE ON guests BEGIN
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
-    UPDATE episode_revisions SET revision = (SELECT version FROM site_state WHERE id = 1)
+    UPDATE episode_revisions SET revision = random()
         WHERE episode_id IN (SELECT episode_id FROM episode_guests WHERE guest_id = new.id);
 END;
 
@@ -122,7 +122,7 @@ DROP TRIGGER IF EXISTS episode_guests_inserted;
 CREATE TRIGGER episode_guests_inserted AFTER INSERT ON episode_guests BEGIN
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
-    UPDATE episode_revisions SET revision = (SELECT version FROM site_state WHERE id = 1)
+    UPDATE episode_revisions SET revision = random()
         WHERE episode_id = new.episode_id;
 END;
 
@@ -130,7 +130,7 @@ DROP TRIGGER IF EXISTS episode_guests_deleted;
 CREATE TRIGGER episode_guests_deleted AFTER DELETE ON episode_guests BEGIN
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
-    UPDATE episode_revisions SET revision = (SELECT version FROM site_state WHERE id = 1)
+    UPDATE episode_revisions SET revision = random()
         WHERE episode_id = old.episode_id;
 END;
 
@@ -138,9 +138,9 @@ DROP TRIGGER IF EXISTS episode_guests_updated;
 CREATE TRIGGER episode_guests_updated AFTER UPDATE ON episode_guests BEGIN
     UPDATE site_state SET version = version + 1,
         changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
-    UPDATE episode_revisions SET revision = (SELECT version FROM site_state WHERE id = 1)
+    UPDATE episode_revisions SET revision = random()
         WHERE episode_id IN (old.episode_id, new.episode_id);
 END;
 
 COMMIT;
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;

@@ -70,7 +70,7 @@ def feed_etag(state: SiteState, site_url: str) -> str:
 
 
 def render_current_feed(state: SiteState) -> bytes:
-    """The feed for the app's current data (also used by the freezer)."""
+    """The feed for the app's current data (the freezer composes the same from fragments)."""
     episodes = queries.all_episodes(get_session())
     return render_feed(episodes, FeedChannel.from_config(current_app.config), state.changed_at)
 

@@ -15,7 +15,7 @@ the view, error handlers, ``after_request``), as with Frozen-Flask's test
 client minus the WSGI plumbing around it. Episode pages are rendered with
 the view's template (``site.render_episode_page``), and the catalogue and the
 feed are composed the way their views compose them (``site.Listing``), from
-episodes this build reads in one query: only those with a page or a fragment
+episodes this build reads at once: only those with a page or a fragment
 to render. A fragment of an unchanged episode is copied from the last
 build's file, and so are the gzip chunks around it (``chunked_gzip``): an
 edit of one episode renders and compresses a few kilobytes, not the 1.2 MB
@@ -172,7 +172,7 @@ class SiteBuild:
             self.trees.prepare(keep)
 
     def _read_episodes(self) -> dict[int, Episode]:
-        """The episodes of the pending pages and fragments, in one query."""
+        """The episodes of the pending pages and fragments, in one read."""
         numbers = {page.number for page in self.pending if page.number is not None}
         for page in self.pending:
             if page.listing is not None:
@@ -194,17 +194,17 @@ class SiteBuild:
         that does not describe the file is not trusted.
         """
         layout = self._live_layout(page.path)
-        data = self.trees.read_live(page.path) if layout is not None else None
+        if layout is None or layout.get("code") != self._data.code:
+            return {}
+        data = self.trees.read_live(page.path)
         if data is None:
             return {}
         try:
-            if layout["code"] != self._data.code:  # type: ignore[index]
-                return {}
-            kept, offset = {}, layout["before"]  # type: ignore[index]
-            for number, revision, length in layout["items"]:  # type: ignore[index]
+            kept, offset = {}, layout["before"]
+            for number, revision, length in layout["items"]:
                 kept[number, revision] = data[offset:offset + length]
                 offset += length
-            return kept if offset + layout["after"] == len(data) else {}  # type: ignore[index]
+            return kept if offset + layout["after"] == len(data) else {}
         except (KeyError, TypeError, ValueError):
             return {}
 
@@ -225,13 +225,14 @@ class SiteBuild:
             else:
                 try:
                     if page.listing is not None:
-                        self._store(page, *self._compose(page))
+                        body, layout, chunks = self._compose(page)
                     else:
-                        self._store(page, render_episode_page(self._episode(page.number)))  # type: ignore[arg-type]
+                        body, layout, chunks = render_episode_page(self._episode(page.number)), None, None  # type: ignore[arg-type]
                 except FreezeError:
                     raise
                 except Exception as error:  # a template error: say which page
                     raise _page_error(page, f"{type(error).__name__}: {error}") from error
+                self._store(page, body, layout, chunks)  # outside: a full disk is not the page's fault
             self._rendered.append(page.url)
 
     def _episode(self, number: int) -> Episode:
@@ -339,11 +340,13 @@ class SiteBuild:
     def _kept_chunks(self, path: str) -> dict[str, bytes]:
         """The deflated chunks of the live build's ``path``, by digest."""
         layout = self._live_layout(path)
-        data = self.trees.read_live(path) if layout is not None else None
+        if layout is None:
+            return {}
+        data = self.trees.read_live(path)
         if data is None:
             return {}
         try:
-            return chunked_gzip.GzipChunks(data, layout["chunks"]).reusable()  # type: ignore[index]
+            return chunked_gzip.GzipChunks(data, layout["chunks"]).reusable()
         except (KeyError, TypeError, ValueError):
             return {}
 

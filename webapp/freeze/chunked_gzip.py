@@ -34,7 +34,7 @@ LEVEL = 9
 #: Deflate's window: how far back a match can reach, so how much of the
 #: previous chunk a chunk's compression depends on.
 WINDOW = 32 * 1024
-#: No file name, mtime 0, "maximum compression", Unix: as gzip.compress(data, 9, mtime=0) writes here.
+#: No file name, mtime 0, "maximum compression", OS 3 (Unix, as zlib itself writes it).
 HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03"
 #: An empty final block: the chunks' blocks are all non-final.
 FINAL_BLOCK = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS).flush()
@@ -115,7 +115,9 @@ def digest_of(chunks: Sequence[Chunk]) -> str:
 
 def _digest(window: bytes, chunk: bytes) -> str:
     # SHA-256: with CPU support, twice as fast as BLAKE2b (see output.content_digest).
-    hasher = hashlib.sha256(f"deflate-{LEVEL}\0".encode())
+    # zlib's version too: another zlib may deflate the same bytes differently,
+    # and a copied chunk must be what this one would make.
+    hasher = hashlib.sha256(f"deflate-{LEVEL}-zlib-{zlib.ZLIB_RUNTIME_VERSION}\0".encode())
     hasher.update(len(window).to_bytes(4, "big"))
     hasher.update(window)
     hasher.update(chunk)

@@ -60,8 +60,10 @@ def content_digest(data: bytes) -> str:
 class FileRecord(NamedTuple):
     """One file of a build: the digest of the inputs it was made from, and of its bytes.
 
-    A tuple, so the state file (JSON) holds each as an array, and the thousand
-    of a site cost little to read and write.
+    A tuple, so the state file (JSON) holds each as an array, and the
+    thousand-odd records of a site cost little to read and write. For the
+    catalogue and the feed, ``content`` digests their chunks' digests, which
+    cover every byte (see build.py).
     """
 
     inputs: str
@@ -122,10 +124,13 @@ class BuildTrees:
             raise FreezeError(f"another freeze is writing to {self.destination}; try again when it ends") from None
         self.live = self._find_live()
         if self.live is not None:
-            state = _read_state(self.live) or {}
-            self.live_records = _records(state.get("files", {}))
-            self._live_changed = set(state.get("changed", ()))
-            self._live_previous = state.get("previous")
+            state = _read_state(self.live)
+            records = _records(state["files"]) if state is not None else None
+            if records is not None:  # else: rebuild everything, trust nothing of it
+                self.live_records = records
+                changed, previous = state.get("changed"), state.get("previous")  # type: ignore[union-attr]
+                if isinstance(changed, list) and isinstance(previous, list):
+                    self._live_changed, self._live_previous = set(changed), previous
             self.spare = self.root / TREE_NAMES[self.live.name == TREE_NAMES[0]]
 
     def _find_live(self) -> Path | None:
@@ -157,12 +162,12 @@ class BuildTrees:
             self._spare_same = live.keys() - self._live_changed
         else:
             state = _read_state(self.spare)
-            if state is None:
+            spare = _records(state["files"]) if state is not None else None
+            if spare is None:  # unfinished, or of another version
                 if self.spare.exists():
                     shutil.rmtree(self.spare)
-                state = {"files": {}}
-            spare = _records(state["files"])
-            present = state["files"].keys()
+                spare = {}
+            present = spare.keys()
             self._spare_same = {
                 path for path, record in spare.items()
                 if path in live and (record.content, record.mtime_ns) == (live[path].content, live[path].mtime_ns)
@@ -227,8 +232,11 @@ class BuildTrees:
         changed = self._written | (self.live_records.keys() - records.keys())
         previous = None
         if self.live is not None:
-            stat = os.stat(self.live / STATE_FILE)
-            previous = [stat.st_ino, stat.st_mtime_ns, stat.st_size]
+            try:
+                stat = os.stat(self.live / STATE_FILE)
+                previous = [stat.st_ino, stat.st_mtime_ns, stat.st_size]
+            except OSError:
+                pass  # its state is gone: the next build reads the spare's own
         state = {"files": records, "changed": sorted(changed), "previous": previous}
         self._replace_file(STATE_FILE, json.dumps(state, separators=(",", ":")).encode())
         link = self.destination.with_name(f".{self.destination.name}.swap")
@@ -281,8 +289,9 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _records(files: dict[str, list[Any]]) -> dict[str, FileRecord]:
+def _records(files: dict[str, list[Any]]) -> dict[str, FileRecord] | None:
+    """The records of a state file's files; None if they are not records of this version."""
     try:
         return {path: FileRecord(*fields) for path, fields in files.items()}
-    except TypeError:  # a state file of another version: rebuild everything
-        return {}
+    except TypeError:
+        return None

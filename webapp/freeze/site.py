@@ -23,9 +23,9 @@ renders a page only when its inputs changed:
   it is given narrower inputs: all of that and ``site_state.version``;
 * static files and the 404 page: nothing more.
 
-An episode's revision is the ``site_state.version`` of its last change, kept
-by the database's triggers for any write to the episode or its guests (see
-``episode_revisions`` in the schemas): renaming a guest, or an edit that
+An episode's revision is a random token the database's triggers draw anew
+for any write to the episode or its guests (see ``episode_revisions`` in the
+schemas): renaming a guest, or an edit that
 forgets ``updated_at``, still reaches the page, and an unchanged episode costs
 the build one row of three numbers. The catalogue and the feed are
 :class:`Listing` pages, one fragment per episode, so a rebuild renders the
@@ -39,9 +39,9 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 from importlib.metadata import version
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
 from flask import Flask, current_app, g
@@ -99,6 +99,12 @@ def site_data() -> SiteData:
             raise FreezeError(
                 "the database has no episodes, so the build would be an empty site:"
                 " seed it (`flask --app webapp seed`) or point DATABASE_URL at the right database"
+            )
+        unrevised = [str(episode.number) for episode in episodes if episode.revision is None]
+        if unrevised:
+            raise FreezeError(
+                f"episode(s) {', '.join(unrevised[:10])} have no revision, so a build cannot tell whether"
+                " they changed: run `flask --app webapp init-db`, which gives them one"
             )
         by_number = {episode.number: episode for episode in episodes}
         latest = queries.latest_episode_numbers(session, pages.LATEST_COUNT)
