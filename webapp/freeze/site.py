@@ -88,6 +88,11 @@ class SiteData:
     def by_path(self) -> dict[str, EpisodeRevision]:
         return {episode.path: episode for episode in self.episodes}
 
+    @functools.cached_property
+    def every_revision(self) -> str:
+        """A digest of every episode's revision: the catalogue's and the feed's inputs."""
+        return _revisions(self.episodes)
+
 
 def site_data() -> SiteData:
     """The data of this build, read once per app context (a build runs in one)."""
@@ -283,7 +288,7 @@ def _data_inputs(endpoint: str, data: SiteData) -> str:
         return ""
     if endpoint == "pages.index":
         return _revisions(data.latest)
-    every_episode = _revisions(data.episodes)
+    every_episode = data.every_revision
     if endpoint == "pages.catalogue":
         return every_episode
     if endpoint == "feed.rss":
