@@ -18,6 +18,10 @@ EPISODE_COLUMNS = (
     " e.audio_bytes, e.duration_seconds, e.explicit, e.published_at, e.updated_at"
 )
 
+#: The order of "latest": index episodes_published_at, read backwards; the
+#: number orders ties. The home page and the freezer's view of it share it.
+LATEST_FIRST = "ORDER BY e.published_at DESC, e.number DESC"
+
 #: At most this many words of a search are used; the rest is ignored.
 MAX_SEARCH_TERMS = 12
 
@@ -35,10 +39,7 @@ def site_state(session: Session) -> SiteState:
 
 
 def latest_episodes(session: Session, limit: int) -> list[Episode]:
-    # Index episodes_published_at, read backwards; the number orders ties.
-    rows = session.fetch_all(
-        f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.published_at DESC, e.number DESC LIMIT %s", (limit,)
-    )
+    rows = session.fetch_all(f"SELECT {EPISODE_COLUMNS} FROM episodes e {LATEST_FIRST} LIMIT %s", (limit,))
     return _with_guests(session, rows)
 
 
@@ -68,7 +69,7 @@ def episodes_by_number(session: Session, numbers: Iterable[int]) -> list[Episode
         return []
     # The unique index on number, once per number.
     rows = session.fetch_all(
-        f"SELECT {EPISODE_COLUMNS} FROM episodes e WHERE e.number IN ({', '.join(['%s'] * len(numbers))})"
+        f"SELECT {EPISODE_COLUMNS} FROM episodes e WHERE e.number IN ({_placeholders(numbers)})"
         " ORDER BY e.number DESC",
         numbers,
     )
@@ -77,10 +78,7 @@ def episodes_by_number(session: Session, numbers: Iterable[int]) -> list[Episode
 
 def latest_episode_numbers(session: Session, limit: int) -> list[int]:
     """The numbers of the episodes ``latest_episodes`` returns, in its order."""
-    # As latest_episodes.
-    rows = session.fetch_all(
-        "SELECT e.number FROM episodes e ORDER BY e.published_at DESC, e.number DESC LIMIT %s", (limit,)
-    )
+    rows = session.fetch_all(f"SELECT e.number FROM episodes e {LATEST_FIRST} LIMIT %s", (limit,))
     return [row["number"] for row in rows]
 
 
@@ -151,10 +149,15 @@ def _guests_by_episode(session: Session, episode_ids: Iterable[int] | None) -> d
     params: tuple = ()
     if episode_ids is not None:
         ids = list(episode_ids)
-        sql += f" WHERE eg.episode_id IN ({', '.join(['%s'] * len(ids))})"
+        sql += f" WHERE eg.episode_id IN ({_placeholders(ids)})"
         params = tuple(ids)
     rows = session.fetch_all(sql + " ORDER BY eg.episode_id, eg.position", params)
     guests: dict[int, list[Guest]] = defaultdict(list)
     for row in rows:
         guests[row["episode_id"]].append(Guest(slug=row["slug"], name=row["name"]))
     return guests
+
+
+def _placeholders(values: list) -> str:
+    """``%s, %s, %s`` for an ``IN (...)`` of ``values``."""
+    return ", ".join(["%s"] * len(values))

@@ -193,28 +193,33 @@ class SiteBuild:
         Nothing is kept unless the layout tiles the file exactly: a state file
         that does not describe the file is not trusted.
         """
-        layout = self._live_layout(page.path)
-        if layout is None or layout.get("code") != self._data.code:
-            return {}
-        data = self.trees.read_live(page.path)
-        if data is None:
-            return {}
-        try:
+        def fragments(layout: dict[str, Any], data: bytes) -> dict[FragmentKey, bytes]:
+            if layout["code"] != self._data.code:
+                return {}
             kept, offset = {}, layout["before"]
             for number, revision, length in layout["items"]:
                 kept[number, revision] = data[offset:offset + length]
                 offset += length
             return kept if offset + layout["after"] == len(data) else {}
+
+        return self._from_live(page.path, fragments)
+
+    def _kept_chunks(self, path: str) -> dict[str, bytes]:
+        """The deflated chunks of the live build's ``path``, by digest."""
+        return self._from_live(path, lambda layout, data: chunked_gzip.GzipChunks(data, layout["chunks"]).reusable())
+
+    def _from_live(self, path: str, parts: Callable[[dict[str, Any], bytes], dict[Any, bytes]]) -> dict[Any, bytes]:
+        """``parts(layout, data)`` of the live build's ``path``; nothing if either is missing or they disagree."""
+        record = self.trees.live_records.get(path)
+        if record is None or not record.layout:
+            return {}
+        data = self.trees.read_live(path)
+        if data is None:
+            return {}
+        try:
+            return parts(json.loads(record.layout), data)
         except (KeyError, TypeError, ValueError):
             return {}
-
-    def _live_layout(self, path: str) -> dict[str, Any] | None:
-        record = self.trees.live_records.get(path)
-        try:
-            layout = json.loads(record.layout) if record is not None and record.layout else None
-        except ValueError:
-            return None
-        return layout if isinstance(layout, dict) else None
 
     def render(self, page: Page) -> None:
         """Render ``page`` as the live app answers a GET of its URL, and store it."""
@@ -251,7 +256,7 @@ class SiteBuild:
         listing = page.listing
         assert listing is not None
         kept = self._kept.get(page.url, {})
-        keys = [(episode.number, episode.revision) for episode in self._data.episodes]
+        keys = [_key(episode) for episode in self._data.episodes]
         missing = [key for key in keys if key not in kept]
         rendered = listing.items([self._episode(number) for number, _ in missing])
         fragments = kept | {key: item.encode() for key, item in zip(missing, rendered)}
@@ -336,19 +341,6 @@ class SiteBuild:
             return compressed.data, _json({"chunks": compressed.chunks})
 
         return assemble
-
-    def _kept_chunks(self, path: str) -> dict[str, bytes]:
-        """The deflated chunks of the live build's ``path``, by digest."""
-        layout = self._live_layout(path)
-        if layout is None:
-            return {}
-        data = self.trees.read_live(path)
-        if data is None:
-            return {}
-        try:
-            return chunked_gzip.GzipChunks(data, layout["chunks"]).reusable()
-        except (KeyError, TypeError, ValueError):
-            return {}
 
     def _unchanged(self, path: str, content: str) -> bool:
         record = self.trees.live_records.get(path)

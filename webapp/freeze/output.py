@@ -179,11 +179,8 @@ class BuildTrees:
 
     def _spare_is_previous(self) -> bool:
         """True if the spare's state file is the one the live build recorded as its predecessor's."""
-        try:
-            stat = os.stat(self.spare / STATE_FILE)
-        except OSError:
-            return False
-        return self._live_previous == [stat.st_ino, stat.st_mtime_ns, stat.st_size]
+        spare = _state_file_id(self.spare)
+        return spare is not None and spare == self._live_previous
 
     def carry(self, path: str, record: FileRecord) -> None:
         """Give the spare the live build's ``path`` (a hard link: same inode, same mtime)."""
@@ -230,13 +227,9 @@ class BuildTrees:
         """Write the manifest and the state of the spare tree, then make it the live build."""
         self._replace_file(MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
         changed = self._written | (self.live_records.keys() - records.keys())
-        previous = None
-        if self.live is not None:
-            try:
-                stat = os.stat(self.live / STATE_FILE)
-                previous = [stat.st_ino, stat.st_mtime_ns, stat.st_size]
-            except OSError:
-                pass  # its state is gone: the next build reads the spare's own
+        # None if there is no live build or its state is gone: the next build
+        # then reads the spare's own.
+        previous = _state_file_id(self.live) if self.live is not None else None
         state = {"files": records, "changed": sorted(changed), "previous": previous}
         self._replace_file(STATE_FILE, json.dumps(state, separators=(",", ":")).encode())
         link = self.destination.with_name(f".{self.destination.name}.swap")
@@ -280,6 +273,15 @@ def _read_state(tree: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) and isinstance(state.get("files"), dict) else None
+
+
+def _state_file_id(tree: Path) -> list[int] | None:
+    """Which state file ``tree`` holds (inode, mtime, size); None if it has none."""
+    try:
+        stat = os.stat(tree / STATE_FILE)
+    except OSError:
+        return None
+    return [stat.st_ino, stat.st_mtime_ns, stat.st_size]
 
 
 def _unlink(path: str) -> None:
