@@ -5,6 +5,7 @@ on a fresh schema in a real PostgreSQL server (``TEST_DATABASE_URL``). A
 missing service skips those tests with the reason, or fails them when
 ``REQUIRE_SERVICES=1`` (as .ci/run sets it), so CI can never pass by skipping.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,8 @@ def require_service(available: object, reason: str) -> None:
 def require_binary(name: str) -> str:
     """The path of an executable the test needs, e.g. ``require_binary("nginx")``."""
     path = shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/local/sbin") / name) if p.exists()), None
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/local/sbin") / name) if p.exists()),
+        None,
     )
     require_service(path, f"{name} is not installed")
     return path  # type: ignore[return-value]

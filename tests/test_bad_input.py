@@ -1,4 +1,5 @@
 """Hostile and malformed input: a clear 4xx, never a 500, and the data untouched."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,9 +17,24 @@ def data_version(app) -> tuple[int, int]:
 
 
 NASTY_SEARCHES = [
-    '"unbalanced', "100%", "%%%", "'; DROP TABLE episodes; --", "title:python OR 1=1", "NEAR(a b)",
-    "a AND NOT b", "*", "^python", "python*", "\\", "\x00nul", "emoji 🐍 snake", "&<>", "(((", "-flask",
-    "' OR '1'='1", "ＰＹＴＨＯＮ",
+    '"unbalanced',
+    "100%",
+    "%%%",
+    "'; DROP TABLE episodes; --",
+    "title:python OR 1=1",
+    "NEAR(a b)",
+    "a AND NOT b",
+    "*",
+    "^python",
+    "python*",
+    "\\",
+    "\x00nul",
+    "emoji 🐍 snake",
+    "&<>",
+    "(((",
+    "-flask",
+    "' OR '1'='1",
+    "ＰＹＴＨＯＮ",
 ]
 
 
@@ -45,12 +61,23 @@ def test_query_strings_that_are_not_utf8_are_400s(client, raw):
     assert b"not valid UTF-8" in response.data
 
 
-@pytest.mark.parametrize("path", ["/episodes/99999999999999999999999", "/episodes/1e3", "/episodes/%00", "/api/episodes/-5", "/episodes/../../etc/passwd"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/episodes/99999999999999999999999",
+        "/episodes/1e3",
+        "/episodes/%00",
+        "/api/episodes/-5",
+        "/episodes/../../etc/passwd",
+    ],
+)
 def test_odd_paths_are_404s(client, path):
     assert client.get(path).status_code == 404
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(query=st.text(max_size=200))
 def test_search_never_fails_whatever_the_text(app, client, query):
     response = client.get("/search", query_string={"q": query})

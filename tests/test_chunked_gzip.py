@@ -7,6 +7,7 @@ feed-sized document; and a rebuild given the last build's chunks is the same
 bytes as a build from scratch while calling ``deflate`` (counted by wrapping
 the real function) on exactly the chunks whose bytes or 32 KiB window moved.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -69,7 +70,7 @@ def feed_xml(size: int, seed: int = 7) -> bytes:
 
 
 def pieces(data: bytes, size: int) -> list[bytes]:
-    return [data[start:start + size] for start in range(0, len(data), size)]
+    return [data[start : start + size] for start in range(0, len(data), size)]
 
 
 def decompress_one_member(data: bytes) -> bytes:
@@ -82,7 +83,7 @@ def decompress_one_member(data: bytes) -> bytes:
 
 def flip(chunk: bytes, offset: int) -> bytes:
     """``chunk`` with the byte at ``offset`` changed."""
-    return chunk[:offset] + bytes([chunk[offset] ^ 0x01]) + chunk[offset + 1:]
+    return chunk[:offset] + bytes([chunk[offset] ^ 0x01]) + chunk[offset + 1 :]
 
 
 @pytest.fixture
@@ -115,7 +116,12 @@ CHUNK_LISTS = {
     "empty chunks between others": [b"", b"first", b"", b"", b"second", b""],
     "a single chunk": [b"one chunk of text, " * 200],
     "chunks smaller than the window": pieces(text(RNG, 50_000), 3_000),
-    "chunks around the window's size": [text(RNG, WINDOW - 1), text(RNG, WINDOW), text(RNG, WINDOW + 1), b"x"],
+    "chunks around the window's size": [
+        text(RNG, WINDOW - 1),
+        text(RNG, WINDOW),
+        text(RNG, WINDOW + 1),
+        b"x",
+    ],
     "chunks larger than the window": pieces(text(RNG, 400_000), 90_000),
     "a tiny chunk after a large one": [text(RNG, 3 * WINDOW), b"<", text(RNG, 10)],
     "incompressible bytes": pieces(RNG.randbytes(150_000), 40_000),
@@ -187,9 +193,17 @@ def test_given_its_own_chunks_compress_returns_the_same_bytes_without_deflating(
         (CHUNK - WINDOW, [4, 5]),  # the first byte of it
         (CHUNK - 1, [4, 5]),
     ],
-    ids=["first byte", "early", "just before the last 32 KiB", "first of the last 32 KiB", "last byte"],
+    ids=[
+        "first byte",
+        "early",
+        "just before the last 32 KiB",
+        "first of the last 32 KiB",
+        "last byte",
+    ],
 )
-def test_changing_one_middle_chunk_deflates_it_and_only_a_next_chunk_that_saw_the_change(deflated, offset, expected):
+def test_changing_one_middle_chunk_deflates_it_and_only_a_next_chunk_that_saw_the_change(
+    deflated, offset, expected
+):
     chunks = pieces(feed_xml(1_000_000), CHUNK)
     old = compress(chunks)
     new_chunks = list(chunks)
@@ -219,7 +233,9 @@ def test_a_change_of_length_early_in_a_chunk_deflates_that_chunk_only(deflated):
     assert deflated_indexes(deflated, new_chunks) == [6]
 
 
-@pytest.mark.parametrize("index, expected", [(0, [0]), (-1, [10])], ids=["first chunk", "last chunk"])
+@pytest.mark.parametrize(
+    "index, expected", [(0, [0]), (-1, [10])], ids=["first chunk", "last chunk"]
+)
 def test_changing_the_first_or_last_chunk_early_deflates_that_chunk_only(deflated, index, expected):
     chunks = pieces(feed_xml(1_000_000), CHUNK)
     old = compress(chunks)
@@ -232,7 +248,9 @@ def test_changing_the_first_or_last_chunk_early_deflates_that_chunk_only(deflate
     assert deflated_indexes(deflated, new_chunks) == expected
 
 
-def test_with_chunks_smaller_than_the_window_a_change_reaches_every_chunk_within_32_kib_after_it(deflated):
+def test_with_chunks_smaller_than_the_window_a_change_reaches_every_chunk_within_32_kib_after_it(
+    deflated,
+):
     # 10 KB chunks: the last byte of chunk 2 is in the windows of chunks 3, 4, 5 and 6
     # (30 KB of chunks 3-5 plus chunk 2's last 2 KB), not in chunk 7's.
     chunks = pieces(feed_xml(100_000), 10_000)
@@ -259,7 +277,9 @@ def test_reusable_maps_each_digest_to_that_chunks_deflated_bytes_as_laid_out():
         assert reusable[chunk.digest] == chunked_gzip.deflate(chunk)
     # Header, the chunks' bytes in order, the final block, the trailer: nothing else.
     assert gz.data == HEADER + b"".join(reusable.values()) + FINAL_BLOCK + gz.data[-8:]
-    assert len(gz.data) == len(HEADER) + sum(length for _, length in gz.chunks) + len(FINAL_BLOCK) + 8
+    assert (
+        len(gz.data) == len(HEADER) + sum(length for _, length in gz.chunks) + len(FINAL_BLOCK) + 8
+    )
 
 
 @pytest.mark.parametrize("change", [+1, -1])

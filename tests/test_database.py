@@ -1,4 +1,5 @@
 """The data layer against real servers: outages, restarts, forks, secrets."""
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,9 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("path", ["/", "/episodes/", "/episodes/rss", "/api/episodes", "/search?q=python", "/health"])
+@pytest.mark.parametrize(
+    "path", ["/", "/episodes/", "/episodes/rss", "/api/episodes", "/search?q=python", "/health"]
+)
 def test_postgres_down_is_a_503_that_leaks_no_password(tmp_path, path, caplog):
     url = f"postgresql://podcast:s3cret-pw@127.0.0.1:{closed_port()}/podcast"
     app = create_app({"DATABASE_URL": url, "VAR_DIR": str(tmp_path)})
@@ -107,7 +110,9 @@ def test_site_state_follows_every_change(app):
     before = state()
     assert before["episode_count"] == 30
     with database.session() as session:
-        session.execute("UPDATE guests SET name = 'Renamed' WHERE id = (SELECT min(id) FROM guests)")
+        session.execute(
+            "UPDATE guests SET name = 'Renamed' WHERE id = (SELECT min(id) FROM guests)"
+        )
     after_rename = state()
     assert after_rename["version"] > before["version"]
     with database.session() as session:

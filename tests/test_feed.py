@@ -1,8 +1,9 @@
 """The podcast RSS feed: valid for real readers, cheap for the pollers."""
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ElementTree
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import feedparser
 import pytest
@@ -49,7 +50,7 @@ def test_feed_parses_in_a_real_feed_reader_with_every_item(client):
         assert enclosure.href == expected["audio_url"]
         assert int(enclosure.length) == expected["audio_bytes"]
         assert enclosure.type == "audio/mpeg"
-        published = datetime(*entry.published_parsed[:6], tzinfo=timezone.utc)
+        published = datetime(*entry.published_parsed[:6], tzinfo=UTC)
         assert published == expected["published_at"]
         assert entry.itunes_duration == str(expected["duration_seconds"])
         # The HTML show notes survive escaping intact.
@@ -67,7 +68,10 @@ def test_feed_has_what_apple_podcasts_requires(client):
     assert channel.findtext(f"{ITUNES}author")
     assert channel.find(f"{ITUNES}owner").findtext(f"{ITUNES}email")
     self_link = channel.find("{http://www.w3.org/2005/Atom}link")
-    assert (self_link.get("rel"), self_link.get("href")) == ("self", "https://podcast.test/episodes/rss")
+    assert (self_link.get("rel"), self_link.get("href")) == (
+        "self",
+        "https://podcast.test/episodes/rss",
+    )
     items = channel.findall("item")
     assert [int(item.findtext(f"{ITUNES}episode")) for item in items] == list(range(30, 0, -1))
     assert all(item.findtext(f"{ITUNES}explicit") in {"true", "false"} for item in items)
@@ -89,7 +93,11 @@ def test_conditional_get_answers_304_without_rendering(client, render_count):
     etag, last_modified = first.headers["ETag"], first.headers["Last-Modified"]
     assert etag.startswith('"') and "W/" not in etag
 
-    for headers in ({"If-None-Match": etag}, {"If-Modified-Since": last_modified}, {"If-None-Match": f'"other", {etag}'}):
+    for headers in (
+        {"If-None-Match": etag},
+        {"If-Modified-Since": last_modified},
+        {"If-None-Match": f'"other", {etag}'},
+    ):
         response = client.get("/episodes/rss", headers=headers)
         assert response.status_code == 304
         assert response.data == b""
@@ -105,7 +113,9 @@ def test_conditional_get_answers_304_without_rendering(client, render_count):
 def test_a_change_in_the_data_changes_validators_and_content(app, client, render_count):
     first = client.get("/episodes/rss")
     with get_database(app).session() as session:
-        session.execute("UPDATE episodes SET title = %s WHERE number = %s", ("A brand new title", 5))
+        session.execute(
+            "UPDATE episodes SET title = %s WHERE number = %s", ("A brand new title", 5)
+        )
     second = client.get("/episodes/rss", headers={"If-None-Match": first.headers["ETag"]})
     assert second.status_code == 200
     assert second.headers["ETag"] != first.headers["ETag"]
@@ -119,7 +129,10 @@ def test_validators_are_derived_from_data_not_from_the_process(app, tmp_path, cl
     other_process = make_app(app.config["DATABASE_URL"], tmp_path / "other")
     a = client.get("/episodes/rss")
     b = other_process.test_client().get("/episodes/rss")
-    assert (a.headers["ETag"], a.headers["Last-Modified"]) == (b.headers["ETag"], b.headers["Last-Modified"])
+    assert (a.headers["ETag"], a.headers["Last-Modified"]) == (
+        b.headers["ETag"],
+        b.headers["Last-Modified"],
+    )
     assert a.data == b.data
 
 

@@ -4,6 +4,7 @@ Every test freezes the small seed into a temporary destination on both
 backends and checks the files against a separately created live app on the
 same database.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,15 +22,20 @@ from flask import Flask
 
 from tests.conftest import SMALL_SEED, make_app
 from webapp import create_app, queries
+from webapp.blueprints.pages import LATEST_COUNT
 from webapp.db import get_database, get_session
 from webapp.freeze import SiteBuild, freeze
 from webapp.models import Episode
 from webapp.seed import seed
-from webapp.blueprints.pages import LATEST_COUNT
 from webapp.settings import SETTINGS
 
 TEXT_SUFFIXES = {".html", ".xml", ".css", ".js", ".svg", ".json", ".txt"}
-METADATA_FILES = {"manifest.json", ".freeze-state.json", "nginx/episodes.map", "nginx/redirects.conf"}
+METADATA_FILES = {
+    "manifest.json",
+    ".freeze-state.json",
+    "nginx/episodes.map",
+    "nginx/redirects.conf",
+}
 #: Enough episodes for the feed and the catalogue to be gzipped in several chunks.
 CHUNKED_SEED = 300
 #: Composed from one fragment per episode, and compressed in chunks.
@@ -54,7 +60,10 @@ def expected_pages(app: Flask) -> dict[str, tuple[str, int]]:
         "/episodes/rss": ("episodes/rss.xml", 200),
         "/this-page-does-not-exist": ("404.html", 404),
     }
-    pages |= {f"/static/{file.name}": (f"static/{file.name}", 200) for file in Path(app.static_folder).iterdir()}
+    pages |= {
+        f"/static/{file.name}": (f"static/{file.name}", 200)
+        for file in Path(app.static_folder).iterdir()
+    }
     pages |= {episode.path: (f"{episode.path[1:]}.html", 200) for episode in episodes_of(app)}
     return pages
 
@@ -83,7 +92,9 @@ def everything_under(dest: Path) -> dict[str, tuple[int, int] | str]:
 def redirect_map(dest: Path) -> dict[int, str]:
     """nginx/episodes.map as episode number -> path."""
     lines = (dest / "nginx/episodes.map").read_text().splitlines()
-    return {int(number): path.removesuffix(";") for number, path in (line.split(" ") for line in lines)}
+    return {
+        int(number): path.removesuffix(";") for number, path in (line.split(" ") for line in lines)
+    }
 
 
 def live_twin(app: Flask) -> Flask:
@@ -120,8 +131,15 @@ def test_layout_is_what_nginx_is_configured_for(app, dest):
     freeze(app, dest)
     assert dest.is_symlink() and os.readlink(dest) in {"build.builds/a", "build.builds/b"}
     episode = episodes_of(app)[0]
-    for path in ["index.html", "episodes/index.html", f"episodes/{episode.number}/{episode.slug}.html",
-                 "episodes/rss.xml", "404.html", "static/style.css", "static/cover.png"]:
+    for path in [
+        "index.html",
+        "episodes/index.html",
+        f"episodes/{episode.number}/{episode.slug}.html",
+        "episodes/rss.xml",
+        "404.html",
+        "static/style.css",
+        "static/cover.png",
+    ]:
         assert (dest / path).is_file(), path
     assert b"<rss" in (dest / "episodes/rss.xml").read_bytes()
     assert b"Not Found" in (dest / "404.html").read_bytes()
@@ -131,7 +149,9 @@ def test_text_files_have_a_deterministic_gzip_sibling_with_the_same_mtime(app, d
     freeze(app, dest)
     other_build = freeze(app, tmp_path / "other" / "build").destination
     files = files_of(dest)
-    pages = [path for path in files if Path(path).suffix in TEXT_SUFFIXES and path not in METADATA_FILES]
+    pages = [
+        path for path in files if Path(path).suffix in TEXT_SUFFIXES and path not in METADATA_FILES
+    ]
     assert len(pages) == SMALL_SEED + 5
     for path in pages:
         original = (dest / path).read_bytes()
@@ -162,16 +182,28 @@ def test_an_edited_episode_rerenders_it_the_lists_and_the_feed_only(app, dest):
     freeze(app, dest)
     before = versions(dest)
     edited = episodes_of(app)[-5]  # episode 5: not among the home page's latest
-    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("A corrected title", edited.number))
+    execute(
+        app,
+        "UPDATE episodes SET title = %s WHERE number = %s",
+        ("A corrected title", edited.number),
+    )
 
     report = freeze(app, dest)
 
     assert set(report.rendered) == {edited.path, "/episodes/", "/episodes/rss"}
     page = f"{edited.path[1:]}.html"
-    assert report.changed == tuple(sorted([
-        page, f"{page}.gz", "episodes/index.html", "episodes/index.html.gz",
-        "episodes/rss.xml", "episodes/rss.xml.gz",
-    ]))
+    assert report.changed == tuple(
+        sorted(
+            [
+                page,
+                f"{page}.gz",
+                "episodes/index.html",
+                "episodes/index.html.gz",
+                "episodes/rss.xml",
+                "episodes/rss.xml.gz",
+            ]
+        )
+    )
     after = versions(dest)
     for path, version in before.items():
         if path not in {*report.changed, "manifest.json", ".freeze-state.json"}:
@@ -213,7 +245,9 @@ def test_a_newly_published_episode_adds_its_page_and_its_redirect(app, dest):
 
 def contents(dest: Path) -> dict[str, bytes]:
     """Every page and .gz file of the live build, by path."""
-    return {path: (dest / path).read_bytes() for path in files_of(dest) if path not in METADATA_FILES}
+    return {
+        path: (dest / path).read_bytes() for path in files_of(dest) if path not in METADATA_FILES
+    }
 
 
 def test_incremental_rebuilds_are_byte_for_byte_a_fresh_build(empty_app, dest, tmp_path):
@@ -225,9 +259,12 @@ def test_incremental_rebuilds_are_byte_for_byte_a_fresh_build(empty_app, dest, t
     freeze(app, dest)
     guest_id = "SELECT guest_id FROM episode_guests WHERE episode_id = (SELECT id FROM episodes WHERE number = 40)"
     changes = [
-        ("UPDATE episodes SET title = %s WHERE number = %s", ("Edited <title> & \"more\"", 130)),
+        ("UPDATE episodes SET title = %s WHERE number = %s", ('Edited <title> & "more"', 130)),
         # An item that grows by 20 kB: every later fragment and chunk moves.
-        ("UPDATE episodes SET show_notes = show_notes || %s WHERE number = %s", ("<p>More notes.</p>" * 1000, 200)),
+        (
+            "UPDATE episodes SET show_notes = show_notes || %s WHERE number = %s",
+            ("<p>More notes.</p>" * 1000, 200),
+        ),
         (f"UPDATE guests SET name = %s WHERE id IN ({guest_id})", ("Renamed Guest",)),
         ("DELETE FROM episodes WHERE number = %s", (64,)),
         ("UPDATE episodes SET slug = %s WHERE number = %s", ("a-new-slug", 257)),
@@ -258,7 +295,9 @@ def test_layouts_that_do_not_fit_their_files_are_not_trusted(empty_app, dest, tm
     for path in LISTING_FILES:
         page, gz = state["files"][path], state["files"][f"{path}.gz"]
         if damage == "shifted":
-            page[4] = json.dumps(json.loads(page[4]) | {"before": json.loads(page[4])["before"] + 1})
+            page[4] = json.dumps(
+                json.loads(page[4]) | {"before": json.loads(page[4])["before"] + 1}
+            )
             chunks = json.loads(gz[4])["chunks"]
             gz[4] = json.dumps({"chunks": [[chunks[0][0], chunks[0][1] + 1], *chunks[1:]]})
         else:
@@ -288,7 +327,9 @@ def test_a_restored_backup_never_passes_for_the_lost_history(tmp_path, dest):
 
     with closing(sqlite3.connect(backup)) as copy, closing(sqlite3.connect(path)) as live:
         copy.backup(live)
-    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited after the restore", 5))
+    execute(
+        app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited after the restore", 5)
+    )
     freeze(app, dest)
 
     assert contents(dest) == contents(freeze(app, tmp_path / "fresh" / "build").destination)
@@ -306,14 +347,19 @@ def test_a_live_state_file_gone_or_of_another_version_means_a_full_rebuild(app, 
             state_file.unlink()
         else:
             state = json.loads(state_file.read_text())
-            state["files"] = {path: [*fields, "a field of a later version"] for path, fields in state["files"].items()}
+            state["files"] = {
+                path: [*fields, "a field of a later version"]
+                for path, fields in state["files"].items()
+            }
             state_file.write_text(json.dumps(state))
         execute(app, "DELETE FROM episodes WHERE number = %s", (20 + step,))
 
         report = freeze(app, dest)
 
         assert report.pages == len(report.rendered)
-        assert contents(dest) == contents(freeze(app, tmp_path / f"fresh-{step}" / "build").destination)
+        assert contents(dest) == contents(
+            freeze(app, tmp_path / f"fresh-{step}" / "build").destination
+        )
         assert_matches_live(dest, app)
 
 
@@ -323,7 +369,9 @@ def test_unchanged_files_keep_their_inode_and_mtime_over_many_rebuilds(app, dest
     untouched = "episodes/1/" + episodes_of(app)[-1].slug + ".html"
     first = versions(dest)[untouched]
     for number in [7, 8, 7, 9]:
-        execute(app, "UPDATE episodes SET summary = summary || %s WHERE number = %s", (" More.", number))
+        execute(
+            app, "UPDATE episodes SET summary = summary || %s WHERE number = %s", (" More.", number)
+        )
         report = freeze(app, dest)
         assert len(report.rendered) == 3  # the episode, the catalogue, the feed
         assert versions(dest)[untouched] == first
@@ -340,7 +388,9 @@ def test_a_renamed_guest_rerenders_the_pages_that_show_them(app, dest):
     report = freeze(app, dest)
 
     on_home_page = with_guest & {e.path for e in episodes_of(app)[:LATEST_COUNT]}
-    assert set(report.rendered) == with_guest | {"/episodes/", "/episodes/rss"} | ({"/"} if on_home_page else set())
+    assert set(report.rendered) == with_guest | {"/episodes/", "/episodes/rss"} | (
+        {"/"} if on_home_page else set()
+    )
     assert b"Renamed Guest" in (dest / f"{episode.path[1:]}.html").read_bytes()
     assert_matches_live(dest, app)
 
@@ -363,7 +413,9 @@ def test_a_deleted_episode_loses_its_files_and_its_redirect(app, dest):
 def test_a_new_slug_moves_the_page_and_its_redirect(app, dest):
     freeze(app, dest)
     episode = episodes_of(app)[-6]
-    execute(app, "UPDATE episodes SET slug = %s WHERE number = %s", ("a-better-slug", episode.number))
+    execute(
+        app, "UPDATE episodes SET slug = %s WHERE number = %s", ("a-better-slug", episode.number)
+    )
 
     report = freeze(app, dest)
 
@@ -374,7 +426,9 @@ def test_a_new_slug_moves_the_page_and_its_redirect(app, dest):
     assert_matches_live(dest, app)
 
 
-def test_a_settings_change_rerenders_every_page_but_keeps_identical_files(app, database_url, tmp_path, dest):
+def test_a_settings_change_rerenders_every_page_but_keeps_identical_files(
+    app, database_url, tmp_path, dest
+):
     freeze(app, dest)
     before = versions(dest)
     renamed = make_app(database_url, tmp_path, SITE_TITLE="Talk Faster Python")
@@ -411,7 +465,9 @@ def test_the_other_redirect_rules_are_the_live_apps_for_urls_next_to_frozen_ones
     rules = {
         source: (int(code), target)
         for source, code, target in re.findall(
-            r"^location = (\S+) \{ return (\d{3}) (\S+); \}$", (dest / "nginx/redirects.conf").read_text(), re.M
+            r"^location = (\S+) \{ return (\d{3}) (\S+); \}$",
+            (dest / "nginx/redirects.conf").read_text(),
+            re.M,
         )
     }
     client = live_twin(app).test_client()
@@ -420,7 +476,10 @@ def test_the_other_redirect_rules_are_the_live_apps_for_urls_next_to_frozen_ones
         neighbour = url[:-1] if url.endswith("/") else f"{url}/"
         response = client.get(neighbour)
         if neighbour and 300 <= response.status_code < 400:
-            redirected[neighbour] = (response.status_code, urlsplit(response.headers["Location"]).path)
+            redirected[neighbour] = (
+                response.status_code,
+                urlsplit(response.headers["Location"]).path,
+            )
     assert redirected == {"/episodes": (308, "/episodes/")}
     assert rules == redirected
 
@@ -429,7 +488,7 @@ def test_a_slug_that_would_break_nginx_syntax_is_percent_encoded(app, dest):
     execute(app, "UPDATE episodes SET slug = %s WHERE number = 2", ('odd slug; $x "quoted"',))
     freeze(app, dest)
     path = redirect_map(dest)[2]
-    assert not set(path) & set(' ;$"\'{}')
+    assert not set(path) & set(" ;$\"'{}")
     location = live_twin(app).test_client().get("/episodes/2").headers["Location"]
     assert unquote(path) == unquote(location) == '/episodes/2/odd slug; $x "quoted"'
     assert (dest / f"{unquote(path)[1:]}.html").is_file()
@@ -439,11 +498,14 @@ def test_the_manifest_describes_the_build(app, dest):
     report = freeze(app, dest)
     manifest = json.loads((dest / "manifest.json").read_text())
     assert manifest["pages"] == report.pages == SMALL_SEED + 6
-    assert manifest["changed"] == sorted(set(files_of(dest)) - {"manifest.json", ".freeze-state.json"})
+    assert manifest["changed"] == sorted(
+        set(files_of(dest)) - {"manifest.json", ".freeze-state.json"}
+    )
     assert manifest["removed"] == []
     assert len(manifest["rendered"]) == report.pages
     assert manifest["bytes"] == sum(
-        stat.st_size for path, stat in files_of(dest).items()
+        stat.st_size
+        for path, stat in files_of(dest).items()
         if path not in METADATA_FILES and not path.endswith(".gz")
     )
     assert manifest["compressed_bytes"] == sum(

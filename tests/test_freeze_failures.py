@@ -1,4 +1,5 @@
 """``flask freeze`` on bad input: a clear message, a non-zero exit, the live build intact."""
+
 from __future__ import annotations
 
 import os
@@ -65,7 +66,10 @@ def test_an_episode_without_a_revision_stops_the_build_and_init_db_mends_it(app,
     whether it changed, so it says so instead of dropping or trusting it."""
     freeze(app, dest)
     before = everything_under(dest)
-    execute(app, "DELETE FROM episode_revisions WHERE episode_id = (SELECT id FROM episodes WHERE number = 4)")
+    execute(
+        app,
+        "DELETE FROM episode_revisions WHERE episode_id = (SELECT id FROM episodes WHERE number = 4)",
+    )
 
     result = freeze_cli(app, dest)
 
@@ -93,11 +97,13 @@ def test_a_postgresql_database_from_before_revisions_asks_for_init_db(app, dest)
 
 
 def test_an_unreachable_database_is_reported_without_its_password(tmp_path, dest):
-    app = create_app({
-        "DATABASE_URL": "postgresql://podcast:secret-pw@127.0.0.1:1/podcast",
-        "VAR_DIR": str(tmp_path / "var"),
-        "DATABASE_CONNECT_TIMEOUT": 1,
-    })
+    app = create_app(
+        {
+            "DATABASE_URL": "postgresql://podcast:secret-pw@127.0.0.1:1/podcast",
+            "VAR_DIR": str(tmp_path / "var"),
+            "DATABASE_CONNECT_TIMEOUT": 1,
+        }
+    )
     result = freeze_cli(app, dest)
     assert result.exit_code == 1
     assert "cannot connect to postgresql://podcast:***@127.0.0.1:1/podcast" in result.output
@@ -111,17 +117,23 @@ def test_a_template_error_on_one_page_names_it_and_keeps_the_live_build(app, des
     broken = episodes_of(app)[-3]  # episode 3
     execute(app, "UPDATE episodes SET title = %s WHERE number = 3", ("Edited before the bug",))
     original_loader = app.jinja_env.loader
-    app.jinja_env.loader = ChoiceLoader([
-        DictLoader({
-            "episode.html": '{% extends "base.html" %}{% block main %}{{ 1 / (episode.number - 3) }}{% endblock %}',
-        }),
-        original_loader,
-    ])
+    app.jinja_env.loader = ChoiceLoader(
+        [
+            DictLoader(
+                {
+                    "episode.html": '{% extends "base.html" %}{% block main %}{{ 1 / (episode.number - 3) }}{% endblock %}',
+                }
+            ),
+            original_loader,
+        ]
+    )
 
     result = freeze_cli(app, dest)
 
     assert result.exit_code == 1
-    assert f"Error: cannot freeze {broken.path}: ZeroDivisionError: division by zero" in result.output
+    assert (
+        f"Error: cannot freeze {broken.path}: ZeroDivisionError: division by zero" in result.output
+    )
     assert live_build(dest) == before
     # Fixed, the next build succeeds from the half-written spare tree.
     app.jinja_env.loader = original_loader

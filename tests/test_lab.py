@@ -5,6 +5,7 @@ All of it runs without a server except the last test, the real-stack smoke
 (``scripts/bench --quick`` on a tiny experiment), marked slow and stack.
 No test checks a timing: ratios are judged only in the lab's own report.
 """
+
 from __future__ import annotations
 
 import http.server
@@ -48,17 +49,37 @@ def write(tmp_path: Path, text: str, name: str = "exp.toml") -> Path:
     return path
 
 
-def result(rps: float = 1000.0, *, requests: int | None = None, cpu: float = 0.1, p99: float = 5.0,
-           errors: int = 0, bad_status: int = 0) -> LoadResult:
-    return LoadResult(tool="wrk", requests=int(rps) if requests is None else requests, seconds=1.0,
-                      p50_ms=1.0, p99_ms=p99, errors=errors, bad_status=bad_status, bytes=100,
-                      cpu_seconds=cpu, threads=1)
+def result(
+    rps: float = 1000.0,
+    *,
+    requests: int | None = None,
+    cpu: float = 0.1,
+    p99: float = 5.0,
+    errors: int = 0,
+    bad_status: int = 0,
+) -> LoadResult:
+    return LoadResult(
+        tool="wrk",
+        requests=int(rps) if requests is None else requests,
+        seconds=1.0,
+        p50_ms=1.0,
+        p99_ms=p99,
+        errors=errors,
+        bad_status=bad_status,
+        bytes=100,
+        cpu_seconds=cpu,
+        threads=1,
+    )
 
 
 # --- experiment files -------------------------------------------------------------------------
 
+
 def test_experiment_file_baseline_changes_combined_and_targets(tmp_path):
-    experiment = load_experiment(write(tmp_path, """
+    experiment = load_experiment(
+        write(
+            tmp_path,
+            """
 title = "uWSGI"
 about = "why"
 runs = 2
@@ -76,10 +97,18 @@ changes = ["cpus", "quiet"]
 [[targets]]
 label = "tuned twice as fast"
 require = "tuned / baseline >= 2"
-""", "uwsgi.toml"))
+""",
+            "uwsgi.toml",
+        )
+    )
     assert experiment.id == "uwsgi" and experiment.runs == 2 and experiment.about == "why"
     assert [c.id for c in experiment.configurations] == ["baseline", "cpus", "quiet", "tuned"]
-    assert [c.kind for c in experiment.configurations] == ["baseline", "change", "change", "combined"]
+    assert [c.kind for c in experiment.configurations] == [
+        "baseline",
+        "change",
+        "change",
+        "combined",
+    ]
     cpus, tuned = experiment.configuration("cpus"), experiment.configuration("tuned")
     # A change keeps the baseline's other knobs; unset knobs keep their defaults.
     assert cpus.settings["uwsgi.processes"] == "2*cpus" and cpus.settings["uwsgi.logging"] == "on"
@@ -92,36 +121,87 @@ require = "tuned / baseline >= 2"
     assert target.met_by(2.0) and not target.met_by(1.99)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("title = [", "not valid TOML"),
-    ('[baseline]\nrequest.path = "/"', "title must be a non-empty string"),
-    ('title = "t"', "[baseline] is missing"),
-    ('title = "t"\ncolour = 1\n[baseline]', "unknown top-level key(s): colour"),
-    ('title = "t"\nruns = 0\n[baseline]', "runs must be a whole number from 1 to 50"),
-    ('title = "t"\n[baseline]\nuwsgi.procesess = 2', 'unknown knob "uwsgi.procesess" (did you mean "uwsgi.processes"?)'),
-    ('title = "t"\n[baseline]\nprocesses = 2', 'unknown knob "processes" (did you mean "uwsgi.processes"?)'),
-    ('title = "t"\n[baseline]\nuwsgi.processes = 0', "uwsgi.processes = 0: must be a number from 1 to 256"),
-    ('title = "t"\n[baseline]\nuwsgi.processes = "3*cores"', '"cpus" or a multiple such as "2*cpus"'),
-    ('title = "t"\n[baseline]\nuwsgi.threads = true', "uwsgi.threads = true: must be a whole number from 1 to 64"),
-    ('title = "t"\n[baseline]\nuwsgi.logging = "loud"', 'must be one of "on", "off", "syslog-udp"'),
-    ('title = "t"\n[baseline]\nnginx.gzip = "yes"', "nginx.gzip = \"yes\": must be true or false"),
-    ('title = "t"\n[baseline]\nrequest.path = "health"', 'must be a URL path starting with "/"'),
-    ('title = "t"\n[baseline]\nload.duration = 1.5', "load.duration = 1.5: must be a whole number"),
-    ('title = "t"\n[baseline]\n[changes.Big]\nuwsgi.threads = 2', "[changes.Big]: ids are lower-case"),
-    ('title = "t"\n[baseline]\n[changes.same]\nlabel = "nothing"', "[changes.same] changes no knob"),
-    ('title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n[combined.both]\nchanges = ["a", "b"]',
-     '[combined.both]: there is no change "b" (known: a)'),
-    ('title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n[changes.b]\nuwsgi.threads = 4\n'
-     '[combined.both]\nchanges = ["a", "b"]', "the changes set uwsgi.threads to different values"),
-    ('title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n[combined.one]\nchanges = ["a"]',
-     "changes must list at least two change ids"),
-    ('title = "t"\n[baseline]\n[[targets]]\nrequire = "fast / baseline >= 2"',
-     'no configuration "fast" (known: baseline)'),
-    ('title = "t"\n[baseline]\n[[targets]]\nrequire = "baseline >= 2"', 'require must read "<id> / <id> >= <number>"'),
-    ('title = "t"\n[baseline]\n[[targets]]\nrequire = "baseline / baseline > 2"', "require must read"),
-    ('title = "t"\n[baseline]\ntargets = 3', "unknown knob \"targets\""),
-    ('title = "t"\ntargets = 3\n[baseline]', "targets must be an array of tables"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("title = [", "not valid TOML"),
+        ('[baseline]\nrequest.path = "/"', "title must be a non-empty string"),
+        ('title = "t"', "[baseline] is missing"),
+        ('title = "t"\ncolour = 1\n[baseline]', "unknown top-level key(s): colour"),
+        ('title = "t"\nruns = 0\n[baseline]', "runs must be a whole number from 1 to 50"),
+        (
+            'title = "t"\n[baseline]\nuwsgi.procesess = 2',
+            'unknown knob "uwsgi.procesess" (did you mean "uwsgi.processes"?)',
+        ),
+        (
+            'title = "t"\n[baseline]\nprocesses = 2',
+            'unknown knob "processes" (did you mean "uwsgi.processes"?)',
+        ),
+        (
+            'title = "t"\n[baseline]\nuwsgi.processes = 0',
+            "uwsgi.processes = 0: must be a number from 1 to 256",
+        ),
+        (
+            'title = "t"\n[baseline]\nuwsgi.processes = "3*cores"',
+            '"cpus" or a multiple such as "2*cpus"',
+        ),
+        (
+            'title = "t"\n[baseline]\nuwsgi.threads = true',
+            "uwsgi.threads = true: must be a whole number from 1 to 64",
+        ),
+        (
+            'title = "t"\n[baseline]\nuwsgi.logging = "loud"',
+            'must be one of "on", "off", "syslog-udp"',
+        ),
+        (
+            'title = "t"\n[baseline]\nnginx.gzip = "yes"',
+            'nginx.gzip = "yes": must be true or false',
+        ),
+        (
+            'title = "t"\n[baseline]\nrequest.path = "health"',
+            'must be a URL path starting with "/"',
+        ),
+        (
+            'title = "t"\n[baseline]\nload.duration = 1.5',
+            "load.duration = 1.5: must be a whole number",
+        ),
+        (
+            'title = "t"\n[baseline]\n[changes.Big]\nuwsgi.threads = 2',
+            "[changes.Big]: ids are lower-case",
+        ),
+        (
+            'title = "t"\n[baseline]\n[changes.same]\nlabel = "nothing"',
+            "[changes.same] changes no knob",
+        ),
+        (
+            'title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n[combined.both]\nchanges = ["a", "b"]',
+            '[combined.both]: there is no change "b" (known: a)',
+        ),
+        (
+            'title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n[changes.b]\nuwsgi.threads = 4\n'
+            '[combined.both]\nchanges = ["a", "b"]',
+            "the changes set uwsgi.threads to different values",
+        ),
+        (
+            'title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n[combined.one]\nchanges = ["a"]',
+            "changes must list at least two change ids",
+        ),
+        (
+            'title = "t"\n[baseline]\n[[targets]]\nrequire = "fast / baseline >= 2"',
+            'no configuration "fast" (known: baseline)',
+        ),
+        (
+            'title = "t"\n[baseline]\n[[targets]]\nrequire = "baseline >= 2"',
+            'require must read "<id> / <id> >= <number>"',
+        ),
+        (
+            'title = "t"\n[baseline]\n[[targets]]\nrequire = "baseline / baseline > 2"',
+            "require must read",
+        ),
+        ('title = "t"\n[baseline]\ntargets = 3', 'unknown knob "targets"'),
+        ('title = "t"\ntargets = 3\n[baseline]', "targets must be an array of tables"),
+    ],
+)
 def test_malformed_experiment_files_name_the_file_and_the_problem(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(ExperimentError) as raised:
@@ -143,10 +223,15 @@ def test_every_shipped_experiment_is_valid_and_compares_something():
 
 
 def test_quick_shortens_runs_and_durations_only(tmp_path):
-    experiment = load_experiment(write(tmp_path, MINIMAL.replace('title = "t"', 'title = "t"\nruns = 5')))
+    experiment = load_experiment(
+        write(tmp_path, MINIMAL.replace('title = "t"', 'title = "t"\nruns = 5'))
+    )
     quick = experiment.shortened(runs=1, duration=1, warmup=0)
     assert quick.runs == 1
-    assert all(c.settings["load.duration"] == 1 and c.settings["load.warmup"] == 0 for c in quick.configurations)
+    assert all(
+        c.settings["load.duration"] == 1 and c.settings["load.warmup"] == 0
+        for c in quick.configurations
+    )
     assert quick.configuration("two").settings["uwsgi.processes"] == 2
 
 
@@ -201,7 +286,9 @@ def test_ab_report_is_parsed():
     assert parsed.requests_per_second == 20000
     assert (parsed.p50_ms, parsed.p99_ms, parsed.errors, parsed.bad_status) == (1, 4, 3, 5)
     assert parsed.threads == 1 and not parsed.generator_saturated
-    assert loadgen.parse_ab(AB_OUTPUT.replace("Non-2xx responses:      5\n", ""), 0.5).bad_status == 0
+    assert (
+        loadgen.parse_ab(AB_OUTPUT.replace("Non-2xx responses:      5\n", ""), 0.5).bad_status == 0
+    )
     with pytest.raises(LoadError, match="Complete requests"):
         loadgen.parse_ab("ab: invalid URL\n", 0.1)
 
@@ -226,7 +313,9 @@ def test_find_tool_prefers_wrk_then_ab_and_says_what_is_missing(tmp_path, monkey
 
 def test_a_failing_load_tool_is_reported_with_its_message(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    fake_tool(tmp_path, "wrk", 'echo "unable to connect to 127.0.0.1:9 Connection refused" >&2; exit 1')
+    fake_tool(
+        tmp_path, "wrk", 'echo "unable to connect to 127.0.0.1:9 Connection refused" >&2; exit 1'
+    )
     with pytest.raises(LoadError, match="wrk failed .exit 1.: unable to connect"):
         loadgen.run_load("wrk", LoadSpec("http://127.0.0.1:9/", 1, 1, 1), tmp_path)
 
@@ -241,8 +330,11 @@ def test_a_load_tool_that_overruns_is_killed(tmp_path, monkeypatch):
 
 # --- statistics, targets, report --------------------------------------------------------------
 
+
 def test_summary_takes_medians_and_the_relative_range():
-    summary = summarize([result(900, p99=4.0), result(1000, p99=9.0, errors=2), result(1200, p99=5.0, cpu=0.95)])
+    summary = summarize(
+        [result(900, p99=4.0), result(1000, p99=9.0, errors=2), result(1200, p99=5.0, cpu=0.95)]
+    )
     assert (summary.rps_median, summary.rps_min, summary.rps_max) == (1000, 900, 1200)
     assert summary.spread == pytest.approx(0.3)
     assert summary.p99_ms == 5.0 and summary.errors == 2 and summary.saturated_runs == 1
@@ -276,11 +368,16 @@ def test_ratios_are_paired_round_by_round_and_a_bound_inside_their_range_is_inco
     assert measured.ratio("two") == pytest.approx(3.7)
     (outcome,) = measured.outcomes()
     assert not outcome.met and outcome.inconclusive
-    assert outcome.verdict == "missed by 12%: 3.70, needs >= 4.2 (inconclusive: per-round ratios 3.00–4.40)"
+    assert (
+        outcome.verdict
+        == "missed by 12%: 3.70, needs >= 4.2 (inconclusive: per-round ratios 3.00–4.40)"
+    )
 
 
 def test_a_target_on_an_unmeasured_configuration_is_not_met(tmp_path):
-    experiment = load_experiment(write(tmp_path, MINIMAL + '[[targets]]\nrequire = "two / baseline >= 1"\n'))
+    experiment = load_experiment(
+        write(tmp_path, MINIMAL + '[[targets]]\nrequire = "two / baseline >= 1"\n')
+    )
     (outcome,) = ExperimentResult(experiment).outcomes()
     assert not outcome.met and outcome.verdict == "not measured (needs >= 1)"
 
@@ -292,7 +389,10 @@ def test_report_files_hold_every_run_the_table_and_the_targets(tmp_path):
     text = paths["markdown"].read_text()
     assert "| exp | two / baseline >= 5 | `two / baseline >= 5` | ❌ missed by" in text
     # Ratios are paired by round: 4400/1000 and 4000/1100.
-    assert "| uwsgi.processes=2 | `uwsgi.processes=2` | 4,200 ⚠ 1/2 | 10% | 4.02× (3.64–4.40) |" in text
+    assert (
+        "| uwsgi.processes=2 | `uwsgi.processes=2` | 4,200 ⚠ 1/2 | 10% | 4.02× (3.64–4.40) |"
+        in text
+    )
     data = json.loads(paths["json"].read_text())
     (experiment,) = data["experiments"]
     assert [len(c["runs"]) for c in experiment["configurations"]] == [3, 2]
@@ -311,27 +411,49 @@ def test_report_without_matplotlib_says_the_chart_was_skipped(tmp_path, monkeypa
 
 def test_an_unmeasured_configuration_shows_as_such(tmp_path):
     experiment = load_experiment(write(tmp_path, MINIMAL))
-    text = markdown([ExperimentResult(experiment)], {}, chart=None, chart_note="nothing was measured")
+    text = markdown(
+        [ExperimentResult(experiment)], {}, chart=None, chart_note="nothing was measured"
+    )
     assert "| baseline | — | not measured |" in text
 
 
 # --- bench-compare ----------------------------------------------------------------------------
 
+
 def bench_file(path: Path, medians: dict[str, float]) -> Path:
-    path.write_text(json.dumps({"benchmarks": [
-        {"fullname": f"tests/benchmarks/test_x.py::{name}", "stats": {"median": seconds}}
-        for name, seconds in medians.items()]}))
+    path.write_text(
+        json.dumps(
+            {
+                "benchmarks": [
+                    {
+                        "fullname": f"tests/benchmarks/test_x.py::{name}",
+                        "stats": {"median": seconds},
+                    }
+                    for name, seconds in medians.items()
+                ]
+            }
+        )
+    )
     return path
 
 
 def test_compare_divides_by_the_calibration_so_a_busier_machine_is_no_regression(tmp_path):
-    base = compare.medians(json.loads(bench_file(tmp_path / "a.json", {"test_calibration": 1.0, "test_feed": 2.0,
-                                                                        "test_page": 3.0, "test_gone": 1.0}).read_text()))
+    base = compare.medians(
+        json.loads(
+            bench_file(
+                tmp_path / "a.json",
+                {"test_calibration": 1.0, "test_feed": 2.0, "test_page": 3.0, "test_gone": 1.0},
+            ).read_text()
+        )
+    )
     # Everything 50% slower (a busy machine), and the page 30% slower on top: only the page regressed.
     current = {name.replace("gone", "new"): seconds * 1.5 for name, seconds in base.items()}
     current["tests/benchmarks/test_x.py::test_page"] *= 1.3
     comparisons = compare.compare(base, current, threshold_percent=15)
-    assert [(c.name.split("::")[1], c.regressed) for c in comparisons] == [("test_feed", False), ("test_page", True)]
+    assert [(c.name.split("::")[1], c.regressed) for c in comparisons] == [
+        ("test_feed", False),
+        ("test_page", True),
+    ]
     assert comparisons[1].change == pytest.approx(1.3)
     absolute = compare.compare(base, current, threshold_percent=15, reference=None)
     assert all(c.regressed for c in absolute if "calibration" not in c.name)
@@ -361,12 +483,18 @@ def test_the_newest_saved_baseline_is_used(tmp_path):
 
 
 def test_a_change_that_cannot_affect_a_request_straight_to_uwsgi_is_refused(tmp_path):
-    path = write(tmp_path, 'title = "t"\n[baseline]\nrequest.via = "uwsgi"\n[changes.g]\nnginx.gzip = false\n')
-    with pytest.raises(ExperimentError, match=r'\[changes.g\]: nginx.gzip only affect\(s\) requests through nginx'):
+    path = write(
+        tmp_path,
+        'title = "t"\n[baseline]\nrequest.via = "uwsgi"\n[changes.g]\nnginx.gzip = false\n',
+    )
+    with pytest.raises(
+        ExperimentError, match=r"\[changes.g\]: nginx.gzip only affect\(s\) requests through nginx"
+    ):
         load_experiment(path)
 
 
 # --- the runner, on a stand-in stack ----------------------------------------------------------
+
 
 class Site(http.server.BaseHTTPRequestHandler):
     """/ok: 200 with an ETag (304 when it matches); anything else: 404."""
@@ -391,7 +519,9 @@ class Site(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def site():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Site)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -447,36 +577,63 @@ uwsgi.threads = 2
 """
 
 
-def test_runs_are_interleaved_and_a_stack_is_reused_only_by_the_same_servers(tmp_path, site, fake_load):
+def test_runs_are_interleaved_and_a_stack_is_reused_only_by_the_same_servers(
+    tmp_path, site, fake_load
+):
     experiment = load_experiment(write(tmp_path, RUNNER_EXPERIMENT))
     stacks = StandInStacks(site)
     progress = io.StringIO()
     (measured,) = run_lab([experiment], LabOptions(tmp_path / "out", "wrk", progress), stacks.start)
     # baseline and conditional differ only in the request: one stack for both, per round.
-    assert stacks.events == [("start", 1), ("stop", 1), ("start", 2), ("stop", 2),
-                             ("start", 1), ("stop", 1), ("start", 2), ("stop", 2)]
-    assert [len(measured.configurations[id].runs) for id in ("baseline", "conditional", "threads")] == [2, 2, 2]
+    assert stacks.events == [
+        ("start", 1),
+        ("stop", 1),
+        ("start", 2),
+        ("stop", 2),
+        ("start", 1),
+        ("stop", 1),
+        ("start", 2),
+        ("stop", 2),
+    ]
+    assert [
+        len(measured.configurations[id].runs) for id in ("baseline", "conditional", "threads")
+    ] == [2, 2, 2]
     # The conditional runs send the ETag the check got; the body size is the 304's (none).
     assert fake_load[1].headers == {"If-None-Match": '"v1"'} and fake_load[0].headers == {}
     assert measured.configurations["conditional"].response_bytes == 0
     assert measured.configurations["baseline"].response_bytes == 5
     lines = progress.getvalue().splitlines()
-    assert len(lines) == 6 and "[6/6" in lines[-1] and "exp round 2/2: threads 1,000 req/s" in lines[-1]
+    assert (
+        len(lines) == 6
+        and "[6/6" in lines[-1]
+        and "exp round 2/2: threads 1,000 req/s" in lines[-1]
+    )
 
 
 def test_a_warm_up_run_comes_before_each_measured_run_and_is_not_kept(tmp_path, site, fake_load):
-    experiment = load_experiment(write(tmp_path, RUNNER_EXPERIMENT.replace("load.warmup = 0", "load.warmup = 2")))
-    (measured,) = run_lab([experiment], LabOptions(tmp_path, "wrk", None), StandInStacks(site).start)
+    experiment = load_experiment(
+        write(tmp_path, RUNNER_EXPERIMENT.replace("load.warmup = 0", "load.warmup = 2"))
+    )
+    (measured,) = run_lab(
+        [experiment], LabOptions(tmp_path, "wrk", None), StandInStacks(site).start
+    )
     assert [spec.duration for spec in fake_load[:2]] == [2, 5]
     assert len(fake_load) == 12 and len(measured.configurations["baseline"].runs) == 2
 
 
 def test_an_unexpected_status_stops_the_lab_and_its_stack(tmp_path, site, fake_load):
-    experiment = load_experiment(write(tmp_path, RUNNER_EXPERIMENT + '[changes.missing]\nrequest.path = "/nope"\n'))
+    experiment = load_experiment(
+        write(tmp_path, RUNNER_EXPERIMENT + '[changes.missing]\nrequest.path = "/nope"\n')
+    )
     stacks = StandInStacks(site)
-    with pytest.raises(LabError, match=r"exp/missing: GET http://127.0.0.1:\d+/nope answered 404, the experiment expects 200"):
+    with pytest.raises(
+        LabError,
+        match=r"exp/missing: GET http://127.0.0.1:\d+/nope answered 404, the experiment expects 200",
+    ):
         run_lab([experiment], LabOptions(tmp_path, "wrk", None), stacks.start)
-    assert stacks.events[-1] == ("stop", 1) and stacks.events.count(("start", 1)) == stacks.events.count(("stop", 1))
+    assert stacks.events[-1] == ("stop", 1) and stacks.events.count(
+        ("start", 1)
+    ) == stacks.events.count(("stop", 1))
 
 
 def test_a_stack_that_fails_to_start_keeps_what_was_measured(tmp_path, site, fake_load):
@@ -486,28 +643,45 @@ def test_a_stack_that_fails_to_start_keeps_what_was_measured(tmp_path, site, fak
         run_lab([experiment], LabOptions(tmp_path, "wrk", None), stacks.start)
     assert stacks.events == [("start", 1), ("stop", 1)]
     (partial,) = raised.value.results
-    assert [len(partial.configurations[id].runs) for id in ("baseline", "conditional", "threads")] == [1, 1, 0]
+    assert [
+        len(partial.configurations[id].runs) for id in ("baseline", "conditional", "threads")
+    ] == [1, 1, 0]
 
 
-def test_a_failing_load_tool_names_the_configuration_and_stops_the_stack(tmp_path, site, monkeypatch):
+def test_a_failing_load_tool_names_the_configuration_and_stops_the_stack(
+    tmp_path, site, monkeypatch
+):
     def failing(tool, spec, workdir):
         raise LoadError("wrk failed (exit 1): unable to connect")
 
     monkeypatch.setattr(runner, "run_load", failing)
     stacks = StandInStacks(site)
     with pytest.raises(LabError, match="exp/baseline: wrk failed"):
-        run_lab([load_experiment(write(tmp_path, RUNNER_EXPERIMENT))], LabOptions(tmp_path, "wrk", None), stacks.start)
+        run_lab(
+            [load_experiment(write(tmp_path, RUNNER_EXPERIMENT))],
+            LabOptions(tmp_path, "wrk", None),
+            stacks.start,
+        )
     assert stacks.events == [("start", 1), ("stop", 1)]
 
 
 def test_a_conditional_request_needs_an_etag(tmp_path, site, fake_load):
-    experiment = load_experiment(write(tmp_path, RUNNER_EXPERIMENT.replace('"/ok"', '"/nope"').replace(
-        "load.warmup = 0", "load.warmup = 0\nrequest.conditional = true")))
-    with pytest.raises(LabError, match="gave 404 with no ETag: it cannot be requested conditionally"):
+    experiment = load_experiment(
+        write(
+            tmp_path,
+            RUNNER_EXPERIMENT.replace('"/ok"', '"/nope"').replace(
+                "load.warmup = 0", "load.warmup = 0\nrequest.conditional = true"
+            ),
+        )
+    )
+    with pytest.raises(
+        LabError, match="gave 404 with no ETag: it cannot be requested conditionally"
+    ):
         run_lab([experiment], LabOptions(tmp_path, "wrk", None), StandInStacks(site).start)
 
 
 # --- scripts/bench: bad input and clean-up ----------------------------------------------------
+
 
 def processes_mentioning(text: str) -> list[int]:
     """Processes whose command line or environment holds ``text`` (the lab passes its paths in both)."""
@@ -515,7 +689,10 @@ def processes_mentioning(text: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if text.encode() in (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes():
+                if (
+                    text.encode()
+                    in (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+                ):
                     found.append(int(entry.name))
             except OSError:
                 continue
@@ -525,7 +702,10 @@ def processes_mentioning(text: str) -> list[int]:
 def test_bench_rejects_a_malformed_experiment_before_starting_anything(tmp_path, capsys):
     path = write(tmp_path, 'title = "t"\n[baseline]\nuwsgi.threds = 2\n')
     assert main([str(path), "--out", str(tmp_path / "out")]) == 2
-    assert f'bench: {path}: [baseline]: unknown knob "uwsgi.threds" (did you mean "uwsgi.threads"?)' in capsys.readouterr().err
+    assert (
+        f'bench: {path}: [baseline]: unknown knob "uwsgi.threds" (did you mean "uwsgi.threads"?)'
+        in capsys.readouterr().err
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -546,7 +726,9 @@ def test_bench_without_wrk_or_ab_says_so_and_starts_nothing(tmp_path, monkeypatc
     assert main([str(write(tmp_path, MINIMAL)), "--out", str(tmp_path / "out")]) == 1
     assert "bench: wrk or ab is not installed" in capsys.readouterr().err
     assert processes_mentioning(str(tmp_path)) == []
-    assert signal.getsignal(signal.SIGTERM) == handler  # the lab's SIGTERM handler is only for its run
+    assert (
+        signal.getsignal(signal.SIGTERM) == handler
+    )  # the lab's SIGTERM handler is only for its run
 
 
 @pytest.mark.stack
@@ -556,13 +738,20 @@ def test_bench_refuses_a_port_in_use(tmp_path, capsys):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main([str(write(tmp_path, MINIMAL)), "--port", str(port), "--out", str(tmp_path / "out")]) == 1
+        assert (
+            main(
+                [str(write(tmp_path, MINIMAL)), "--port", str(port), "--out", str(tmp_path / "out")]
+            )
+            == 1
+        )
     assert f"bench: port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
     assert processes_mentioning(str(tmp_path)) == []
 
 
 @pytest.mark.stack
-def test_bench_reports_a_stack_that_fails_to_start_and_leaves_nothing_running(tmp_path, monkeypatch, capsys):
+def test_bench_reports_a_stack_that_fails_to_start_and_leaves_nothing_running(
+    tmp_path, monkeypatch, capsys
+):
     require_binary("nginx")
     require_binary("wrk")
     # uWSGI cannot import this module, so need-app makes it exit at start-up.
@@ -570,7 +759,9 @@ def test_bench_reports_a_stack_that_fails_to_start_and_leaves_nothing_running(tm
     path = write(tmp_path, 'title = "t"\n[baseline]\nrequest.path = "/health"\napp.feed = "cold"\n')
     assert main([str(path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "bench: exp/baseline: the stack did not start: uWSGI instance 1 exited with status" in err
+    assert (
+        "bench: exp/baseline: the stack did not start: uWSGI instance 1 exited with status" in err
+    )
     assert "no_such_module" in err  # the tail of uWSGI's log says why
     assert processes_mentioning(str(tmp_path)) == []
 
@@ -580,7 +771,9 @@ def test_bench_reports_a_stack_that_fails_to_start_and_leaves_nothing_running(tm
 def test_scripts_bench_quick_measures_the_real_stack(tmp_path):
     require_binary("nginx")
     require_binary("wrk")
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 title = "smoke"
 [baseline]
 label = "health through nginx"
@@ -598,16 +791,25 @@ request.path = "/static/style.css"
 app.frozen = true
 [[targets]]
 require = "not_modified / direct >= 0.01"
-""", "smoke.toml")
+""",
+        "smoke.toml",
+    )
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "webapp.lab", "--quick", str(path), "--out", str(out)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "webapp.lab", "--quick", str(path), "--out", str(out)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "smoke round 1/1: frozen" in done.stderr
     data = json.loads((out / "runs.json").read_text())
     configurations = data["experiments"][0]["configurations"]
     assert [len(c["runs"]) for c in configurations] == [1, 1, 1, 1]
-    assert all(c["summary"]["rps_median"] > 0 and c["summary"]["errors"] == 0 for c in configurations)
+    assert all(
+        c["summary"]["rps_median"] > 0 and c["summary"]["errors"] == 0 for c in configurations
+    )
     assert data["experiments"][0]["targets"][0]["ratio"] > 0
     assert "| smoke | not_modified / direct >= 0.01 |" in (out / "report.md").read_text()
     assert processes_mentioning(str(tmp_path)) == []

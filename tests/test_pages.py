@@ -1,4 +1,5 @@
 """The HTML pages and /health, on both backends."""
+
 from __future__ import annotations
 
 from html.parser import HTMLParser
@@ -33,7 +34,7 @@ class TagBalance(HTMLParser):
 
 def assert_valid_html(body: bytes) -> None:
     text = body.decode("utf-8")
-    assert text.startswith("<!doctype html>\n<html lang=\"en\">")
+    assert text.startswith('<!doctype html>\n<html lang="en">')
     parser = TagBalance()
     parser.feed(text)
     assert parser.errors == [] and parser.stack == []
@@ -79,7 +80,9 @@ def test_non_canonical_episode_urls_redirect_permanently(client, suffix):
     assert response.headers["Location"] == f"/episodes/7/{generate_episode(7)['slug']}"
 
 
-@pytest.mark.parametrize("path", ["/episodes/31/x", "/episodes/999999999999", "/episodes/-1/x", "/episodes/abc", "/nope"])
+@pytest.mark.parametrize(
+    "path", ["/episodes/31/x", "/episodes/999999999999", "/episodes/-1/x", "/episodes/abc", "/nope"]
+)
 def test_unknown_pages_are_html_404s(client, path):
     response = client.get(path)
     assert response.status_code == 404
@@ -117,7 +120,10 @@ def test_static_stylesheet_and_cover(client):
     cover = client.get("/static/cover.png")
     assert cover.status_code == 200 and cover.data.startswith(b"\x89PNG")
     # Apple Podcasts asks for 1400 to 3000 pixels square.
-    width, height = int.from_bytes(cover.data[16:20], "big"), int.from_bytes(cover.data[20:24], "big")
+    width, height = (
+        int.from_bytes(cover.data[16:20], "big"),
+        int.from_bytes(cover.data[20:24], "big"),
+    )
     assert 1400 <= width == height <= 3000
 
 

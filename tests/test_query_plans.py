@@ -6,6 +6,7 @@ must not report a bare ``SCAN table``; PostgreSQL, with sequential scans
 disabled as the planner's last resort, must not choose one anyway (which it
 does only when no index can answer the query).
 """
+
 from __future__ import annotations
 
 import re
@@ -42,9 +43,19 @@ def issued_queries(monkeypatch):
 def crawl(client) -> None:
     slug = generate_episode(7)["slug"]
     for url in [
-        "/", "/episodes/", f"/episodes/7/{slug}", "/episodes/7", "/episodes/999/x",
-        "/search?q=python+flask", "/search?q=zzz", "/api/episodes", "/api/episodes?page=2&per_page=5",
-        "/api/episodes/7", "/api/episodes/999", "/episodes/rss", "/health",
+        "/",
+        "/episodes/",
+        f"/episodes/7/{slug}",
+        "/episodes/7",
+        "/episodes/999/x",
+        "/search?q=python+flask",
+        "/search?q=zzz",
+        "/api/episodes",
+        "/api/episodes?page=2&per_page=5",
+        "/api/episodes/7",
+        "/api/episodes/999",
+        "/episodes/rss",
+        "/health",
     ]:
         assert client.get(url).status_code < 500, url
 
@@ -61,7 +72,8 @@ def explain(session, statement: str, params: tuple) -> list[str]:
 def table_scans(plan: list[str]) -> list[str]:
     """Plan lines that read a table without an index."""
     return [
-        line for line in plan
+        line
+        for line in plan
         if re.match(r"^SCAN \w+$", line.strip())  # SQLite: no USING INDEX, not a virtual table
         or "Seq Scan" in line  # PostgreSQL
     ]

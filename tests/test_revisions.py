@@ -8,6 +8,7 @@ real change with real SQL on both backends and reads the revisions back;
 the last tests open an SQLite file from before the table existed, and one
 already up to date, through a new app.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,7 +42,8 @@ def fetch_all(app: Flask, statement: str, params: tuple = ()) -> list[dict[str, 
 def revisions(app: Flask) -> dict[int, int]:
     """Episode number -> revision, straight from the table."""
     rows = fetch_all(
-        app, "SELECT e.number, r.revision FROM episodes e JOIN episode_revisions r ON r.episode_id = e.id"
+        app,
+        "SELECT e.number, r.revision FROM episodes e JOIN episode_revisions r ON r.episode_id = e.id",
     )
     return {row["number"]: row["revision"] for row in rows}
 
@@ -148,8 +150,15 @@ def test_an_sqlite_update_with_any_conflict_clause_moves_the_revision(tmp_path, 
     """`UPDATE OR IGNORE episodes …` is as much a change as a plain UPDATE (sqlite3 shell, scripts)."""
     app, _ = sqlite_app(tmp_path)
     before = revisions(app)
-    execute(app, f"UPDATE {conflict} episodes SET title = %s WHERE number = %s", ("Edited in the shell", 7))
-    assert fetch_all(app, "SELECT title FROM episodes WHERE number = 7")[0]["title"] == "Edited in the shell"
+    execute(
+        app,
+        f"UPDATE {conflict} episodes SET title = %s WHERE number = %s",
+        ("Edited in the shell", 7),
+    )
+    assert (
+        fetch_all(app, "SELECT title FROM episodes WHERE number = 7")[0]["title"]
+        == "Edited in the shell"
+    )
     assert moved(before, revisions(app)) == {7}
     get_database(app).close()
 
@@ -157,7 +166,9 @@ def test_an_sqlite_update_with_any_conflict_clause_moves_the_revision(tmp_path, 
 def test_renaming_a_guest_moves_exactly_their_episodes_to_new_revisions(app):
     # The lead guest of episode 1, on episode 2 as well, so the rename covers several episodes.
     guest = fetch_all(
-        app, "SELECT guest_id FROM episode_guests WHERE episode_id = %s AND position = 0", (episode_id(app, 1),)
+        app,
+        "SELECT guest_id FROM episode_guests WHERE episode_id = %s AND position = 0",
+        (episode_id(app, 1),),
     )[0]["guest_id"]
     execute(
         app,
@@ -188,11 +199,17 @@ def test_adding_and_removing_a_guest_moves_that_episodes_revision_only(app):
     guest = guest_not_on(app, 5)
     before = revisions(app)
 
-    execute(app, "INSERT INTO episode_guests (episode_id, position, guest_id) VALUES (%s, %s, %s)", (target, 10, guest))
+    execute(
+        app,
+        "INSERT INTO episode_guests (episode_id, position, guest_id) VALUES (%s, %s, %s)",
+        (target, 10, guest),
+    )
     added = revisions(app)
     assert moved(before, added) == {5}
 
-    execute(app, "DELETE FROM episode_guests WHERE episode_id = %s AND guest_id = %s", (target, guest))
+    execute(
+        app, "DELETE FROM episode_guests WHERE episode_id = %s AND guest_id = %s", (target, guest)
+    )
     removed = revisions(app)
     assert moved(added, removed) == {5}
     assert fresh(removed, {5}, before, added)
@@ -200,19 +217,27 @@ def test_adding_and_removing_a_guest_moves_that_episodes_revision_only(app):
 
 def test_reordering_an_episodes_guests_moves_its_revision_only(app):
     before = revisions(app)
-    assert execute(
-        app, "UPDATE episode_guests SET position = 20 WHERE episode_id = %s AND position = 0", (episode_id(app, 9),)
-    ) == 1
+    assert (
+        execute(
+            app,
+            "UPDATE episode_guests SET position = 20 WHERE episode_id = %s AND position = 0",
+            (episode_id(app, 9),),
+        )
+        == 1
+    )
     assert moved(before, revisions(app)) == {9}
 
 
 def test_moving_a_guest_row_to_another_episode_moves_both_revisions(app):
     before = revisions(app)
-    assert execute(
-        app,
-        "UPDATE episode_guests SET episode_id = %s, position = 20 WHERE episode_id = %s AND position = 0",
-        (episode_id(app, 4), episode_id(app, 3)),
-    ) == 1
+    assert (
+        execute(
+            app,
+            "UPDATE episode_guests SET episode_id = %s, position = 20 WHERE episode_id = %s AND position = 0",
+            (episode_id(app, 4), episode_id(app, 3)),
+        )
+        == 1
+    )
     assert moved(before, revisions(app)) == {3, 4}
 
 
@@ -240,9 +265,18 @@ def test_an_episode_inserted_without_guests_gets_a_revision(app):
         " audio_bytes, duration_seconds, explicit, published_at, updated_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
-            episode["number"], episode["guid"], episode["slug"], episode["title"], episode["summary"],
-            episode["show_notes"], episode["transcript"], episode["audio_url"], episode["audio_bytes"],
-            episode["duration_seconds"], episode["explicit"], stamp(episode["published_at"]),
+            episode["number"],
+            episode["guid"],
+            episode["slug"],
+            episode["title"],
+            episode["summary"],
+            episode["show_notes"],
+            episode["transcript"],
+            episode["audio_url"],
+            episode["audio_bytes"],
+            episode["duration_seconds"],
+            episode["explicit"],
+            stamp(episode["published_at"]),
             stamp(episode["updated_at"]),
         ),
     )
@@ -255,8 +289,15 @@ def test_deleting_an_episode_deletes_its_revision_row_only(app):
     before = revisions(app)
     deleted_id = episode_id(app, 7)
     execute(app, "DELETE FROM episodes WHERE number = %s", (7,))
-    assert fetch_all(app, "SELECT revision FROM episode_revisions WHERE episode_id = %s", (deleted_id,)) == []
-    assert revisions(app) == {number: revision for number, revision in before.items() if number != 7}
+    assert (
+        fetch_all(
+            app, "SELECT revision FROM episode_revisions WHERE episode_id = %s", (deleted_id,)
+        )
+        == []
+    )
+    assert revisions(app) == {
+        number: revision for number, revision in before.items() if number != 7
+    }
     assert revision_rows(app) == SMALL_SEED - 1
 
 
@@ -279,7 +320,9 @@ def test_without_the_site_state_row_writes_still_work_and_move_revisions(app):
     # queries.site_state copes with a wiped row; the triggers must not fail on it.
     execute(app, "DELETE FROM site_state")
     before = revisions(app)
-    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited without site_state", 7))
+    execute(
+        app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited without site_state", 7)
+    )
     after = revisions(app)
     assert moved(before, after) == {7}
     assert fresh(after, {7}, before)
@@ -292,10 +335,15 @@ def test_episodes_by_number_returns_those_that_exist_newest_number_first(app):
     with get_database(app).session() as session:
         found = queries.episodes_by_number(session, [3, 17, 999999])
         assert [episode.number for episode in found] == [17, 3]
-        assert found == [queries.episode_by_number(session, 17), queries.episode_by_number(session, 3)]
+        assert found == [
+            queries.episode_by_number(session, 17),
+            queries.episode_by_number(session, 3),
+        ]
         assert any(episode.guests for episode in found)
         # Any iterable; a number asked twice is one episode.
-        assert queries.episodes_by_number(session, iter([3, 3])) == [queries.episode_by_number(session, 3)]
+        assert queries.episodes_by_number(session, iter([3, 3])) == [
+            queries.episode_by_number(session, 3)
+        ]
         assert queries.episodes_by_number(session, [999999]) == []
 
 
@@ -414,11 +462,15 @@ def test_an_sqlite_database_from_before_revisions_is_upgraded_when_an_app_opens_
 
     # The triggers maintain it again: an edit, a rename, a new guest.
     before = revisions(app)
-    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited after the upgrade", 4))
+    execute(
+        app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited after the upgrade", 4)
+    )
     assert moved(before, revisions(app)) == {4}
     before = revisions(app)
     guest = fetch_all(
-        app, "SELECT guest_id FROM episode_guests WHERE episode_id = %s AND position = 0", (episode_id(app, 11),)
+        app,
+        "SELECT guest_id FROM episode_guests WHERE episode_id = %s AND position = 0",
+        (episode_id(app, 11),),
     )[0]["guest_id"]
     execute(app, "UPDATE guests SET name = %s WHERE id = %s", ("Renamed After Upgrade", guest))
     guest_episodes = {

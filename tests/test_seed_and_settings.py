@@ -1,4 +1,5 @@
 """Seeding is deterministic and idempotent; settings are validated at start-up."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,11 +13,16 @@ from webapp.settings import SettingsError, load_settings
 def test_generated_episodes_are_deterministic_and_realistic():
     first, again = generate_episode(42), generate_episode(42)
     assert first == again
-    assert generate_episode(43)["title"] != first["title"] or generate_episode(43)["guid"] != first["guid"]
-    assert first["show_notes"].count("<p>") >= 2 and "<a href=\"https://" in first["show_notes"]
+    assert (
+        generate_episode(43)["title"] != first["title"]
+        or generate_episode(43)["guid"] != first["guid"]
+    )
+    assert first["show_notes"].count("<p>") >= 2 and '<a href="https://' in first["show_notes"]
     assert 25 * 60 <= first["duration_seconds"] <= 75 * 60
     assert first["audio_bytes"] >= first["duration_seconds"] * 16_000
-    assert first["published_at"].isoformat() == "2015-10-19T14:00:00+00:00"  # weekly from 2015-01-05
+    assert (
+        first["published_at"].isoformat() == "2015-10-19T14:00:00+00:00"
+    )  # weekly from 2015-01-05
 
 
 def test_seeding_twice_changes_nothing(app):
@@ -48,14 +54,19 @@ def test_cli_init_db_and_seed(empty_app):
 def test_cli_reports_an_unreachable_database_without_the_password(tmp_path):
     from webapp import create_app
 
-    app = create_app({"DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/db", "VAR_DIR": str(tmp_path)})
+    app = create_app(
+        {"DATABASE_URL": "postgresql://u:hunter2@127.0.0.1:1/db", "VAR_DIR": str(tmp_path)}
+    )
     result = app.test_cli_runner().invoke(args=["seed"])
     assert result.exit_code == 1
     assert "cannot connect" in result.output and "hunter2" not in result.output
 
 
 def test_settings_come_from_the_environment_and_overrides():
-    settings = load_settings({"SITE_URL": "https://example.org/"}, environ={"PROFILER_SAMPLE_RATE": "0.25", "VAR_DIR": "/srv/v"})
+    settings = load_settings(
+        {"SITE_URL": "https://example.org/"},
+        environ={"PROFILER_SAMPLE_RATE": "0.25", "VAR_DIR": "/srv/v"},
+    )
     assert settings["SITE_URL"] == "https://example.org"
     assert settings["PROFILER_SAMPLE_RATE"] == 0.25
     assert settings["DATABASE_URL"] == "sqlite:////srv/v/podcast.sqlite3"
@@ -63,7 +74,14 @@ def test_settings_come_from_the_environment_and_overrides():
 
 
 @pytest.mark.parametrize(
-    "name, value", [("PROFILER_SAMPLE_RATE", "2"), ("PROFILER_SAMPLE_RATE", "lots"), ("SITE_URL", "example.org"), ("DATABASE_POOL_SIZE", "0"), ("GC_FREEZE", "maybe")]
+    "name, value",
+    [
+        ("PROFILER_SAMPLE_RATE", "2"),
+        ("PROFILER_SAMPLE_RATE", "lots"),
+        ("SITE_URL", "example.org"),
+        ("DATABASE_POOL_SIZE", "0"),
+        ("GC_FREEZE", "maybe"),
+    ],
 )
 def test_malformed_settings_stop_start_up_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
@@ -76,7 +94,9 @@ def test_every_python_package_in_the_tree_is_packaged():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    declared = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    declared = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
     found = {
         ".".join(init.parent.relative_to(root).parts)
         for init in (root / "webapp").rglob("__init__.py")

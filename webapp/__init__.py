@@ -7,6 +7,7 @@
 Run it with ``flask --app webapp run`` or, as deployed, under uWSGI
 (``webapp.wsgi:application``, see deploy/uwsgi/uwsgi.ini).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +15,8 @@ from typing import Any
 from flask import Flask
 
 from . import cli, db, errors
-from .profiler import install_profiler
 from .blueprints import api, feed, pages
+from .profiler import install_profiler
 from .settings import load_settings
 
 

@@ -1,4 +1,5 @@
 """``flask --app webapp …`` commands: init-db, seed."""
+
 from __future__ import annotations
 
 import click
@@ -27,8 +28,13 @@ def init_db_command() -> None:
 
 
 @click.command("seed")
-@click.option("--episodes", default=600, show_default=True, type=click.IntRange(0, 100_000),
-              help="Episodes 1..N to make sure exist.")
+@click.option(
+    "--episodes",
+    default=600,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="Episodes 1..N to make sure exist.",
+)
 @with_appcontext
 def seed_command(episodes: int) -> None:
     """Add deterministic sample episodes (existing ones are left alone)."""

@@ -15,6 +15,7 @@ loads the app in its master and forks workers from it, and a connection
 inherited by two processes corrupts both. Any failure to reach the database
 becomes :class:`DatabaseUnavailable`, which the web app answers with a 503.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,6 @@ from urllib.parse import urlsplit
 import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import parse_dsn
-
 from request_profiler import record_sql, sql_capture_active
 
 Row = dict[str, Any]
@@ -325,9 +325,13 @@ class PostgresDatabase(Database):
         try:
             self._parameters = parse_dsn(url)
         except psycopg2.ProgrammingError:
-            raise ValueError(f"DATABASE_URL is not a valid PostgreSQL URL: {redact_url(url)}") from None
+            raise ValueError(
+                f"DATABASE_URL is not a valid PostgreSQL URL: {redact_url(url)}"
+            ) from None
         # Timestamps come back in UTC; keep any options the URL sets (search_path …).
-        self._parameters["options"] = f"{self._parameters.get('options', '')} -c timezone=UTC".strip()
+        self._parameters["options"] = (
+            f"{self._parameters.get('options', '')} -c timezone=UTC".strip()
+        )
         self._parameters.setdefault("connect_timeout", str(connect_timeout))
         self._parameters.setdefault("application_name", "webapp")
         self._idle: list[Connection] = []

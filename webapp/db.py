@@ -6,6 +6,7 @@
 The session borrows a connection on its first query and gives it back when
 the app context ends, committing if the request succeeded.
 """
+
 from __future__ import annotations
 
 from flask import Flask, current_app, g

@@ -4,6 +4,7 @@ No stack trace ever reaches a client. 4xx answers carry the reason;
 a database outage is a 503 with Retry-After; anything unexpected is a 500
 logged here with its traceback.
 """
+
 from __future__ import annotations
 
 import sys
@@ -50,7 +51,9 @@ def database_unavailable(error: DatabaseUnavailable) -> Response:
 
 def internal_error(error: Exception) -> Response:
     current_app.log_exception(sys.exc_info())
-    return error_response(InternalServerError("Something went wrong on our side. It has been logged."))
+    return error_response(
+        InternalServerError("Something went wrong on our side. It has been logged.")
+    )
 
 
 def init_app(app: Flask) -> None:

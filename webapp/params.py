@@ -1,7 +1,8 @@
 """Reading request parameters strictly: a malformed value is a 400 with a reason.
 
-    page = int_arg("page", default=1, minimum=1, maximum=10_000)
+page = int_arg("page", default=1, minimum=1, maximum=10_000)
 """
+
 from __future__ import annotations
 
 import re

@@ -8,12 +8,12 @@
 With no PROFILER_SECRET and PROFILER_SAMPLE_RATE 0 (the defaults) nothing is
 wrapped: requests pay nothing at all.
 """
+
 from __future__ import annotations
 
 import click
 from flask import Flask, current_app, request
 from flask.cli import with_appcontext
-
 from request_profiler import ENDPOINT_KEY, ProfilerMiddleware, make_token, parse_ttl
 
 
@@ -54,8 +54,13 @@ def _ttl_seconds(ctx: click.Context, param: click.Parameter, value: str) -> int:
 
 
 @click.command("profiler-token")
-@click.option("--ttl", default="1h", show_default=True, callback=_ttl_seconds,
-              help="How long the token works: 90s, 15m, 1h, 2d.")
+@click.option(
+    "--ttl",
+    default="1h",
+    show_default=True,
+    callback=_ttl_seconds,
+    help="How long the token works: 90s, 15m, 1h, 2d.",
+)
 @with_appcontext
 def profiler_token_command(ttl: int) -> None:
     """Print a token that switches profiling on for the requests that carry it."""

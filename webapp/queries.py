@@ -4,6 +4,7 @@ Each function takes a :class:`~webapp.database.Session`. The indexes each
 query relies on are named beside it; ``tests/test_query_plans.py`` runs every
 query here through EXPLAIN on both backends and fails on a table scan.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,12 +35,16 @@ def site_state(session: Session) -> SiteState:
     if row is None:  # a schema from before site_state existed, or a wiped row
         return SiteState(version=0, changed_at=as_utc("1970-01-01"), episode_count=0)
     return SiteState(
-        version=row["version"], changed_at=as_utc(row["changed_at"]), episode_count=row["episode_count"]
+        version=row["version"],
+        changed_at=as_utc(row["changed_at"]),
+        episode_count=row["episode_count"],
     )
 
 
 def latest_episodes(session: Session, limit: int) -> list[Episode]:
-    rows = session.fetch_all(f"SELECT {EPISODE_COLUMNS} FROM episodes e {LATEST_FIRST} LIMIT %s", (limit,))
+    rows = session.fetch_all(
+        f"SELECT {EPISODE_COLUMNS} FROM episodes e {LATEST_FIRST} LIMIT %s", (limit,)
+    )
     return _with_guests(session, rows)
 
 
@@ -95,7 +100,9 @@ def episode_page(session: Session, page: int, per_page: int) -> EpisodePage:
 
 def episode_by_number(session: Session, number: int) -> Episode | None:
     # The unique index on number.
-    rows = session.fetch_all(f"SELECT {EPISODE_COLUMNS} FROM episodes e WHERE e.number = %s", (number,))
+    rows = session.fetch_all(
+        f"SELECT {EPISODE_COLUMNS} FROM episodes e WHERE e.number = %s", (number,)
+    )
     episodes = _with_guests(session, rows)
     return episodes[0] if episodes else None
 
@@ -139,7 +146,9 @@ def _with_guests(session: Session, rows: list[dict], every_episode: bool = False
     return [Episode.from_row(row, tuple(guests.get(row["id"], ()))) for row in rows]
 
 
-def _guests_by_episode(session: Session, episode_ids: Iterable[int] | None) -> dict[int, list[Guest]]:
+def _guests_by_episode(
+    session: Session, episode_ids: Iterable[int] | None
+) -> dict[int, list[Guest]]:
     # The primary key (episode_id, position) gives both the lookup and the order;
     # guests are joined by their primary key.
     sql = (

@@ -9,6 +9,7 @@ durations in seconds, an enclosure with length and type, a stable guid.
 
     body = render_feed(episodes, FeedChannel.from_config(app.config), updated_at)
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -55,7 +56,7 @@ def rfc2822(moment: datetime) -> str:
 def render_feed(episodes: Sequence[Episode], channel: FeedChannel, updated_at: datetime) -> bytes:
     """The whole feed as UTF-8 bytes; ``episodes`` newest first."""
     before, after = feed_frame(channel, updated_at)
-    return f"{before}{''.join(feed_items(episodes, channel))}{after}".encode("utf-8")
+    return f"{before}{''.join(feed_items(episodes, channel))}{after}".encode()
 
 
 def feed_frame(channel: FeedChannel, updated_at: datetime) -> tuple[str, str]:

@@ -6,18 +6,19 @@ idempotent (existing episodes are left alone) and tests can rely on content::
     with database.session() as session:
         inserted = seed(session, episodes=600)
 """
+
 from __future__ import annotations
 
 import random
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from html import escape
 
 from .database import Session
-from .models import sqlite_timestamp, slugify
+from .models import slugify, sqlite_timestamp
 
-FIRST_EPISODE_AT = datetime(2015, 1, 5, 14, 0, tzinfo=timezone.utc)
+FIRST_EPISODE_AT = datetime(2015, 1, 5, 14, 0, tzinfo=UTC)
 AUDIO_BASE_URL = "https://media.example.com/audio"
 AUDIO_BITRATE_BYTES_PER_SECOND = 128_000 // 8
 
@@ -52,16 +53,50 @@ TOPICS = [
     ("Rust and Python", "PyO3", "native extensions"),
 ]
 ANGLES = [
-    "in Production", "from Scratch", "at Scale", "the Hard Parts", "for Beginners",
-    "Done Right", "Myths and Facts", "Lessons Learned", "in 2025 and Beyond", "Under the Hood",
+    "in Production",
+    "from Scratch",
+    "at Scale",
+    "the Hard Parts",
+    "for Beginners",
+    "Done Right",
+    "Myths and Facts",
+    "Lessons Learned",
+    "in 2025 and Beyond",
+    "Under the Hood",
 ]
 FIRST_NAMES = [
-    "Ada", "Ben", "Carmen", "Dmitri", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas",
-    "Kavya", "Luis", "Mei", "Nadia", "Omar", "Priya", "Quentin", "Rosa", "Sven", "Tamsin",
+    "Ada",
+    "Ben",
+    "Carmen",
+    "Dmitri",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Kavya",
+    "Luis",
+    "Mei",
+    "Nadia",
+    "Omar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Sven",
+    "Tamsin",
 ]
 LAST_NAMES = [
-    "Okafor", "Lindqvist", "Moreau", "Tanaka", "Kowalski", "Haddad", "Fernandes", "Novak",
-    "Achebe", "Brennan",
+    "Okafor",
+    "Lindqvist",
+    "Moreau",
+    "Tanaka",
+    "Kowalski",
+    "Haddad",
+    "Fernandes",
+    "Novak",
+    "Achebe",
+    "Brennan",
 ]
 SENTENCES = [
     "We start with how {a} changed the way {guest} thinks about {b}.",
@@ -75,7 +110,14 @@ SENTENCES = [
     "A listener asked whether {b} is worth it for a side project; we give an honest answer.",
     "There is a difference between fast code and a fast site, and {c} sits right between them.",
 ]
-LINK_SITES = ["docs.python.org", "peps.python.org", "github.com", "pypi.org", "lwn.net", "speakerdeck.com"]
+LINK_SITES = [
+    "docs.python.org",
+    "peps.python.org",
+    "github.com",
+    "pypi.org",
+    "lwn.net",
+    "speakerdeck.com",
+]
 
 
 def guests_pool() -> list[tuple[str, str, str]]:
@@ -99,7 +141,9 @@ def generate_episode(number: int) -> dict:
     fill = {"a": topic, "b": b, "c": c, "guest": lead_guest}
 
     def paragraph(count: int) -> str:
-        return " ".join(SENTENCES[rng.randrange(len(SENTENCES))].format(**fill) for _ in range(count))
+        return " ".join(
+            SENTENCES[rng.randrange(len(SENTENCES))].format(**fill) for _ in range(count)
+        )
 
     summary = paragraph(2)
     paragraphs = [paragraph(rng.randint(2, 4)) for _ in range(rng.randint(2, 3))]
@@ -107,7 +151,9 @@ def generate_episode(number: int) -> dict:
     for index in range(rng.randint(3, 6)):
         site = LINK_SITES[rng.randrange(len(LINK_SITES))]
         path = f"{slugify(topic)}/{slugify(b)}-{number}-{index}"
-        links.append(f'<li><a href="https://{site}/{path}">{escape(b.capitalize())} on {site}</a></li>')
+        links.append(
+            f'<li><a href="https://{site}/{path}">{escape(b.capitalize())} on {site}</a></li>'
+        )
     show_notes = (
         "".join(f"<p>{escape(text)}</p>" for text in paragraphs)
         + f"<h3>Links from the show</h3><ul>{''.join(links)}</ul>"
@@ -154,7 +200,9 @@ def seed(session: Session, episodes: int, progress: Callable[[int], None] | None
     inserted = 0
     for numbers in _chunks(list(range(1, episodes + 1)), 100):
         generated = [generate_episode(number) for number in numbers]
-        before = session.fetch_one("SELECT episode_count FROM site_state WHERE id = 1")["episode_count"]
+        before = session.fetch_one("SELECT episode_count FROM site_state WHERE id = 1")[
+            "episode_count"
+        ]
         session.execute_many(
             "INSERT INTO episodes (number, guid, slug, title, summary, show_notes, transcript, audio_url,"
             " audio_bytes, duration_seconds, explicit, published_at, updated_at)"
@@ -162,14 +210,26 @@ def seed(session: Session, episodes: int, progress: Callable[[int], None] | None
             " ON CONFLICT (number) DO NOTHING",
             [
                 (
-                    e["number"], e["guid"], e["slug"], e["title"], e["summary"], e["show_notes"], e["transcript"],
-                    e["audio_url"], e["audio_bytes"], e["duration_seconds"], e["explicit"],
-                    timestamp(e["published_at"]), timestamp(e["updated_at"]),
+                    e["number"],
+                    e["guid"],
+                    e["slug"],
+                    e["title"],
+                    e["summary"],
+                    e["show_notes"],
+                    e["transcript"],
+                    e["audio_url"],
+                    e["audio_bytes"],
+                    e["duration_seconds"],
+                    e["explicit"],
+                    timestamp(e["published_at"]),
+                    timestamp(e["updated_at"]),
                 )
                 for e in generated
             ],
         )
-        after = session.fetch_one("SELECT episode_count FROM site_state WHERE id = 1")["episode_count"]
+        after = session.fetch_one("SELECT episode_count FROM site_state WHERE id = 1")[
+            "episode_count"
+        ]
         inserted += after - before
         placeholders = ", ".join(["%s"] * len(numbers))
         episode_ids = {

@@ -9,6 +9,7 @@ dict with the same names to override them (the tests use it)::
 A malformed value stops start-up with a message naming the variable, instead
 of surfacing later as a confusing error deep inside a request.
 """
+
 from __future__ import annotations
 
 import os

@@ -26,6 +26,7 @@ Where nginx is not installed, ``StackSettings(nginx=None)`` runs uWSGI alone on
 the HTTP port, serving the frozen files itself (``check-static``): no security
 headers, no micro-cache, no HTTPS; good enough to look at the site.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -148,7 +149,9 @@ class NginxConfig:
             "return 301 https://$host$request_uri;" if self.https_only else "include site.conf;"
         )
         return {
-            "USER_DIRECTIVE": f"user {self.user};" if self.user else "# No `user`: the workers run as the user who started nginx.",
+            "USER_DIRECTIVE": f"user {self.user};"
+            if self.user
+            else "# No `user`: the workers run as the user who started nginx.",
             "WORKER_PROCESSES": self.worker_processes,
             "PID_FILE": str(self.pid_file or conf / "nginx.pid"),
             "ERROR_LOG": str(self.error_log or conf / "error.log"),
@@ -160,7 +163,8 @@ class NginxConfig:
             "GZIP": "on" if self.gzip else "off",
             "WORKER_CONNECTIONS": str(self.worker_connections),
             "UPSTREAM_SERVERS": "\n".join(
-                f"        server {upstream} max_fails=3 fail_timeout=5s;" for upstream in self.upstreams
+                f"        server {upstream} max_fails=3 fail_timeout=5s;"
+                for upstream in self.upstreams
             ),
             "UWSGI_READ_TIMEOUT": f"{self.uwsgi_read_timeout}s",
             "HSTS": "max-age=63072000" if self.hsts else "",
@@ -199,11 +203,15 @@ def render_nginx(config: NginxConfig) -> Path:
     for name in NGINX_STATIC_FILES:
         shutil.copyfile(NGINX_TEMPLATES / name, conf / name)
     if not config.microcache:
-        (conf / "microcache.conf").write_text("# The micro-cache is off (StackSettings.microcache).\n")
+        (conf / "microcache.conf").write_text(
+            "# The micro-cache is off (StackSettings.microcache).\n"
+        )
     return conf / "nginx.conf"
 
 
-def make_self_signed_certificate(directory: Path, hostnames: Sequence[str] = ("localhost",)) -> tuple[Path, Path]:
+def make_self_signed_certificate(
+    directory: Path, hostnames: Sequence[str] = ("localhost",)
+) -> tuple[Path, Path]:
     """A throwaway certificate and key (openssl), for the local HTTPS server and the tests."""
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -212,10 +220,28 @@ def make_self_signed_certificate(directory: Path, hostnames: Sequence[str] = ("l
     certificate, key = directory / "cert.pem", directory / "key.pem"
     names = ",".join([f"DNS:{name}" for name in hostnames] + ["IP:127.0.0.1"])
     subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(certificate), "-days", "30", "-subj", f"/CN={hostnames[0]}",
-         "-addext", f"subjectAltName={names}"],
-        check=True, capture_output=True,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(certificate),
+            "-days",
+            "30",
+            "-subj",
+            f"/CN={hostnames[0]}",
+            "-addext",
+            f"subjectAltName={names}",
+        ],
+        check=True,
+        capture_output=True,
     )
     key.chmod(0o600)
     return certificate, key
@@ -264,7 +290,9 @@ def child_pids(pid: int) -> list[int]:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -326,11 +354,21 @@ def _uwsgi_packet(variables: Mapping[str, str]) -> bytes:
 def uwsgi_get(socket_path: Path, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """GET ``path`` from a uWSGI socket in the uwsgi protocol, as nginx would: (status, raw response)."""
     path_info, _, query = path.partition("?")
-    packet = _uwsgi_packet({
-        "REQUEST_METHOD": "GET", "REQUEST_URI": path, "PATH_INFO": path_info, "QUERY_STRING": query,
-        "SERVER_PROTOCOL": "HTTP/1.1", "REQUEST_SCHEME": "http", "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80", "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "1", "HTTP_HOST": "localhost",
-    })
+    packet = _uwsgi_packet(
+        {
+            "REQUEST_METHOD": "GET",
+            "REQUEST_URI": path,
+            "PATH_INFO": path_info,
+            "QUERY_STRING": query,
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REQUEST_SCHEME": "http",
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "REMOTE_ADDR": "127.0.0.1",
+            "REMOTE_PORT": "1",
+            "HTTP_HOST": "localhost",
+        }
+    )
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.settimeout(timeout)
         connection.connect(str(socket_path))
@@ -341,7 +379,9 @@ def uwsgi_get(socket_path: Path, path: str, timeout: float = 5.0) -> tuple[int, 
     response = b"".join(chunks)
     match = re.match(rb"HTTP/1\.[01] (\d{3})", response)
     if match is None:
-        raise StackError(f"uWSGI at {socket_path} answered something that is not HTTP: {response[:80]!r}")
+        raise StackError(
+            f"uWSGI at {socket_path} answered something that is not HTTP: {response[:80]!r}"
+        )
     return int(match[1]), response
 
 
@@ -373,7 +413,11 @@ def find_nginx() -> str | None:
     found = shutil.which("nginx")
     if found:
         return found
-    for candidate in (Path("/usr/sbin/nginx"), Path("/usr/local/sbin/nginx"), Path("/usr/local/nginx/sbin/nginx")):
+    for candidate in (
+        Path("/usr/sbin/nginx"),
+        Path("/usr/local/sbin/nginx"),
+        Path("/usr/local/nginx/sbin/nginx"),
+    ):
         if candidate.exists():
             return str(candidate)
     return None
@@ -501,7 +545,9 @@ class UwsgiInstance:
             return False
         workers = stats.get("workers", [])
         return bool(workers) and all(
-            worker["pid"] and worker.get("accepting") and worker["pid"] not in not_pids
+            worker["pid"]
+            and worker.get("accepting")
+            and worker["pid"] not in not_pids
             and worker["status"] in ("idle", "busy")
             for worker in workers
         )
@@ -513,7 +559,9 @@ class Stack:
     def __init__(self, settings: StackSettings | None = None) -> None:
         self.settings = settings or StackSettings()
         self.run_dir = Path(os.path.abspath(self.settings.run_dir))
-        self.instances = [UwsgiInstance(n, self.run_dir) for n in range(1, self.settings.uwsgi_instances + 1)]
+        self.instances = [
+            UwsgiInstance(n, self.run_dir) for n in range(1, self.settings.uwsgi_instances + 1)
+        ]
         self.nginx_dir = self.run_dir / "nginx"
         self.nginx_popen: subprocess.Popen | None = None
         self.state_file = self.run_dir / "stack.json"
@@ -562,13 +610,15 @@ class Stack:
             options["UWSGI_" + name.upper().replace("-", "_")] = str(value)
         if self.standalone:
             build = os.path.abspath(self.settings.build_dir)
-            options.update({
-                "UWSGI_HTTP_SOCKET": f"{self.settings.host}:{self.settings.port}",
-                "UWSGI_CHECK_STATIC": build,
-                "UWSGI_STATIC_INDEX": "index.html",
-                "UWSGI_STATIC_GZIP_ALL": "true",
-                "UWSGI_OFFLOAD_THREADS": "1",
-            })
+            options.update(
+                {
+                    "UWSGI_HTTP_SOCKET": f"{self.settings.host}:{self.settings.port}",
+                    "UWSGI_CHECK_STATIC": build,
+                    "UWSGI_STATIC_INDEX": "index.html",
+                    "UWSGI_STATIC_GZIP_ALL": "true",
+                    "UWSGI_OFFLOAD_THREADS": "1",
+                }
+            )
         return {**os.environ, **self.settings.environment, **options}
 
     # -- start -------------------------------------------------------------
@@ -577,13 +627,17 @@ class Stack:
         """Start everything and wait until the site answers; on any failure, stop what was started."""
         settings = self.settings
         if settings.uwsgi is None:
-            raise StackError("uWSGI is not installed (pip install uWSGI, or ./scripts/serve which installs it)")
+            raise StackError(
+                "uWSGI is not installed (pip install uWSGI, or ./scripts/serve which installs it)"
+            )
         if self.standalone and len(self.instances) > 1:
             raise StackError("without nginx there is one uWSGI instance (it owns the HTTP port)")
         running = self.running_components()
         if running:
-            raise StackError(f"a stack is already running in {self.run_dir} ({', '.join(running)}): "
-                             "`scripts/serve stop` first")
+            raise StackError(
+                f"a stack is already running in {self.run_dir} ({', '.join(running)}): "
+                "`scripts/serve stop` first"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
         try:
@@ -605,13 +659,23 @@ class Stack:
         for sub in ("tmp", "cache"):
             (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
         conf = render_nginx(self.nginx_config())
-        result = subprocess.run(self._nginx_command(conf) + ["-t", "-q"], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            self._nginx_command(conf) + ["-t", "-q"], capture_output=True, text=True, check=False
+        )
         if result.returncode != 0:
             raise StackError(f"nginx rejected {conf}:\n{result.stderr.strip()}")
 
     def _nginx_command(self, conf: Path) -> list[str]:
         assert self.settings.nginx is not None
-        return [self.settings.nginx, "-p", f"{self.nginx_dir}/", "-c", str(conf), "-e", str(self.nginx_dir / "error.log")]
+        return [
+            self.settings.nginx,
+            "-p",
+            f"{self.nginx_dir}/",
+            "-c",
+            str(conf),
+            "-e",
+            str(self.nginx_dir / "error.log"),
+        ]
 
     def start_uwsgi(self, instance: UwsgiInstance) -> None:
         """(Re)start one instance and wait until its workers accept."""
@@ -623,14 +687,21 @@ class Stack:
         environment = self.uwsgi_environment(instance)
         instance.env_file.write_text(
             "# The UWSGI_* options of this instance (deploy/uwsgi/uwsgi.ini reads them).\n"
-            + "".join(f"{key}={value}\n" for key, value in sorted(environment.items()) if key.startswith("UWSGI_"))
+            + "".join(
+                f"{key}={value}\n"
+                for key, value in sorted(environment.items())
+                if key.startswith("UWSGI_")
+            )
         )
         for path in instance.files():
             path.unlink(missing_ok=True)
         with open(instance.log, "ab") as log:
             instance.popen = subprocess.Popen(
                 [self.settings.uwsgi, "--ini", str(UWSGI_INI)],
-                env=environment, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 cwd=PROJECT_ROOT,
                 # Its own session: a Ctrl-C in the terminal reaches scripts/serve, which stops the stack in order.
                 start_new_session=True,
@@ -640,11 +711,15 @@ class Stack:
         deadline = time.monotonic() + self.settings.start_timeout
         while not instance.ready(not_pids=not_pids):
             if instance.popen is not None and instance.popen.poll() is not None:
-                raise StackError(f"uWSGI instance {instance.number} exited with status {instance.popen.returncode}; "
-                                 f"its log ({instance.log}) ends:\n{log_tail(instance.log)}")
+                raise StackError(
+                    f"uWSGI instance {instance.number} exited with status {instance.popen.returncode}; "
+                    f"its log ({instance.log}) ends:\n{log_tail(instance.log)}"
+                )
             if time.monotonic() > deadline:
-                raise StackError(f"uWSGI instance {instance.number} not ready after {self.settings.start_timeout:.0f} s; "
-                                 f"its log ({instance.log}) ends:\n{log_tail(instance.log)}")
+                raise StackError(
+                    f"uWSGI instance {instance.number} not ready after {self.settings.start_timeout:.0f} s; "
+                    f"its log ({instance.log}) ends:\n{log_tail(instance.log)}"
+                )
             time.sleep(0.05)
 
     def start_nginx(self) -> None:
@@ -652,12 +727,17 @@ class Stack:
         with open(log, "ab") as stderr:
             self.nginx_popen = subprocess.Popen(
                 self._nginx_command(self.nginx_dir / "nginx.conf") + ["-g", "daemon off;"],
-                stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 10
         while read_pid(self.nginx_dir / "nginx.pid", "nginx") is None:
             if self.nginx_popen.poll() is not None:
-                raise StackError(f"nginx exited with status {self.nginx_popen.returncode}; {log} ends:\n{log_tail(log)}")
+                raise StackError(
+                    f"nginx exited with status {self.nginx_popen.returncode}; {log} ends:\n{log_tail(log)}"
+                )
             if time.monotonic() > deadline:
                 raise StackError(f"nginx wrote no pid file in 10 s; {log} ends:\n{log_tail(log)}")
             time.sleep(0.02)
@@ -677,7 +757,9 @@ class Stack:
             except OSError as error:
                 last_error = error
             time.sleep(0.05)
-        raise StackError(f"{url}/health did not answer in {self.settings.start_timeout:.0f} s: {last_error}")
+        raise StackError(
+            f"{url}/health did not answer in {self.settings.start_timeout:.0f} s: {last_error}"
+        )
 
     def _write_state(self) -> None:
         state = {
@@ -757,7 +839,9 @@ class Stack:
                 continue
             workers = child_pids(pid)
             try:
-                instance.command("q")  # graceful: running requests finish (up to worker-reload-mercy)
+                instance.command(
+                    "q"
+                )  # graceful: running requests finish (up to worker-reload-mercy)
                 first: int | None = None
             except OSError:
                 first = signal.SIGTERM  # no FIFO: die-on-term makes SIGTERM the same graceful stop
@@ -770,7 +854,9 @@ class Stack:
                 instance.popen.wait()
             instance.popen = None
             for path in instance.files():
-                path.unlink(missing_ok=True)  # vacuum removes all but the FIFO; a killed master removes none
+                path.unlink(
+                    missing_ok=True
+                )  # vacuum removes all but the FIFO; a killed master removes none
 
     def _remove_leftovers(self) -> list[str]:
         """Sockets, FIFOs and pid files of processes that are gone (never of running ones)."""
@@ -788,7 +874,9 @@ class Stack:
         return removed
 
     def running_components(self) -> list[str]:
-        running = [f"uWSGI {i.number} (pid {pid})" for i in self.instances if (pid := i.master_pid())]
+        running = [
+            f"uWSGI {i.number} (pid {pid})" for i in self.instances if (pid := i.master_pid())
+        ]
         if (pid := self.nginx_pid()) is not None:
             running.append(f"nginx (pid {pid})")
         return running
@@ -800,8 +888,13 @@ class Stack:
         return [path for path in paths if path.exists() or path.is_symlink()]
 
 
-def _stop_process(pid: int, workers: Sequence[int], signals: Sequence[int | None], timeout: float,
-                  popen: subprocess.Popen | None) -> None:
+def _stop_process(
+    pid: int,
+    workers: Sequence[int],
+    signals: Sequence[int | None],
+    timeout: float,
+    popen: subprocess.Popen | None,
+) -> None:
     """Send ``signals`` to ``pid`` one after another (None: only wait), each with an equal share of
     ``timeout`` to work; then SIGKILL it. Its ``workers`` get a moment more, then SIGKILL too."""
     step = timeout / max(1, len(signals))
@@ -848,12 +941,20 @@ def stack_from_state(run_dir: Path) -> Stack | None:
 def freeze_site(build_dir: Path, environment: Mapping[str, str]) -> bool:
     """``flask freeze`` into ``build_dir`` (incremental: only what changed is written). False if it failed."""
     command = [sys.executable, "-m", "flask", "--app", "webapp", "freeze", "--dest", str(build_dir)]
-    result = subprocess.run(command, env={**os.environ, **environment}, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        command, env={**os.environ, **environment}, capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
-        _say(f"freezing the site failed, so the app serves every page:\n{result.stderr.strip()[-2000:]}")
+        _say(
+            f"freezing the site failed, so the app serves every page:\n{result.stderr.strip()[-2000:]}"
+        )
         return False
     # Its output: a progress bar, one summary line, then the files that changed (indented).
-    summary = [line for line in result.stdout.splitlines() if line and not line.startswith(("Freezing", " "))]
+    summary = [
+        line
+        for line in result.stdout.splitlines()
+        if line and not line.startswith(("Freezing", " "))
+    ]
     _say(f"frozen into {build_dir}: {summary[0] if summary else 'done'}")
     return True
 
@@ -866,48 +967,93 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command")
     run_dir = argparse.ArgumentParser(add_help=False)
-    run_dir.add_argument("--run-dir", type=Path, default=None, help="where the stack's files live (default var/run)")
+    run_dir.add_argument(
+        "--run-dir", type=Path, default=None, help="where the stack's files live (default var/run)"
+    )
 
-    start = commands.add_parser("start", parents=[run_dir], help="start the stack and serve until Ctrl-C or `stop`")
+    start = commands.add_parser(
+        "start", parents=[run_dir], help="start the stack and serve until Ctrl-C or `stop`"
+    )
     start.add_argument("--host", default="127.0.0.1")
     start.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-    start.add_argument("--https-port", type=int, default=None,
-                       help="also serve HTTPS with HTTP/2 (a self-signed certificate unless --certificate)")
+    start.add_argument(
+        "--https-port",
+        type=int,
+        default=None,
+        help="also serve HTTPS with HTTP/2 (a self-signed certificate unless --certificate)",
+    )
     start.add_argument("--certificate", type=Path, default=None)
     start.add_argument("--certificate-key", type=Path, default=None)
-    start.add_argument("--uwsgi-instances", type=int, default=1,
-                       help="uWSGI instances behind nginx's upstream (each with its own master and socket)")
-    start.add_argument("--processes", type=int, default=None, help="workers per instance (default: CPU count)")
-    start.add_argument("--build-dir", type=Path, default=None, help="the frozen site (default: FREEZE_DIR)")
-    start.add_argument("--no-freeze", action="store_true", help="serve the build as it is, without freezing first")
-    start.add_argument("--no-nginx", action="store_true", help="uWSGI alone, serving the frozen files itself")
-    start.add_argument("--no-access-log", action="store_true", help="nginx's access log off (for benchmarks)")
-    start.add_argument("--detach", action="store_true", help="return once the stack answers; `stop` stops it")
+    start.add_argument(
+        "--uwsgi-instances",
+        type=int,
+        default=1,
+        help="uWSGI instances behind nginx's upstream (each with its own master and socket)",
+    )
+    start.add_argument(
+        "--processes", type=int, default=None, help="workers per instance (default: CPU count)"
+    )
+    start.add_argument(
+        "--build-dir", type=Path, default=None, help="the frozen site (default: FREEZE_DIR)"
+    )
+    start.add_argument(
+        "--no-freeze", action="store_true", help="serve the build as it is, without freezing first"
+    )
+    start.add_argument(
+        "--no-nginx", action="store_true", help="uWSGI alone, serving the frozen files itself"
+    )
+    start.add_argument(
+        "--no-access-log", action="store_true", help="nginx's access log off (for benchmarks)"
+    )
+    start.add_argument(
+        "--detach", action="store_true", help="return once the stack answers; `stop` stops it"
+    )
 
-    commands.add_parser("stop", parents=[run_dir], help="stop a running stack; nothing is left behind")
+    commands.add_parser(
+        "stop", parents=[run_dir], help="stop a running stack; nothing is left behind"
+    )
     commands.add_parser("status", parents=[run_dir], help="what is running")
-    reload = commands.add_parser("reload", parents=[run_dir],
-                                 help="rolling graceful reload of the uWSGI instances, then nginx (after a deploy or a freeze)")
-    reload.add_argument("--chain", action="store_true", help="replace workers one by one instead (no new code)")
+    reload = commands.add_parser(
+        "reload",
+        parents=[run_dir],
+        help="rolling graceful reload of the uWSGI instances, then nginx (after a deploy or a freeze)",
+    )
+    reload.add_argument(
+        "--chain", action="store_true", help="replace workers one by one instead (no new code)"
+    )
 
-    render = commands.add_parser("render", help="render the nginx config for a real server (deploy/README.md)")
-    render.add_argument("--out", type=Path, required=True, help="a directory for nginx.conf and what it includes")
-    render.add_argument("--build-dir", type=Path, required=True, help="the frozen site, e.g. /srv/podcast/var/build")
-    render.add_argument("--upstream", action="append", required=True,
-                        help="a uWSGI socket: unix:/run/podcast/uwsgi.sock or 10.0.0.5:3031 (repeat for each)")
+    render = commands.add_parser(
+        "render", help="render the nginx config for a real server (deploy/README.md)"
+    )
+    render.add_argument(
+        "--out", type=Path, required=True, help="a directory for nginx.conf and what it includes"
+    )
+    render.add_argument(
+        "--build-dir", type=Path, required=True, help="the frozen site, e.g. /srv/podcast/var/build"
+    )
+    render.add_argument(
+        "--upstream",
+        action="append",
+        required=True,
+        help="a uWSGI socket: unix:/run/podcast/uwsgi.sock or 10.0.0.5:3031 (repeat for each)",
+    )
     render.add_argument("--server-name", default="_")
     render.add_argument("--http-listen", default="80")
     render.add_argument("--https-listen", default="443")
     render.add_argument("--certificate", type=Path, default=None)
     render.add_argument("--certificate-key", type=Path, default=None)
-    render.add_argument("--no-https", action="store_true", help="HTTP only (TLS ends in front of this nginx)")
+    render.add_argument(
+        "--no-https", action="store_true", help="HTTP only (TLS ends in front of this nginx)"
+    )
     render.add_argument("--user", default="www-data", help="who nginx's workers run as")
     render.add_argument("--pid-file", type=Path, default=Path("/run/nginx.pid"))
     render.add_argument("--error-log", type=Path, default=Path("/var/log/nginx/error.log"))
     render.add_argument("--access-log", type=Path, default=Path("/var/log/nginx/access.log"))
     render.add_argument("--temp-dir", type=Path, default=Path("/var/lib/nginx"))
     render.add_argument("--cache-dir", type=Path, default=Path("/var/cache/nginx/podcast"))
-    render.add_argument("--harakiri", type=int, default=DEFAULT_HARAKIRI, help="uWSGI's harakiri on the app servers")
+    render.add_argument(
+        "--harakiri", type=int, default=DEFAULT_HARAKIRI, help="uWSGI's harakiri on the app servers"
+    )
     return parser
 
 
@@ -936,10 +1082,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _start(args: argparse.Namespace, run_dir: Path) -> int:
     nginx = None if args.no_nginx else find_nginx()
     if nginx is None:
-        _say("nginx is not installed: uWSGI alone serves the site and the frozen files (check-static); "
-             "no security headers, micro-cache or HTTPS")
+        _say(
+            "nginx is not installed: uWSGI alone serves the site and the frozen files (check-static); "
+            "no security headers, micro-cache or HTTPS"
+        )
     settings = StackSettings(
-        run_dir=run_dir, host=args.host, port=args.port, uwsgi_instances=args.uwsgi_instances, nginx=nginx,
+        run_dir=run_dir,
+        host=args.host,
+        port=args.port,
+        uwsgi_instances=args.uwsgi_instances,
+        nginx=nginx,
         access_log=not args.no_access_log,
     )
     if args.build_dir is not None:
@@ -951,7 +1103,9 @@ def _start(args: argparse.Namespace, run_dir: Path) -> int:
             raise StackError("HTTPS needs nginx")
         settings.https_port = args.https_port
         if args.certificate is None:
-            settings.certificate, settings.certificate_key = make_self_signed_certificate(run_dir / "tls")
+            settings.certificate, settings.certificate_key = make_self_signed_certificate(
+                run_dir / "tls"
+            )
         else:
             settings.certificate, settings.certificate_key = args.certificate, args.certificate_key
     if not args.no_freeze:
@@ -977,7 +1131,10 @@ def _serve_until_stopped(stack: Stack) -> int:
     def on_signal(signum: int, frame: object) -> None:
         requests.append("reload" if signum == signal.SIGHUP else "stop")
 
-    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        signum: signal.signal(signum, on_signal)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     status = 0
     try:
         while True:
@@ -988,8 +1145,11 @@ def _serve_until_stopped(stack: Stack) -> int:
                 _say("reloading: uWSGI instances one by one, then nginx")
                 stack.reload()
                 _say("reloaded")
-            dead = [f"uWSGI instance {i.number} ({i.log})" for i in stack.instances
-                    if i.popen is not None and i.popen.poll() is not None]
+            dead = [
+                f"uWSGI instance {i.number} ({i.log})"
+                for i in stack.instances
+                if i.popen is not None and i.popen.poll() is not None
+            ]
             if stack.nginx_popen is not None and stack.nginx_popen.poll() is not None:
                 dead.append(f"nginx ({stack.nginx_dir / 'error.log'})")
             if dead:
@@ -1013,16 +1173,28 @@ def _status(stack: Stack | None, run_dir: Path) -> int:
         print(f"not running (in {run_dir})")
         return 1
     state = json.loads((run_dir / "stack.json").read_text())
-    print(f"running: {', '.join(running)}; {state['url']}" + (f" and {state['https_url']}" if state.get("https_url") else ""))
+    print(
+        f"running: {', '.join(running)}; {state['url']}"
+        + (f" and {state['https_url']}" if state.get("https_url") else "")
+    )
     return 0
 
 
 def _stop(stack: Stack | None, run_dir: Path) -> int:
     if stack is None:
         # No record (or a foreign one): stop whatever the default layout's pid files name.
-        stack = Stack(StackSettings(run_dir=run_dir, uwsgi_instances=len(list(run_dir.glob("uwsgi-*.pid"))) or 1))
+        stack = Stack(
+            StackSettings(
+                run_dir=run_dir, uwsgi_instances=len(list(run_dir.glob("uwsgi-*.pid"))) or 1
+            )
+        )
     launcher = getattr(stack, "launcher_pid", None)
-    if launcher and launcher != os.getpid() and pid_alive(launcher) and "webapp.stack" in _cmdline(launcher):
+    if (
+        launcher
+        and launcher != os.getpid()
+        and pid_alive(launcher)
+        and "webapp.stack" in _cmdline(launcher)
+    ):
         _signal(launcher, signal.SIGTERM)  # the foreground scripts/serve stops its stack and exits
         wait_gone([launcher], stack.settings.stop_timeout + 10)
     stack.stop()
@@ -1039,7 +1211,9 @@ def _reload(stack: Stack | None, run_dir: Path, *, chain: bool) -> int:
         raise StackError(f"no stack is running in {run_dir}")
     launcher = getattr(stack, "launcher_pid", None)
     if launcher and pid_alive(launcher) and "webapp.stack" in _cmdline(launcher) and not chain:
-        _signal(launcher, signal.SIGHUP)  # the foreground scripts/serve re-renders nginx's config too
+        _signal(
+            launcher, signal.SIGHUP
+        )  # the foreground scripts/serve re-renders nginx's config too
         print("reload requested from the running scripts/serve (see its output)")
         return 0
     for instance in stack.instances:
@@ -1055,13 +1229,24 @@ def _render(args: argparse.Namespace) -> int:
     if https and not (args.certificate and args.certificate_key):
         raise StackError("HTTPS needs --certificate and --certificate-key (or --no-https)")
     config = NginxConfig(
-        conf_dir=Path(os.path.abspath(args.out)), build_dir=Path(os.path.abspath(args.build_dir)),
+        conf_dir=Path(os.path.abspath(args.out)),
+        build_dir=Path(os.path.abspath(args.build_dir)),
         upstreams=list(args.upstream),
-        http_listen=args.http_listen, https_listen=args.https_listen if https else None,
-        certificate=args.certificate, certificate_key=args.certificate_key, server_name=args.server_name,
-        https_only=https, hsts=https, user=args.user, pid_file=args.pid_file, error_log=args.error_log,
-        access_log=args.access_log, temp_dir=args.temp_dir, cache_dir=args.cache_dir,
-        open_file_cache_valid="10s", uwsgi_read_timeout=args.harakiri + READ_TIMEOUT_MARGIN,
+        http_listen=args.http_listen,
+        https_listen=args.https_listen if https else None,
+        certificate=args.certificate,
+        certificate_key=args.certificate_key,
+        server_name=args.server_name,
+        https_only=https,
+        hsts=https,
+        user=args.user,
+        pid_file=args.pid_file,
+        error_log=args.error_log,
+        access_log=args.access_log,
+        temp_dir=args.temp_dir,
+        cache_dir=args.cache_dir,
+        open_file_cache_valid="10s",
+        uwsgi_read_timeout=args.harakiri + READ_TIMEOUT_MARGIN,
     )
     conf = render_nginx(config)
     print(f"rendered {conf}; check it with: nginx -t -c {conf}")

@@ -14,6 +14,7 @@ from 44% to 60% of its RSS. CPython's fuller recipe (``gc.disable()`` before the
 app is built, ``gc.enable()`` in each worker after the fork) measured the same
 here (16.0 MB), so this stays the simple version. ``GC_FREEZE=0`` turns it off.
 """
+
 from __future__ import annotations
 
 import gc

@@ -71,7 +71,9 @@ class ProfilerMiddleware:
         if store is None and directory is not None:
             store = DirectoryStore(directory, max_profiles=max_profiles, max_bytes=max_bytes)
         if store is None and (secret or sample_rate):
-            raise ValueError("profiling needs somewhere to keep profiles: pass store= or directory=")
+            raise ValueError(
+                "profiling needs somewhere to keep profiles: pass store= or directory="
+            )
         self.app = app
         self.sample_rate = sample_rate
         self.slow_ms = slow_ms
@@ -86,8 +88,12 @@ class ProfilerMiddleware:
             readers = {name: cls() for name, cls in BUILTIN_PROFILERS.items()}
             readers[self.profiler.name] = self.profiler
             self._viewer = Viewer(
-                prefix=viewer_prefix, store=store, tokens=self._tokens,
-                profilers=readers, fallback=app, clock=clock,
+                prefix=viewer_prefix,
+                store=store,
+                tokens=self._tokens,
+                profilers=readers,
+                fallback=app,
+                clock=clock,
             )
         self._failing: set[str] = set()
 
@@ -97,7 +103,9 @@ class ProfilerMiddleware:
             raise ValueError("no secret is configured: on-demand profiling is off")
         return make_token(self._secret, self.token_ttl if ttl_seconds is None else ttl_seconds)
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         # The path every unprofiled request takes: keep it to a few lookups.
         if self._viewer is not None and self._viewer.handles(environ.get("PATH_INFO", "")):
             return self._viewer(environ, start_response)
@@ -133,7 +141,9 @@ class ProfilerMiddleware:
     ) -> Iterable[bytes]:
         """Answer with the profile's page; the response is run to its end inside the profile."""
 
-        def discard_response(status: str, headers: list[Any], exc_info: Any = None) -> Callable[[bytes], None]:
+        def discard_response(
+            status: str, headers: list[Any], exc_info: Any = None
+        ) -> Callable[[bytes], None]:
             recording.response_started(status)
             return lambda data: None
 
@@ -152,10 +162,16 @@ class ProfilerMiddleware:
             raise
         data = self._finish(recording)
         if data is None:
-            body = page("No profile", element("p", "The profiler failed; see the server log.")).encode()
+            body = page(
+                "No profile", element("p", "The profiler failed; see the server log.")
+            ).encode()
         else:
             body = self.profiler.render_html(data).encode()
-        headers = [*PROFILE_PAGE_HEADERS, *recording.result_headers(), ("Content-Length", str(len(body)))]
+        headers = [
+            *PROFILE_PAGE_HEADERS,
+            *recording.result_headers(),
+            ("Content-Length", str(len(body))),
+        ]
         start_response("200 OK", headers)
         return [body]
 
@@ -210,7 +226,9 @@ class ProfilerMiddleware:
 
 
 def _wants_inline(environ: dict[str, Any]) -> bool:
-    return environ.get(_VIEW_HEADER_KEY) == "inline" or _VIEW_PARAM in environ.get("QUERY_STRING", "").split("&")
+    return environ.get(_VIEW_HEADER_KEY) == "inline" or _VIEW_PARAM in environ.get(
+        "QUERY_STRING", ""
+    ).split("&")
 
 
 class _Recording:
@@ -247,7 +265,10 @@ class _Recording:
         Server-Timing can only cover the time until start_response(): headers
         leave before the body is iterated. The profile itself covers it all.
         """
-        return [("X-Profile-Id", self.id), ("Server-Timing", f"app;dur={self.response_ms or 0:.1f}")]
+        return [
+            ("X-Profile-Id", self.id),
+            ("Server-Timing", f"app;dur={self.response_ms or 0:.1f}"),
+        ]
 
     def wrap(self, start_response: Callable[..., Any]) -> Callable[..., Any]:
         def profiled_start_response(status: str, headers: list[Any], exc_info: Any = None) -> Any:
@@ -296,7 +317,10 @@ class _ProfiledBody:
     """
 
     def __init__(
-        self, app_iter: Iterable[bytes], recording: _Recording, finish: Callable[[_Recording], object]
+        self,
+        app_iter: Iterable[bytes],
+        recording: _Recording,
+        finish: Callable[[_Recording], object],
     ) -> None:
         self._app_iter = app_iter
         self._chunks: Iterator[bytes] = iter(app_iter)

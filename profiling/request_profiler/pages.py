@@ -72,7 +72,9 @@ def element(tag: str, /, *children: object, **attributes: object) -> Markup:
 
 
 def table(
-    head: Iterable[object] | None, rows: Iterable[Iterable[object]], numeric: frozenset[int] = frozenset()
+    head: Iterable[object] | None,
+    rows: Iterable[Iterable[object]],
+    numeric: frozenset[int] = frozenset(),
 ) -> Markup:
     """A table, with a header row unless ``head`` is None.
 

@@ -181,4 +181,6 @@ def get_profiler(spec: str | Profiler, interval: float = 0.001) -> Profiler:
         return PyinstrumentProfiler(interval=interval)
     if spec == CProfileProfiler.name:
         return CProfileProfiler()
-    raise ValueError(f"unknown profiler {spec!r}; use one of {sorted(BUILTIN_PROFILERS)} or an instance")
+    raise ValueError(
+        f"unknown profiler {spec!r}; use one of {sorted(BUILTIN_PROFILERS)} or an instance"
+    )

@@ -73,7 +73,11 @@ class DirectoryStore:
     stale_temp_seconds = 3600
 
     def __init__(
-        self, directory: str | os.PathLike[str], *, max_profiles: int = 200, max_bytes: int = 100 * 2**20
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_profiles: int = 200,
+        max_bytes: int = 100 * 2**20,
     ) -> None:
         if max_profiles < 1 or max_bytes < 1:
             raise ValueError("max_profiles and max_bytes must be positive")
@@ -138,7 +142,9 @@ class DirectoryStore:
                 for entry in entries:
                     if entry.name.startswith(".tmp-"):
                         temps.append(entry)
-                    elif entry.name.endswith(self.suffix) and is_profile_id(entry.name[: -len(self.suffix)]):
+                    elif entry.name.endswith(self.suffix) and is_profile_id(
+                        entry.name[: -len(self.suffix)]
+                    ):
                         profiles.append(entry)
             profiles.sort(key=lambda entry: entry.name, reverse=True)  # newest first
             total = count = 0

@@ -127,9 +127,7 @@ class TokenVerifier:
         return None
 
 
-def _first_value(
-    text: str, separator: str, name: str, decode: Callable[[str], str]
-) -> str | None:
+def _first_value(text: str, separator: str, name: str, decode: Callable[[str], str]) -> str | None:
     for part in text.split(separator):
         key, _, value = part.strip().partition("=")
         if key == name:

@@ -111,12 +111,16 @@ class Viewer:
         """Whether ``path`` (a PATH_INFO) is under the viewer's prefix."""
         return path.startswith(self._root) or path == self.prefix
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         token = self._tokens.from_environ(environ)
         if token is None:
             return self._fallback(environ, start_response)
         response = self._route(environ, token)
-        start_response(response.status, [*response.headers, ("Content-Length", str(len(response.body)))])
+        start_response(
+            response.status, [*response.headers, ("Content-Length", str(len(response.body)))]
+        )
         return [response.body]
 
     def _route(self, environ: dict[str, Any], token: ValidToken) -> _Response:
@@ -156,11 +160,26 @@ class Viewer:
             )
             for meta in metas
         )
-        head = ("Time (UTC)", "Method", "Path", "Status", "ms", "SQL queries / ms", "Trigger", "Profiler")
+        head = (
+            "Time (UTC)",
+            "Method",
+            "Path",
+            "Status",
+            "ms",
+            "SQL queries / ms",
+            "Trigger",
+            "Profiler",
+        )
         cookie_form = element(
             "form",
             element("button", "Profile while browsing", type="submit", name="cookie", value="set"),
-            element("button", "Stop profiling while browsing", type="submit", name="cookie", value="clear"),
+            element(
+                "button",
+                "Stop profiling while browsing",
+                type="submit",
+                name="cookie",
+                value="clear",
+            ),
             method="post",
         )
         help_text = element(
@@ -170,8 +189,14 @@ class Viewer:
             "profiled, one at a time, and listed here.",
         )
         title = "Slowest profiles" if by_duration else "Recent profiles"
-        return _html(title, _nav(base), element("h1", title), cookie_form, help_text,
-                     table(head, rows, numeric=frozenset({3, 4, 5})))
+        return _html(
+            title,
+            _nav(base),
+            element("h1", title),
+            cookie_form,
+            help_text,
+            table(head, rows, numeric=frozenset({3, 4, 5})),
+        )
 
     def _cookie_button(self, environ: dict[str, Any], base: str, token: ValidToken) -> _Response:
         try:
@@ -190,7 +215,9 @@ class Viewer:
         cookie = f"{TOKEN_PARAM}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict"
         if environ.get("wsgi.url_scheme") == "https":
             cookie += "; Secure"
-        return _Response("303 See Other", b"", [("Location", f"{base}/"), ("Set-Cookie", cookie), *_PRIVATE])
+        return _Response(
+            "303 See Other", b"", [("Location", f"{base}/"), ("Set-Cookie", cookie), *_PRIVATE]
+        )
 
     def _endpoints(self, base: str) -> _Response:
         metas = self._store.recent()
@@ -205,8 +232,13 @@ class Viewer:
             "requests asked for with a token and the sampled ones slower than slow_ms, so "
             "they show where profiled time goes, not site-wide averages.",
         )
-        return _html("Time per endpoint", _nav(base), element("h1", "Time per endpoint"), note,
-                     table(head, rows, numeric=frozenset({1, 2, 3, 4, 5})))
+        return _html(
+            "Time per endpoint",
+            _nav(base),
+            element("h1", "Time per endpoint"),
+            note,
+            table(head, rows, numeric=frozenset({1, 2, 3, 4, 5})),
+        )
 
     def _detail(self, base: str, profile_id: str) -> _Response:
         stored = self._load(profile_id)
@@ -218,9 +250,15 @@ class Viewer:
             ("Time (UTC)", _when(meta["time"])),
             ("Status", _status(meta)),
             ("Duration", f"{_ms(meta['duration_ms'])} ms (until close())"),
-            ("Server-Timing app", "—" if response_ms is None else f"{_ms(response_ms)} ms (to start_response)"),
+            (
+                "Server-Timing app",
+                "—" if response_ms is None else f"{_ms(response_ms)} ms (to start_response)",
+            ),
             ("Endpoint", meta["endpoint"] or "—"),
-            ("Body sent completely", "yes" if meta["body_complete"] else "no (error or client disconnected)"),
+            (
+                "Body sent completely",
+                "yes" if meta["body_complete"] else "no (error or client disconnected)",
+            ),
             ("Error", meta["error"] or "—"),
             ("Trigger", meta["trigger"]),
             ("Profiler", meta["profiler"]),
@@ -244,10 +282,16 @@ class Viewer:
         profiler = self._profilers.get(meta["profiler"])
         if profiler is not None:
             links = [
-                element("a", f"Download {profile_id}{export.suffix}", href=f"{base}/{profile_id}/download/{fmt}")
+                element(
+                    "a",
+                    f"Download {profile_id}{export.suffix}",
+                    href=f"{base}/{profile_id}/download/{fmt}",
+                )
                 for fmt, export in profiler.formats.items()
             ]
-            links.append(element("a", "Open the profile full page", href=f"{base}/{profile_id}/profile.html"))
+            links.append(
+                element("a", "Open the profile full page", href=f"{base}/{profile_id}/profile.html")
+            )
             sections += [
                 element("h2", "Profile"),
                 element("ul", *(element("li", link) for link in links)),

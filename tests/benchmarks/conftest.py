@@ -4,6 +4,7 @@ Benchmarks run with ``./scripts/test --benchmark`` (or ``pytest tests/benchmarks
 --benchmark-only``); the normal run skips them. They compare against a
 baseline measured in the same run, never against wall-clock constants.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,6 +9,7 @@ with guests), the largest one (100), and one episode. ``routes``: ``/health``,
 the cheapest route that still reads the database (the tuning lab compares the
 feed's 304 path against it under load), and the home page.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -7,6 +7,7 @@ does (other processes, a slower CPU). ``scripts/bench-compare`` divides every
 other benchmark's median by this one's, measured in the same run, so a
 baseline saved on a quiet machine can be compared with a run on a busy one.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,10 @@ from operator import itemgetter
 
 import pytest
 
-ROWS = [{"number": n, "title": f"Episode {n:04d}: {'x' * (n % 40)}", "tags": ["python", str(n)]} for n in range(300)]
+ROWS = [
+    {"number": n, "title": f"Episode {n:04d}: {'x' * (n % 40)}", "tags": ["python", str(n)]}
+    for n in range(300)
+]
 
 
 def workload() -> int:

@@ -6,6 +6,7 @@ The ``feed`` group compares, in one run: a cold render with webapp.rss, the
 same feed built with feedgen (a general-purpose library), a full GET served
 from the per-process cache, and a conditional GET answered with 304.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -50,4 +51,3 @@ def test_feed_conditional_get_304(benchmark, seeded_sqlite_app):
     etag = client.get("/episodes/rss").headers["ETag"]
     response = benchmark(client.get, "/episodes/rss", headers={"If-None-Match": etag})
     assert response.status_code == 304
-

@@ -19,6 +19,7 @@ one page more (404.html) and twice the files (a .gz beside each page), so
 where creating a file is slow (a busy disk), that weighs on ours more.
 Nothing here asserts a time.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -61,7 +62,9 @@ def new_destination(tmp_path: Path) -> Callable[[], Path]:
 
 def edit_one_episode(app: Flask, edits=itertools.count()) -> None:
     with get_database(app).session() as session:
-        session.execute("UPDATE episodes SET title = %s WHERE number = 300", (f"Edit {next(edits)}",))
+        session.execute(
+            "UPDATE episodes SET title = %s WHERE number = 300", (f"Edit {next(edits)}",)
+        )
 
 
 def group(benchmark, database_url: str) -> None:
@@ -105,7 +108,9 @@ def test_plain_frozen_flask(benchmark, database_url, app, new_destination):
         app.config["FREEZER_DESTINATION"] = str(new_destination())
         return (), {}
 
-    urls = benchmark.pedantic(freezer.freeze, setup=round_setup, rounds=FULL_ROUNDS, warmup_rounds=1)
+    urls = benchmark.pedantic(
+        freezer.freeze, setup=round_setup, rounds=FULL_ROUNDS, warmup_rounds=1
+    )
     assert len(urls) == DEFAULT_SEED + 5
     benchmark.extra_info["pages"] = len(urls)
 
@@ -122,5 +127,7 @@ def test_incremental(benchmark, database_url, app, new_destination):
         return (app, destination), {}
 
     report = benchmark.pedantic(freeze, setup=round_setup, rounds=INCREMENTAL_ROUNDS)
-    assert len(report.rendered) == 3 and len(report.changed) == 6  # the episode, the catalogue, the feed
+    assert (
+        len(report.rendered) == 3 and len(report.changed) == 6
+    )  # the episode, the catalogue, the feed
     benchmark.extra_info["pages"] = len(report.rendered)

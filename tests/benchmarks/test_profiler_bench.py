@@ -9,6 +9,7 @@ cProfile) or answered with the profile's page (``inline``), next to
 pyinstrument's documented before/after_request recipe, which also renders the
 page on every request.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -18,9 +19,8 @@ from typing import Any
 import pytest
 from flask import Flask, g, make_response, request
 from pyinstrument import Profiler
-from werkzeug.test import EnvironBuilder
-
 from request_profiler import ProfilerMiddleware, make_token
+from werkzeug.test import EnvironBuilder
 
 SECRET = "benchmark-secret"
 TOKEN = make_token(SECRET, 3600)
@@ -121,7 +121,9 @@ def test_on_token_request_stored(benchmark, store_dir, engine: str) -> None:
 
 @pytest.mark.benchmark(group="profiler-on")
 def test_on_token_request_inline_page(benchmark, store_dir) -> None:
-    middleware = ProfilerMiddleware(hello_flask().wsgi_app, secret=SECRET, directory=store_dir, max_profiles=50)
+    middleware = ProfilerMiddleware(
+        hello_flask().wsgi_app, secret=SECRET, directory=store_dir, max_profiles=50
+    )
     serve = requester(middleware, headers={"X-Profile-Token": TOKEN, "X-Profile-View": "inline"})
     assert b"pyinstrumentHTMLRenderer" in benchmark(serve)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from request_profiler import ProfilerMiddleware, make_token
 from request_profiler.middleware import _one_profile_at_a_time
 

@@ -7,9 +7,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from werkzeug.test import EnvironBuilder
-
 from request_profiler import DirectoryStore
+from werkzeug.test import EnvironBuilder
 
 SECRET = "test-secret-0f6c2a91d4"
 
@@ -37,7 +36,9 @@ def run(app: Callable[..., Iterable[bytes]], path: str = "/", **builder_options:
     """Call a WSGI app like a server: start_response, iterate, close."""
     response: dict[str, Any] = {}
 
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
         response["status"], response["headers"] = status, headers
         return response.setdefault("written", []).append
 
@@ -47,7 +48,9 @@ def run(app: Callable[..., Iterable[bytes]], path: str = "/", **builder_options:
     finally:
         if hasattr(body, "close"):
             body.close()
-    return Result(response["status"], response["headers"], b"".join(response.get("written", []) + chunks))
+    return Result(
+        response["status"], response["headers"], b"".join(response.get("written", []) + chunks)
+    )
 
 
 def stored(store_dir: Path) -> list[dict[str, Any]]:
@@ -74,7 +77,7 @@ class _TagBalance(HTMLParser):
 
 def assert_html5_document(text: str) -> None:
     """A doctype, a title, and every element closed in order (our pages close all)."""
-    assert text.startswith("<!DOCTYPE html>\n<html lang=\"en\">")
+    assert text.startswith('<!DOCTYPE html>\n<html lang="en">')
     assert "<title>" in text and '<meta charset="utf-8">' in text
     checker = _TagBalance()
     checker.feed(text)

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 import request_profiler
 from request_profiler import CProfileProfiler
 
@@ -18,7 +17,11 @@ from .helpers import hello_app, run
 
 
 def store_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "request_profiler" and "storing" in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "request_profiler" and "storing" in r.getMessage()
+    ]
 
 
 def test_an_unwritable_store_directory_is_logged_once_and_requests_are_served(
@@ -30,7 +33,9 @@ def test_an_unwritable_store_directory_is_logged_once_and_requests_are_served(
 
     results = [run(middleware, f"/{n}", headers={"X-Profile-Token": token}) for n in range(3)]
 
-    assert [(r.status, r.body) for r in results] == [("200 OK", f"hello /{n}".encode()) for n in range(3)]
+    assert [(r.status, r.body) for r in results] == [
+        ("200 OK", f"hello /{n}".encode()) for n in range(3)
+    ]
     assert len(store_warnings(caplog)) == 1
     assert caplog.records[0].exc_info is not None  # the cause is in the log
 
@@ -55,7 +60,10 @@ def test_a_failure_after_a_recovery_is_logged_again(
     assert len(list((parent / "moved").glob("*.profile"))) == 1
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a 0o500 directory anyway; the file-parent test covers it")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root writes into a 0o500 directory anyway; the file-parent test covers it",
+)
 def test_a_read_only_store_directory(make_middleware, store_dir: Path, token: str, caplog) -> None:
     store_dir.mkdir(mode=0o500)
 
@@ -98,12 +106,19 @@ _FULL_DISK_SCRIPT = textwrap.dedent(
 
 def test_a_full_disk_is_logged_once_and_leaves_no_partial_files(tmp_path: Path) -> None:
     package_root = Path(request_profiler.__file__).parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(package_root), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(package_root), os.environ.get("PYTHONPATH", "")]),
+    }
     store_dir = tmp_path / "profiles"
 
     completed = subprocess.run(
         [sys.executable, "-c", _FULL_DISK_SCRIPT, str(store_dir)],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
 
     outcome = json.loads(completed.stdout)
@@ -114,9 +129,13 @@ def test_a_full_disk_is_logged_once_and_leaves_no_partial_files(tmp_path: Path) 
 
 def test_huge_and_many_repeated_tokens_pass_through(make_middleware) -> None:
     query = "&".join(["_profile=" + "A" * 100] * 2000)
-    result = run(make_middleware(), "/", query_string=query, headers={"X-Profile-Token": "x" * 100_000})
+    result = run(
+        make_middleware(), "/", query_string=query, headers={"X-Profile-Token": "x" * 100_000}
+    )
 
-    assert result == run(hello_app, "/", query_string=query, headers={"X-Profile-Token": "x" * 100_000})
+    assert result == run(
+        hello_app, "/", query_string=query, headers={"X-Profile-Token": "x" * 100_000}
+    )
 
 
 class _RefusingProfiler(CProfileProfiler):
@@ -157,7 +176,9 @@ def test_a_profiler_that_cannot_start_leaves_requests_unprofiled(
 def test_a_profiler_that_cannot_stop_keeps_nothing_and_frees_the_lock(
     make_middleware, store_dir: Path, token: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    result = run(make_middleware(profiler=_FailingStopProfiler()), "/", headers={"X-Profile-Token": token})
+    result = run(
+        make_middleware(profiler=_FailingStopProfiler()), "/", headers={"X-Profile-Token": token}
+    )
 
     assert result.body == b"hello /"
     assert any("stopping the profiler failed" in r.getMessage() for r in caplog.records)

@@ -23,7 +23,9 @@ print(",".join(loaded))
 
 def test_importing_and_wrapping_without_a_secret_loads_no_framework() -> None:
     env = {**os.environ, "PYTHONPATH": str(PACKAGE_ROOT)}
-    completed = subprocess.run([sys.executable, "-c", _CHECK], env=env, capture_output=True, text=True, check=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", _CHECK], env=env, capture_output=True, text=True, check=True
+    )
 
     assert completed.stdout.strip() == ""
 

@@ -9,10 +9,9 @@ import threading
 import time
 
 import pytest
-from werkzeug.test import Client
-
 from request_profiler import ENDPOINT_KEY, DirectoryStore, Profiler, ProfilerMiddleware, make_token
 from request_profiler.store import PROFILE_ID
+from werkzeug.test import Client
 
 from .helpers import SECRET, environ_for, hello_app, run, stored
 
@@ -55,7 +54,9 @@ def start(middleware, path: str = "/", **options):
     ],
     ids=["header", "query", "cookie"],
 )
-def test_a_token_request_is_profiled_and_says_where(make_middleware, store_dir, token, carrier) -> None:
+def test_a_token_request_is_profiled_and_says_where(
+    make_middleware, store_dir, token, carrier
+) -> None:
     options = carrier(token)
     bare = run(hello_app, "/episodes", **options)
 
@@ -69,12 +70,20 @@ def test_a_token_request_is_profiled_and_says_where(make_middleware, store_dir, 
     [meta] = stored(store_dir)
     assert meta["id"] == profile_id
     assert (meta["method"], meta["path"], meta["status"]) == ("GET", "/episodes", 200)
-    assert (meta["trigger"], meta["profiler"], meta["body_complete"]) == ("token", "pyinstrument", True)
+    assert (meta["trigger"], meta["profiler"], meta["body_complete"]) == (
+        "token",
+        "pyinstrument",
+        True,
+    )
 
 
-def test_the_body_streams_chunk_by_chunk_and_the_profile_ends_in_close(make_middleware, store_dir, token) -> None:
+def test_the_body_streams_chunk_by_chunk_and_the_profile_ends_in_close(
+    make_middleware, store_dir, token
+) -> None:
     events: list[str] = []
-    body, response = start(make_middleware(streaming_app(events)), headers={"X-Profile-Token": token})
+    body, response = start(
+        make_middleware(streaming_app(events)), headers={"X-Profile-Token": token}
+    )
     chunks = iter(body)
 
     assert next(chunks) == b"chunk 0\n"
@@ -92,8 +101,12 @@ def test_the_body_streams_chunk_by_chunk_and_the_profile_ends_in_close(make_midd
     assert meta["body_complete"] is True
 
 
-def test_the_profile_covers_the_body_and_server_timing_only_the_start(make_middleware, store_dir, token) -> None:
-    result = run(make_middleware(streaming_app([], chunks=3, pause=0.03)), headers={"X-Profile-Token": token})
+def test_the_profile_covers_the_body_and_server_timing_only_the_start(
+    make_middleware, store_dir, token
+) -> None:
+    result = run(
+        make_middleware(streaming_app([], chunks=3, pause=0.03)), headers={"X-Profile-Token": token}
+    )
 
     [meta] = stored(store_dir)
     assert meta["duration_ms"] >= 90
@@ -114,10 +127,14 @@ def test_a_client_that_disconnects_mid_stream_closes_the_app_and_keeps_the_profi
     assert events == ["produce 0", "disconnected", "closed"]
     [meta] = stored(store_dir)
     assert meta["body_complete"] is False
-    assert run(middleware, headers={"X-Profile-Token": token}).header("X-Profile-Id")  # profiling still works
+    assert run(middleware, headers={"X-Profile-Token": token}).header(
+        "X-Profile-Id"
+    )  # profiling still works
 
 
-def test_an_exception_from_the_app_is_reraised_unchanged_and_the_profile_kept(make_middleware, store_dir, token) -> None:
+def test_an_exception_from_the_app_is_reraised_unchanged_and_the_profile_kept(
+    make_middleware, store_dir, token
+) -> None:
     error = LookupError("no such episode")
 
     def failing_app(environ, start_response):
@@ -132,7 +149,9 @@ def test_an_exception_from_the_app_is_reraised_unchanged_and_the_profile_kept(ma
     assert meta["status"] is None
 
 
-def test_an_exception_while_streaming_is_reraised_and_the_partial_profile_kept(make_middleware, store_dir, token) -> None:
+def test_an_exception_while_streaming_is_reraised_and_the_partial_profile_kept(
+    make_middleware, store_dir, token
+) -> None:
     def breaking_app(environ, start_response):
         start_response("200 OK", [])
         yield b"first"
@@ -146,7 +165,11 @@ def test_an_exception_while_streaming_is_reraised_and_the_partial_profile_kept(m
     body.close()
 
     [meta] = stored(store_dir)
-    assert (meta["status"], meta["error"], meta["body_complete"]) == (200, "OSError: backend gone", False)
+    assert (meta["status"], meta["error"], meta["body_complete"]) == (
+        200,
+        "OSError: backend gone",
+        False,
+    )
 
 
 def test_close_is_forwarded_to_an_iterable_that_is_not_a_generator(make_middleware, token) -> None:
@@ -173,10 +196,15 @@ def test_the_legacy_write_callable_still_works(make_middleware, token) -> None:
         write(b"written ")
         return [b"returned"]
 
-    assert run(make_middleware(writing_app), headers={"X-Profile-Token": token}).body == b"written returned"
+    assert (
+        run(make_middleware(writing_app), headers={"X-Profile-Token": token}).body
+        == b"written returned"
+    )
 
 
-def test_a_request_arriving_during_a_profile_is_served_unprofiled_at_once(make_middleware, store_dir, token) -> None:
+def test_a_request_arriving_during_a_profile_is_served_unprofiled_at_once(
+    make_middleware, store_dir, token
+) -> None:
     entered, release = threading.Event(), threading.Event()
 
     def app(environ, start_response):
@@ -187,7 +215,11 @@ def test_a_request_arriving_during_a_profile_is_served_unprofiled_at_once(make_m
 
     middleware = make_middleware(app)
     results = {}
-    slow = threading.Thread(target=lambda: results.update(slow=run(middleware, "/slow", headers={"X-Profile-Token": token})))
+    slow = threading.Thread(
+        target=lambda: results.update(
+            slow=run(middleware, "/slow", headers={"X-Profile-Token": token})
+        )
+    )
     slow.start()
     try:
         assert entered.wait(5)
@@ -224,7 +256,9 @@ def test_the_sample_rate_is_a_fraction_of_requests(make_middleware, store_dir) -
     assert 50 <= len(stored(store_dir)) <= 150  # mean 100, standard deviation under 9
 
 
-def test_slow_ms_keeps_only_slow_sampled_profiles_but_every_token_profile(make_middleware, store_dir, token) -> None:
+def test_slow_ms_keeps_only_slow_sampled_profiles_but_every_token_profile(
+    make_middleware, store_dir, token
+) -> None:
     def app(environ, start_response):
         if environ["PATH_INFO"] == "/slow":
             time.sleep(0.06)
@@ -246,7 +280,9 @@ def test_slow_ms_keeps_only_slow_sampled_profiles_but_every_token_profile(make_m
     [{"query_string": "_profile_view=inline"}, {"headers": {"X-Profile-View": "inline"}}],
     ids=["query", "header"],
 )
-def test_the_inline_view_replaces_the_response_after_running_it_whole(make_middleware, store_dir, token, options) -> None:
+def test_the_inline_view_replaces_the_response_after_running_it_whole(
+    make_middleware, store_dir, token, options
+) -> None:
     events: list[str] = []
     options = {**options, "headers": {**options.get("headers", {}), "X-Profile-Token": token}}
 
@@ -315,7 +351,9 @@ def test_another_profiler_plugs_in(make_middleware, store_dir, token) -> None:
     run(middleware, "/plugged", headers={"X-Profile-Token": token})
 
     [meta] = stored(store_dir)
-    page = Client(middleware).get(f"/_profiler/{meta['id']}/profile.html", headers={"X-Profile-Token": token})
+    page = Client(middleware).get(
+        f"/_profiler/{meta['id']}/profile.html", headers={"X-Profile-Token": token}
+    )
     assert re.search(r"GET /plugged took \d\.\d{6}s", page.text)
 
 
@@ -329,7 +367,9 @@ def test_the_endpoint_named_by_the_app_is_recorded(make_middleware, store_dir, t
     assert stored(store_dir)[0]["endpoint"] == "episodes.show"
 
 
-def test_one_profile_at_a_time_holds_across_middlewares(make_middleware, store_dir, tmp_path) -> None:
+def test_one_profile_at_a_time_holds_across_middlewares(
+    make_middleware, store_dir, tmp_path
+) -> None:
     other_token = make_token("other", 60)
     inner_results = []
 
@@ -344,9 +384,13 @@ def test_one_profile_at_a_time_holds_across_middlewares(make_middleware, store_d
     assert len(stored(store_dir)) == 1
 
 
-def test_a_response_never_closed_still_ends_its_profile_when_dropped(make_middleware, store_dir, token) -> None:
+def test_a_response_never_closed_still_ends_its_profile_when_dropped(
+    make_middleware, store_dir, token
+) -> None:
     client = Client(make_middleware())
-    response = client.get("/unclosed", headers={"X-Profile-Token": token})  # werkzeug leaves it open
+    response = client.get(
+        "/unclosed", headers={"X-Profile-Token": token}
+    )  # werkzeug leaves it open
     assert response.get_data() == b"hello /unclosed"
 
     del response

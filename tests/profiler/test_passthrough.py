@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from request_profiler import ProfilerMiddleware, make_token
 
 from .helpers import SECRET, environ_for, hello_app, run
@@ -43,7 +42,9 @@ def test_no_options_returns_the_apps_own_iterable() -> None:
 
 @pytest.mark.parametrize("source", ["header", "query", "cookie"])
 @pytest.mark.parametrize("name", sorted(BAD_TOKENS))
-def test_invalid_tokens_leave_the_request_untouched(make_middleware, store_dir, source: str, name: str) -> None:
+def test_invalid_tokens_leave_the_request_untouched(
+    make_middleware, store_dir, source: str, name: str
+) -> None:
     options = request_with(source, BAD_TOKENS[name])
 
     assert run(make_middleware(), "/page", **options) == run(hello_app, "/page", **options)
@@ -53,13 +54,21 @@ def test_invalid_tokens_leave_the_request_untouched(make_middleware, store_dir, 
 @pytest.mark.parametrize(
     "options",
     [
-        pytest.param({"query_string": f"_profile=garbage&_profile={VALID}"}, id="repeated query, first invalid"),
-        pytest.param({"headers": {"Cookie": f"_profile=garbage; _profile={VALID}"}}, id="repeated cookie, first invalid"),
+        pytest.param(
+            {"query_string": f"_profile=garbage&_profile={VALID}"},
+            id="repeated query, first invalid",
+        ),
+        pytest.param(
+            {"headers": {"Cookie": f"_profile=garbage; _profile={VALID}"}},
+            id="repeated cookie, first invalid",
+        ),
         # Servers join a repeated header with commas.
         pytest.param({"headers": {"X-Profile-Token": f"{VALID}, {VALID}"}}, id="repeated header"),
     ],
 )
-def test_repeated_tokens_count_by_their_first_value(make_middleware, store_dir, options: dict) -> None:
+def test_repeated_tokens_count_by_their_first_value(
+    make_middleware, store_dir, options: dict
+) -> None:
     assert run(make_middleware(), "/", **options) == run(hello_app, "/", **options)
     assert not store_dir.exists()
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from werkzeug.test import Client
-
 from request_profiler import record_sql, sql_capture_active
 from request_profiler.sql import MAX_STATEMENT_CHARS, MAX_STATEMENTS
+from werkzeug.test import Client
 
 from .helpers import hello_app, run, stored
 
@@ -31,9 +30,13 @@ def test_outside_a_profiled_request_the_hook_is_off() -> None:
     record_sql("SELECT 1", 0.1)  # a no-op, not an error
 
 
-def test_queries_of_a_profiled_request_are_listed_with_it(make_middleware, store_dir, token) -> None:
+def test_queries_of_a_profiled_request_are_listed_with_it(
+    make_middleware, store_dir, token
+) -> None:
     seen: list[bool] = []
-    app = querying_app([("SELECT * FROM episodes WHERE number < %s", 0.002), ("SELECT 1", 0.0005)], seen)
+    app = querying_app(
+        [("SELECT * FROM episodes WHERE number < %s", 0.002), ("SELECT 1", 0.0005)], seen
+    )
 
     run(make_middleware(app), headers={"X-Profile-Token": token})
 
@@ -44,7 +47,9 @@ def test_queries_of_a_profiled_request_are_listed_with_it(make_middleware, store
     assert sql_capture_active() is False  # over with the request
 
 
-def test_queries_made_while_the_body_streams_are_captured(make_middleware, store_dir, token) -> None:
+def test_queries_made_while_the_body_streams_are_captured(
+    make_middleware, store_dir, token
+) -> None:
     def streaming_app(environ, start_response):
         start_response("200 OK", [])
         for number in range(3):
@@ -53,7 +58,11 @@ def test_queries_made_while_the_body_streams_are_captured(make_middleware, store
 
     run(make_middleware(streaming_app), headers={"X-Profile-Token": token})
 
-    assert [statement for statement, _ in stored(store_dir)[0]["sql"]] == ["SELECT 0", "SELECT 1", "SELECT 2"]
+    assert [statement for statement, _ in stored(store_dir)[0]["sql"]] == [
+        "SELECT 0",
+        "SELECT 1",
+        "SELECT 2",
+    ]
 
 
 def test_unprofiled_requests_see_the_hook_off(make_middleware, store_dir) -> None:
@@ -63,7 +72,9 @@ def test_unprofiled_requests_see_the_hook_off(make_middleware, store_dir) -> Non
     assert seen == [False]
 
 
-def test_a_request_in_another_thread_does_not_record_into_the_profile(make_middleware, store_dir, token) -> None:
+def test_a_request_in_another_thread_does_not_record_into_the_profile(
+    make_middleware, store_dir, token
+) -> None:
     other_thread_saw: list[bool] = []
 
     def app(environ, start_response):
@@ -96,10 +107,14 @@ def test_statements_are_capped_but_all_are_counted(make_middleware, store_dir, t
 
 
 def test_the_viewer_lists_the_queries_escaped(make_middleware, store_dir, token) -> None:
-    middleware = make_middleware(querying_app([("SELECT title FROM episodes WHERE number < 3", 0.004)]))
+    middleware = make_middleware(
+        querying_app([("SELECT title FROM episodes WHERE number < 3", 0.004)])
+    )
     run(middleware, headers={"X-Profile-Token": token})
 
-    page = Client(middleware).get(f"/_profiler/{stored(store_dir)[0]['id']}", headers={"X-Profile-Token": token})
+    page = Client(middleware).get(
+        f"/_profiler/{stored(store_dir)[0]['id']}", headers={"X-Profile-Token": token}
+    )
 
     assert "<code>SELECT title FROM episodes WHERE number &lt; 3</code>" in page.text
     assert "1 query, 4.0 ms" in page.text

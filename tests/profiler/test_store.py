@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from request_profiler import DirectoryStore
 from request_profiler.store import is_profile_id, new_profile_id
 
@@ -68,8 +67,15 @@ def test_a_profile_larger_than_the_bound_is_kept_until_the_next_save(tmp_path: P
 
 @pytest.mark.parametrize(
     "profile_id",
-    ["../outside", "..", "", "20240101T000000000000-../../x", "20240101T000000000000-abcdefabcdef/../x",
-     "20240101T000000000000-ABCDEFABCDEF", "20240101T000000000000-abcdefabcdef\n"],
+    [
+        "../outside",
+        "..",
+        "",
+        "20240101T000000000000-../../x",
+        "20240101T000000000000-abcdefabcdef/../x",
+        "20240101T000000000000-ABCDEFABCDEF",
+        "20240101T000000000000-abcdefabcdef\n",
+    ],
 )
 def test_malformed_ids_are_refused(tmp_path: Path, profile_id: str) -> None:
     store = DirectoryStore(tmp_path / "store")

@@ -7,7 +7,6 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from request_profiler import ProfilerMiddleware, TokenVerifier, make_token, parse_ttl
 from request_profiler.tokens import MAX_TOKEN_LENGTH
 
@@ -64,8 +63,13 @@ def test_the_header_wins_then_the_query_then_the_cookie() -> None:
     verifier = verifier_at(NOW)
 
     def found(header_token: str, query_token: str, cookie_token: str) -> str | None:
-        headers = {"X-Profile-Token": header_token, "Cookie": f"theme=dark; _profile={cookie_token}"}
-        valid = verifier.from_environ(environ_for("/", headers=headers, query_string={"_profile": query_token}))
+        headers = {
+            "X-Profile-Token": header_token,
+            "Cookie": f"theme=dark; _profile={cookie_token}",
+        }
+        valid = verifier.from_environ(
+            environ_for("/", headers=headers, query_string={"_profile": query_token})
+        )
         return valid and valid.token
 
     assert found(header, query, cookie) == header
@@ -89,14 +93,24 @@ def test_the_middleware_mints_tokens_with_its_own_secret_and_ttl(tmp_path) -> No
 
     verifier = TokenVerifier(SECRET)
     assert verifier.expires_at(middleware.make_token()) == pytest.approx(time.time() + 90, abs=2)
-    assert verifier.expires_at(middleware.make_token(3600)) == pytest.approx(time.time() + 3600, abs=2)
+    assert verifier.expires_at(middleware.make_token(3600)) == pytest.approx(
+        time.time() + 3600, abs=2
+    )
     with pytest.raises(ValueError, match="no secret"):
         ProfilerMiddleware(hello_app).make_token()
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("15m", 900), ("1h", 3600), ("2d", 172800), ("1.5h", 5400), ("45", 45), (" 2H ", 7200)],
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("1h", 3600),
+        ("2d", 172800),
+        ("1.5h", 5400),
+        ("45", 45),
+        (" 2H ", 7200),
+    ],
 )
 def test_parse_ttl(text: str, seconds: int) -> None:
     assert parse_ttl(text) == seconds

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 from pyinstrument.session import Session
-from werkzeug.test import Client
-
 from request_profiler import ENDPOINT_KEY, make_token
 from request_profiler.viewer import aggregate
+from werkzeug.test import Client
 
 from .helpers import SECRET, assert_html5_document, run, stored
 
@@ -26,7 +25,11 @@ def site_app(environ, start_response):
         return [b"<h1>The site's own 404</h1>"]
     if path == "/slow":
         time.sleep(0.03)
-    environ[ENDPOINT_KEY] = {"/": "pages.index", "/slow": "pages.slow", "/episodes": "pages.episodes"}[path]
+    environ[ENDPOINT_KEY] = {
+        "/": "pages.index",
+        "/slow": "pages.slow",
+        "/episodes": "pages.episodes",
+    }[path]
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"page " + path.encode()]
 
@@ -56,23 +59,39 @@ def viewer(middleware, token) -> TokenBrowser:
 
 
 def profile(middleware, token: str, path: str = "/", **options) -> str:
-    return run(middleware, path, headers={"X-Profile-Token": token}, **options).header("X-Profile-Id")
+    return run(middleware, path, headers={"X-Profile-Token": token}, **options).header(
+        "X-Profile-Id"
+    )
 
 
 @pytest.mark.parametrize(
     "method, path",
-    [("GET", "/_profiler/"), ("GET", "/_profiler"), ("GET", "/_profiler/endpoints"), ("POST", "/_profiler/"),
-     ("GET", "/_profiler/20240101T000000000000-abcdefabcdef")],
+    [
+        ("GET", "/_profiler/"),
+        ("GET", "/_profiler"),
+        ("GET", "/_profiler/endpoints"),
+        ("POST", "/_profiler/"),
+        ("GET", "/_profiler/20240101T000000000000-abcdefabcdef"),
+    ],
 )
-@pytest.mark.parametrize("credential", [None, "garbage", make_token("another", 60), make_token(SECRET, 60, now=0)],
-                         ids=["none", "garbage", "forged", "expired"])
-def test_without_a_valid_token_the_site_answers_its_own_404(middleware, method, path, credential) -> None:
+@pytest.mark.parametrize(
+    "credential",
+    [None, "garbage", make_token("another", 60), make_token(SECRET, 60, now=0)],
+    ids=["none", "garbage", "forged", "expired"],
+)
+def test_without_a_valid_token_the_site_answers_its_own_404(
+    middleware, method, path, credential
+) -> None:
     headers = {"X-Profile-Token": credential} if credential else {}
 
-    assert run(middleware, path, method=method, headers=headers) == run(site_app, path, method=method, headers=headers)
+    assert run(middleware, path, method=method, headers=headers) == run(
+        site_app, path, method=method, headers=headers
+    )
 
 
-def test_the_list_shows_recent_profiles_newest_first_and_sorts_by_duration(middleware, viewer, token) -> None:
+def test_the_list_shows_recent_profiles_newest_first_and_sorts_by_duration(
+    middleware, viewer, token
+) -> None:
     profile(middleware, token, "/slow")
     profile(middleware, token, "/episodes", query_string={"page": "2"})
 
@@ -94,7 +113,9 @@ def test_viewer_requests_are_not_profiled(middleware, viewer, store_dir) -> None
     assert stored(store_dir) == []
 
 
-def test_a_profile_page_embeds_the_interactive_profile_and_links_downloads(middleware, viewer, token) -> None:
+def test_a_profile_page_embeds_the_interactive_profile_and_links_downloads(
+    middleware, viewer, token
+) -> None:
     profile_id = profile(middleware, token, "/episodes")
 
     page = viewer.get(f"/_profiler/{profile_id}")
@@ -112,19 +133,28 @@ def test_a_profile_page_embeds_the_interactive_profile_and_links_downloads(middl
 
 def test_links_include_the_script_name_of_a_mounted_site(middleware, token) -> None:
     profile_id = profile(middleware, token)
-    page = run(middleware, f"/_profiler/{profile_id}", headers={"X-Profile-Token": token},
-               environ_overrides={"SCRIPT_NAME": "/site"})
+    page = run(
+        middleware,
+        f"/_profiler/{profile_id}",
+        headers={"X-Profile-Token": token},
+        environ_overrides={"SCRIPT_NAME": "/site"},
+    )
 
     assert f'src="/site/_profiler/{profile_id}/profile.html"' in page.body.decode()
 
 
-def test_pyinstrument_profiles_download_as_speedscope_and_session(middleware, viewer, token) -> None:
+def test_pyinstrument_profiles_download_as_speedscope_and_session(
+    middleware, viewer, token
+) -> None:
     profile_id = profile(middleware, token)
 
     speedscope = viewer.get(f"/_profiler/{profile_id}/download/speedscope")
     session = viewer.get(f"/_profiler/{profile_id}/download/session")
 
-    assert speedscope.headers["Content-Disposition"] == f'attachment; filename="{profile_id}.speedscope.json"'
+    assert (
+        speedscope.headers["Content-Disposition"]
+        == f'attachment; filename="{profile_id}.speedscope.json"'
+    )
     assert "speedscope" in json.loads(speedscope.data)["$schema"]
     assert Session.from_json(json.loads(session.data)).target_description == "GET /"
 
@@ -134,7 +164,9 @@ def test_cprofile_profiles_download_as_pstats(make_middleware, token, tmp_path: 
     profile_id = profile(middleware, token)
     client = Client(middleware)
 
-    download = client.get(f"/_profiler/{profile_id}/download/pstats", headers={"X-Profile-Token": token})
+    download = client.get(
+        f"/_profiler/{profile_id}/download/pstats", headers={"X-Profile-Token": token}
+    )
     page = client.get(f"/_profiler/{profile_id}/profile.html", headers={"X-Profile-Token": token})
 
     (tmp_path / "p.pstats").write_bytes(download.data)
@@ -144,13 +176,23 @@ def test_cprofile_profiles_download_as_pstats(make_middleware, token, tmp_path: 
 
 @pytest.mark.parametrize(
     "path",
-    ["/_profiler/..", "/_profiler/../outside", "/_profiler/%2e%2e/outside", "/_profiler/..%2Foutside",
-     "/_profiler/20240101T000000000000-abcdefabcdef", "/_profiler/20240101T000000000000-abcdefabcdef/profile.html",
-     "/_profiler/{id}/download/../../outside", "/_profiler/{id}/download/csv", "/_profiler/{id}/nothing"],
+    [
+        "/_profiler/..",
+        "/_profiler/../outside",
+        "/_profiler/%2e%2e/outside",
+        "/_profiler/..%2Foutside",
+        "/_profiler/20240101T000000000000-abcdefabcdef",
+        "/_profiler/20240101T000000000000-abcdefabcdef/profile.html",
+        "/_profiler/{id}/download/../../outside",
+        "/_profiler/{id}/download/csv",
+        "/_profiler/{id}/nothing",
+    ],
 )
 def test_unknown_and_traversing_ids_are_404(middleware, viewer, token, store_dir, path) -> None:
     profile_id = profile(middleware, token)
-    (store_dir.parent / "outside.profile").write_text('{"id": "outside", "profiler": "pyinstrument"}\n{}')
+    (store_dir.parent / "outside.profile").write_text(
+        '{"id": "outside", "profiler": "pyinstrument"}\n{}'
+    )
 
     response = viewer.get(path.format(id=profile_id))
 
@@ -161,7 +203,9 @@ def test_unknown_and_traversing_ids_are_404(middleware, viewer, token, store_dir
 def test_the_cookie_buttons_set_and_clear_the_profiling_cookie(middleware, token) -> None:
     browser = Client(middleware)
 
-    set_response = browser.post("/_profiler/", query_string={"_profile": token}, data={"cookie": "set"})
+    set_response = browser.post(
+        "/_profiler/", query_string={"_profile": token}, data={"cookie": "set"}
+    )
 
     assert set_response.status_code == 303 and set_response.headers["Location"] == "/_profiler/"
     cookie = set_response.headers["Set-Cookie"]
@@ -175,7 +219,10 @@ def test_the_cookie_buttons_set_and_clear_the_profiling_cookie(middleware, token
 
     clear_response = browser.post("/_profiler/", data={"cookie": "clear"})
 
-    assert "_profile=;" in clear_response.headers["Set-Cookie"] and "Max-Age=0" in clear_response.headers["Set-Cookie"]
+    assert (
+        "_profile=;" in clear_response.headers["Set-Cookie"]
+        and "Max-Age=0" in clear_response.headers["Set-Cookie"]
+    )
     assert browser.get("/_profiler/").headers.get("X-Site") == "yes"
 
 
@@ -201,12 +248,27 @@ def test_the_endpoint_page_aggregates_time_per_endpoint(middleware, viewer, toke
 
 
 def test_aggregate_computes_median_p95_and_total() -> None:
-    metas = [{"endpoint": None, "path": "/feed", "duration_ms": float(ms), "sql_ms": 0.5} for ms in range(1, 21)]
+    metas = [
+        {"endpoint": None, "path": "/feed", "duration_ms": float(ms), "sql_ms": 0.5}
+        for ms in range(1, 21)
+    ]
 
     [stats] = aggregate(metas)
 
-    assert (stats.endpoint, stats.count, stats.median_ms, stats.p95_ms, stats.total_ms, stats.sql_ms) == (
-        "/feed", 20, 10.5, 19.0, 210.0, 10.0,
+    assert (
+        stats.endpoint,
+        stats.count,
+        stats.median_ms,
+        stats.p95_ms,
+        stats.total_ms,
+        stats.sql_ms,
+    ) == (
+        "/feed",
+        20,
+        10.5,
+        19.0,
+        210.0,
+        10.0,
     )
 
 
@@ -224,17 +286,28 @@ def test_no_secret_reaches_the_store_or_the_pages(middleware, token, store_dir) 
         middleware,
         "/episodes",
         query_string={"_profile": token, "password": "hunter2", "page": "1"},
-        headers={"Cookie": f"session=sessionvalue42; _profile={token}", "Authorization": "Bearer abc.def",
-                 "X-Profile-Token": token},
+        headers={
+            "Cookie": f"session=sessionvalue42; _profile={token}",
+            "Authorization": "Bearer abc.def",
+            "X-Profile-Token": token,
+        },
     ).header("X-Profile-Id")
     viewer = TokenBrowser(middleware, token)
     pages = [
         viewer.get(url).data
-        for url in ("/_profiler/", "/_profiler/?sort=duration", "/_profiler/endpoints", f"/_profiler/{profile_id}",
-                    f"/_profiler/{profile_id}/profile.html", f"/_profiler/{profile_id}/download/speedscope",
-                    f"/_profiler/{profile_id}/download/session")
+        for url in (
+            "/_profiler/",
+            "/_profiler/?sort=duration",
+            "/_profiler/endpoints",
+            f"/_profiler/{profile_id}",
+            f"/_profiler/{profile_id}/profile.html",
+            f"/_profiler/{profile_id}/download/speedscope",
+            f"/_profiler/{profile_id}/download/session",
+        )
     ]
-    pages.append(viewer.get("/_profiler/", query_string={"_profile": token}).data)  # arrived by a token URL
+    pages.append(
+        viewer.get("/_profiler/", query_string={"_profile": token}).data
+    )  # arrived by a token URL
     files = [path.read_bytes() for path in store_dir.iterdir()]
     names = [path.name for path in store_dir.iterdir()]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from flask import Flask
-
 from request_profiler import ProfilerMiddleware, TokenVerifier, make_token
+
 from tests.conftest import make_app
 from webapp.db import get_database
 from webapp.profiler import install_profiler
@@ -18,7 +18,12 @@ from .helpers import SECRET, run, stored
 
 
 def site(tmp_path: Path, **settings: object) -> Flask:
-    app = make_app(f"sqlite:///{tmp_path}/site.sqlite3", tmp_path, PROFILER_DIR=str(tmp_path / "profiles"), **settings)
+    app = make_app(
+        f"sqlite:///{tmp_path}/site.sqlite3",
+        tmp_path,
+        PROFILER_DIR=str(tmp_path / "profiles"),
+        **settings,
+    )
     if "request_profiler" not in app.extensions:  # until create_app installs it itself
         install_profiler(app)
     return app
@@ -45,7 +50,9 @@ def test_a_token_request_lists_the_flask_endpoint_and_the_sites_queries(tmp_path
 
 
 def test_the_engine_and_sampling_settings_reach_the_middleware(tmp_path: Path) -> None:
-    app = site(tmp_path, PROFILER_SAMPLE_RATE=1.0, PROFILER_ENGINE="cprofile", PROFILER_MAX_PROFILES=1)
+    app = site(
+        tmp_path, PROFILER_SAMPLE_RATE=1.0, PROFILER_ENGINE="cprofile", PROFILER_MAX_PROFILES=1
+    )
 
     run(app, "/health")
     run(app, "/health")
@@ -60,13 +67,17 @@ def test_the_token_command_prints_a_token_for_the_ttl(tmp_path: Path) -> None:
     result = app.test_cli_runner().invoke(args=["profiler-token", "--ttl", "15m"])
 
     assert result.exit_code == 0
-    assert TokenVerifier(SECRET).expires_at(result.output.strip()) == pytest.approx(time.time() + 900, abs=2)
+    assert TokenVerifier(SECRET).expires_at(result.output.strip()) == pytest.approx(
+        time.time() + 900, abs=2
+    )
 
 
 @pytest.mark.parametrize(
     "settings, args, message",
-    [({}, ["profiler-token"], "PROFILER_SECRET is not set"),
-     ({"PROFILER_SECRET": SECRET}, ["profiler-token", "--ttl", "1w"], "not a duration")],
+    [
+        ({}, ["profiler-token"], "PROFILER_SECRET is not set"),
+        ({"PROFILER_SECRET": SECRET}, ["profiler-token", "--ttl", "1w"], "not a duration"),
+    ],
 )
 def test_the_token_command_explains_what_is_wrong(tmp_path: Path, settings, args, message) -> None:
     result = site(tmp_path, **settings).test_cli_runner().invoke(args=args)

@@ -11,6 +11,7 @@ tests with the reason, or fail them under REQUIRE_SERVICES=1 (tests/conftest.py)
     def test_fault(make_stack):              # a stack of its own, e.g. with a lowered harakiri
         stack = make_stack(uwsgi_options={"harakiri": "1"})
 """
+
 from __future__ import annotations
 
 import os
@@ -40,6 +41,7 @@ SITE_URL = "https://podcast.test"
 #: Lets the tests mint profiling tokens the stack accepts.
 PROFILER_SECRET = "stack-tests-profiler-secret"
 
+
 @dataclass
 class Site:
     """A seeded database, the app on it (for expected answers), and its frozen build."""
@@ -67,13 +69,18 @@ def app_environment(database_url: str, var_dir: Path) -> dict[str, str]:
         "PROFILER_SECRET": PROFILER_SECRET,
         "PROFILER_DIR": str(var_dir / "profiles"),
         # Whatever imports the test modules (tests.stack.probe_wsgi) needs, uWSGI's Python finds too.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
+        ),
     }
 
 
 def build_site(database_url: str, root: Path) -> Site:
     environment = app_environment(database_url, root / "var")
-    app = create_app({key: value for key, value in environment.items() if key != "PYTHONPATH"} | {"TESTING": True})
+    app = create_app(
+        {key: value for key, value in environment.items() if key != "PYTHONPATH"}
+        | {"TESTING": True}
+    )
     database = get_database(app)
     database.init_schema()
     with database.session() as session:
@@ -84,7 +91,9 @@ def build_site(database_url: str, root: Path) -> Site:
 
 
 @pytest.fixture(scope="session")
-def site(tmp_path_factory: pytest.TempPathFactory, stack_binaries: dict[str, str]) -> Iterator[Site]:
+def site(
+    tmp_path_factory: pytest.TempPathFactory, stack_binaries: dict[str, str]
+) -> Iterator[Site]:
     """A SQLite site shared by the stacks that only read."""
     root = tmp_path_factory.mktemp("site")
     site = build_site(f"sqlite:///{root}/podcast.sqlite3", root)
@@ -108,10 +117,16 @@ def _start(tmp: Path, site: Site, stack_binaries: dict[str, str], **overrides: A
     environment = dict(site.environment)
     environment.update(overrides.pop("environment", {}))
     settings = StackSettings(
-        run_dir=tmp / "run", build_dir=site.build_dir, port=free_port(), environment=environment,
-        nginx=stack_binaries["nginx"], uwsgi=stack_binaries["uwsgi"],
+        run_dir=tmp / "run",
+        build_dir=site.build_dir,
+        port=free_port(),
+        environment=environment,
+        nginx=stack_binaries["nginx"],
+        uwsgi=stack_binaries["uwsgi"],
         # Two workers per instance whatever the machine: the fault tests count on it.
-        uwsgi_options={"processes": "2"}, start_timeout=60, stop_timeout=30,
+        uwsgi_options={"processes": "2"},
+        start_timeout=60,
+        stop_timeout=30,
     )
     uwsgi_options = overrides.pop("uwsgi_options", {})
     settings.uwsgi_options.update(uwsgi_options)
@@ -123,22 +138,37 @@ def _start(tmp: Path, site: Site, stack_binaries: dict[str, str], **overrides: A
 
 
 @pytest.fixture(scope="session")
-def site_stack(tmp_path_factory: pytest.TempPathFactory, site: Site, stack_binaries: dict[str, str],
-               certificate: tuple[Path, Path]) -> Iterator[Stack]:
+def site_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    site: Site,
+    stack_binaries: dict[str, str],
+    certificate: tuple[Path, Path],
+) -> Iterator[Stack]:
     """The shared stack: 2 uWSGI instances behind nginx, HTTP and HTTPS, over the shared site."""
-    stack = _start(tmp_path_factory.mktemp("stack"), site, stack_binaries, uwsgi_instances=2,
-                   https_port=free_port(), certificate=certificate[0], certificate_key=certificate[1])
+    stack = _start(
+        tmp_path_factory.mktemp("stack"),
+        site,
+        stack_binaries,
+        uwsgi_instances=2,
+        https_port=free_port(),
+        certificate=certificate[0],
+        certificate_key=certificate[1],
+    )
     yield stack
     stack.stop()
 
 
 @pytest.fixture
-def make_stack(tmp_path: Path, site: Site, stack_binaries: dict[str, str]) -> Iterator[Callable[..., Stack]]:
+def make_stack(
+    tmp_path: Path, site: Site, stack_binaries: dict[str, str]
+) -> Iterator[Callable[..., Stack]]:
     """Start a stack of the test's own (StackSettings fields as keywords); stopped at teardown."""
     started: list[Stack] = []
 
     def make(site_: Site | None = None, **overrides: Any) -> Stack:
-        stack = _start(tmp_path / f"stack{len(started)}", site_ or site, stack_binaries, **overrides)
+        stack = _start(
+            tmp_path / f"stack{len(started)}", site_ or site, stack_binaries, **overrides
+        )
         started.append(stack)
         return stack
 

@@ -7,6 +7,7 @@ answers two URLs under /api/ (a prefix nginx sends to uWSGI) and hands everythin
     /api/__test/sleep?seconds=N   sleeps, then answers 200: a request slower than harakiri
     /api/__test/gc                this worker's garbage collector: enabled? objects frozen?
 """
+
 from __future__ import annotations
 
 import gc
@@ -30,7 +31,9 @@ def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
         time.sleep(seconds)
         body = b"slept\n"
     elif path == GC_PATH:
-        body = json.dumps({"pid": os.getpid(), "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}).encode()
+        body = json.dumps(
+            {"pid": os.getpid(), "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}
+        ).encode()
     else:
         return site(environ, start_response)
     # Never micro-cached: each answer is about one worker at one moment.

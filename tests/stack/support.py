@@ -16,6 +16,7 @@ is a server closing an idle connection (nginx does it to every idle client on a
 reload), not a lost request. Such retries are counted in ``result.retried``;
 anything else that goes wrong is a failure.
 """
+
 from __future__ import annotations
 
 import collections
@@ -43,15 +44,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _connection(url: str, timeout: float, context: ssl.SSLContext | None) -> http.client.HTTPConnection:
+def _connection(
+    url: str, timeout: float, context: ssl.SSLContext | None
+) -> http.client.HTTPConnection:
     parts = urlsplit(url)
     if parts.scheme == "https":
-        return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
+        return http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, context=context
+        )
     return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
 
-def get(url: str, headers: Mapping[str, str] | None = None, *, timeout: float = 15.0,
-        context: ssl.SSLContext | None = None, method: str = "GET") -> tuple[int, Message, bytes]:
+def get(
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    timeout: float = 15.0,
+    context: ssl.SSLContext | None = None,
+    method: str = "GET",
+) -> tuple[int, Message, bytes]:
     """One request, redirects not followed: (status, headers, body as sent, e.g. still gzipped)."""
     parts = urlsplit(url)
     connection = _connection(url, timeout, context)
@@ -79,9 +90,11 @@ class LoadResult:
         return sum(self.statuses.values()) + sum(self.errors.values())
 
     def summary(self) -> str:
-        return (f"{self.total} requests in {self.seconds:.1f} s; statuses {dict(self.statuses)}; "
-                f"errors {dict(self.errors)}; retried on a new connection {self.retried}; "
-                f"first failures {self.failures[:5]}")
+        return (
+            f"{self.total} requests in {self.seconds:.1f} s; statuses {dict(self.statuses)}; "
+            f"errors {dict(self.errors)}; retried on a new connection {self.retried}; "
+            f"first failures {self.failures[:5]}"
+        )
 
 
 class BackgroundLoad:
@@ -91,9 +104,17 @@ class BackgroundLoad:
     refused or reset, timeout) or its status is not in ``ok_statuses``.
     """
 
-    def __init__(self, base_url: str, path_for: Callable[[int], str], *, threads: int = 4,
-                 max_seconds: float = 60.0, max_requests: int = 50_000,
-                 ok_statuses: frozenset[int] = frozenset({200, 301, 304, 404}), timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        path_for: Callable[[int], str],
+        *,
+        threads: int = 4,
+        max_seconds: float = 60.0,
+        max_requests: int = 50_000,
+        ok_statuses: frozenset[int] = frozenset({200, 301, 304, 404}),
+        timeout: float = 30.0,
+    ) -> None:
         self.base_url = base_url
         self.path_for = path_for
         self.threads = threads
@@ -117,7 +138,9 @@ class BackgroundLoad:
 
     def start(self) -> None:
         self._started = time.monotonic()
-        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        self._workers = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
+        ]
         for worker in self._workers:
             worker.start()
 
@@ -132,7 +155,9 @@ class BackgroundLoad:
         """Block until ``count`` more requests have completed (or ``timeout``)."""
         target = self.result.total + count
         deadline = time.monotonic() + timeout
-        while self.result.total < target and time.monotonic() < deadline and not self._stop.is_set():
+        while (
+            self.result.total < target and time.monotonic() < deadline and not self._stop.is_set()
+        ):
             time.sleep(0.01)
 
     def _next(self) -> int | None:
@@ -179,7 +204,9 @@ class BackgroundLoad:
                         connection.close()
                     connection = None
                     closed_before_response = isinstance(
-                        error, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError))
+                        error,
+                        (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError),
+                    )
                     if not (reused and closed_before_response and attempt == 0):
                         break
                     with self._lock:
@@ -233,23 +260,65 @@ class PrivatePostgres:
 
     def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
-        return subprocess.run(prefix + list(command), check=check, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            prefix + list(command), check=check, capture_output=True, text=True, timeout=60
+        )
 
     def init(self) -> None:
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
-                  "-E", "UTF8", "--no-sync")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         self.start()
-        self._run(str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                  "-c", "CREATE DATABASE podcast")
+        self._run(
+            str(self.bindir / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-c",
+            "CREATE DATABASE podcast",
+        )
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.log),
-                  "-w", "-t", "30", "start")
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop",
-                  check=False)
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            "30",
+            "stop",
+            check=False,
+        )
 
     def destroy(self) -> None:
         self.stop("immediate")

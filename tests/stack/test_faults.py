@@ -10,6 +10,7 @@ requests. The bounds asserted are the ones the configuration guarantees, not tim
   service from the same uWSGI processes;
 * a request slower than harakiri is killed (502) and its worker replaced.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,9 @@ def test_sigkilled_worker_loses_at_most_its_one_request(make_stack) -> None:
             victim = before[1]["pid"]
             os.kill(victim, signal.SIGKILL)
             # The master notices and forks a new worker 1.
-            assert wait_until(lambda victim=victim: workers(stack)[1]["pid"] not in (0, victim), 30), \
-                "worker 1 not respawned"
+            assert wait_until(
+                lambda victim=victim: workers(stack)[1]["pid"] not in (0, victim), 30
+            ), "worker 1 not respawned"
         load.wait_requests(150)
     result = load.result
     # One process serves one request at a time (no threads): a kill can lose that one, never one that waited in the socket's backlog.
@@ -92,12 +94,15 @@ def test_sigkilled_worker_loses_at_most_its_one_request(make_stack) -> None:
 
 def test_worker_recycling_by_max_requests_under_load_loses_nothing(make_stack) -> None:
     # uWSGI never recycles a worker younger than min-worker-lifetime (10 s by default): 1 s here.
-    stack = make_stack(uwsgi_options={"max-requests": "40", "max-requests-delta": "10", "min-worker-lifetime": "1"})
+    stack = make_stack(
+        uwsgi_options={"max-requests": "40", "max-requests-delta": "10", "min-worker-lifetime": "1"}
+    )
     first = {wid: worker["pid"] for wid, worker in workers(stack).items()}
     with BackgroundLoad(stack.settings.url, varied_path, threads=6, max_seconds=60) as load:
         # respawn_count starts at 1: every worker recycled at least twice.
-        assert wait_until(lambda: min(w["respawn_count"] for w in workers(stack).values()) >= 3, 45), \
-            "the workers were not recycled"
+        assert wait_until(
+            lambda: min(w["respawn_count"] for w in workers(stack).values()) >= 3, 45
+        ), "the workers were not recycled"
     result = load.result
     assert result.failures == [], result.summary()
     assert not set(first.values()) & {worker["pid"] for worker in workers(stack).values()}
@@ -146,7 +151,9 @@ def test_sigterm_lets_running_requests_finish(make_stack) -> None:
     instance = stack.instances[0]
     master = instance.master_pid()
     outcome: list[int] = []
-    request = threading.Thread(target=lambda: outcome.append(get(stack.settings.url + f"{SLEEP_PATH}?seconds=2")[0]))
+    request = threading.Thread(
+        target=lambda: outcome.append(get(stack.settings.url + f"{SLEEP_PATH}?seconds=2")[0])
+    )
     request.start()
     assert wait_until(lambda: any(w["status"] == "busy" for w in workers(stack).values()), 10)
     os.kill(master, signal.SIGTERM)
@@ -164,10 +171,15 @@ def test_a_rebuild_goes_live_under_load_without_an_error(make_stack, tmp_path: P
     from webapp.db import get_database
     from webapp.freeze import freeze
 
-    with BackgroundLoad(url, lambda n: ["/", "/episodes/", "/episodes/rss"][n % 3], threads=4, max_seconds=60) as load:
+    with BackgroundLoad(
+        url, lambda n: ["/", "/episodes/", "/episodes/rss"][n % 3], threads=4, max_seconds=60
+    ) as load:
         load.wait_requests(100)
         with get_database(fresh.app).session() as session:
-            session.execute("UPDATE episodes SET title = %s WHERE number = %s", ("A title from the rebuild", EPISODES))
+            session.execute(
+                "UPDATE episodes SET title = %s WHERE number = %s",
+                ("A title from the rebuild", EPISODES),
+            )
         freeze(fresh.app, fresh.build_dir)
         # Bounded wait, not a timing assertion: open_file_cache_valid is 2 s.
         assert wait_until(lambda: b"A title from the rebuild" in get(url + "/")[2], 30)
@@ -180,7 +192,9 @@ def test_a_rebuild_goes_live_under_load_without_an_error(make_stack, tmp_path: P
 
 def test_request_slower_than_harakiri_is_killed_and_its_worker_replaced(make_stack) -> None:
     """The real uwsgi.ini with harakiri lowered to 1 s, serving tests/stack/probe_wsgi.py (the site + a sleep URL)."""
-    stack = make_stack(uwsgi_options={"harakiri": "1", "module": "tests.stack.probe_wsgi:application"})
+    stack = make_stack(
+        uwsgi_options={"harakiri": "1", "module": "tests.stack.probe_wsgi:application"}
+    )
     url = stack.settings.url
     before = {worker["pid"] for worker in workers(stack).values()}
     # Without harakiri this would answer 200 after 4 s (nginx waits harakiri + 5 s = 6 s).
@@ -201,17 +215,29 @@ def test_postgres_outage_under_load(make_stack, private_postgres, tmp_path: Path
     site = build_site(private_postgres.url, tmp_path / "pgsite")
     stack = make_stack(site_=site)
     url = stack.settings.url
-    pids_before = sorted(pid for instance in stack.instances for pid in [instance.master_pid(), *instance.worker_pids()])
+    pids_before = sorted(
+        pid
+        for instance in stack.instances
+        for pid in [instance.master_pid(), *instance.worker_pids()]
+    )
     # Only requests that need the database (the frozen pages would not notice the outage).
-    load = BackgroundLoad(url, lambda n: "/health" if n % 2 else f"/search?q=outage+{n}", threads=4,
-                          max_seconds=90, ok_statuses=frozenset({200, 503}))
+    load = BackgroundLoad(
+        url,
+        lambda n: "/health" if n % 2 else f"/search?q=outage+{n}",
+        threads=4,
+        max_seconds=90,
+        ok_statuses=frozenset({200, 503}),
+    )
     with load:
         load.wait_requests(100)
         private_postgres.stop()
         answer = wait_until(lambda: (r := get(url + "/health")) and r[0] == 503 and r, 30)
         assert answer, "/health never answered 503 while PostgreSQL was stopped"
         _, headers, body = answer
-        assert headers["Retry-After"] and json.loads(body) == {"status": "unavailable", "database": "unreachable"}
+        assert headers["Retry-After"] and json.loads(body) == {
+            "status": "unavailable",
+            "database": "unreachable",
+        }
         assert get(url + "/search?q=while+down")[0] == 503
         load.wait_requests(100)
         private_postgres.start()
@@ -223,9 +249,15 @@ def test_postgres_outage_under_load(make_stack, private_postgres, tmp_path: Path
     assert result.failures == [], result.summary()
     assert result.statuses[503] > 0 and result.statuses[200] > 0
     # After the outage: every request answered again, by the same processes (nothing restarted).
-    tail = BackgroundLoad(url, lambda n: f"/search?q=after+{n}", threads=4, max_requests=200, max_seconds=60)
+    tail = BackgroundLoad(
+        url, lambda n: f"/search?q=after+{n}", threads=4, max_requests=200, max_seconds=60
+    )
     with tail:
         tail.wait_requests(200)
     assert tail.result.statuses == {200: 200}, tail.result.summary()
-    pids_after = sorted(pid for instance in stack.instances for pid in [instance.master_pid(), *instance.worker_pids()])
+    pids_after = sorted(
+        pid
+        for instance in stack.instances
+        for pid in [instance.master_pid(), *instance.worker_pids()]
+    )
     assert pids_after == pids_before

@@ -4,6 +4,7 @@ These run ``python -m webapp.stack`` (what scripts/serve execs) as a separate pr
 the way a person does: in the foreground stopped by Ctrl-C, or detached and stopped
 by ``scripts/serve stop`` from another shell.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ pytestmark = pytest.mark.stack
 
 
 def serve(*args: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "webapp.stack", *args], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "webapp.stack", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def recorded_pids(run_dir: Path) -> list[int]:
@@ -41,16 +48,36 @@ def recorded_pids(run_dir: Path) -> list[int]:
 
 def assert_nothing_left(run_dir: Path, pids: list[int]) -> None:
     assert not [pid for pid in pids if pid_alive(pid)]
-    left = [p.name for p in run_dir.rglob("*") if p.suffix in (".sock", ".pid", ".fifo") or p.name == "stack.json"]
+    left = [
+        p.name
+        for p in run_dir.rglob("*")
+        if p.suffix in (".sock", ".pid", ".fifo") or p.name == "stack.json"
+    ]
     assert left == []
 
 
-def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(tmp_path: Path, site: Site, stack_binaries) -> None:
+def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
+    tmp_path: Path, site: Site, stack_binaries
+) -> None:
     run_dir, port = tmp_path / "run", free_port()
-    process = serve("--port", str(port), "--uwsgi-instances", "2", "--processes", "1", "--run-dir", str(run_dir),
-                    "--build-dir", str(site.build_dir), "--no-freeze", env=site.environment)
+    process = serve(
+        "--port",
+        str(port),
+        "--uwsgi-instances",
+        "2",
+        "--processes",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        "--build-dir",
+        str(site.build_dir),
+        "--no-freeze",
+        env=site.environment,
+    )
     try:
-        assert wait_until(lambda: (run_dir / "stack.json").exists() or process.poll() is not None, 60)
+        assert wait_until(
+            lambda: (run_dir / "stack.json").exists() or process.poll() is not None, 60
+        )
         assert process.poll() is None, process.stdout.read()
         pids = recorded_pids(run_dir)
         assert len(pids) == 3
@@ -68,11 +95,21 @@ def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(tmp_path: Path, site: S
     assert_nothing_left(run_dir, pids)
 
 
-def test_serve_detached_then_stop_from_another_shell(tmp_path: Path, site: Site, stack_binaries) -> None:
+def test_serve_detached_then_stop_from_another_shell(
+    tmp_path: Path, site: Site, stack_binaries
+) -> None:
     run_dir, port = tmp_path / "run", free_port()
     common = ["--run-dir", str(run_dir)]
-    started = serve("--port", str(port), "--detach", "--build-dir", str(site.build_dir), "--no-freeze", *common,
-                    env=site.environment)
+    started = serve(
+        "--port",
+        str(port),
+        "--detach",
+        "--build-dir",
+        str(site.build_dir),
+        "--no-freeze",
+        *common,
+        env=site.environment,
+    )
     output, _ = started.communicate(timeout=90)
     assert started.returncode == 0, output
     pids = recorded_pids(run_dir)
@@ -81,7 +118,9 @@ def test_serve_detached_then_stop_from_another_shell(tmp_path: Path, site: Site,
         status = serve("status", *common, env={})
         assert status.wait(30) == 0 and f"http://127.0.0.1:{port}" in status.stdout.read()
         # A second start on the same run directory refuses instead of clobbering the running one.
-        again = serve("--port", str(free_port()), "--detach", "--no-freeze", *common, env=site.environment)
+        again = serve(
+            "--port", str(free_port()), "--detach", "--no-freeze", *common, env=site.environment
+        )
         again_output, _ = again.communicate(timeout=60)
         assert again.returncode == 1 and "already running" in again_output
     finally:
@@ -92,9 +131,19 @@ def test_serve_detached_then_stop_from_another_shell(tmp_path: Path, site: Site,
     assert serve("status", *common, env={}).wait(30) == 1
 
 
-def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(tmp_path: Path, site: Site, stack_binaries) -> None:
-    stack = Stack(StackSettings(run_dir=tmp_path / "run", build_dir=site.build_dir, port=free_port(),
-                                environment=site.environment, nginx=None, uwsgi=stack_binaries["uwsgi"]))
+def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(
+    tmp_path: Path, site: Site, stack_binaries
+) -> None:
+    stack = Stack(
+        StackSettings(
+            run_dir=tmp_path / "run",
+            build_dir=site.build_dir,
+            port=free_port(),
+            environment=site.environment,
+            nginx=None,
+            uwsgi=stack_binaries["uwsgi"],
+        )
+    )
     stack.start()
     try:
         pids = [stack.instances[0].master_pid()]
@@ -119,14 +168,45 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
     var.mkdir()
     user = [] if os.geteuid() != 0 else ["--user", "root"]
     result = subprocess.run(
-        [sys.executable, "-m", "webapp.stack", "render", "--out", str(out), "--build-dir", str(tmp_path / "build"),
-         "--upstream", "unix:/run/podcast/uwsgi.sock", "--upstream", "10.0.0.6:3031", "--server-name", "podcast.example.org",
-         "--http-listen", f"127.0.0.1:{free_port()}", "--https-listen", f"127.0.0.1:{free_port()}",
-         "--certificate", str(certificate[0]), "--certificate-key", str(certificate[1]),
-         "--pid-file", str(var / "nginx.pid"), "--error-log", str(var / "error.log"),
-         "--access-log", str(var / "access.log"), "--temp-dir", str(var / "tmp"), "--cache-dir", str(var / "cache"),
-         *user],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "webapp.stack",
+            "render",
+            "--out",
+            str(out),
+            "--build-dir",
+            str(tmp_path / "build"),
+            "--upstream",
+            "unix:/run/podcast/uwsgi.sock",
+            "--upstream",
+            "10.0.0.6:3031",
+            "--server-name",
+            "podcast.example.org",
+            "--http-listen",
+            f"127.0.0.1:{free_port()}",
+            "--https-listen",
+            f"127.0.0.1:{free_port()}",
+            "--certificate",
+            str(certificate[0]),
+            "--certificate-key",
+            str(certificate[1]),
+            "--pid-file",
+            str(var / "nginx.pid"),
+            "--error-log",
+            str(var / "error.log"),
+            "--access-log",
+            str(var / "access.log"),
+            "--temp-dir",
+            str(var / "tmp"),
+            "--cache-dir",
+            str(var / "cache"),
+            *user,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     conf = (out / "nginx.conf").read_text()
@@ -134,6 +214,20 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
     assert "max-age=63072000" in conf  # HSTS in production
     assert "return 301 https://$host$request_uri;" in (out / "servers" / "http.conf").read_text()
     (var / "tmp").mkdir()
-    check = subprocess.run([stack_binaries["nginx"], "-t", "-p", f"{out}/", "-c", str(out / "nginx.conf"),
-                            "-e", str(var / "error.log")], capture_output=True, text=True, timeout=30, check=False)
+    check = subprocess.run(
+        [
+            stack_binaries["nginx"],
+            "-t",
+            "-p",
+            f"{out}/",
+            "-c",
+            str(out / "nginx.conf"),
+            "-e",
+            str(var / "error.log"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert check.returncode == 0, check.stderr

@@ -3,6 +3,7 @@
 Every expected answer comes from the in-process app on the same database, so these tests
 check nginx's config against the app, not against numbers copied into the test.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -11,8 +12,8 @@ import re
 import socket
 import ssl
 import warnings
-from email.message import Message
 from collections.abc import Callable
+from email.message import Message
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,8 +28,10 @@ from .support import get
 
 pytestmark = pytest.mark.stack
 
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; media-src 'self' https:; "
-       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; media-src 'self' https:; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 def episode_paths(site: Site) -> list[str]:
@@ -56,9 +59,13 @@ def is_nginx_etag(headers: Message) -> bool:
 def test_frozen_pages_are_the_build_files_served_by_nginx(site_stack: Stack, site: Site) -> None:
     url = site_stack.settings.url
     episode = episode_paths(site)[3]
-    for path, name in [("/", "index.html"), ("/episodes/", "episodes/index.html"),
-                       (episode, episode[1:] + ".html"), ("/episodes/rss", "episodes/rss.xml"),
-                       ("/static/style.css", "static/style.css")]:
+    for path, name in [
+        ("/", "index.html"),
+        ("/episodes/", "episodes/index.html"),
+        (episode, episode[1:] + ".html"),
+        ("/episodes/rss", "episodes/rss.xml"),
+        ("/static/style.css", "static/style.css"),
+    ]:
         status, headers, body = get(url + path)
         assert status == 200, path
         assert body == frozen(site, name), path
@@ -69,7 +76,12 @@ def test_frozen_pages_are_the_build_files_served_by_nginx(site_stack: Stack, sit
 
 def test_dynamic_routes_reach_flask(site_stack: Stack, site: Site) -> None:
     url = site_stack.settings.url
-    for path in ["/api/episodes?page=2&per_page=5", "/api/episodes/7", "/search?q=python", "/health"]:
+    for path in [
+        "/api/episodes?page=2&per_page=5",
+        "/api/episodes/7",
+        "/search?q=python",
+        "/health",
+    ]:
         status, headers, body = get(url + path)
         expected = app_get(site, path)
         assert status == expected.status_code == 200, path
@@ -80,9 +92,13 @@ def test_dynamic_routes_reach_flask(site_stack: Stack, site: Site) -> None:
 
 def _sample_url(rule: Rule) -> str:
     """A concrete URL for a url_map rule: 1 for numbers, a word for strings."""
-    return re.sub(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>",
-                  lambda m: "1" if m[1] in ("int", "float") else ("style.css" if m[2] == "filename" else "word"),
-                  rule.rule)
+    return re.sub(
+        r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>",
+        lambda m: (
+            "1" if m[1] in ("int", "float") else ("style.css" if m[2] == "filename" else "word")
+        ),
+        rule.rule,
+    )
 
 
 def test_every_app_route_still_reaches_the_app(site_stack: Stack, site: Site) -> None:
@@ -97,8 +113,14 @@ def test_every_app_route_still_reaches_the_app(site_stack: Stack, site: Site) ->
 
 def test_unknown_paths_get_the_frozen_404_page(site_stack: Stack, site: Site) -> None:
     url = site_stack.settings.url
-    for path in ["/no-such-page", "/episodes/1/a/b", "/manifest.json", "/nginx/episodes.map",
-                 "/.freeze-state.json", "/index.html.gz/x"]:
+    for path in [
+        "/no-such-page",
+        "/episodes/1/a/b",
+        "/manifest.json",
+        "/nginx/episodes.map",
+        "/.freeze-state.json",
+        "/index.html.gz/x",
+    ]:
         status, headers, body = get(url + path)
         assert status == 404, path
         assert body == frozen(site, "404.html"), path
@@ -132,7 +154,9 @@ def test_content_types_match_the_app(site_stack: Stack, site: Site) -> None:
         assert headers["Content-Type"].split(";")[0] == app_get(site, path).mimetype, path
 
 
-@pytest.mark.parametrize("path", ["/", "/episodes/rss", "/static/style.css", "/api/episodes", "/search?q=data"])
+@pytest.mark.parametrize(
+    "path", ["/", "/episodes/rss", "/static/style.css", "/api/episodes", "/search?q=data"]
+)
 def test_gzip_for_clients_that_accept_it(site_stack: Stack, path: str) -> None:
     url = site_stack.settings.url + path
     status, plain_headers, plain = get(url)
@@ -153,7 +177,9 @@ def test_frozen_files_are_sent_precompressed(site_stack: Stack, site: Site) -> N
 
 @pytest.mark.parametrize("path", ["/episodes/rss", "/", "/episodes/"])
 @pytest.mark.parametrize("encoding", [None, "gzip"])
-def test_conditional_get_answers_304(site_stack: Stack, site: Site, path: str, encoding: str | None) -> None:
+def test_conditional_get_answers_304(
+    site_stack: Stack, site: Site, path: str, encoding: str | None
+) -> None:
     url = site_stack.settings.url + path
     base = {"Accept-Encoding": encoding} if encoding else {}
     status, headers, _ = get(url, base)
@@ -170,10 +196,16 @@ def test_conditional_get_answers_304(site_stack: Stack, site: Site, path: str, e
 
 def test_cache_lifetimes(site_stack: Stack, site: Site) -> None:
     url = site_stack.settings.url
-    assert get(url + "/episodes/rss")[1]["Cache-Control"] == app_get(site, "/episodes/rss").headers["Cache-Control"]
+    assert (
+        get(url + "/episodes/rss")[1]["Cache-Control"]
+        == app_get(site, "/episodes/rss").headers["Cache-Control"]
+    )
     assert get(url + "/")[1]["Cache-Control"] == "public, max-age=60"
     assert get(url + "/static/style.css")[1]["Cache-Control"] == "public, max-age=604800"
-    assert get(url + "/static/style.css?v=1")[1]["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert (
+        get(url + "/static/style.css?v=1")[1]["Cache-Control"]
+        == "public, max-age=31536000, immutable"
+    )
     # Answers from the app keep the app's own (none for the API).
     assert "Cache-Control" not in get(url + "/health")[1]
 
@@ -196,14 +228,27 @@ def test_episode_redirects_match_the_app(site_stack: Stack, site: Site) -> None:
     status, headers, _ = get(url + "/episodes")
     expected = app_get(site, "/episodes")
     # Werkzeug makes its slash redirect absolute (http://localhost/…); nginx's is a path, as the app's 301s are.
-    assert (status, headers["Location"]) == (expected.status_code, urlsplit(expected.headers["Location"]).path)
+    assert (status, headers["Location"]) == (
+        expected.status_code,
+        urlsplit(expected.headers["Location"]).path,
+    )
 
 
 # --- Security headers ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/", "/episodes/rss", "/api/episodes", "/no-such-page", "/episodes/3",
-                                  "/static/style.css", "/health"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/episodes/rss",
+        "/api/episodes",
+        "/no-such-page",
+        "/episodes/3",
+        "/static/style.css",
+        "/health",
+    ],
+)
 def test_security_headers_on_every_kind_of_answer(site_stack: Stack, path: str) -> None:
     _, headers, _ = get(site_stack.settings.url + path)
     assert headers["X-Content-Type-Options"] == "nosniff"
@@ -218,7 +263,9 @@ def test_pages_satisfy_their_content_security_policy(site: Site) -> None:
     for page in sorted(site.build_dir.rglob("*.html")):
         html = page.read_text()
         assert "<script" not in html and "<style" not in html and " style=" not in html, page
-        assert re.findall(r'<link rel="stylesheet" href="([^"]+)"', html) == ["/static/style.css"], page
+        assert re.findall(r'<link rel="stylesheet" href="([^"]+)"', html) == [
+            "/static/style.css"
+        ], page
         for action in re.findall(r'<form[^>]*action="([^"]+)"', html):
             assert action.startswith("/"), page
         for source in re.findall(r'<(?:img|audio|video|source|iframe)[^>]*src="([^"]+)"', html):
@@ -233,8 +280,10 @@ def test_large_request_headers_reach_the_app(site_stack: Stack) -> None:
 
     (nginx's own limit, 8 KB per header line by default, stays: a cookie is not a database.)"""
     # A URL of its own, so the answer cannot come from the micro-cache.
-    status, _, body = get(site_stack.settings.url + "/api/episodes?page=1&per_page=17",
-                          {"Cookie": "preferences=" + "x" * 6_000})
+    status, _, body = get(
+        site_stack.settings.url + "/api/episodes?page=1&per_page=17",
+        {"Cookie": "preferences=" + "x" * 6_000},
+    )
     assert status == 200
     assert json.loads(body)["per_page"] == 17
 
@@ -246,15 +295,22 @@ def test_https_with_http2_and_modern_tls(site_stack: Stack, certificate: tuple[P
     context = ssl.create_default_context(cafile=str(certificate[0]))
     context.set_alpn_protocols(["h2", "http/1.1"])
     port = site_stack.settings.https_port
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         assert tls.selected_alpn_protocol() == "h2"
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
-def test_https_serves_the_same_site(site_stack: Stack, site: Site, tls_context: ssl.SSLContext) -> None:
+def test_https_serves_the_same_site(
+    site_stack: Stack, site: Site, tls_context: ssl.SSLContext
+) -> None:
     base = site_stack.settings.https_url
-    for path, expected in [("/", frozen(site, "index.html")), ("/api/episodes/3", app_get(site, "/api/episodes/3").data)]:
+    for path, expected in [
+        ("/", frozen(site, "index.html")),
+        ("/api/episodes/3", app_get(site, "/api/episodes/3").data),
+    ]:
         status, headers, body = get(base + path, context=tls_context)
         assert status == 200 and body == expected, path
         assert headers["X-Content-Type-Options"] == "nosniff"
@@ -273,8 +329,10 @@ def test_tls_below_1_2_is_refused(site_stack: Stack, certificate: tuple[Path, Pa
         context.set_ciphers("ALL:@SECLEVEL=0")
     except (ValueError, ssl.SSLError):
         pytest.skip("this OpenSSL cannot even offer TLS 1.1")
-    with socket.create_connection(("127.0.0.1", site_stack.settings.https_port), timeout=10) as raw, \
-            pytest.raises(ssl.SSLError):
+    with (
+        socket.create_connection(("127.0.0.1", site_stack.settings.https_port), timeout=10) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
         context.wrap_socket(raw, server_hostname="localhost")
 
 
@@ -294,7 +352,11 @@ def test_profiling_tokens_reach_the_app_past_frozen_files_and_cache(
 ) -> None:
     token = make_token(PROFILER_SECRET, 300)
     url = site_stack.settings.url
-    headers = {"header": {"X-Profile-Token": token}, "cookie": {"Cookie": f"_profile={token}"}, "query": {}}[carrier]
+    headers = {
+        "header": {"X-Profile-Token": token},
+        "cookie": {"Cookie": f"_profile={token}"},
+        "query": {},
+    }[carrier]
     query = f"?_profile={token}" if carrier == "query" else ""
     for path in ["/", "/api/episodes", episode_paths(site)[1]]:
         for _ in range(2):  # the second time too: never from the micro-cache
@@ -321,7 +383,9 @@ def test_profiler_viewer_through_nginx_keeps_its_own_csp(site_stack: Stack) -> N
     assert "X-Cache-Status" not in headers
 
 
-def test_profiling_tokens_never_reach_the_logs(make_stack: Callable[..., Stack], site: Site) -> None:
+def test_profiling_tokens_never_reach_the_logs(
+    make_stack: Callable[..., Stack], site: Site
+) -> None:
     stack = make_stack()
     url = stack.settings.url
     token = make_token(PROFILER_SECRET, 300)
@@ -332,7 +396,10 @@ def test_profiling_tokens_never_reach_the_logs(make_stack: Callable[..., Stack],
     get(url + f"/no-such-page?_profile={forged}")  # a 404: uWSGI's log-4xx line
     get(url + f"/api/episodes?page=x&_profile={token}")  # a 400
     stack.stop()  # flushes nginx's buffered access log
-    logs = {path.name: path.read_text() for path in [stack.nginx_dir / "access.log", *(i.log for i in stack.instances)]}
+    logs = {
+        path.name: path.read_text()
+        for path in [stack.nginx_dir / "access.log", *(i.log for i in stack.instances)]
+    }
     assert "/no-such-page" in logs["access.log"] and "[redacted]" in logs["access.log"]
     assert any("/no-such-page" in text for name, text in logs.items() if name != "access.log")
     for name, text in logs.items():

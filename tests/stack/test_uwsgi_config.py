@@ -2,6 +2,7 @@
 
 The app is tests/stack/probe_wsgi.py (the site plus test-only URLs) under the project's own ini.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def test_workers_collect_garbage_but_never_scan_the_masters_objects(make_stack) 
     stack = make_stack(uwsgi_options=PROBE)
     for state in gc_state_of_every_worker(stack).values():
         assert state["enabled"] is True
-        assert state["frozen"] > 10_000  # Flask, Jinja, psycopg2, the app: all built before the fork
+        assert (
+            state["frozen"] > 10_000
+        )  # Flask, Jinja, psycopg2, the app: all built before the fork
     # Workers forked later (a chain reload, recycling, a respawn) get the same treatment.
     stack.reload_uwsgi(stack.instances[0], chain=True)
     for state in gc_state_of_every_worker(stack).values():
@@ -48,4 +51,7 @@ def test_the_listen_backlog_is_the_kernels(make_stack) -> None:
     stack = make_stack()
     log = stack.instances[0].log.read_text()
     with open("/proc/sys/net/core/somaxconn") as somaxconn:
-        assert f"your server socket listen backlog is limited to {int(somaxconn.read())} connections" in log
+        assert (
+            f"your server socket listen backlog is limited to {int(somaxconn.read())} connections"
+            in log
+        )

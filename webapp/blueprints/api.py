@@ -5,6 +5,7 @@
 
 Malformed or out-of-range parameters get a 400 with a reason (see params.py).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -66,5 +67,6 @@ def episode_detail(number: int) -> Response:
     if episode is None:
         abort(404, description=f"There is no episode {number}.")
     return jsonify(
-        episode_summary(episode) | {"show_notes_html": episode.show_notes, "transcript": episode.transcript}
+        episode_summary(episode)
+        | {"show_notes_html": episode.show_notes, "transcript": episode.transcript}
     )

@@ -8,6 +8,7 @@ Podcast apps poll the feed every hour. Three layers keep that cheap:
 2. A full GET for unchanged data is served from bytes cached in this process.
 3. Only a GET after the data changed renders the feed, once per process.
 """
+
 from __future__ import annotations
 
 import hashlib

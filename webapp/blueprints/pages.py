@@ -1,4 +1,5 @@
 """The HTML pages, and ``/health``."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,7 +23,9 @@ MAX_QUERY_LENGTH = 200
 
 @blueprint.get("/")
 def index() -> str:
-    return render_template("index.html", episodes=queries.latest_episodes(get_session(), LATEST_COUNT))
+    return render_template(
+        "index.html", episodes=queries.latest_episodes(get_session(), LATEST_COUNT)
+    )
 
 
 #: Stands in for the items while a listing's frame renders: no page holds a NUL.
@@ -38,7 +41,9 @@ def catalogue() -> str:
 
 def catalogue_frame(count: int) -> tuple[str, str]:
     """The catalogue around its items, which the freezer keeps from build to build."""
-    before, _, after = render_template("catalogue.html", count=count, items=Markup(ITEMS_SLOT)).partition(ITEMS_SLOT)
+    before, _, after = render_template(
+        "catalogue.html", count=count, items=Markup(ITEMS_SLOT)
+    ).partition(ITEMS_SLOT)
     return before, after
 
 

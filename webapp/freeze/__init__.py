@@ -24,6 +24,7 @@ The layout nginx serves (``<dest>`` is a symlink to the live build tree)::
     nginx/redirects.conf the app's other redirects to frozen pages (server context)
     manifest.json        what the last build changed
 """
+
 from .build import BuildReport, SiteBuild, freeze
 from .command import freeze_command
 from .output import FreezeError

@@ -27,6 +27,7 @@ Gzip runs on a second thread (zlib releases the GIL), so page *n* is
 compressed while page *n + 1* renders; the files are written on the main
 thread, where a blocking write does not then wait for the GIL.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -37,7 +38,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,10 @@ class SiteBuild:
         self.up_to_date = (
             not self.pending
             and keep == live.keys()
-            and all(self._unchanged(path, content_digest(data)) for path, data in self._generated.items())
+            and all(
+                self._unchanged(path, content_digest(data))
+                for path, data in self._generated.items()
+            )
         )
         if not self.up_to_date:
             self.trees.prepare(keep)
@@ -177,7 +181,9 @@ class SiteBuild:
         for page in self.pending:
             if page.listing is not None:
                 kept = self._kept[page.url] = self._kept_fragments(page)
-                numbers.update(episode.number for episode in self._data.episodes if _key(episode) not in kept)
+                numbers.update(
+                    episode.number for episode in self._data.episodes if _key(episode) not in kept
+                )
         if not numbers:
             return {}
         session = get_session()
@@ -193,12 +199,13 @@ class SiteBuild:
         Nothing is kept unless the layout tiles the file exactly: a state file
         that does not describe the file is not trusted.
         """
+
         def fragments(layout: dict[str, Any], data: bytes) -> dict[FragmentKey, bytes]:
             if layout["code"] != self._data.code:
                 return {}
             kept, offset = {}, layout["before"]
             for number, revision, length in layout["items"]:
-                kept[number, revision] = data[offset:offset + length]
+                kept[number, revision] = data[offset : offset + length]
                 offset += length
             return kept if offset + layout["after"] == len(data) else {}
 
@@ -206,9 +213,13 @@ class SiteBuild:
 
     def _kept_chunks(self, path: str) -> dict[str, bytes]:
         """The deflated chunks of the live build's ``path``, by digest."""
-        return self._from_live(path, lambda layout, data: chunked_gzip.GzipChunks(data, layout["chunks"]).reusable())
+        return self._from_live(
+            path, lambda layout, data: chunked_gzip.GzipChunks(data, layout["chunks"]).reusable()
+        )
 
-    def _from_live(self, path: str, parts: Callable[[dict[str, Any], bytes], dict[Any, bytes]]) -> dict[Any, bytes]:
+    def _from_live(
+        self, path: str, parts: Callable[[dict[str, Any], bytes], dict[Any, bytes]]
+    ) -> dict[Any, bytes]:
         """``parts(layout, data)`` of the live build's ``path``; nothing if either is missing or they disagree."""
         record = self.trees.live_records.get(path)
         if record is None or not record.layout:
@@ -232,12 +243,18 @@ class SiteBuild:
                     if page.listing is not None:
                         body, layout, chunks = self._compose(page)
                     else:
-                        body, layout, chunks = render_episode_page(self._episode(page.number)), None, None  # type: ignore[arg-type]
+                        body, layout, chunks = (
+                            render_episode_page(self._episode(page.number)),
+                            None,
+                            None,
+                        )  # type: ignore[arg-type]
                 except FreezeError:
                     raise
                 except Exception as error:  # a template error: say which page
                     raise _page_error(page, f"{type(error).__name__}: {error}") from error
-                self._store(page, body, layout, chunks)  # outside: a full disk is not the page's fault
+                self._store(
+                    page, body, layout, chunks
+                )  # outside: a full disk is not the page's fault
             self._rendered.append(page.url)
 
     def _episode(self, number: int) -> Episode:
@@ -271,7 +288,9 @@ class SiteBuild:
         layout = {
             "code": self._data.code,
             "before": len(before),
-            "items": [[number, revision, len(fragments[number, revision])] for number, revision in keys],
+            "items": [
+                [number, revision, len(fragments[number, revision])] for number, revision in keys
+            ],
             "after": len(after),
         }
         return b"".join(chunks), _json(layout), chunked_gzip.split(chunks)
@@ -312,7 +331,11 @@ class SiteBuild:
         return report
 
     def _store(
-        self, page: Page, body: bytes, layout: str | None = None, chunks: list[chunked_gzip.Chunk] | None = None
+        self,
+        page: Page,
+        body: bytes,
+        layout: str | None = None,
+        chunks: list[chunked_gzip.Chunk] | None = None,
     ) -> None:
         # A listing's chunk digests cover every byte already: no second pass over 1.2 MB.
         content = content_digest(body) if chunks is None else chunked_gzip.digest_of(chunks)
@@ -326,14 +349,19 @@ class SiteBuild:
         self._write(page.path, body, page.inputs, content, layout)
         for path in page.files[1:]:
             if chunks is None:
-                self._compressed.append((path, page.inputs, self._gzipper.submit(_gzip_whole, body).result))
+                self._compressed.append(
+                    (path, page.inputs, self._gzipper.submit(_gzip_whole, body).result)
+                )
             else:
                 self._compressed.append((path, page.inputs, self._gzip_chunks(path, chunks)))
 
     def _gzip_chunks(self, path: str, chunks: list[chunked_gzip.Chunk]) -> Callable[[], Compressed]:
         """Deflate the chunks the live ``path`` lacks, on the gzip thread; the rest is copied."""
         kept = self._kept_chunks(path)
-        deflating = [kept.get(chunk.digest) or self._gzipper.submit(chunked_gzip.deflate, chunk) for chunk in chunks]
+        deflating = [
+            kept.get(chunk.digest) or self._gzipper.submit(chunked_gzip.deflate, chunk)
+            for chunk in chunks
+        ]
 
         def assemble() -> Compressed:
             deflated = [part if isinstance(part, bytes) else part.result() for part in deflating]
@@ -355,7 +383,9 @@ class SiteBuild:
         self.trees.carry(path, record)
         self._records[path] = record
 
-    def _write(self, path: str, data: bytes, inputs: str, content: str, layout: str | None = None) -> None:
+    def _write(
+        self, path: str, data: bytes, inputs: str, content: str, layout: str | None = None
+    ) -> None:
         # A page and its .gz get the same mtime, as nginx's gzip_static expects.
         self._records[path] = self.trees.write(path, data, self._mtime_ns, inputs, content, layout)
         self._written.append(path)
@@ -368,13 +398,15 @@ class SiteBuild:
             changed=tuple(sorted([*self._written, *removed])),
             removed=tuple(removed),
             bytes=sum(records[page.path].size for page in self.pages),
-            compressed_bytes=sum(records[path].size for page in self.pages for path in page.files[1:]),
+            compressed_bytes=sum(
+                records[path].size for page in self.pages for path in page.files[1:]
+            ),
             seconds=time.perf_counter() - self._started,
         )
 
     def _manifest(self, report: BuildReport) -> dict[str, object]:
         return {
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "changed": list(report.changed),
             "removed": list(report.removed),
             "pages": report.pages,

@@ -22,6 +22,7 @@ The output decompresses with any gzip reader; it is a few bytes larger than a
 one-piece ``gzip.compress`` (an empty block per chunk, fresh Huffman tables),
 and is the same bytes for the same chunks on every build.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,7 +58,7 @@ class GzipChunks:
         reusable = {}
         offset = len(HEADER)
         for digest, length in self.chunks:
-            reusable[digest] = self.data[offset:offset + length]
+            reusable[digest] = self.data[offset : offset + length]
             offset += length
         if offset + len(FINAL_BLOCK) + TRAILER_SIZE != len(self.data):
             raise ValueError("the chunk layout does not describe this gzip file")
@@ -105,7 +106,9 @@ def compress(chunks: Sequence[bytes], reusable: Mapping[str, bytes] | None = Non
     """One gzip file of ``chunks`` in order, deflating only those not in ``reusable``."""
     reusable = reusable or {}
     split_chunks = split(chunks)
-    return assemble(split_chunks, [reusable.get(chunk.digest) or deflate(chunk) for chunk in split_chunks])
+    return assemble(
+        split_chunks, [reusable.get(chunk.digest) or deflate(chunk) for chunk in split_chunks]
+    )
 
 
 def digest_of(chunks: Sequence[Chunk]) -> str:

@@ -1,4 +1,5 @@
 """``flask --app webapp freeze [--dest DIR]``: the site as static files for nginx."""
+
 from __future__ import annotations
 
 from pathlib import Path

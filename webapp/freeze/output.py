@@ -27,6 +27,7 @@ touched since.
         trees.carry("404.html", trees.live_records["404.html"])
         trees.commit({"index.html": record, ...}, manifest)   # the swap
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -101,7 +102,9 @@ class BuildTrees:
             self.root.mkdir(parents=True, exist_ok=True)
             self._lock = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise FreezeError(f"cannot write to {self.destination}: {error.strerror} ({error.filename})") from None
+            raise FreezeError(
+                f"cannot write to {self.destination}: {error.strerror} ({error.filename})"
+            ) from None
         try:
             self._lock_and_find_live()
         except BaseException:
@@ -121,7 +124,9 @@ class BuildTrees:
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
         except BlockingIOError:
-            raise FreezeError(f"another freeze is writing to {self.destination}; try again when it ends") from None
+            raise FreezeError(
+                f"another freeze is writing to {self.destination}; try again when it ends"
+            ) from None
         self.live = self._find_live()
         if self.live is not None:
             state = _read_state(self.live)
@@ -169,8 +174,10 @@ class BuildTrees:
                 spare = {}
             present = spare.keys()
             self._spare_same = {
-                path for path, record in spare.items()
-                if path in live and (record.content, record.mtime_ns) == (live[path].content, live[path].mtime_ns)
+                path
+                for path, record in spare.items()
+                if path in live
+                and (record.content, record.mtime_ns) == (live[path].content, live[path].mtime_ns)
             }
         (self.spare / STATE_FILE).unlink(missing_ok=True)
         for path in present - set(keep):
@@ -209,7 +216,13 @@ class BuildTrees:
             return None
 
     def write(
-        self, path: str, data: bytes, mtime_ns: int, inputs: str, content: str, layout: str | None = None
+        self,
+        path: str,
+        data: bytes,
+        mtime_ns: int,
+        inputs: str,
+        content: str,
+        layout: str | None = None,
     ) -> FileRecord:
         """Write a new file into the spare tree."""
         target = self._target(path)

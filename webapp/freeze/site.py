@@ -31,6 +31,7 @@ the build one row of three numbers. The catalogue and the feed are
 :class:`Listing` pages, one fragment per episode, so a rebuild renders the
 fragments of changed episodes only (see build.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -219,7 +220,7 @@ class SiteFreezer(Freezer):
         if path in FILE_NAMES:
             return FILE_NAMES[path]
         path = super().urlpath_to_filepath(path)
-        return path if "." in path[path.rfind("/") + 1:] else f"{path}.html"
+        return path if "." in path[path.rfind("/") + 1 :] else f"{path}.html"
 
 
 def site_freezer(app: Flask) -> SiteFreezer:
@@ -236,7 +237,9 @@ def code_fingerprint(app: Flask) -> str:
     for path in sorted(_rendering_files(app)):
         hasher.update(str(path).encode() + b"\0" + path.read_bytes())
     hasher.update(_library_versions().encode())
-    settings = sorted((name, str(value)) for name, value in app.config.items() if name.startswith("SITE_"))
+    settings = sorted(
+        (name, str(value)) for name, value in app.config.items() if name.startswith("SITE_")
+    )
     hasher.update(repr(settings).encode())
     return hasher.hexdigest()[:32]
 
@@ -254,7 +257,9 @@ def _rendering_files(app: Flask) -> set[Path]:
         for name, module in list(sys.modules.items())
         if name.partition(".")[0] == PACKAGE and getattr(module, "__file__", None)
     }
-    folders = [Path(app.root_path, folder) for folder in (app.template_folder, app.static_folder) if folder]
+    folders = [
+        Path(app.root_path, folder) for folder in (app.template_folder, app.static_folder) if folder
+    ]
     return modules | {path for folder in folders for path in folder.rglob("*") if path.is_file()}
 
 
@@ -319,7 +324,9 @@ def episodes_map(data: SiteData) -> bytes:
     (``;``, spaces, quotes) or be read as a variable (``$``).
     """
     # data.episodes is newest number first.
-    lines = (f"{episode.number} {_nginx_safe(episode.path)};\n" for episode in reversed(data.episodes))
+    lines = (
+        f"{episode.number} {_nginx_safe(episode.path)};\n" for episode in reversed(data.episodes)
+    )
     return "".join(lines).encode()
 
 

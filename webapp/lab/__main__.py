@@ -1,4 +1,5 @@
 """``python -m webapp.lab``: the tuning lab's command line (scripts/bench runs it)."""
+
 import sys
 
 from .cli import main

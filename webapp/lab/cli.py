@@ -11,6 +11,7 @@ Exit status: 0 when everything was measured (missed targets are reported, not
 fatal), 1 when the lab could not run (no load tool, a port in use, a stack that
 did not start), 2 for a malformed experiment file or bad arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,11 @@ def machine_description(tool: str, quick: bool) -> dict[str, Any]:
             done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
         except OSError:
             return "not found"
-        return (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr).strip() else "?"
+        return (
+            (done.stdout + done.stderr).strip().splitlines()[0]
+            if (done.stdout + done.stderr).strip()
+            else "?"
+        )
 
     return {
         "started": datetime.now().isoformat(timespec="seconds"),
@@ -71,15 +76,21 @@ def machine_description(tool: str, quick: bool) -> dict[str, Any]:
         "python": platform.python_version(),
         "load tool": first_line([tool, "-V" if tool == "ab" else "--version"]),
         "commit": first_line(["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"]),
-        "mode": "quick (1 run of 1 s per configuration: a smoke test, not a measurement)" if quick else "full",
+        "mode": "quick (1 run of 1 s per configuration: a smoke test, not a measurement)"
+        if quick
+        else "full",
     }
 
 
 def _print_experiments(experiments: Sequence[Experiment]) -> None:
     for experiment in experiments:
-        print(f"{experiment.id}: {experiment.title} ({experiment.runs} runs, {len(experiment.targets)} targets)")
+        print(
+            f"{experiment.id}: {experiment.title} ({experiment.runs} runs, {len(experiment.targets)} targets)"
+        )
         for configuration in experiment.configurations:
-            print(f"  {configuration.id:<18} {configuration.label}  [{knobs.describe(configuration.changes)}]")
+            print(
+                f"  {configuration.id:<18} {configuration.label}  [{knobs.describe(configuration.changes)}]"
+            )
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -88,19 +99,37 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Knobs:\n" + "\n".join(f"  {k.name:<26} {k.help}" for k in knobs.KNOBS.values()))
-    parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="names or paths (default: all)")
+    parser = argparse.ArgumentParser(
+        prog="bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Knobs:\n" + "\n".join(f"  {k.name:<26} {k.help}" for k in knobs.KNOBS.values()),
+    )
+    parser.add_argument(
+        "experiments", nargs="*", metavar="EXPERIMENT", help="names or paths (default: all)"
+    )
     parser.add_argument("--quick", action="store_true", help="one 1-second run per configuration")
-    parser.add_argument("--list", action="store_true", help="check the experiment files and list them")
-    parser.add_argument("--tool", choices=("wrk", "ab"), help="the load generator (default: wrk, else ab)")
-    parser.add_argument("--out", type=Path, help="output directory (default: var/bench/<timestamp>)")
-    parser.add_argument("--port", type=int, default=0,
-                        help="nginx's port; uWSGI's HTTP socket takes the next (default: any free ports)")
-    parser.add_argument("--postgres-url", default=os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL"),
-                        help="a PostgreSQL database the lab may create a schema in "
-                             "(default: $BENCH_DATABASE_URL, else $TEST_DATABASE_URL)")
+    parser.add_argument(
+        "--list", action="store_true", help="check the experiment files and list them"
+    )
+    parser.add_argument(
+        "--tool", choices=("wrk", "ab"), help="the load generator (default: wrk, else ab)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default: var/bench/<timestamp>)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="nginx's port; uWSGI's HTTP socket takes the next (default: any free ports)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL"),
+        help="a PostgreSQL database the lab may create a schema in "
+        "(default: $BENCH_DATABASE_URL, else $TEST_DATABASE_URL)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65534:
         parser.error("--port must be from 1 to 65534 (or 0 for any free port)")
@@ -128,23 +157,33 @@ def _run(experiments: Sequence[Experiment], args: argparse.Namespace) -> int:
     try:
         tool = find_tool(args.tool)
         machine = machine_description(tool, args.quick)
-        with LabStacks(experiments, out_dir / "work", port=args.port, postgres_url=args.postgres_url) as stacks:
+        with LabStacks(
+            experiments, out_dir / "work", port=args.port, postgres_url=args.postgres_url
+        ) as stacks:
             machine.update(stacks.versions())
             results = run_lab(experiments, LabOptions(out_dir=out_dir, tool=tool), stacks.start)
     except (LabError, LoadError) as error:
         print(f"bench: {error}", file=sys.stderr)
         results = getattr(error, "results", None)
-        if results is not None and any(r.summary(c.id) for r in results for c in r.experiment.configurations):
+        if results is not None and any(
+            r.summary(c.id) for r in results for c in r.experiment.configurations
+        ):
             paths = write_report(out_dir, results, machine | {"incomplete": str(error)})
-            print(f"bench: what was measured before that is in {paths['markdown']}", file=sys.stderr)
+            print(
+                f"bench: what was measured before that is in {paths['markdown']}", file=sys.stderr
+            )
         return 1
     except KeyboardInterrupt:
         print("bench: interrupted; every server it started is stopped", file=sys.stderr)
         return 130
     paths = write_report(out_dir, results, machine)
-    print(f"bench: report {paths['markdown']}\n       runs   {paths['json']}\n       chart  "
-          f"{paths['chart'] or 'skipped (matplotlib is not installed)'}")
+    print(
+        f"bench: report {paths['markdown']}\n       runs   {paths['json']}\n       chart  "
+        f"{paths['chart'] or 'skipped (matplotlib is not installed)'}"
+    )
     for result in results:
         for outcome in result.outcomes():
-            print(f"  {'MET   ' if outcome.met else 'MISSED'} {result.experiment.id}: {outcome.target.label}: {outcome.verdict}")
+            print(
+                f"  {'MET   ' if outcome.met else 'MISSED'} {result.experiment.id}: {outcome.target.label}: {outcome.verdict}"
+            )
     return 0

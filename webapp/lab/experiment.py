@@ -29,6 +29,7 @@ The format (TOML; knob names are listed in :mod:`webapp.lab.knobs`)::
 
 Anything malformed raises :class:`ExperimentError` with the file and the key.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,7 +43,9 @@ from . import knobs
 
 DEFAULT_RUNS = 3
 _ID = re.compile(r"[a-z][a-z0-9_]{0,39}")
-_REQUIRE = re.compile(r"\s*([a-z][a-z0-9_]*)\s*/\s*([a-z][a-z0-9_]*)\s*(>=|<=)\s*(\d+(?:\.\d+)?)\s*")
+_REQUIRE = re.compile(
+    r"\s*([a-z][a-z0-9_]*)\s*/\s*([a-z][a-z0-9_]*)\s*(>=|<=)\s*(\d+(?:\.\d+)?)\s*"
+)
 _TOP_LEVEL = {"title", "about", "runs", "baseline", "changes", "combined", "targets"}
 
 
@@ -97,18 +100,24 @@ class Experiment:
         return self.configurations[0]
 
     def configuration(self, id: str) -> Configuration:
-        return next(configuration for configuration in self.configurations if configuration.id == id)
+        return next(
+            configuration for configuration in self.configurations if configuration.id == id
+        )
 
     def shortened(self, runs: int, duration: int, warmup: int) -> Experiment:
         """The same experiment with at most ``runs`` runs of at most ``duration``/``warmup`` seconds."""
+
         def shorten(configuration: Configuration) -> Configuration:
             settings = dict(configuration.settings)
             settings["load.duration"] = min(settings["load.duration"], duration)
             settings["load.warmup"] = min(settings["load.warmup"], warmup)
             return replace(configuration, settings=settings)
 
-        return replace(self, runs=min(self.runs, runs),
-                       configurations=tuple(shorten(c) for c in self.configurations))
+        return replace(
+            self,
+            runs=min(self.runs, runs),
+            configurations=tuple(shorten(c) for c in self.configurations),
+        )
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -130,8 +139,10 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
     """Check a parsed experiment file; ``path`` names it (its stem is the experiment's id)."""
     unknown = set(document) - _TOP_LEVEL
     if unknown:
-        raise ExperimentError(f"unknown top-level key(s): {', '.join(sorted(unknown))} "
-                              f"(expected {', '.join(sorted(_TOP_LEVEL))})")
+        raise ExperimentError(
+            f"unknown top-level key(s): {', '.join(sorted(unknown))} "
+            f"(expected {', '.join(sorted(_TOP_LEVEL))})"
+        )
     title = _string(document, "title", "title", required=True)
     about = _string(document, "about", "about")
     runs = document.get("runs", DEFAULT_RUNS)
@@ -141,8 +152,11 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
     baseline_table = _table(document, "baseline", "[baseline]", required=True)
     baseline_changes = _knob_values(baseline_table, "[baseline]", extra={"label"})
     baseline = Configuration(
-        "baseline", _string(baseline_table, "label", "[baseline] label") or "baseline", "baseline",
-        baseline_changes, _resolve(baseline_changes, knobs.DEFAULTS, "[baseline]"),
+        "baseline",
+        _string(baseline_table, "label", "[baseline] label") or "baseline",
+        "baseline",
+        baseline_changes,
+        _resolve(baseline_changes, knobs.DEFAULTS, "[baseline]"),
     )
     configurations = [baseline]
 
@@ -156,10 +170,15 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
         if not values:
             raise ExperimentError(f"{where} changes no knob")
         changes[id] = values
-        configurations.append(Configuration(
-            id, _string(table, "label", f"{where} label") or knobs.describe(values), "change",
-            values, _resolve(values, baseline.settings, where),
-        ))
+        configurations.append(
+            Configuration(
+                id,
+                _string(table, "label", f"{where} label") or knobs.describe(values),
+                "change",
+                values,
+                _resolve(values, baseline.settings, where),
+            )
+        )
 
     for id, table in _table(document, "combined", "[combined]").items():
         where = f"[combined.{id}]"
@@ -169,13 +188,22 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
         if not isinstance(table, dict) or set(table) - {"label", "changes"}:
             raise ExperimentError(f"{where} takes only label and changes (a list of change ids)")
         names = table.get("changes")
-        if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        if (
+            not isinstance(names, list)
+            or len(names) < 2
+            or not all(isinstance(n, str) for n in names)
+        ):
             raise ExperimentError(f"{where} changes must list at least two change ids")
         values = _combine(names, changes, where)
-        configurations.append(Configuration(
-            id, _string(table, "label", f"{where} label") or " + ".join(names), "combined",
-            values, _resolve(values, baseline.settings, where),
-        ))
+        configurations.append(
+            Configuration(
+                id,
+                _string(table, "label", f"{where} label") or " + ".join(names),
+                "combined",
+                values,
+                _resolve(values, baseline.settings, where),
+            )
+        )
 
     ids = {configuration.id for configuration in configurations}
     targets = tuple(_target(entry, index, ids) for index, entry in enumerate(_targets(document), 1))
@@ -189,7 +217,9 @@ def _string(table: Mapping[str, Any], key: str, where: str, required: bool = Fal
     return value.strip()
 
 
-def _table(document: Mapping[str, Any], key: str, where: str, required: bool = False) -> dict[str, Any]:
+def _table(
+    document: Mapping[str, Any], key: str, where: str, required: bool = False
+) -> dict[str, Any]:
     if key not in document and not required:
         return {}
     value = document.get(key)
@@ -200,7 +230,7 @@ def _table(document: Mapping[str, Any], key: str, where: str, required: bool = F
 
 def _check_id(id: str, where: str) -> None:
     if id == "baseline" or not _ID.fullmatch(id):
-        raise ExperimentError(f"{where}: ids are lower-case letters, digits and _ (not \"baseline\")")
+        raise ExperimentError(f'{where}: ids are lower-case letters, digits and _ (not "baseline")')
 
 
 def _knob_values(table: Mapping[str, Any], where: str, extra: set[str]) -> dict[str, Any]:
@@ -226,16 +256,22 @@ def _resolve(values: Mapping[str, Any], base: Mapping[str, Any], where: str) -> 
     unused = knobs.unused_changes(values, settings)
     if unused:
         # A change that cannot change anything would read as "no effect" in the report.
-        raise ExperimentError(f'{where}: {", ".join(unused)} only affect(s) requests through nginx, '
-                              f'but request.via = "uwsgi"')
+        raise ExperimentError(
+            f"{where}: {', '.join(unused)} only affect(s) requests through nginx, "
+            f'but request.via = "uwsgi"'
+        )
     return settings
 
 
-def _combine(names: list[str], changes: Mapping[str, Mapping[str, Any]], where: str) -> dict[str, Any]:
+def _combine(
+    names: list[str], changes: Mapping[str, Mapping[str, Any]], where: str
+) -> dict[str, Any]:
     combined: dict[str, Any] = {}
     for name in names:
         if name not in changes:
-            raise ExperimentError(f'{where}: there is no change "{name}" (known: {", ".join(changes) or "none"})')
+            raise ExperimentError(
+                f'{where}: there is no change "{name}" (known: {", ".join(changes) or "none"})'
+            )
         for knob, value in changes[name].items():
             if knob in combined and combined[knob] != value:
                 raise ExperimentError(f"{where}: the changes set {knob} to different values")
@@ -257,10 +293,14 @@ def _target(entry: Any, index: int, ids: set[str]) -> Target:
     require = entry.get("require")
     match = _REQUIRE.fullmatch(require) if isinstance(require, str) else None
     if match is None:
-        raise ExperimentError(f'{where}: require must read "<id> / <id> >= <number>" (or <=), got {require!r}')
+        raise ExperimentError(
+            f'{where}: require must read "<id> / <id> >= <number>" (or <=), got {require!r}'
+        )
     numerator, denominator, operator, bound = match.groups()
     for id in (numerator, denominator):
         if id not in ids:
-            raise ExperimentError(f'{where}: no configuration "{id}" (known: {", ".join(sorted(ids))})')
+            raise ExperimentError(
+                f'{where}: no configuration "{id}" (known: {", ".join(sorted(ids))})'
+            )
     label = _string(entry, "label", f"{where} label") or require.strip()
     return Target(label, numerator, denominator, operator, float(bound))

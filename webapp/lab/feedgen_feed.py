@@ -6,6 +6,7 @@ Item for item the feed webapp.rss writes, built the way feedgen's
 documentation builds a podcast feed. feedgen is a dev dependency: only the
 benchmarks and the tuning lab import this module.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,7 +18,9 @@ from webapp.models import Episode
 from webapp.rss import FeedChannel
 
 
-def render_with_feedgen(episodes: Sequence[Episode], channel: FeedChannel, updated_at: datetime) -> bytes:
+def render_with_feedgen(
+    episodes: Sequence[Episode], channel: FeedChannel, updated_at: datetime
+) -> bytes:
     """The RSS document for ``episodes`` (newest first), as bytes."""
     generator = FeedGenerator()
     generator.load_extension("podcast")

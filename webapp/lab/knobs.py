@@ -12,6 +12,7 @@ Knobs are grouped by what they act on: ``uwsgi.*`` and ``nginx.*`` the servers,
 deploy/ configures. An unknown name or a bad value raises :class:`KnobError`,
 with the closest known name when there is one.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -68,7 +69,9 @@ def _processes(value: Any) -> int | str:
             return value.strip()
     elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 256:
         return value
-    raise ValueError('must be a number from 1 to 256, "cpus" or a multiple such as "2*cpus" (up to 16)')
+    raise ValueError(
+        'must be a number from 1 to 256, "cpus" or a multiple such as "2*cpus" (up to 16)'
+    )
 
 
 def _worker_processes(value: Any) -> int | str:
@@ -109,32 +112,89 @@ _KNOBS = [
     # uWSGI: options passed over deploy/uwsgi/uwsgi.ini.
     Knob("uwsgi.processes", DEPLOYED, _processes, 'worker processes: a number, "cpus" or "2*cpus"'),
     Knob("uwsgi.threads", DEPLOYED, _integer(1, 64), "threads per worker (1: no threads)"),
-    Knob("uwsgi.logging", DEPLOYED, _choice("on", "off", "syslog-udp"),
-         'request logging: "on" (to the log file), "off", or "syslog-udp" to a local UDP socket'),
-    Knob("uwsgi.max_requests", DEPLOYED, _integer(0, 10_000_000), "recycle a worker after this many requests (0: never)"),
-    Knob("uwsgi.max_worker_lifetime", DEPLOYED, _integer(0, 86_400), "recycle a worker after this many seconds (0: never)"),
+    Knob(
+        "uwsgi.logging",
+        DEPLOYED,
+        _choice("on", "off", "syslog-udp"),
+        'request logging: "on" (to the log file), "off", or "syslog-udp" to a local UDP socket',
+    ),
+    Knob(
+        "uwsgi.max_requests",
+        DEPLOYED,
+        _integer(0, 10_000_000),
+        "recycle a worker after this many requests (0: never)",
+    ),
+    Knob(
+        "uwsgi.max_worker_lifetime",
+        DEPLOYED,
+        _integer(0, 86_400),
+        "recycle a worker after this many seconds (0: never)",
+    ),
     # nginx: settings of the deploy/nginx templates.
-    Knob("nginx.worker_processes", DEPLOYED, _worker_processes, 'a number, "auto", "cpus" or "2*cpus"'),
-    Knob("nginx.worker_connections", DEPLOYED, _integer(16, 65_536), "connections per nginx worker (deploy/nginx: 4096)"),
-    Knob("nginx.open_file_cache", DEPLOYED, _flag, "false: no cache of open files (deploy/nginx has one)"),
-    Knob("nginx.gzip", DEPLOYED, _flag, "false: no gzip at all (deploy/nginx compresses on the fly and serves .gz files)"),
+    Knob(
+        "nginx.worker_processes",
+        DEPLOYED,
+        _worker_processes,
+        'a number, "auto", "cpus" or "2*cpus"',
+    ),
+    Knob(
+        "nginx.worker_connections",
+        DEPLOYED,
+        _integer(16, 65_536),
+        "connections per nginx worker (deploy/nginx: 4096)",
+    ),
+    Knob(
+        "nginx.open_file_cache",
+        DEPLOYED,
+        _flag,
+        "false: no cache of open files (deploy/nginx has one)",
+    ),
+    Knob(
+        "nginx.gzip",
+        DEPLOYED,
+        _flag,
+        "false: no gzip at all (deploy/nginx compresses on the fly and serves .gz files)",
+    ),
     Knob("nginx.access_log", DEPLOYED, _flag, "nginx's buffered access log"),
     Knob("nginx.microcache", DEPLOYED, _flag, "the 1 s micro-cache of /api/ and /search"),
     # The application.
     Knob("app.database", "sqlite", _choice("sqlite", "postgresql"), "the database backend"),
-    Knob("app.gc_freeze", DEPLOYED, _flag, "gc.freeze() in the uWSGI master before the fork (GC_FREEZE)"),
-    Knob("app.profiler", "none", _choice("none", "off", "sampled", "on"),
-         '"none": not installed; "off": installed, token-only; "sampled": 1% of requests; "on": every request'),
-    Knob("app.feed", "cached", _choice("cached", "cold", "feedgen"),
-         'the feed route: "cached" (the app), "cold" (the app without its cache), '
-         '"feedgen" (built per request with feedgen, for comparison)'),
+    Knob(
+        "app.gc_freeze",
+        DEPLOYED,
+        _flag,
+        "gc.freeze() in the uWSGI master before the fork (GC_FREEZE)",
+    ),
+    Knob(
+        "app.profiler",
+        "none",
+        _choice("none", "off", "sampled", "on"),
+        '"none": not installed; "off": installed, token-only; "sampled": 1% of requests; "on": every request',
+    ),
+    Knob(
+        "app.feed",
+        "cached",
+        _choice("cached", "cold", "feedgen"),
+        'the feed route: "cached" (the app), "cold" (the app without its cache), '
+        '"feedgen" (built per request with feedgen, for comparison)',
+    ),
     Knob("app.frozen", False, _flag, "freeze the site first, so nginx serves its pages as files"),
     # What is loaded.
     Knob("request.path", "/", _path, "the URL path loaded"),
-    Knob("request.via", "nginx", _choice("nginx", "uwsgi"), "through nginx, or straight to uWSGI's HTTP socket"),
+    Knob(
+        "request.via",
+        "nginx",
+        _choice("nginx", "uwsgi"),
+        "through nginx, or straight to uWSGI's HTTP socket",
+    ),
     Knob("request.conditional", False, _flag, "send If-None-Match with the ETag of a first GET"),
     Knob("request.gzip", False, _flag, "send Accept-Encoding: gzip"),
-    Knob("request.expect", None, _status, 'the status every response must have ("auto": 304 if conditional, else 200)'),
+    Knob(
+        "request.expect",
+        None,
+        _status,
+        'the status every response must have ("auto": 304 if conditional, else 200)',
+    ),
     # The load generator. Whole seconds: wrk takes no fractions.
     Knob("load.connections", 32, _integer(1, 10_000), "concurrent connections"),
     Knob("load.threads", 1, _integer(1, 64), "load generator threads (wrk -t; ab has one)"),
@@ -175,5 +235,7 @@ def unused_changes(changes: Mapping[str, Any], settings: Mapping[str, Any]) -> l
 
 def describe(changes: Mapping[str, Any]) -> str:
     """A short human form of some knob values: ``uwsgi.processes=4, nginx.gzip=false``."""
-    return ", ".join(f"{name}={'deployed' if value is DEPLOYED else _toml(value).strip(chr(34))}"
-                     for name, value in changes.items())
+    return ", ".join(
+        f"{name}={'deployed' if value is DEPLOYED else _toml(value).strip(chr(34))}"
+        for name, value in changes.items()
+    )

@@ -11,6 +11,7 @@ measured from ``getrusage(RUSAGE_CHILDREN)`` around the run; when it used
 (nearly) all of the CPU its threads can use, the result says the number is
 the generator's ceiling rather than the server's.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,9 +95,11 @@ class LoadResult:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(requests_per_second=self.requests_per_second,
-                    generator_cpu_share=self.generator_cpu_share,
-                    generator_saturated=self.generator_saturated)
+        data.update(
+            requests_per_second=self.requests_per_second,
+            generator_cpu_share=self.generator_cpu_share,
+            generator_saturated=self.generator_saturated,
+        )
         return data
 
 
@@ -116,16 +119,40 @@ def run_load(tool: str, spec: LoadSpec, workdir: Path) -> LoadResult:
         script = workdir / "lab-report.lua"
         if not script.exists():
             script.write_text(_WRK_REPORT)
-        command = ["wrk", "--latency", "-t", str(spec.threads), "-c", str(max(spec.connections, spec.threads)),
-                   "-d", f"{spec.duration}s", "--timeout", "5s", "-s", str(script)]
+        command = [
+            "wrk",
+            "--latency",
+            "-t",
+            str(spec.threads),
+            "-c",
+            str(max(spec.connections, spec.threads)),
+            "-d",
+            f"{spec.duration}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+        ]
         for name, value in spec.headers.items():
             command += ["-H", f"{name}: {value}"]
         output, cpu_seconds = _run(command + [spec.url], spec.duration)
         return parse_wrk(output, cpu_seconds, spec.threads)
     if tool == "ab":
         # -n caps the count; -t is what bounds the run. -k keeps connections alive, as wrk does.
-        command = ["ab", "-q", "-k", "-r", "-s", "5", "-n", "50000000", "-c", str(spec.connections),
-                   "-t", str(spec.duration)]
+        command = [
+            "ab",
+            "-q",
+            "-k",
+            "-r",
+            "-s",
+            "5",
+            "-n",
+            "50000000",
+            "-c",
+            str(spec.connections),
+            "-t",
+            str(spec.duration),
+        ]
         for name, value in spec.headers.items():
             command += ["-H", f"{name}: {value}"]
         output, cpu_seconds = _run(command + [spec.url], spec.duration)
@@ -137,14 +164,19 @@ def _run(command: list[str], duration: float) -> tuple[str, float]:
     # Only the tool is reaped while this runs, so the children's usage delta is its own.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        completed = subprocess.run(command, capture_output=True, text=True,
-                                   timeout=duration + GRACE_SECONDS, check=False)
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=duration + GRACE_SECONDS, check=False
+        )
     except subprocess.TimeoutExpired:
-        raise LoadError(f"{command[0]} ran past {duration + GRACE_SECONDS:.0f}s and was killed") from None
+        raise LoadError(
+            f"{command[0]} ran past {duration + GRACE_SECONDS:.0f}s and was killed"
+        ) from None
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if completed.returncode != 0:
         detail = (completed.stderr or completed.stdout).strip().splitlines()
-        raise LoadError(f"{command[0]} failed (exit {completed.returncode}): {detail[-1] if detail else 'no output'}")
+        raise LoadError(
+            f"{command[0]} failed (exit {completed.returncode}): {detail[-1] if detail else 'no output'}"
+        )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return completed.stdout, cpu
 
@@ -156,10 +188,16 @@ def parse_wrk(output: str, cpu_seconds: float, threads: int) -> LoadResult:
         raise LoadError("wrk printed no summary (was its Lua report script run?)")
     data = json.loads(line.removeprefix("LAB-JSON "))
     return LoadResult(
-        tool="wrk", requests=data["requests"], seconds=data["duration_us"] / 1e6,
-        p50_ms=data["p50_us"] / 1000, p99_ms=data["p99_us"] / 1000,
+        tool="wrk",
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
         errors=data["connect"] + data["read"] + data["write"] + data["timeout"],
-        bad_status=data["status"], bytes=data["bytes"], cpu_seconds=cpu_seconds, threads=threads,
+        bad_status=data["status"],
+        bytes=data["bytes"],
+        cpu_seconds=cpu_seconds,
+        threads=threads,
     )
 
 

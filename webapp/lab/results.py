@@ -12,6 +12,7 @@ minute apart at most, under the same disturbances. The median of those
 per-round ratios is steadier than the ratio of two medians on a shared machine,
 and their range says how far the comparison itself moved between rounds.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -66,7 +67,9 @@ class TargetOutcome:
             off = abs(self.ratio / self.target.bound - 1) if self.target.bound else float("inf")
             verdict = f"missed by {off:.0%}: {self.ratio:.2f}, needs {bound}"
         if self.inconclusive:
-            verdict += f" (inconclusive: per-round ratios {min(self.ratios):.2f}–{max(self.ratios):.2f})"
+            verdict += (
+                f" (inconclusive: per-round ratios {min(self.ratios):.2f}–{max(self.ratios):.2f})"
+            )
         return verdict
 
 
@@ -88,16 +91,21 @@ class ExperimentResult:
     def paired_ratios(self, id: str, against: str = "baseline") -> tuple[float, ...]:
         """Requests/s of ``id`` over ``against``'s, round by round."""
         pairs = zip(self.configurations[id].runs, self.configurations[against].runs)
-        return tuple(run.requests_per_second / base.requests_per_second
-                     for run, base in pairs if base.requests_per_second)
+        return tuple(
+            run.requests_per_second / base.requests_per_second
+            for run, base in pairs
+            if base.requests_per_second
+        )
 
     def ratio(self, id: str, against: str = "baseline") -> float | None:
         ratios = self.paired_ratios(id, against)
         return statistics.median(ratios) if ratios else None
 
     def outcomes(self) -> list[TargetOutcome]:
-        return [TargetOutcome(target, self.paired_ratios(target.numerator, target.denominator))
-                for target in self.experiment.targets]
+        return [
+            TargetOutcome(target, self.paired_ratios(target.numerator, target.denominator))
+            for target in self.experiment.targets
+        ]
 
     def as_dict(self) -> dict[str, Any]:
         experiment = self.experiment
@@ -116,16 +124,24 @@ class ExperimentResult:
                     "settings": dict(configuration.settings),
                     "response_bytes": self.configurations[configuration.id].response_bytes,
                     "runs": [run.as_dict() for run in self.configurations[configuration.id].runs],
-                    "summary": summary.as_dict() if (summary := self.summary(configuration.id)) else None,
+                    "summary": summary.as_dict()
+                    if (summary := self.summary(configuration.id))
+                    else None,
                     "ratio_to_baseline": self.ratio(configuration.id),
                     "ratios_by_round": list(self.paired_ratios(configuration.id)),
                 }
                 for configuration in experiment.configurations
             ],
             "targets": [
-                {"label": outcome.target.label, "require": outcome.target.expression,
-                 "ratio": outcome.ratio, "ratios_by_round": list(outcome.ratios), "met": outcome.met,
-                 "inconclusive": outcome.inconclusive, "verdict": outcome.verdict}
+                {
+                    "label": outcome.target.label,
+                    "require": outcome.target.expression,
+                    "ratio": outcome.ratio,
+                    "ratios_by_round": list(outcome.ratios),
+                    "met": outcome.met,
+                    "inconclusive": outcome.inconclusive,
+                    "verdict": outcome.verdict,
+                }
                 for outcome in self.outcomes()
             ],
         }

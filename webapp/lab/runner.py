@@ -12,6 +12,7 @@ Before any load, one request checks the configuration answers what it should
 (its status, an ETag for conditional requests): a mistake in an experiment
 fails loudly instead of measuring error pages.
 """
+
 from __future__ import annotations
 
 import sys
@@ -57,8 +58,13 @@ class LabOptions:
 
 def stack_key(settings: Mapping[str, Any]) -> tuple:
     """What decides the servers: every knob but the request's and the load's."""
-    return tuple(sorted((name, value) for name, value in settings.items()
-                        if not name.startswith(("request.", "load."))))
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in settings.items()
+            if not name.startswith(("request.", "load."))
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,9 @@ def check_configuration(base_url: str, settings: Mapping[str, Any]) -> Check:
         status, response_headers, _ = _fetch(url, headers)
         etag = response_headers.get("ETag")
         if status != 200 or not etag:
-            raise LabError(f"GET {url} gave {status} with no ETag: it cannot be requested conditionally")
+            raise LabError(
+                f"GET {url} gave {status} with no ETag: it cannot be requested conditionally"
+            )
         headers["If-None-Match"] = etag
     expected = settings["request.expect"] or (304 if settings["request.conditional"] else 200)
     status, _, body = _fetch(url, headers)
@@ -110,20 +118,30 @@ class Progress:
     def __init__(self, stream: TextIO | None, total_runs: int) -> None:
         self.stream, self.total, self.done, self.started = stream, total_runs, 0, time.monotonic()
 
-    def report(self, experiment: Experiment, round: int, configuration: Configuration, rps: float,
-               saturated: bool) -> None:
+    def report(
+        self,
+        experiment: Experiment,
+        round: int,
+        configuration: Configuration,
+        rps: float,
+        saturated: bool,
+    ) -> None:
         self.done += 1
         if self.stream is None:
             return
         elapsed = time.monotonic() - self.started
         left = elapsed / self.done * (self.total - self.done)
         flag = "  (load generator saturated)" if saturated else ""
-        self.stream.write(f"[{self.done}/{self.total} {elapsed:4.0f}s, ~{left:.0f}s left] {experiment.id} "
-                          f"round {round}/{experiment.runs}: {configuration.id} {rps:,.0f} req/s{flag}\n")
+        self.stream.write(
+            f"[{self.done}/{self.total} {elapsed:4.0f}s, ~{left:.0f}s left] {experiment.id} "
+            f"round {round}/{experiment.runs}: {configuration.id} {rps:,.0f} req/s{flag}\n"
+        )
         self.stream.flush()
 
 
-def run_lab(experiments: Sequence[Experiment], options: LabOptions, start_stack: StartStack) -> list[ExperimentResult]:
+def run_lab(
+    experiments: Sequence[Experiment], options: LabOptions, start_stack: StartStack
+) -> list[ExperimentResult]:
     """Measure every configuration of every experiment; the stack is always stopped.
 
     On a LabError the results measured so far are attached to it as ``error.results``.
@@ -150,8 +168,13 @@ def run_lab(experiments: Sequence[Experiment], options: LabOptions, start_stack:
                         raise LabError(f"{experiment.id}/{configuration.id}: {error}") from None
                     result.configurations[configuration.id].response_bytes = check.response_bytes
                     result.add_run(configuration.id, load)
-                    progress.report(experiment, round, configuration, load.requests_per_second,
-                                    load.generator_saturated)
+                    progress.report(
+                        experiment,
+                        round,
+                        configuration,
+                        load.requests_per_second,
+                        load.generator_saturated,
+                    )
     except LabError as error:
         error.results = results  # type: ignore[attr-defined]
         raise
@@ -164,9 +187,19 @@ def run_lab(experiments: Sequence[Experiment], options: LabOptions, start_stack:
 def _measure(stack: RunningStack, settings: Mapping[str, Any], tool: str, workdir: Path):
     base_url = stack.url(settings["request.via"])
     check = check_configuration(base_url, settings)
-    spec = LoadSpec(base_url + settings["request.path"], settings["load.connections"], settings["load.threads"],
-                    settings["load.duration"], check.headers)
+    spec = LoadSpec(
+        base_url + settings["request.path"],
+        settings["load.connections"],
+        settings["load.threads"],
+        settings["load.duration"],
+        check.headers,
+    )
     if settings["load.warmup"] > 0:
-        run_load(tool, LoadSpec(spec.url, spec.connections, spec.threads, settings["load.warmup"], spec.headers),
-                 workdir)
+        run_load(
+            tool,
+            LoadSpec(
+                spec.url, spec.connections, spec.threads, settings["load.warmup"], spec.headers
+            ),
+            workdir,
+        )
     return check, run_load(tool, spec, workdir)

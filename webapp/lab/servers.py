@@ -16,6 +16,7 @@ For ``request.via = "uwsgi"`` uWSGI also listens on an HTTP socket, answering
 with ``Connection: close`` so wrk reconnects cleanly instead of counting each
 closed connection as a read error.
 """
+
 from __future__ import annotations
 
 import os
@@ -69,8 +70,10 @@ def check_port_free(port: int) -> None:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
-            raise ServerError(f"port {port} on 127.0.0.1 is in use: stop what holds it, or pick "
-                              f"another with --port (the lab needs it and the next one)") from None
+            raise ServerError(
+                f"port {port} on 127.0.0.1 is in use: stop what holds it, or pick "
+                f"another with --port (the lab needs it and the next one)"
+            ) from None
 
 
 @dataclass
@@ -93,8 +96,14 @@ class LabStack:
 class LabStacks:
     """Prepares the experiments' data once; starts a stack per configuration. A context manager."""
 
-    def __init__(self, experiments: Sequence[Experiment], workdir: Path, *, port: int = 0,
-                 postgres_url: str | None = None) -> None:
+    def __init__(
+        self,
+        experiments: Sequence[Experiment],
+        workdir: Path,
+        *,
+        port: int = 0,
+        postgres_url: str | None = None,
+    ) -> None:
         self.experiments = experiments
         self.workdir = Path(os.path.abspath(workdir))
         self.fixed_port = port
@@ -149,21 +158,39 @@ class LabStacks:
             self.syslog.bind(("127.0.0.1", 0))
 
     def _app(self, database_url: str):
-        return create_app({"DATABASE_URL": database_url, "SITE_URL": SITE_URL, "VAR_DIR": str(self.workdir / "var")})
+        return create_app(
+            {
+                "DATABASE_URL": database_url,
+                "SITE_URL": SITE_URL,
+                "VAR_DIR": str(self.workdir / "var"),
+            }
+        )
 
     def _postgres_schema_url(self) -> str:
         if not self.postgres_url:
-            raise ServerError("an experiment uses app.database = \"postgresql\": pass --postgres-url or set "
-                              "BENCH_DATABASE_URL to a database the lab may create a schema in")
+            raise ServerError(
+                'an experiment uses app.database = "postgresql": pass --postgres-url or set '
+                "BENCH_DATABASE_URL to a database the lab may create a schema in"
+            )
         import psycopg2  # only when PostgreSQL is measured
 
         try:
-            with psycopg2.connect(self.postgres_url, connect_timeout=5) as connection, connection.cursor() as cursor:
+            with (
+                psycopg2.connect(self.postgres_url, connect_timeout=5) as connection,
+                connection.cursor() as cursor,
+            ):
                 cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {POSTGRES_SCHEMA}")
         except psycopg2.Error as error:
-            raise ServerError(f"PostgreSQL at {redact_url(self.postgres_url)}: {str(error).strip().splitlines()[0]}") from None
+            raise ServerError(
+                f"PostgreSQL at {redact_url(self.postgres_url)}: {str(error).strip().splitlines()[0]}"
+            ) from None
         separator = "&" if urlsplit(self.postgres_url).query else "?"
-        return self.postgres_url + separator + "options=" + quote(f"-c search_path={POSTGRES_SCHEMA}", safe="")
+        return (
+            self.postgres_url
+            + separator
+            + "options="
+            + quote(f"-c search_path={POSTGRES_SCHEMA}", safe="")
+        )
 
     def _seed(self, database_url: str) -> None:
         app = self._app(database_url)
@@ -173,7 +200,9 @@ class LabStacks:
             with database.session() as session:
                 seed(session, EPISODES)
         except DatabaseUnavailable as error:
-            raise ServerError(f"cannot prepare the lab's data in {redact_url(database_url)}: {error}") from None
+            raise ServerError(
+                f"cannot prepare the lab's data in {redact_url(database_url)}: {error}"
+            ) from None
         finally:
             database.close()
 
@@ -182,7 +211,9 @@ class LabStacks:
         try:
             freeze(app, self.build_dir)
         except FreezeError as error:
-            raise ServerError(f"freezing the site for the frozen configurations failed: {error}") from None
+            raise ServerError(
+                f"freezing the site for the frozen configurations failed: {error}"
+            ) from None
         finally:
             get_database(app).close()
 
@@ -193,16 +224,24 @@ class LabStacks:
             done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
             return (done.stdout + done.stderr).strip().splitlines()[0]
 
-        return {"nginx": first_line([self.nginx, "-v"]), "uWSGI": first_line([self.uwsgi, "--version"])}
+        return {
+            "nginx": first_line([self.nginx, "-v"]),
+            "uWSGI": first_line([self.uwsgi, "--version"]),
+        }
 
-    def stack_settings(self, settings: Mapping[str, Any], port: int, http_port: int) -> StackSettings:
+    def stack_settings(
+        self, settings: Mapping[str, Any], port: int, http_port: int
+    ) -> StackSettings:
         """The launcher's settings for one configuration's knobs."""
         uwsgi = {"http-socket": f"127.0.0.1:{http_port}", "add-header": "Connection: close"}
         if settings["uwsgi.processes"] is not DEPLOYED:
             uwsgi["processes"] = str(process_count(settings["uwsgi.processes"], self.cpus))
         if settings["uwsgi.threads"] is not DEPLOYED:
             uwsgi["threads"] = str(settings["uwsgi.threads"])
-        for knob, option in (("uwsgi.max_requests", "max-requests"), ("uwsgi.max_worker_lifetime", "max-worker-lifetime")):
+        for knob, option in (
+            ("uwsgi.max_requests", "max-requests"),
+            ("uwsgi.max_worker_lifetime", "max-worker-lifetime"),
+        ):
             if settings[knob] is not DEPLOYED:
                 uwsgi[option] = str(settings[knob])
         logging = settings["uwsgi.logging"]
@@ -223,20 +262,34 @@ class LabStacks:
         profiler = settings["app.profiler"]
         if profiler != "none":
             environment["PROFILER_SECRET"] = uuid.uuid4().hex
-            environment["PROFILER_SAMPLE_RATE"] = {"off": "0", "sampled": PROFILER_SAMPLED_RATE, "on": "1"}[profiler]
+            environment["PROFILER_SAMPLE_RATE"] = {
+                "off": "0",
+                "sampled": PROFILER_SAMPLED_RATE,
+                "on": "1",
+            }[profiler]
         if settings["app.feed"] != "cached":
             uwsgi["module"] = LAB_WSGI_MODULE
             environment["LAB_FEED"] = settings["app.feed"]
 
         stack_settings = StackSettings(
-            run_dir=self.workdir / "run", build_dir=self.build_dir if settings["app.frozen"] else self.no_build_dir,
-            port=port, uwsgi_options=uwsgi, environment=environment, nginx=self.nginx, uwsgi=self.uwsgi,
+            run_dir=self.workdir / "run",
+            build_dir=self.build_dir if settings["app.frozen"] else self.no_build_dir,
+            port=port,
+            uwsgi_options=uwsgi,
+            environment=environment,
+            nginx=self.nginx,
+            uwsgi=self.uwsgi,
         )
         if settings["nginx.worker_processes"] is not DEPLOYED:
-            stack_settings.worker_processes = str(process_count(settings["nginx.worker_processes"], self.cpus))
+            stack_settings.worker_processes = str(
+                process_count(settings["nginx.worker_processes"], self.cpus)
+            )
         for knob, attribute in (
-            ("nginx.access_log", "access_log"), ("nginx.microcache", "microcache"), ("nginx.gzip", "gzip"),
-            ("nginx.open_file_cache", "open_file_cache"), ("nginx.worker_connections", "worker_connections"),
+            ("nginx.access_log", "access_log"),
+            ("nginx.microcache", "microcache"),
+            ("nginx.gzip", "gzip"),
+            ("nginx.open_file_cache", "open_file_cache"),
+            ("nginx.worker_connections", "worker_connections"),
         ):
             if settings[knob] is not DEPLOYED:
                 setattr(stack_settings, attribute, settings[knob])

@@ -6,6 +6,7 @@
 Medians, because a run disturbed by something else on the machine should not
 move the figure; the spread shows how disturbed the runs were.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -53,4 +54,3 @@ def summarize(results: Sequence[LoadResult]) -> Summary:
         bad_status=sum(result.bad_status for result in results),
         saturated_runs=sum(result.generator_saturated for result in results),
     )
-

@@ -11,6 +11,7 @@ Anything else (or unset): the application unchanged.
 This module is served only by the tuning lab, under the same uWSGI
 configuration as ``webapp.wsgi``; the site itself never routes to it.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ class NoFeedCache(FeedCache):
 def feedgen_view() -> Response:
     session = get_session()
     state = queries.site_state(session)
-    body = render_with_feedgen(queries.all_episodes(session), FeedChannel.from_config(current_app.config),
-                               state.changed_at)
+    body = render_with_feedgen(
+        queries.all_episodes(session), FeedChannel.from_config(current_app.config), state.changed_at
+    )
     return Response(body, content_type=CONTENT_TYPE)
 
 
