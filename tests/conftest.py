@@ -21,7 +21,7 @@ from flask import Flask
 
 from webapp import create_app
 from webapp.db import get_database
-from webapp.seed import seed
+from webapp.db.seed import seed
 
 #: Episodes in the seed most tests use: enough for several API pages.
 SMALL_SEED = 30

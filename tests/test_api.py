@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from webapp.seed import generate_episode
+from webapp.db.seed import generate_episode
 
 
 def test_first_page_newest_first_with_links(client):

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from webapp import queries
-from webapp.db import get_database
+from webapp.db import get_database, queries
 
 
 def data_version(app) -> tuple[int, int]:

@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import make_app
 from webapp import create_app
-from webapp.database import open_database, redact_url
 from webapp.db import get_database
+from webapp.db.backends import open_database, redact_url
 
 
 def closed_port() -> int:

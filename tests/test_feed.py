@@ -11,7 +11,7 @@ import pytest
 import webapp.blueprints.feed as feed_module
 from webapp.blueprints.feed import FeedCache
 from webapp.db import get_database
-from webapp.seed import generate_episode, seed
+from webapp.db.seed import generate_episode, seed
 
 ITUNES = "{http://www.itunes.com/dtds/podcast-1.0.dtd}"
 

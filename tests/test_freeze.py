@@ -21,12 +21,12 @@ import pytest
 from flask import Flask
 
 from tests.conftest import SMALL_SEED, make_app
-from webapp import create_app, queries
+from webapp import create_app
 from webapp.blueprints.pages import LATEST_COUNT
-from webapp.db import get_database, get_session
+from webapp.db import get_database, get_session, queries
+from webapp.db.seed import seed
 from webapp.freeze import SiteBuild, freeze
 from webapp.models import Episode
-from webapp.seed import seed
 from webapp.settings import SETTINGS
 
 TEXT_SUFFIXES = {".html", ".xml", ".css", ".js", ".svg", ".json", ".txt"}

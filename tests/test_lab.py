@@ -1,4 +1,4 @@
-"""The tuning lab (webapp.lab): experiment files, the load tools' output, statistics,
+"""The tuning lab (lab): experiment files, the load tools' output, statistics,
 the report, bench-compare, and the runner's error paths and clean-up.
 
 All of it runs without a server except the last test, the real-stack smoke
@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
+from lab import compare, knobs, loadgen, runner, servers
+from lab.cli import EXPERIMENTS_DIR, main
+from lab.experiment import ExperimentError, load_experiment
+from lab.loadgen import LoadError, LoadResult, LoadSpec, LoadToolMissing
+from lab.report import markdown, write_report
+from lab.results import ExperimentResult
+from lab.runner import LabError, LabOptions, run_lab
+from lab.stats import summarize
 from tests.conftest import require_binary
-from webapp.lab import compare, knobs, loadgen, runner, servers
-from webapp.lab.cli import EXPERIMENTS_DIR, main
-from webapp.lab.experiment import ExperimentError, load_experiment
-from webapp.lab.loadgen import LoadError, LoadResult, LoadSpec, LoadToolMissing
-from webapp.lab.report import markdown, write_report
-from webapp.lab.results import ExperimentResult
-from webapp.lab.runner import LabError, LabOptions, run_lab
-from webapp.lab.stats import summarize
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -755,7 +755,7 @@ def test_bench_reports_a_stack_that_fails_to_start_and_leaves_nothing_running(
     require_binary("nginx")
     require_binary("wrk")
     # uWSGI cannot import this module, so need-app makes it exit at start-up.
-    monkeypatch.setattr(servers, "LAB_WSGI_MODULE", "webapp.lab.no_such_module:application")
+    monkeypatch.setattr(servers, "LAB_WSGI_MODULE", "lab.no_such_module:application")
     path = write(tmp_path, 'title = "t"\n[baseline]\nrequest.path = "/health"\napp.feed = "cold"\n')
     assert main([str(path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
@@ -796,7 +796,7 @@ require = "not_modified / direct >= 0.01"
     )
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "webapp.lab", "--quick", str(path), "--out", str(out)],
+        [sys.executable, "-m", "lab", "--quick", str(path), "--out", str(out)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

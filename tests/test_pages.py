@@ -6,9 +6,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from webapp import queries
-from webapp.db import get_database
-from webapp.seed import generate_episode
+from webapp.db import get_database, queries
+from webapp.db.seed import generate_episode
 
 
 class TagBalance(HTMLParser):

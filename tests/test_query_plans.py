@@ -13,10 +13,10 @@ import re
 
 import pytest
 
-from webapp import database as database_module
+from webapp.db import backends as database_module
 from webapp.db import get_database
+from webapp.db.seed import generate_episode
 from webapp.freeze import freeze
-from webapp.seed import generate_episode
 
 #: Queries that read a whole table on purpose, with the reason.
 WHOLE_TABLE_READS = {

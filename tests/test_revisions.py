@@ -21,11 +21,11 @@ import pytest
 from flask import Flask
 
 from tests.conftest import SMALL_SEED, make_app
-from webapp import create_app, queries
-from webapp.database import DatabaseUnavailable, Session, open_database
-from webapp.db import get_database
+from webapp import create_app
+from webapp.db import get_database, queries
+from webapp.db.backends import DatabaseUnavailable, Session, open_database
+from webapp.db.seed import generate_episode, seed
 from webapp.models import EpisodeRevision, sqlite_timestamp
-from webapp.seed import generate_episode, seed
 from webapp.settings import SETTINGS
 
 
@@ -414,7 +414,7 @@ def sqlite_app(tmp_path: Path) -> tuple[Flask, Path]:
 
 
 def script_version() -> int:
-    script = (Path(__file__).parents[1] / "webapp" / "schema_sqlite.sql").read_text()
+    script = (Path(__file__).parents[1] / "webapp" / "db" / "schema_sqlite.sql").read_text()
     return int(re.search(r"PRAGMA user_version = (\d+);", script).group(1))  # type: ignore[union-attr]
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from flask import Flask
 
-from . import cli, db, errors
+from . import db, errors
 from .blueprints import api, feed, pages
+from .freeze import freeze_command
 from .profiler import install_profiler
 from .settings import load_settings
 
@@ -23,13 +24,13 @@ from .settings import load_settings
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app. ``config`` overrides settings by their environment variable names."""
     app = Flask(__name__)
-    app.config.update(load_settings(config))
+    app.config.update(load_settings(config, default_var_dir=app.instance_path))
     # Flask's JSON responses stay compact: the API is read by programs.
     app.json.compact = True
 
     db.init_app(app)
     errors.init_app(app)
-    cli.init_app(app)
+    app.cli.add_command(freeze_command)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(feed.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")

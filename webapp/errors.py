@@ -12,7 +12,7 @@ import sys
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 
-from .database import DatabaseUnavailable
+from .db.backends import DatabaseUnavailable
 from .params import reject_undecodable_query_string
 
 #: Seconds a client should wait before retrying during a database outage.

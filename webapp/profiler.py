@@ -14,7 +14,17 @@ from __future__ import annotations
 import click
 from flask import Flask, current_app, request
 from flask.cli import with_appcontext
-from request_profiler import ENDPOINT_KEY, ProfilerMiddleware, make_token, parse_ttl
+from request_profiler import (
+    ENDPOINT_KEY,
+    ProfilerMiddleware,
+    make_token,
+    parse_ttl,
+    record_sql,
+    sql_capture_active,
+)
+
+from .db import get_database
+from .db.backends import QueryHook
 
 
 def install_profiler(app: Flask) -> None:
@@ -37,6 +47,8 @@ def install_profiler(app: Flask) -> None:
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.before_request(_name_endpoint)
+        # The data layer knows nothing of the profiler: the profiler asks to see its queries.
+        get_database(app).query_hook = QueryHook(active=sql_capture_active, record=record_sql)
     app.extensions["request_profiler"] = middleware
     app.cli.add_command(profiler_token_command)
 

@@ -17,9 +17,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-#: The repository root when installed in editable mode (how scripts/ install it).
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
@@ -65,8 +62,10 @@ def _url_without_slash(value: str) -> str:
 #: name -> (parser, default). A callable default is computed from the settings
 #: loaded before it (they load in this order), e.g. paths under VAR_DIR.
 SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
-    # Where run-time files live: the SQLite database, profiles, sockets, builds.
-    "VAR_DIR": (_text, lambda settings: str(PROJECT_ROOT / "var")),
+    # Where run-time files live: the SQLite database, profiles, sockets, builds. The default
+    # is the caller's (create_app passes Flask's instance folder), so an installed site
+    # never writes into site-packages.
+    "VAR_DIR": (_text, lambda settings: settings["VAR_DIR"]),
     # sqlite:///absolute/path.db or postgresql://user:password@host/dbname
     "DATABASE_URL": (_text, lambda settings: f"sqlite:///{settings['VAR_DIR']}/podcast.sqlite3"),
     # Seconds a PostgreSQL connection attempt may take before the request gets a 503.
@@ -96,9 +95,16 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
 
 
 def load_settings(
-    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    default_var_dir: str = "instance",
 ) -> dict[str, Any]:
     """Return every setting, from ``overrides``, then ``environ``, then defaults.
+
+    ``default_var_dir`` is VAR_DIR when neither sets it: ``create_app`` passes the app's
+    instance folder (``<prefix>/var/webapp-instance`` when installed, ``./instance`` in a
+    checkout; the scripts export ``VAR_DIR=<checkout>/var``).
 
     Values from the environment (strings) are parsed; overrides that are not
     strings are taken as already parsed. Unknown override keys are kept, so a
@@ -106,7 +112,7 @@ def load_settings(
     """
     environ = os.environ if environ is None else environ
     overrides = dict(overrides or {})
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = {"VAR_DIR": str(Path(default_var_dir).resolve())}
     for name, (parse, default) in SETTINGS.items():
         if name in overrides and not isinstance(overrides[name], str):
             settings[name] = overrides.pop(name)

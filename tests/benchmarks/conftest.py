@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import make_app
 from webapp.db import get_database
-from webapp.seed import seed
+from webapp.db.seed import seed
 
 DEFAULT_SEED = 600
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import pytest
 from flask import render_template
 
-from webapp import queries
-from webapp.db import get_database
+from webapp.db import get_database, queries
 
 EPISODE = 300
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from webapp import queries
-from webapp.db import get_database
-from webapp.lab.feedgen_feed import render_with_feedgen
+from lab.feedgen_feed import render_with_feedgen
+from webapp.db import get_database, queries
 from webapp.rss import FeedChannel, render_feed
 
 

@@ -33,10 +33,9 @@ from flask_frozen import Freezer
 
 from tests.benchmarks.conftest import DEFAULT_SEED
 from tests.conftest import make_app
-from webapp import queries
-from webapp.db import get_database, get_session
+from webapp.db import get_database, get_session, queries
+from webapp.db.seed import seed
 from webapp.freeze import freeze
-from webapp.seed import seed
 
 FULL_ROUNDS = 5
 INCREMENTAL_ROUNDS = 15

@@ -11,8 +11,8 @@ from request_profiler import ProfilerMiddleware, TokenVerifier, make_token
 
 from tests.conftest import make_app
 from webapp.db import get_database
+from webapp.db.seed import seed
 from webapp.profiler import install_profiler
-from webapp.seed import seed
 
 from .helpers import SECRET, run, stored
 

@@ -1,6 +1,6 @@
 """Fixtures that run the real stack: nginx, uWSGI (deploy/uwsgi/uwsgi.ini) and, for one test, PostgreSQL.
 
-Everything is started through ``webapp.stack`` (what ``scripts/serve`` runs) on free
+Everything is started through ``deploy.stack`` (what ``scripts/serve`` runs) on free
 ports, with sockets, pid files, logs and the frozen build in pytest's tmp dirs, and
 stopped by pid at teardown. Missing nginx, uWSGI or PostgreSQL binaries skip these
 tests with the reason, or fail them under REQUIRE_SERVICES=1 (tests/conftest.py).
@@ -24,13 +24,18 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from deploy.stack import (
+    PROJECT_ROOT,
+    Stack,
+    StackSettings,
+    find_uwsgi,
+    make_self_signed_certificate,
+)
 from tests.conftest import require_binary, require_service
 from webapp import create_app
 from webapp.db import get_database
+from webapp.db.seed import seed
 from webapp.freeze import freeze
-from webapp.seed import seed
-from webapp.settings import PROJECT_ROOT
-from webapp.stack import Stack, StackSettings, find_uwsgi, make_self_signed_certificate
 
 from .support import PrivatePostgres, free_port, postgres_bindir
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from webapp.stack import Stack, pid_alive
+from deploy.stack import Stack, pid_alive
 
 from .conftest import EPISODES, Site, build_site
 from .probe_wsgi import SLEEP_PATH
@@ -131,8 +131,8 @@ def test_reload_picks_up_a_new_build_map(make_stack, site: Site, tmp_path: Path)
     number = EPISODES + 5
     assert get(stack.settings.url + f"/episodes/{number}")[0] == 404
     from webapp.db import get_database
+    from webapp.db.seed import seed
     from webapp.freeze import freeze
-    from webapp.seed import seed
 
     with get_database(fresh.app).session() as session:
         seed(session, EPISODES + 10)

@@ -1,6 +1,6 @@
 """scripts/serve starts the whole stack, and stopping it leaves nothing behind.
 
-These run ``python -m webapp.stack`` (what scripts/serve execs) as a separate process,
+These run ``python -m deploy.stack`` (what scripts/serve execs) as a separate process,
 the way a person does: in the foreground stopped by Ctrl-C, or detached and stopped
 by ``scripts/serve stop`` from another shell.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from deploy.stack import Stack, StackSettings, pid_alive, read_pid
 from tests.conftest import require_binary
-from webapp.stack import Stack, StackSettings, pid_alive, read_pid
 
 from .conftest import Site
 from .support import free_port, get, wait_until
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.stack
 
 def serve(*args: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "webapp.stack", *args],
+        [sys.executable, "-m", "deploy.stack", *args],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -171,7 +171,7 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
         [
             sys.executable,
             "-m",
-            "webapp.stack",
+            "deploy.stack",
             "render",
             "--out",
             str(out),

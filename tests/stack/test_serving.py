@@ -21,7 +21,7 @@ import pytest
 from request_profiler import make_token
 from werkzeug.routing import Rule
 
-from webapp.stack import Stack
+from deploy.stack import Stack
 
 from .conftest import PROFILER_SECRET, Site
 from .support import get

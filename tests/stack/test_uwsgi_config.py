@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from webapp.stack import Stack, uwsgi_get
+from deploy.stack import Stack, uwsgi_get
 
 from .probe_wsgi import GC_PATH
 

@@ -12,8 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, url_for
 
-from .. import queries
-from ..db import get_session
+from ..db import get_session, queries
 from ..models import MAX_EPISODE_NUMBER, Episode
 from ..params import int_arg
 

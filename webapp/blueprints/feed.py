@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from flask import Blueprint, Response, current_app, request
 from werkzeug.http import http_date, is_resource_modified
 
-from .. import queries
-from ..db import get_session
+from ..db import get_session, queries
 from ..models import SiteState
 from ..rss import CONTENT_TYPE, FORMAT_VERSION, FeedChannel, render_feed
 

@@ -7,9 +7,8 @@ from collections.abc import Sequence
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template
 from markupsafe import Markup
 
-from .. import queries
-from ..database import DatabaseUnavailable
-from ..db import get_session
+from ..db import get_session, queries
+from ..db.backends import DatabaseUnavailable
 from ..errors import RETRY_AFTER_SECONDS
 from ..models import MAX_EPISODE_NUMBER, Episode
 from ..params import single_arg

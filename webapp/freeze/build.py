@@ -46,9 +46,8 @@ from typing import Any
 from flask import Flask
 from flask.testing import EnvironBuilder
 
-from .. import queries
-from ..database import DatabaseUnavailable
-from ..db import get_session
+from ..db import get_session, queries
+from ..db.backends import DatabaseUnavailable
 from ..models import Episode, EpisodeRevision
 from . import chunked_gzip
 from .output import BuildTrees, FileRecord, FreezeError, content_digest

@@ -37,7 +37,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -50,9 +49,8 @@ from flask_frozen import Freezer
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
-from .. import queries
 from ..blueprints import pages
-from ..db import get_session
+from ..db import get_session, queries
 from ..models import Episode, EpisodeRevision, SiteState
 from ..rss import FeedChannel, feed_frame, feed_items
 from .output import FreezeError, content_digest
@@ -66,7 +64,6 @@ FILE_NAMES = {NOT_FOUND_URL: "404.html", "/episodes/rss": "episodes/rss.xml"}
 COMPRESSED_SUFFIXES = (".html", ".xml", ".css", ".js", ".svg", ".json", ".txt")
 #: The libraries whose output ends up in the pages.
 RENDERING_LIBRARIES = ("flask", "werkzeug", "jinja2", "markupsafe", "frozen-flask")
-PACKAGE = __name__.partition(".")[0]
 
 
 def digest(*parts: str) -> str:
@@ -252,14 +249,11 @@ def _library_versions() -> str:
 
 
 def _rendering_files(app: Flask) -> set[Path]:
-    modules = {
-        Path(module.__file__)
-        for name, module in list(sys.modules.items())
-        if name.partition(".")[0] == PACKAGE and getattr(module, "__file__", None)
-    }
-    folders = [
-        Path(app.root_path, folder) for folder in (app.template_folder, app.static_folder) if folder
-    ]
+    # The app's own package, listed from disk rather than from sys.modules: what a build
+    # renders with must not depend on which other modules (tools, tests) happen to be loaded.
+    root = Path(app.root_path)
+    modules = set(root.rglob("*.py"))
+    folders = [root / folder for folder in (app.template_folder, app.static_folder) if folder]
     return modules | {path for folder in folders for path in folder.rglob("*") if path.is_file()}
 
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from html import escape
 
-from .database import Session
-from .models import slugify, sqlite_timestamp
+from ..models import slugify, sqlite_timestamp
+from .backends import Session
 
 FIRST_EPISODE_AT = datetime(2015, 1, 5, 14, 0, tzinfo=UTC)
 AUDIO_BASE_URL = "https://media.example.com/audio"

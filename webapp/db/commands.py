@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import click
-from flask import Flask
 from flask.cli import with_appcontext
 
-from .database import DatabaseUnavailable, redact_url
-from .db import get_database
-from .freeze import freeze_command
+from . import get_database
+from .backends import DatabaseUnavailable, redact_url
 from .seed import seed as seed_episodes
 
 #: Below this many episodes seeding is instant and a progress bar is noise.
@@ -50,9 +48,3 @@ def seed_command(episodes: int) -> None:
     except DatabaseUnavailable as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{inserted} episodes added ({episodes - inserted} were already there)")
-
-
-def init_app(app: Flask) -> None:
-    app.cli.add_command(init_db_command)
-    app.cli.add_command(seed_command)
-    app.cli.add_command(freeze_command)

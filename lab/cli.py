@@ -1,6 +1,6 @@
 """``scripts/bench``: run experiments against the real stack and write the report.
 
-    scripts/bench                                  # every deploy/experiments/*.toml
+    scripts/bench                                  # every lab/experiments/*.toml
     scripts/bench uwsgi-processes feed             # by name (file stem) or path
     scripts/bench --quick                          # one short run of each configuration (CI's smoke)
     scripts/bench --list                           # check the files, print their configurations
@@ -32,14 +32,14 @@ from .report import write_report
 from .runner import LabError, LabOptions, run_lab
 from .servers import LabStacks
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS_DIR = PROJECT_ROOT / "deploy" / "experiments"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS_DIR = PROJECT_ROOT / "lab" / "experiments"
 #: --quick: each configuration once, for 1 s, no warm-up.
 QUICK = {"runs": 1, "duration": 1, "warmup": 0}
 
 
 def find_experiments(names: Sequence[str]) -> list[Path]:
-    """Paths for experiment names (file stems in deploy/experiments) or paths; all when none."""
+    """Paths for experiment names (file stems in lab/experiments) or paths; all when none."""
     if not names:
         paths = sorted(EXPERIMENTS_DIR.glob("*.toml"))
         if not paths:

@@ -1,9 +1,9 @@
 """Save a pytest-benchmark baseline, then fail on a regression against it.
 
-    python -m webapp.lab.compare --save            # measure tests/benchmarks, keep it as the baseline
-    python -m webapp.lab.compare                   # measure again; exit 1 if any got >15% slower
-    python -m webapp.lab.compare --threshold 25 -- -k feed    # pytest arguments after --
-    python -m webapp.lab.compare --absolute        # raw medians, pytest-benchmark's own compare-fail
+    python -m lab.compare --save            # measure tests/benchmarks, keep it as the baseline
+    python -m lab.compare                   # measure again; exit 1 if any got >15% slower
+    python -m lab.compare --threshold 25 -- -k feed    # pytest arguments after --
+    python -m lab.compare --absolute        # raw medians, pytest-benchmark's own compare-fail
 
 ``scripts/bench-compare`` runs this in the project's venv. Baselines live in
 pytest-benchmark's storage (``.benchmarks/``, one folder per machine).

@@ -1,6 +1,6 @@
 """The production stack, nginx in front of uWSGI, run as the current user from deploy/.
 
-    from webapp.stack import Stack, StackSettings
+    from deploy.stack import Stack, StackSettings
     stack = Stack(StackSettings(port=8000, uwsgi_instances=2))
     stack.start()      # renders var/run/nginx/, starts uWSGI and nginx, waits until the site answers
     stack.reload()     # rolling graceful reload of every uWSGI instance, then nginx
@@ -50,7 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .settings import PROJECT_ROOT, load_settings
+from webapp.settings import load_settings
+
+#: The repository: the stack is a tool of the checkout, never installed with the site.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 DEPLOY_DIR = PROJECT_ROOT / "deploy"
 UWSGI_INI = DEPLOY_DIR / "uwsgi" / "uwsgi.ini"
@@ -423,12 +426,17 @@ def find_nginx() -> str | None:
     return None
 
 
+def _site_settings() -> dict[str, Any]:
+    # The checkout's var/ unless VAR_DIR says otherwise (scripts/ export it too).
+    return load_settings({}, default_var_dir=str(PROJECT_ROOT / "var"))
+
+
 def _default_run_dir() -> Path:
-    return Path(load_settings({})["VAR_DIR"]) / "run"
+    return Path(_site_settings()["VAR_DIR"]) / "run"
 
 
 def _default_build_dir() -> Path:
-    return Path(load_settings({})["FREEZE_DIR"])
+    return Path(_site_settings()["FREEZE_DIR"])
 
 
 @dataclass
@@ -1193,7 +1201,7 @@ def _stop(stack: Stack | None, run_dir: Path) -> int:
         launcher
         and launcher != os.getpid()
         and pid_alive(launcher)
-        and "webapp.stack" in _cmdline(launcher)
+        and "deploy.stack" in _cmdline(launcher)
     ):
         _signal(launcher, signal.SIGTERM)  # the foreground scripts/serve stops its stack and exits
         wait_gone([launcher], stack.settings.stop_timeout + 10)
@@ -1210,7 +1218,7 @@ def _reload(stack: Stack | None, run_dir: Path, *, chain: bool) -> int:
     if stack is None or not stack.running_components():
         raise StackError(f"no stack is running in {run_dir}")
     launcher = getattr(stack, "launcher_pid", None)
-    if launcher and pid_alive(launcher) and "webapp.stack" in _cmdline(launcher) and not chain:
+    if launcher and pid_alive(launcher) and "deploy.stack" in _cmdline(launcher) and not chain:
         _signal(
             launcher, signal.SIGHUP
         )  # the foreground scripts/serve re-renders nginx's config too
@@ -1251,7 +1259,3 @@ def _render(args: argparse.Namespace) -> int:
     conf = render_nginx(config)
     print(f"rendered {conf}; check it with: nginx -t -c {conf}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,10 @@
 """Experiment files: a baseline, single changes against it, combinations, targets.
 
-    experiment = load_experiment("deploy/experiments/uwsgi-processes.toml")
+    experiment = load_experiment("lab/experiments/uwsgi-processes.toml")
     for configuration in experiment.configurations:
         configuration.id, configuration.settings["uwsgi.processes"]
 
-The format (TOML; knob names are listed in :mod:`webapp.lab.knobs`)::
+The format (TOML; knob names are listed in :mod:`lab.knobs`)::
 
     title = "uWSGI worker processes"
     about = "Why this experiment, and what to look at."

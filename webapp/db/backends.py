@@ -23,17 +23,16 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import psycopg2
 import psycopg2.errors
 from psycopg2.extensions import parse_dsn
-from request_profiler import record_sql, sql_capture_active
 
 Row = dict[str, Any]
 
@@ -61,9 +60,10 @@ def first_line(error: BaseException) -> str:
 class Connection:
     """A backend connection that speaks ``%s`` SQL and returns dict rows."""
 
-    def __init__(self, raw: Any, placeholder: str) -> None:
+    def __init__(self, raw: Any, placeholder: str, database: Database) -> None:
         self.raw = raw
         self._placeholder = placeholder
+        self._database = database
         #: False until the pool hands this connection out a second time.
         self.reused = False
 
@@ -91,16 +91,29 @@ class Connection:
     def _execute(self, statement: str, params: Sequence[Any]) -> Any:
         cursor = self.raw.cursor()
         sql = self.sql(statement)
-        # The profiler's SQL capture costs one boolean check when nothing is profiled.
-        if not sql_capture_active():
+        hook = self._database.query_hook
+        # With a hook installed, each query pays one call to ``hook.active()`` when it is off.
+        if hook is None or not hook.active():
             cursor.execute(sql, params)
             return cursor
         started = time.perf_counter()
         try:
             cursor.execute(sql, params)
         finally:
-            record_sql(statement, time.perf_counter() - started)
+            hook.record(statement, time.perf_counter() - started)
         return cursor
+
+
+class QueryHook(NamedTuple):
+    """Lets a tool see every statement the app runs: the profiler installs one (webapp/profiler.py).
+
+    :param active: called before each query; the query is timed only when it returns True.
+    :param record: called after a timed query with its text (placeholders, not the bound
+        values) and its duration in seconds.
+    """
+
+    active: Callable[[], bool]
+    record: Callable[[str, float], None]
 
 
 class Database:
@@ -112,6 +125,8 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        #: Set by whoever wants to observe queries; None costs a query nothing.
+        self.query_hook: QueryHook | None = None
         self._pid = os.getpid()
         self._lock = threading.Lock()
 
@@ -134,7 +149,7 @@ class Database:
         raise NotImplementedError
 
     def schema_sql(self) -> str:
-        return resources.files("webapp").joinpath(f"schema_{self.dialect}.sql").read_text()
+        return resources.files(__package__).joinpath(f"schema_{self.dialect}.sql").read_text()
 
     def init_schema(self) -> None:
         with self.session() as session:
@@ -265,7 +280,7 @@ class SQLiteDatabase(Database):
             self._local = threading.local()
         connection = getattr(self._local, "connection", None)
         if connection is None or fresh:
-            connection = Connection(self._connect(), "?")
+            connection = Connection(self._connect(), "?", self)
             self._local.connection = connection
         else:
             connection.reused = True
@@ -352,7 +367,7 @@ class PostgresDatabase(Database):
             raise DatabaseUnavailable(
                 f"cannot connect to {redact_url(self.url)}: {first_line(error)}"
             ) from None
-        return Connection(raw, "%s")
+        return Connection(raw, "%s", self)
 
     def release(self, connection: Connection, *, broken: bool = False) -> None:
         raw = connection.raw

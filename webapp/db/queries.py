@@ -1,6 +1,6 @@
 """Every query the site runs, each written once for both backends.
 
-Each function takes a :class:`~webapp.database.Session`. The indexes each
+Each function takes a :class:`~webapp.db.backends.Session`. The indexes each
 query relies on are named beside it; ``tests/test_query_plans.py`` runs every
 query here through EXPLAIN on both backends and fails on a table scan.
 """
@@ -11,8 +11,8 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 
-from .database import Session
-from .models import Episode, EpisodePage, EpisodeRevision, Guest, SiteState, as_utc
+from ..models import Episode, EpisodePage, EpisodeRevision, Guest, SiteState, as_utc
+from .backends import Session
 
 EPISODE_COLUMNS = (
     "e.id, e.number, e.guid, e.slug, e.title, e.summary, e.show_notes, e.transcript, e.audio_url,"

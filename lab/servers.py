@@ -1,4 +1,4 @@
-"""The real stack for each configuration, through webapp.stack (the launcher scripts/serve uses).
+"""The real stack for each configuration, through deploy.stack (the launcher scripts/serve uses).
 
     with LabStacks(experiments, Path("var/bench/x/work"), port=0, postgres_url=None) as stacks:
         stack = stacks.start(configuration.settings)    # nginx + uWSGI, answering
@@ -7,7 +7,7 @@
 
 ``LabStacks`` prepares what the experiments need once (a seeded SQLite file, a
 seeded schema in PostgreSQL, a frozen build, a UDP socket for syslog) and
-turns knob values into :class:`webapp.stack.StackSettings`: uWSGI options
+turns knob values into :class:`deploy.stack.StackSettings`: uWSGI options
 (which deploy/uwsgi/uwsgi.ini reads as ``UWSGI_*`` variables), nginx template
 settings, and the app's environment. The config files are never copied: a
 knob left unset keeps what deploy/ says.
@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from deploy.stack import Stack, StackError, StackSettings, find_nginx, find_uwsgi
 from webapp import create_app
-from webapp.database import DatabaseUnavailable, redact_url
 from webapp.db import get_database
+from webapp.db.backends import DatabaseUnavailable, redact_url
+from webapp.db.seed import seed
 from webapp.freeze import FreezeError, freeze
-from webapp.seed import seed
-from webapp.stack import Stack, StackError, StackSettings, find_nginx, find_uwsgi
 
 from .experiment import Experiment
 from .knobs import DEPLOYED, process_count
@@ -47,7 +47,7 @@ SITE_URL = "http://podcast.lab"
 #: The PostgreSQL schema the lab seeds and reuses across runs.
 POSTGRES_SCHEMA = "lab_bench"
 PROFILER_SAMPLED_RATE = "0.01"
-LAB_WSGI_MODULE = "webapp.lab.wsgi:application"
+LAB_WSGI_MODULE = "lab.wsgi:application"
 
 
 class ServerError(LabError):

@@ -1,6 +1,6 @@
 """The deployed application with its feed route swapped, for the lab's feed comparisons.
 
-    uwsgi --module webapp.lab.wsgi:application --env LAB_FEED=feedgen ...
+    uwsgi --module lab.wsgi:application --env LAB_FEED=feedgen ...
 
 ``LAB_FEED=cold``: the app's own ``/episodes/rss`` with its per-process cache
 turned off, so every GET queries all episodes and renders the feed (webapp.rss).
@@ -18,9 +18,8 @@ import os
 
 from flask import Response, current_app
 
-from webapp import queries
 from webapp.blueprints.feed import FeedCache
-from webapp.db import get_session
+from webapp.db import get_session, queries
 from webapp.rss import CONTENT_TYPE, FeedChannel
 from webapp.wsgi import application
 

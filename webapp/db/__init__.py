@@ -1,17 +1,25 @@
-"""The database as the Flask app sees it: one backend per app, one session per request.
+"""The data layer: the database as the Flask app sees it, one backend per app, one session per request.
 
-    from webapp.db import get_session
+    from webapp.db import get_session, queries
     episodes = queries.latest_episodes(get_session(), 10)
 
 The session borrows a connection on its first query and gives it back when
 the app context ends, committing if the request succeeded.
+
+The package, one concept in one place:
+
+- ``__init__`` (this module): the Flask glue, ``init_app``, ``get_database``, ``get_session``.
+- ``backends``: SQLite and PostgreSQL behind one interface, pooling, redacted URLs.
+- ``schema_sqlite.sql``, ``schema_postgresql.sql``: tables, indexes and triggers.
+- ``queries``: every query the site runs (each uses an index: tests/test_query_plans.py).
+- ``seed``: deterministic sample episodes; ``commands``: ``flask init-db`` and ``flask seed``.
 """
 
 from __future__ import annotations
 
 from flask import Flask, current_app, g
 
-from .database import Database, DatabaseUnavailable, Session, open_database
+from .backends import Database, DatabaseUnavailable, Session, open_database
 
 
 def init_app(app: Flask) -> None:
@@ -23,6 +31,11 @@ def init_app(app: Flask) -> None:
         connect_timeout=app.config["DATABASE_CONNECT_TIMEOUT"],
     )
     app.teardown_appcontext(_end_session)
+    # Imported here: the commands use get_database from this module.
+    from .commands import init_db_command, seed_command
+
+    app.cli.add_command(init_db_command)
+    app.cli.add_command(seed_command)
 
 
 def get_database(app: Flask | None = None) -> Database:
