@@ -14,18 +14,21 @@ did not start), 2 for a malformed experiment file or bad arguments.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import click
+
 from . import knobs
+from .command import run_command
 from .experiment import Experiment, ExperimentError, load_experiment
 from .loadgen import LoadError, find_tool
 from .report import write_report
@@ -84,13 +87,13 @@ def machine_description(tool: str, quick: bool) -> dict[str, Any]:
 
 def _print_experiments(experiments: Sequence[Experiment]) -> None:
     for experiment in experiments:
-        print(
-            f"{experiment.id}: {experiment.title} ({experiment.runs} runs, {len(experiment.targets)} targets)"
+        click.echo(
+            f"{experiment.id}: {experiment.title} "
+            f"({experiment.runs} runs, {len(experiment.targets)} targets)"
         )
         for configuration in experiment.configurations:
-            print(
-                f"  {configuration.id:<18} {configuration.label}  [{knobs.describe(configuration.changes)}]"
-            )
+            changes = knobs.describe(configuration.changes)
+            click.echo(f"  {configuration.id:<18} {configuration.label}  [{changes}]")
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -98,92 +101,117 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="bench",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Knobs:\n" + "\n".join(f"  {k.name:<26} {k.help}" for k in knobs.KNOBS.values()),
-    )
-    parser.add_argument(
-        "experiments", nargs="*", metavar="EXPERIMENT", help="names or paths (default: all)"
-    )
-    parser.add_argument("--quick", action="store_true", help="one 1-second run per configuration")
-    parser.add_argument(
-        "--list", action="store_true", help="check the experiment files and list them"
-    )
-    parser.add_argument(
-        "--tool", choices=("wrk", "ab"), help="the load generator (default: wrk, else ab)"
-    )
-    parser.add_argument(
-        "--out", type=Path, help="output directory (default: var/bench/<timestamp>)"
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=0,
-        help="nginx's port; uWSGI's HTTP socket takes the next (default: any free ports)",
-    )
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL"),
-        help="a PostgreSQL database the lab may create a schema in "
-        "(default: $BENCH_DATABASE_URL, else $TEST_DATABASE_URL)",
-    )
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65534:
-        parser.error("--port must be from 1 to 65534 (or 0 for any free port)")
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line says about a run, beyond which experiments."""
 
+    tool: str | None
+    out: Path | None
+    port: int
+    postgres_url: str | None
+    quick: bool
+
+
+def _knobs_help() -> str:
+    # "\b" keeps click from rewrapping the list into one paragraph.
+    return "Knobs:\n\n\b\n" + "\n".join(f"{k.name:<26} {k.help}" for k in knobs.KNOBS.values())
+
+
+@click.command(
+    "bench",
+    help="Run experiments against the real stack and write the report.",
+    epilog=_knobs_help(),
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.argument("experiments", nargs=-1, metavar="[EXPERIMENT]...")
+@click.option("--quick", is_flag=True, help="One 1-second run per configuration.")
+@click.option("--list", "list_only", is_flag=True, help="Check the experiment files and list them.")
+@click.option(
+    "--tool", type=click.Choice(["wrk", "ab"]), help="The load generator (default: wrk, else ab)."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory (default: var/bench/<timestamp>).",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65534),
+    default=0,
+    help="nginx's port; uWSGI's HTTP socket takes the next (default: any free ports).",
+)
+@click.option(
+    "--postgres-url",
+    default=lambda: os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL"),
+    help="A PostgreSQL database the lab may create a schema in "
+    "(default: $BENCH_DATABASE_URL, else $TEST_DATABASE_URL).",
+)
+def bench_command(
+    experiments: tuple[str, ...],
+    quick: bool,
+    list_only: bool,
+    tool: str | None,
+    out: Path | None,
+    port: int,
+    postgres_url: str | None,
+) -> int:
+    """The command behind ``scripts/bench``; returns the exit status (see the module docstring)."""
     try:
-        experiments = [load_experiment(path) for path in find_experiments(args.experiments)]
+        loaded = [load_experiment(path) for path in find_experiments(experiments)]
     except ExperimentError as error:
-        print(f"bench: {error}", file=sys.stderr)
+        click.echo(f"bench: {error}", err=True)
         return 2
-    if args.list:
-        _print_experiments(experiments)
+    if list_only:
+        _print_experiments(loaded)
         return 0
-    if args.quick:
-        experiments = [experiment.shortened(**QUICK) for experiment in experiments]
-
+    if quick:
+        loaded = [experiment.shortened(**QUICK) for experiment in loaded]
+    options = RunOptions(tool=tool, out=out, port=port, postgres_url=postgres_url, quick=quick)
     previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
-        return _run(experiments, args)
+        return _run(loaded, options)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _run(experiments: Sequence[Experiment], args: argparse.Namespace) -> int:
-    out_dir = args.out or PROJECT_ROOT / "var" / "bench" / datetime.now().strftime("%Y%m%d-%H%M%S")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``bench`` with ``argv`` (default: ``sys.argv[1:]``) and return its exit status."""
+    return run_command(bench_command, argv, "bench")
+
+
+def _run(experiments: Sequence[Experiment], options: RunOptions) -> int:
+    out_dir = options.out or PROJECT_ROOT / "var" / "bench" / datetime.now().strftime(
+        "%Y%m%d-%H%M%S"
+    )
     try:
-        tool = find_tool(args.tool)
-        machine = machine_description(tool, args.quick)
+        tool = find_tool(options.tool)
+        machine = machine_description(tool, options.quick)
         with LabStacks(
-            experiments, out_dir / "work", port=args.port, postgres_url=args.postgres_url
+            experiments, out_dir / "work", port=options.port, postgres_url=options.postgres_url
         ) as stacks:
             machine.update(stacks.versions())
             results = run_lab(experiments, LabOptions(out_dir=out_dir, tool=tool), stacks.start)
     except (LabError, LoadError) as error:
-        print(f"bench: {error}", file=sys.stderr)
-        results = getattr(error, "results", None)
-        if results is not None and any(
-            r.summary(c.id) for r in results for c in r.experiment.configurations
+        click.echo(f"bench: {error}", err=True)
+        measured = getattr(error, "results", None)
+        if measured is not None and any(
+            r.summary(c.id) for r in measured for c in r.experiment.configurations
         ):
-            paths = write_report(out_dir, results, machine | {"incomplete": str(error)})
-            print(
-                f"bench: what was measured before that is in {paths['markdown']}", file=sys.stderr
-            )
+            paths = write_report(out_dir, measured, machine | {"incomplete": str(error)})
+            click.echo(f"bench: what was measured before that is in {paths['markdown']}", err=True)
         return 1
     except KeyboardInterrupt:
-        print("bench: interrupted; every server it started is stopped", file=sys.stderr)
+        click.echo("bench: interrupted; every server it started is stopped", err=True)
         return 130
     paths = write_report(out_dir, results, machine)
-    print(
+    click.echo(
         f"bench: report {paths['markdown']}\n       runs   {paths['json']}\n       chart  "
         f"{paths['chart'] or 'skipped (matplotlib is not installed)'}"
     )
     for result in results:
         for outcome in result.outcomes():
-            print(
-                f"  {'MET   ' if outcome.met else 'MISSED'} {result.experiment.id}: {outcome.target.label}: {outcome.verdict}"
+            verdict = "MET   " if outcome.met else "MISSED"
+            click.echo(
+                f"  {verdict} {result.experiment.id}: {outcome.target.label}: {outcome.verdict}"
             )
     return 0

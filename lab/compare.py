@@ -19,7 +19,6 @@ is right on a quiet, dedicated machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,6 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import click
+
+from .command import run_command
 
 REFERENCE = "test_calibration"
 BASELINE_NAME = "baseline"
@@ -118,70 +121,88 @@ def _pytest(arguments: Sequence[str]) -> int:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench-compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--save", action="store_true", help="measure and save the baseline")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        metavar="PERCENT",
-        help="fail when a benchmark is this much slower (default %(default)g)",
-    )
-    parser.add_argument(
-        "--absolute", action="store_true", help="compare raw medians, not ratios to the calibration"
-    )
-    parser.add_argument("--quick", action="store_true", help="short measurements (CI's smoke run)")
-    parser.add_argument(
-        "--storage", type=Path, default=Path(".benchmarks"), help="pytest-benchmark's storage"
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("var/bench/compare.json"),
-        help="where the current run's JSON is written",
-    )
-    parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
-    args = parser.parse_args(argv)
-    if args.threshold <= 0:
-        parser.error("--threshold must be above 0")
-    common = [
-        f"--benchmark-storage={args.storage}",
-        *(QUICK_OPTIONS if args.quick else []),
-        *args.pytest_args,
-    ]
+@click.command(
+    "bench-compare",
+    help="Measure tests/benchmarks and fail on a regression against the saved baseline. "
+    "Arguments after -- go to pytest.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.option("--save", is_flag=True, help="Measure and save the baseline.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    metavar="PERCENT",
+    help="Fail when a benchmark is this much slower.",
+)
+@click.option(
+    "--absolute", is_flag=True, help="Compare raw medians, not ratios to the calibration."
+)
+@click.option("--quick", is_flag=True, help="Short measurements (CI's smoke run).")
+@click.option(
+    "--storage",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".benchmarks"),
+    show_default=True,
+    help="pytest-benchmark's storage.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("var/bench/compare.json"),
+    show_default=True,
+    help="Where the current run's JSON is written.",
+)
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+def compare_command(
+    save: bool,
+    threshold: float,
+    absolute: bool,
+    quick: bool,
+    storage: Path,
+    out: Path,
+    pytest_args: tuple[str, ...],
+) -> int:
+    """The command behind ``scripts/bench-compare``; returns the exit status."""
+    common = [f"--benchmark-storage={storage}", *(QUICK_OPTIONS if quick else []), *pytest_args]
 
-    if args.save:
+    if save:
         status = _pytest([f"--benchmark-save={BASELINE_NAME}", *common])
         if status == 0:
-            print(f"bench-compare: baseline saved as {latest_baseline(args.storage)}")
+            click.echo(f"bench-compare: baseline saved as {latest_baseline(storage)}")
         return status
 
     try:
-        baseline_path = latest_baseline(args.storage)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        baseline_path = latest_baseline(storage)
+        out.parent.mkdir(parents=True, exist_ok=True)
         run_id = baseline_path.name.split("_")[0]
-        extra = [f"--benchmark-compare={run_id}", f"--benchmark-json={args.out}"]
-        if args.absolute:
-            extra.append(f"--benchmark-compare-fail=median:{args.threshold:g}%")
+        extra = [f"--benchmark-compare={run_id}", f"--benchmark-json={out}"]
+        if absolute:
+            extra.append(f"--benchmark-compare-fail=median:{threshold:g}%")
         status = _pytest([*extra, *common])
-        if status != 0 or args.absolute:
+        if status != 0 or absolute:
             return status
         comparisons = compare(
             medians(json.loads(baseline_path.read_text())),
-            medians(json.loads(args.out.read_text())),
-            args.threshold,
+            medians(json.loads(out.read_text())),
+            threshold,
         )
     except (CompareError, OSError, json.JSONDecodeError) as error:
-        print(f"bench-compare: {error}", file=sys.stderr)
+        click.echo(f"bench-compare: {error}", err=True)
         return 2
-    print(format_table(comparisons, relative=True))
+    click.echo(format_table(comparisons, relative=True))
     regressions = [c for c in comparisons if c.regressed]
-    print(
-        f"bench-compare: {len(regressions)} regression(s) beyond {args.threshold:g}% "
+    click.echo(
+        f"bench-compare: {len(regressions)} regression(s) beyond {threshold:g}% "
         f"against {baseline_path} ({len(comparisons)} compared)"
     )
     return 1 if regressions else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``bench-compare`` with ``argv`` (default: ``sys.argv[1:]``); returns its exit status."""
+    return run_command(compare_command, argv, "bench-compare")
 
 
 if __name__ == "__main__":

@@ -709,6 +709,17 @@ def test_bench_rejects_a_malformed_experiment_before_starting_anything(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_bench_and_bench_compare_reject_bad_options_with_status_2(tmp_path, capsys):
+    assert main(["--port", "70000"]) == 2
+    assert "Invalid value for '--port': 70000 is not in the range 0<=x<=65534" in (
+        capsys.readouterr().err
+    )
+    assert main(["--tool", "siege"]) == 2
+    assert "'siege' is not one of 'wrk', 'ab'" in capsys.readouterr().err
+    assert compare.main(["--threshold", "0", "--storage", str(tmp_path)]) == 2
+    assert "Invalid value for '--threshold'" in capsys.readouterr().err
+
+
 def test_bench_names_the_experiments_it_knows_when_one_is_unknown(capsys):
     assert main(["no-such-experiment"]) == 2
     assert "no experiment 'no-such-experiment' (known: " in capsys.readouterr().err
