@@ -37,6 +37,11 @@ from .servers import LabStacks
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = PROJECT_ROOT / "lab" / "experiments"
+#: Why a configuration on PostgreSQL was left out, and how to include it.
+POSTGRES_SKIPPED = (
+    "needs PostgreSQL and no database was given; to include it, pass --postgres-url or set "
+    "BENCH_DATABASE_URL (a database the lab may create a schema in)"
+)
 #: --quick: each configuration once, for 1 s, no warm-up.
 QUICK = {"runs": 1, "duration": 1, "warmup": 0}
 
@@ -96,6 +101,39 @@ def _print_experiments(experiments: Sequence[Experiment]) -> None:
             click.echo(f"  {configuration.id:<18} {configuration.label}  [{changes}]")
 
 
+def without_postgresql(experiments: Sequence[Experiment]) -> tuple[list[Experiment], list[str]]:
+    """The experiments less what needs PostgreSQL, and a line for each part left out.
+
+    A fresh machine has no PostgreSQL database for the lab: the rest is measured, and the
+    report says what was not and how to include it.
+    """
+    kept, skipped = [], []
+    for experiment in experiments:
+        needing = [
+            c for c in experiment.configurations if c.settings["app.database"] == "postgresql"
+        ]
+        needing_ids = {c.id for c in needing}
+        if not needing:
+            kept.append(experiment)
+            continue
+        if experiment.baseline in needing:
+            skipped.append(f"{experiment.id}: not measured: its baseline {POSTGRES_SKIPPED}")
+            continue
+        kept.append(experiment.without(needing_ids))
+        for configuration in needing:
+            skipped.append(
+                f"{experiment.id}/{configuration.id} ({configuration.label}): not measured: "
+                f"{POSTGRES_SKIPPED}"
+            )
+        for target in experiment.targets:
+            if {target.numerator, target.denominator} & needing_ids:
+                skipped.append(
+                    f"{experiment.id}: target {target.expression!r} not checked: it compares "
+                    "a configuration on PostgreSQL"
+                )
+    return kept, skipped
+
+
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
     # Turned into an exception so every `finally` that stops a server runs.
     raise KeyboardInterrupt
@@ -110,6 +148,8 @@ class RunOptions:
     port: int
     postgres_url: str | None
     quick: bool
+    #: Why some configurations are not measured, one line each, for the report.
+    skipped: Sequence[str] = ()
 
 
 def _knobs_help() -> str:
@@ -164,9 +204,16 @@ def bench_command(
     if list_only:
         _print_experiments(loaded)
         return 0
+    skipped: list[str] = []
+    if not postgres_url:
+        loaded, skipped = without_postgresql(loaded)
+        for line in skipped:
+            click.echo(f"bench: {line}", err=True)
     if quick:
         loaded = [experiment.shortened(**QUICK) for experiment in loaded]
-    options = RunOptions(tool=tool, out=out, port=port, postgres_url=postgres_url, quick=quick)
+    options = RunOptions(
+        tool=tool, out=out, port=port, postgres_url=postgres_url, quick=quick, skipped=skipped
+    )
     previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return _run(loaded, options)
@@ -197,13 +244,15 @@ def _run(experiments: Sequence[Experiment], options: RunOptions) -> int:
         if measured is not None and any(
             r.summary(c.id) for r in measured for c in r.experiment.configurations
         ):
-            paths = write_report(out_dir, measured, machine | {"incomplete": str(error)})
+            paths = write_report(
+                out_dir, measured, machine | {"incomplete": str(error)}, options.skipped
+            )
             click.echo(f"bench: what was measured before that is in {paths['markdown']}", err=True)
         return 1
     except KeyboardInterrupt:
         click.echo("bench: interrupted; every server it started is stopped", err=True)
         return 130
-    paths = write_report(out_dir, results, machine)
+    paths = write_report(out_dir, results, machine, options.skipped)
     click.echo(
         f"bench: report {paths['markdown']}\n       runs   {paths['json']}\n       chart  "
         f"{paths['chart'] or 'skipped (matplotlib is not installed)'}"

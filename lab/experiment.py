@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,16 @@ class Experiment:
     def configuration(self, id: str) -> Configuration:
         return next(
             configuration for configuration in self.configurations if configuration.id == id
+        )
+
+    def without(self, ids: Collection[str]) -> Experiment:
+        """The experiment less the configurations ``ids`` and the targets that compare them."""
+        if self.baseline.id in ids:
+            raise ValueError("the baseline cannot be left out: skip the experiment instead")
+        return replace(
+            self,
+            configurations=tuple(c for c in self.configurations if c.id not in ids),
+            targets=tuple(t for t in self.targets if not {t.numerator, t.denominator} & set(ids)),
         )
 
     def shortened(self, runs: int, duration: int, warmup: int) -> Experiment:

@@ -20,14 +20,24 @@ CHART_NAME = "ratios.png"
 
 
 def write_report(
-    out_dir: Path, results: Sequence[ExperimentResult], machine: Mapping[str, Any]
+    out_dir: Path,
+    results: Sequence[ExperimentResult],
+    machine: Mapping[str, Any],
+    skipped: Sequence[str] = (),
 ) -> dict[str, Path | None]:
-    """Write the three files into ``out_dir`` (created if needed) and return their paths."""
+    """Write the three files into ``out_dir`` (created if needed) and return their paths.
+
+    ``skipped`` says what was left out and why, one line each (e.g. no PostgreSQL).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "runs.json"
     json_path.write_text(
         json.dumps(
-            {"machine": dict(machine), "experiments": [result.as_dict() for result in results]},
+            {
+                "machine": dict(machine),
+                "skipped": list(skipped),
+                "experiments": [result.as_dict() for result in results],
+            },
             indent=2,
         )
         + "\n"
@@ -35,7 +45,7 @@ def write_report(
     chart_path, chart_note = write_chart(out_dir / CHART_NAME, results)
     markdown_path = out_dir / "report.md"
     markdown_path.write_text(
-        markdown(results, machine, chart_path.name if chart_path else None, chart_note)
+        markdown(results, machine, chart_path.name if chart_path else None, chart_note, skipped)
     )
     return {"markdown": markdown_path, "json": json_path, "chart": chart_path}
 
@@ -45,6 +55,7 @@ def markdown(
     machine: Mapping[str, Any],
     chart: str | None,
     chart_note: str = "",
+    skipped: Sequence[str] = (),
 ) -> str:
     """The whole report as Markdown: the machine, one table per experiment, the targets."""
     lines = ["# Tuning lab report", ""]
@@ -61,6 +72,8 @@ def markdown(
         "generator's ceiling, not the server's.",
         "",
     ]
+    if skipped:
+        lines += ["## Not measured", "", *(f"- {line}" for line in skipped), ""]
     outcomes = [(result, outcome) for result in results for outcome in result.outcomes()]
     if outcomes:
         lines += [
@@ -139,7 +152,7 @@ def write_chart(path: Path, results: Sequence[ExperimentResult]) -> tuple[Path |
     try:
         import matplotlib
     except ImportError:
-        return None, "matplotlib is not installed (pip install -e '.[bench]')"
+        return None, "matplotlib is not installed (pip install -e '.[lab]')"
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.ticker
     from matplotlib import pyplot

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from lab import compare, knobs, loadgen, runner, servers
-from lab.cli import EXPERIMENTS_DIR, main
+from lab.cli import EXPERIMENTS_DIR, POSTGRES_SKIPPED, main, without_postgresql
 from lab.experiment import ExperimentError, load_experiment
 from lab.loadgen import LoadError, LoadResult, LoadSpec, LoadToolMissing
 from lab.report import markdown, write_report
@@ -720,6 +720,59 @@ def test_bench_and_bench_compare_reject_bad_options_with_status_2(tmp_path, caps
     assert "Invalid value for '--threshold'" in capsys.readouterr().err
 
 
+ON_POSTGRES = """
+title = "t"
+[baseline]
+request.path = "/api/episodes"
+[changes.pg]
+label = "on PostgreSQL"
+app.database = "postgresql"
+[changes.two]
+uwsgi.processes = 2
+[[targets]]
+require = "pg / baseline >= 0.5"
+[[targets]]
+require = "two / baseline >= 0.5"
+"""
+
+
+def test_without_postgresql_leaves_out_what_needs_it_and_says_how_to_include_it(tmp_path):
+    mixed = load_experiment(write(tmp_path, ON_POSTGRES, "mixed.toml"))
+    all_pg = load_experiment(
+        write(tmp_path, 'title = "t"\n[baseline]\napp.database = "postgresql"\n', "allpg.toml")
+    )
+    sqlite_only = load_experiment(write(tmp_path, MINIMAL, "lite.toml"))
+
+    kept, skipped = without_postgresql([mixed, all_pg, sqlite_only])
+
+    assert [e.id for e in kept] == ["mixed", "lite"]
+    assert kept[1] == sqlite_only
+    assert [c.id for c in kept[0].configurations] == ["baseline", "two"]
+    assert [t.expression for t in kept[0].targets] == ["two / baseline >= 0.5"]
+    how = "pass --postgres-url or set BENCH_DATABASE_URL"
+    assert skipped == [
+        f"mixed/pg (on PostgreSQL): not measured: {POSTGRES_SKIPPED}",
+        "mixed: target 'pg / baseline >= 0.5' not checked: it compares a configuration on "
+        "PostgreSQL",
+        f"allpg: not measured: its baseline {POSTGRES_SKIPPED}",
+    ]
+    assert how in POSTGRES_SKIPPED
+
+
+def test_the_report_lists_what_was_not_measured(tmp_path):
+    experiment = load_experiment(write(tmp_path, MINIMAL))
+    measured = ExperimentResult(experiment)
+    for configuration in experiment.configurations:
+        measured.add_run(configuration.id, result())
+    skipped = ["database/postgresql (PostgreSQL): not measured: " + POSTGRES_SKIPPED]
+
+    paths = write_report(tmp_path / "out", [measured], {"cpus": 2}, skipped)
+
+    assert f"## Not measured\n\n- {skipped[0]}\n" in paths["markdown"].read_text()
+    assert json.loads(paths["json"].read_text())["skipped"] == skipped
+    assert "Not measured" not in markdown([measured], {"cpus": 2}, None)
+
+
 def test_bench_names_the_experiments_it_knows_when_one_is_unknown(capsys):
     assert main(["no-such-experiment"]) == 2
     assert "no experiment 'no-such-experiment' (known: " in capsys.readouterr().err
@@ -800,15 +853,22 @@ request.conditional = true
 [changes.frozen]
 request.path = "/static/style.css"
 app.frozen = true
+[changes.on_postgres]
+app.database = "postgresql"
 [[targets]]
 require = "not_modified / direct >= 0.01"
 """,
         "smoke.toml",
     )
     out = tmp_path / "out"
+    # As on a fresh machine: no PostgreSQL for the lab, so its configuration is left out.
+    environ = {
+        k: v for k, v in os.environ.items() if k not in {"BENCH_DATABASE_URL", "TEST_DATABASE_URL"}
+    }
     done = subprocess.run(
         [sys.executable, "-m", "lab", "--quick", str(path), "--out", str(out)],
         cwd=PROJECT_ROOT,
+        env=environ,
         capture_output=True,
         text=True,
         timeout=300,
@@ -822,5 +882,9 @@ require = "not_modified / direct >= 0.01"
         c["summary"]["rps_median"] > 0 and c["summary"]["errors"] == 0 for c in configurations
     )
     assert data["experiments"][0]["targets"][0]["ratio"] > 0
-    assert "| smoke | not_modified / direct >= 0.01 |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| smoke | not_modified / direct >= 0.01 |" in report
+    skipped = f"smoke/on_postgres (app.database=postgresql): not measured: {POSTGRES_SKIPPED}"
+    assert f"## Not measured\n\n- {skipped}\n" in report
+    assert f"bench: {skipped}" in done.stderr
     assert processes_mentioning(str(tmp_path)) == []
