@@ -2,7 +2,7 @@
 
     scripts/bench                                  # every lab/experiments/*.toml
     scripts/bench uwsgi-processes feed             # by name (file stem) or path
-    scripts/bench --quick                          # one short run of each configuration (CI's smoke)
+    scripts/bench --quick                          # each configuration once, briefly (CI's smoke)
     scripts/bench --list                           # check the files, print their configurations
     scripts/bench --tool ab --out /tmp/lab         # ab instead of wrk; output elsewhere
 
@@ -18,7 +18,6 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime

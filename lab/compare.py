@@ -99,8 +99,8 @@ def format_table(comparisons: Sequence[Comparison], relative: bool) -> str:
     for c in comparisons:
         flag = "  REGRESSION" if c.regressed else ""
         lines.append(
-            f"{c.name:<{width}}  {c.baseline_seconds * 1e6:>8.1f}us  {c.current_seconds * 1e6:>8.1f}us"
-            f"  {c.change - 1:+.1%}{flag}"
+            f"{c.name:<{width}}  {c.baseline_seconds * 1e6:>8.1f}us  "
+            f"{c.current_seconds * 1e6:>8.1f}us  {c.change - 1:+.1%}{flag}"
         )
     return "\n".join(lines)
 

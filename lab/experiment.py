@@ -115,7 +115,8 @@ class Experiment:
         )
 
     def shortened(self, runs: int, duration: int, warmup: int) -> Experiment:
-        """The same experiment with at most ``runs`` runs of at most ``duration``/``warmup`` seconds."""
+        """The same experiment with at most ``runs`` runs, each at most ``duration`` seconds
+        after at most ``warmup`` seconds of warm-up."""
 
         def shorten(configuration: Configuration) -> Configuration:
             settings = dict(configuration.settings)
@@ -244,7 +245,7 @@ def _check_id(id: str, where: str) -> None:
 
 
 def _knob_values(table: Mapping[str, Any], where: str, extra: set[str]) -> dict[str, Any]:
-    """``{"uwsgi": {"processes": 1}}`` (what TOML makes of dotted keys) as ``{"uwsgi.processes": 1}``."""
+    """``{"uwsgi": {"processes": 1}}`` (TOML's dotted keys) as ``{"uwsgi.processes": 1}``."""
     flat: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -312,5 +313,5 @@ def _target(entry: Any, index: int, ids: set[str]) -> Target:
             raise ExperimentError(
                 f'{where}: no configuration "{id}" (known: {", ".join(sorted(ids))})'
             )
-    label = _string(entry, "label", f"{where} label") or require.strip()
+    label = _string(entry, "label", f"{where} label") or match.string.strip()
     return Target(label, numerator, denominator, operator, float(bound))

@@ -169,7 +169,8 @@ _KNOBS = [
         "app.profiler",
         "none",
         _choice("none", "off", "sampled", "on"),
-        '"none": not installed; "off": installed, token-only; "sampled": 1% of requests; "on": every request',
+        '"none": not installed; "off": installed, token-only; "sampled": 1% of requests; '
+        '"on": every request',
     ),
     Knob(
         "app.feed",
@@ -227,7 +228,10 @@ def resolve(changes: Mapping[str, Any], base: Mapping[str, Any] = DEFAULTS) -> d
 
 
 def unused_changes(changes: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
-    """Knobs in ``changes`` that cannot affect what ``settings`` load: nginx's, when loading uWSGI directly."""
+    """Knobs in ``changes`` that cannot affect what ``settings`` load.
+
+    That is nginx's knobs when the load goes straight to uWSGI.
+    """
     if settings["request.via"] != "uwsgi":
         return []
     return [name for name in changes if name.startswith("nginx.") or name == "app.frozen"]

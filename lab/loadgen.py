@@ -1,6 +1,6 @@
 """Load from a separate process: wrk, or ab where wrk is missing.
 
-    tool = find_tool()                                  # "wrk", else "ab"; LoadToolMissing if neither
+    tool = find_tool()                       # "wrk", else "ab"; LoadToolMissing if neither
     result = run_load(tool, LoadSpec("http://127.0.0.1:8080/health", connections=32,
                                      threads=1, duration=5.0), workdir)
     result.requests_per_second, result.p99_ms, result.generator_saturated
@@ -114,7 +114,7 @@ def find_tool(preferred: str | None = None) -> str:
 
 
 def run_load(tool: str, spec: LoadSpec, workdir: Path) -> LoadResult:
-    """Load ``spec.url`` for ``spec.duration`` seconds with ``tool``; ``workdir`` holds its script."""
+    """Load ``spec.url`` for ``spec.duration`` s with ``tool``; ``workdir`` holds its script."""
     if tool == "wrk":
         script = workdir / "lab-report.lua"
         if not script.exists():
@@ -174,9 +174,8 @@ def _run(command: list[str], duration: float) -> tuple[str, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if completed.returncode != 0:
         detail = (completed.stderr or completed.stdout).strip().splitlines()
-        raise LoadError(
-            f"{command[0]} failed (exit {completed.returncode}): {detail[-1] if detail else 'no output'}"
-        )
+        last_line = detail[-1] if detail else "no output"
+        raise LoadError(f"{command[0]} failed (exit {completed.returncode}): {last_line}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return completed.stdout, cpu
 

@@ -1,8 +1,9 @@
 """The lab's output: ``report.md``, ``runs.json`` and ``ratios.png`` in one directory.
 
-    paths = write_report(out_dir, results, machine)   # -> {"markdown": ..., "json": ..., "chart": ... or None}
+    paths = write_report(out_dir, results, machine)
+    paths["markdown"], paths["json"], paths["chart"]   # the chart's is None without matplotlib
 
-The chart needs matplotlib (the ``bench`` extra); without it the report says
+The chart needs matplotlib (the ``lab`` extra); without it the report says
 so and everything else is written.
 """
 
@@ -65,9 +66,10 @@ def markdown(
         "Requests/s is the median of the measured runs (warm-up discarded); *range* is "
         "(max − min) / median. Every configuration is measured once per round; *× baseline* is "
         "the median of the per-round ratios to the baseline, with their lowest and highest in "
-        "brackets. A target whose bound lies within that bracket is marked inconclusive. p50/p99 are medians of "
-        "the runs' latency percentiles. *errors* are connect/read/write/timeout errors; *bad "
-        "status* counts responses the tool rejects by status (wrk: not 2xx/3xx; ab: not 2xx). "
+        "brackets. A target whose bound lies within that bracket is marked inconclusive. "
+        "p50/p99 are medians of the runs' latency percentiles. *errors* are "
+        "connect/read/write/timeout errors; *bad status* counts responses the tool rejects "
+        "by status (wrk: not 2xx/3xx; ab: not 2xx). "
         "⚠ marks runs where the load generator used ≥90% of its CPU: there the figure is the "
         "generator's ceiling, not the server's.",
         "",
@@ -115,7 +117,8 @@ def _experiment_section(result: ExperimentResult) -> list[str]:
         "",
     ]
     lines += [
-        "| configuration | changes | req/s | range | × baseline | p50 ms | p99 ms | errors | bad status | body |",
+        "| configuration | changes | req/s | range | × baseline | p50 ms | p99 ms | errors "
+        "| bad status | body |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for configuration in experiment.configurations:
@@ -135,9 +138,9 @@ def _experiment_section(result: ExperimentResult) -> list[str]:
         if configuration.kind != "baseline" and len(ratios) > 1:
             ratio += f" ({min(ratios):.2f}–{max(ratios):.2f})"
         lines.append(
-            f"| {configuration.label} | {changes} | {summary.rps_median:,.0f}{warning} | {summary.spread:.0%} | "
-            f"{ratio} | {summary.p50_ms:.2f} | {summary.p99_ms:.2f} | {summary.errors} | "
-            f"{summary.bad_status} | {_size(measured.response_bytes)} |"
+            f"| {configuration.label} | {changes} | {summary.rps_median:,.0f}{warning} | "
+            f"{summary.spread:.0%} | {ratio} | {summary.p50_ms:.2f} | {summary.p99_ms:.2f} | "
+            f"{summary.errors} | {summary.bad_status} | {_size(measured.response_bytes)} |"
         )
     lines.append("")
     return lines
@@ -173,7 +176,7 @@ def write_chart(path: Path, results: Sequence[ExperimentResult]) -> tuple[Path |
         squeeze=False,
         gridspec_kw={"height_ratios": heights},
     )
-    for axis, result in zip(axes[:, 0], charted):
+    for axis, result in zip(axes[:, 0], charted, strict=True):
         measured = [
             (c, r)
             for c in result.experiment.configurations
@@ -184,7 +187,7 @@ def write_chart(path: Path, results: Sequence[ExperimentResult]) -> tuple[Path |
         ratios = [ratio for _, ratio in measured]
         colours = [
             "#888888" if c.kind == "baseline" else "#2a7ab0" if r >= 1 else "#c0504d"
-            for c, r in zip(configurations, ratios)
+            for c, r in zip(configurations, ratios, strict=True)
         ]
         rows = range(len(configurations))
         # Bars grow from the baseline's 1.0, left for slower, right for faster.
@@ -200,7 +203,7 @@ def write_chart(path: Path, results: Sequence[ExperimentResult]) -> tuple[Path |
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.tick_params(axis="x", labelsize=7)
         axis.set_title(result.experiment.title, fontsize=10, loc="left")
-        for row, value in zip(rows, ratios):
+        for row, value in zip(rows, ratios, strict=True):
             right = value >= 1
             axis.annotate(
                 f"{value:.2f}×",

@@ -52,7 +52,7 @@ class TargetOutcome:
 
     @property
     def inconclusive(self) -> bool:
-        """The bound lies between the lowest and the highest per-round ratio: another run could flip it."""
+        """The bound lies between the lowest and highest per-round ratio: a run could flip it."""
         return len(self.ratios) > 1 and min(self.ratios) <= self.target.bound <= max(self.ratios)
 
     @property
@@ -90,7 +90,8 @@ class ExperimentResult:
 
     def paired_ratios(self, id: str, against: str = "baseline") -> tuple[float, ...]:
         """Requests/s of ``id`` over ``against``'s, round by round."""
-        pairs = zip(self.configurations[id].runs, self.configurations[against].runs)
+        # An interrupted lab may have measured one more round of one than of the other.
+        pairs = zip(self.configurations[id].runs, self.configurations[against].runs, strict=False)
         return tuple(
             run.requests_per_second / base.requests_per_second
             for run, base in pairs

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -94,7 +95,7 @@ def check_configuration(base_url: str, settings: Mapping[str, Any]) -> Check:
     return Check(headers, len(body))
 
 
-def _fetch(url: str, headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+def _fetch(url: str, headers: Mapping[str, str]) -> tuple[int, Message, bytes]:
     request = urllib.request.Request(url, headers=dict(headers))
     # No redirect following: a 301 is an answer the experiment should state.
     opener = urllib.request.build_opener(_NoRedirect)

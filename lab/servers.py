@@ -181,9 +181,8 @@ class LabStacks:
             ):
                 cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {POSTGRES_SCHEMA}")
         except psycopg2.Error as error:
-            raise ServerError(
-                f"PostgreSQL at {redact_url(self.postgres_url)}: {str(error).strip().splitlines()[0]}"
-            ) from None
+            reason = str(error).strip().splitlines()[0]
+            raise ServerError(f"PostgreSQL at {redact_url(self.postgres_url)}: {reason}") from None
         separator = "&" if urlsplit(self.postgres_url).query else "?"
         return (
             self.postgres_url
@@ -220,6 +219,8 @@ class LabStacks:
     # -- stacks -------------------------------------------------------------
 
     def versions(self) -> dict[str, str]:
+        assert self.nginx and self.uwsgi, "__enter__ checked both are installed"
+
         def first_line(command: list[str]) -> str:
             done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
             return (done.stdout + done.stderr).strip().splitlines()[0]
@@ -296,7 +297,7 @@ class LabStacks:
         return stack_settings
 
     def start(self, settings: Mapping[str, Any]) -> LabStack:
-        """Start nginx and uWSGI for ``settings`` and wait until they answer; ServerError if they do not."""
+        """Start nginx and uWSGI for ``settings``; wait until they answer, or raise ServerError."""
         if self.fixed_port:
             port, http_port = self.fixed_port, self.fixed_port + 1
         else:

@@ -1,4 +1,5 @@
-"""Chunked gzip: one ordinary gzip file, nearly as small as gzip -9, rebuilt by deflating only what changed.
+"""Chunked gzip: one ordinary gzip file, nearly as small as gzip -9, rebuilt by deflating
+only what changed.
 
 Pure unit tests of webapp/freeze/chunked_gzip.py, no database: the output
 decompresses to the chunks laid end to end, whatever their sizes; its header
@@ -57,8 +58,10 @@ def feed_xml(size: int, seed: int = 7) -> bytes:
             f"<item><title>Episode {number}: {text(rng, 60).decode()}</title>"
             f"<link>https://podcast.test/episodes/{number}/</link>"
             f'<guid isPermaLink="false">{rng.getrandbits(128):032x}</guid>'
-            f"<pubDate>Mon, {rng.randint(1, 28):02d} Jan {rng.randint(2015, 2025)} 14:00:00 +0000</pubDate>"
-            f"<description><![CDATA[<p>{text(rng, rng.randint(300, 900)).decode()}</p>]]></description>"
+            f"<pubDate>Mon, {rng.randint(1, 28):02d} Jan {rng.randint(2015, 2025)} "
+            "14:00:00 +0000</pubDate>"
+            f"<description><![CDATA[<p>{text(rng, rng.randint(300, 900)).decode()}</p>]]>"
+            "</description>"
             f'<enclosure url="https://media.example.com/audio/{number:04d}.mp3"'
             f' length="{rng.randint(10**7, 10**8)}" type="audio/mpeg"/>'
             f"<itunes:duration>{rng.randint(1500, 4500)}</itunes:duration></item>\n"
@@ -314,7 +317,7 @@ def test_a_digest_covers_the_window_so_the_same_chunk_after_other_bytes_is_not_r
 
 
 def test_a_digest_tells_where_the_window_ends_and_the_chunk_begins():
-    # Window b"ab" + chunk b"c" and window b"a" + chunk b"bc" are the same bytes, not the same chunk.
+    # Window b"ab" + chunk b"c" and window b"a" + chunk b"bc": the same bytes, not the same chunk.
     one, other = split([b"ab", b"c"])[1], split([b"a", b"bc"])[1]
     assert one.window + one.data == other.window + other.data
     assert one.digest != other.digest

@@ -55,7 +55,8 @@ def test_postgres_connections_are_reopened_after_the_server_drops_them(postgres_
     with admin.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'webapp' AND pid <> pg_backend_pid() AND usename = current_user"
+            " WHERE application_name = 'webapp' AND pid <> pg_backend_pid()"
+            " AND usename = current_user"
             " AND query NOT ILIKE '%pg_terminate_backend%'"
         )
         assert cursor.rowcount >= 1

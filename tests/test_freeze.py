@@ -257,7 +257,10 @@ def test_incremental_rebuilds_are_byte_for_byte_a_fresh_build(empty_app, dest, t
     with get_database(app).session() as session:
         seed(session, CHUNKED_SEED)  # several gzip chunks in the feed and the catalogue
     freeze(app, dest)
-    guest_id = "SELECT guest_id FROM episode_guests WHERE episode_id = (SELECT id FROM episodes WHERE number = 40)"
+    guest_id = (
+        "SELECT guest_id FROM episode_guests"
+        " WHERE episode_id = (SELECT id FROM episodes WHERE number = 40)"
+    )
     changes = [
         ("UPDATE episodes SET title = %s WHERE number = %s", ('Edited <title> & "more"', 130)),
         # An item that grows by 20 kB: every later fragment and chunk moves.

@@ -68,7 +68,8 @@ def test_an_episode_without_a_revision_stops_the_build_and_init_db_mends_it(app,
     before = everything_under(dest)
     execute(
         app,
-        "DELETE FROM episode_revisions WHERE episode_id = (SELECT id FROM episodes WHERE number = 4)",
+        "DELETE FROM episode_revisions"
+        " WHERE episode_id = (SELECT id FROM episodes WHERE number = 4)",
     )
 
     result = freeze_cli(app, dest)
@@ -121,7 +122,8 @@ def test_a_template_error_on_one_page_names_it_and_keeps_the_live_build(app, des
         [
             DictLoader(
                 {
-                    "episode.html": '{% extends "base.html" %}{% block main %}{{ 1 / (episode.number - 3) }}{% endblock %}',
+                    "episode.html": '{% extends "base.html" %}'
+                    "{% block main %}{{ 1 / (episode.number - 3) }}{% endblock %}",
                 }
             ),
             original_loader,

@@ -174,16 +174,18 @@ require = "tuned / baseline >= 2"
             "[changes.same] changes no knob",
         ),
         (
-            'title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n[combined.both]\nchanges = ["a", "b"]',
+            'title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n'
+            '[combined.both]\nchanges = ["a", "b"]',
             '[combined.both]: there is no change "b" (known: a)',
         ),
         (
-            'title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n[changes.b]\nuwsgi.threads = 4\n'
-            '[combined.both]\nchanges = ["a", "b"]',
+            'title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n'
+            '[changes.b]\nuwsgi.threads = 4\n[combined.both]\nchanges = ["a", "b"]',
             "the changes set uwsgi.threads to different values",
         ),
         (
-            'title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n[combined.one]\nchanges = ["a"]',
+            'title = "t"\n[baseline]\n[changes.a]\nuwsgi.threads = 2\n'
+            '[combined.one]\nchanges = ["a"]',
             "changes must list at least two change ids",
         ),
         (
@@ -244,11 +246,13 @@ def test_process_counts_scale_with_the_cpus():
 
 # --- load tools -------------------------------------------------------------------------------
 
-WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:8080/health
-  1 threads and 32 connections
-Requests/sec:   8973.76
-LAB-JSON {"requests":44870,"duration_us":5000000,"bytes":5025440,"connect":0,"read":2,"write":0,"status":7,"timeout":1,"p50_us":2780,"p99_us":11840,"max_us":15000}
-"""
+WRK_OUTPUT = (
+    "Running 5s test @ http://127.0.0.1:8080/health\n"
+    "  1 threads and 32 connections\n"
+    "Requests/sec:   8973.76\n"
+    'LAB-JSON {"requests":44870,"duration_us":5000000,"bytes":5025440,"connect":0,"read":2,'
+    '"write":0,"status":7,"timeout":1,"p50_us":2780,"p99_us":11840,"max_us":15000}\n'
+)
 
 AB_OUTPUT = """Server Software:        nginx/1.22.1
 Document Path:          /static/style.css
@@ -446,7 +450,7 @@ def test_compare_divides_by_the_calibration_so_a_busier_machine_is_no_regression
             ).read_text()
         )
     )
-    # Everything 50% slower (a busy machine), and the page 30% slower on top: only the page regressed.
+    # Everything 50% slower (a busy machine), the page 30% slower on top: only the page regressed.
     current = {name.replace("gone", "new"): seconds * 1.5 for name, seconds in base.items()}
     current["tests/benchmarks/test_x.py::test_page"] *= 1.3
     comparisons = compare.compare(base, current, threshold_percent=15)
@@ -628,7 +632,8 @@ def test_an_unexpected_status_stops_the_lab_and_its_stack(tmp_path, site, fake_l
     stacks = StandInStacks(site)
     with pytest.raises(
         LabError,
-        match=r"exp/missing: GET http://127.0.0.1:\d+/nope answered 404, the experiment expects 200",
+        match=r"exp/missing: GET http://127.0.0.1:\d+/nope answered 404, "
+        "the experiment expects 200",
     ):
         run_lab([experiment], LabOptions(tmp_path, "wrk", None), stacks.start)
     assert stacks.events[-1] == ("stop", 1) and stacks.events.count(
@@ -684,7 +689,10 @@ def test_a_conditional_request_needs_an_etag(tmp_path, site, fake_load):
 
 
 def processes_mentioning(text: str) -> list[int]:
-    """Processes whose command line or environment holds ``text`` (the lab passes its paths in both)."""
+    """Processes whose command line or environment holds ``text``.
+
+    The lab passes its paths in both.
+    """
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():

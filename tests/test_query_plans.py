@@ -21,7 +21,8 @@ from webapp.freeze import freeze
 #: Queries that read a whole table on purpose, with the reason.
 WHOLE_TABLE_READS = {
     # The catalogue and the feed list every episode's guests: all rows are wanted.
-    "SELECT eg.episode_id, g.slug, g.name FROM episode_guests eg JOIN guests g ON g.id = eg.guest_id"
+    "SELECT eg.episode_id, g.slug, g.name"
+    " FROM episode_guests eg JOIN guests g ON g.id = eg.guest_id"
     " ORDER BY eg.episode_id, eg.position",
 }
 

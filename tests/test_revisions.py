@@ -43,7 +43,8 @@ def revisions(app: Flask) -> dict[int, int]:
     """Episode number -> revision, straight from the table."""
     rows = fetch_all(
         app,
-        "SELECT e.number, r.revision FROM episodes e JOIN episode_revisions r ON r.episode_id = e.id",
+        "SELECT e.number, r.revision"
+        " FROM episodes e JOIN episode_revisions r ON r.episode_id = e.id",
     )
     return {row["number"]: row["revision"] for row in rows}
 
@@ -147,7 +148,7 @@ def test_every_update_of_an_episode_gets_a_new_revision(app):
     ["", "OR REPLACE", "OR IGNORE", "OR ABORT", "OR FAIL", "OR ROLLBACK"],
 )
 def test_an_sqlite_update_with_any_conflict_clause_moves_the_revision(tmp_path, conflict):
-    """`UPDATE OR IGNORE episodes …` is as much a change as a plain UPDATE (sqlite3 shell, scripts)."""
+    """`UPDATE OR IGNORE episodes …` is as much a change as a plain UPDATE (sqlite3, scripts)."""
     app, _ = sqlite_app(tmp_path)
     before = revisions(app)
     execute(
@@ -233,7 +234,8 @@ def test_moving_a_guest_row_to_another_episode_moves_both_revisions(app):
     assert (
         execute(
             app,
-            "UPDATE episode_guests SET episode_id = %s, position = 20 WHERE episode_id = %s AND position = 0",
+            "UPDATE episode_guests SET episode_id = %s, position = 20"
+            " WHERE episode_id = %s AND position = 0",
             (episode_id(app, 4), episode_id(app, 3)),
         )
         == 1
@@ -255,14 +257,15 @@ def test_a_published_episode_gets_a_revision_no_other_has(app):
 
 
 def test_an_episode_inserted_without_guests_gets_a_revision(app):
-    # seed() adds guests right after, which moves the revision again; a bare INSERT must set it itself.
+    # seed() adds guests right after, which moves the revision again: a bare INSERT must set
+    # it itself.
     episode = generate_episode(SMALL_SEED + 1)
     stamp = sqlite_timestamp if get_database(app).dialect == "sqlite" else (lambda value: value)
     before = revisions(app)
     execute(
         app,
-        "INSERT INTO episodes (number, guid, slug, title, summary, show_notes, transcript, audio_url,"
-        " audio_bytes, duration_seconds, explicit, published_at, updated_at)"
+        "INSERT INTO episodes (number, guid, slug, title, summary, show_notes, transcript,"
+        " audio_url, audio_bytes, duration_seconds, explicit, published_at, updated_at)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             episode["number"],
@@ -477,7 +480,8 @@ def test_an_sqlite_database_from_before_revisions_is_upgraded_when_an_app_opens_
         row["number"]
         for row in fetch_all(
             app,
-            "SELECT e.number FROM episode_guests eg JOIN episodes e ON e.id = eg.episode_id WHERE eg.guest_id = %s",
+            "SELECT e.number FROM episode_guests eg JOIN episodes e ON e.id = eg.episode_id"
+            " WHERE eg.guest_id = %s",
             (guest,),
         )
     }

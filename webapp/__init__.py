@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 
 from . import db, errors
 from .blueprints import api, feed, pages
@@ -26,7 +27,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(load_settings(config, default_var_dir=app.instance_path))
     # Flask's JSON responses stay compact: the API is read by programs.
-    app.json.compact = True
+    json_provider = DefaultJSONProvider(app)
+    json_provider.compact = True
+    app.json = json_provider
 
     db.init_app(app)
     errors.init_app(app)

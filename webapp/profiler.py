@@ -3,7 +3,7 @@
     install_profiler(app)        # in create_app, after the settings are loaded
 
     $ flask --app webapp profiler-token --ttl 15m
-    1767225600.q3Xo...           # send as X-Profile-Token, ?_profile= or open /_profiler/?_profile=...
+    1767225600.q3Xo...    # send as X-Profile-Token or ?_profile=, or open /_profiler/?_profile=...
 
 With no PROFILER_SECRET and PROFILER_SAMPLE_RATE 0 (the defaults) nothing is
 wrapped: requests pay nothing at all.

@@ -59,10 +59,14 @@ def new_destination(tmp_path: Path) -> Callable[[], Path]:
     return lambda: tmp_path / f"round-{next(numbers)}" / "build"
 
 
-def edit_one_episode(app: Flask, edits=itertools.count()) -> None:
+#: Numbers each edit, so every edit really changes the title.
+_EDITS = itertools.count()
+
+
+def edit_one_episode(app: Flask) -> None:
     with get_database(app).session() as session:
         session.execute(
-            "UPDATE episodes SET title = %s WHERE number = 300", (f"Edit {next(edits)}",)
+            "UPDATE episodes SET title = %s WHERE number = 300", (f"Edit {next(_EDITS)}",)
         )
 
 

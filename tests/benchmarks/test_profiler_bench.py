@@ -115,7 +115,8 @@ def test_on_token_request_stored(benchmark, store_dir, engine: str) -> None:
         return serve()
 
     assert benchmark(counted) == b"hello"
-    # Every request stored its profile, and the store kept the newest 50 (a short budget may run fewer).
+    # Every request stored its profile, and the store kept the newest 50
+    # (a short budget may run fewer).
     assert len(list(store_dir.glob("*.profile"))) == min(50, len(served))
 
 

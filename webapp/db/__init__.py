@@ -1,4 +1,4 @@
-"""The data layer: the database as the Flask app sees it, one backend per app, one session per request.
+"""The data layer as the Flask app sees it: one backend per app, one session per request.
 
     from webapp.db import get_session, queries
     episodes = queries.latest_episodes(get_session(), 10)

@@ -75,7 +75,8 @@ class Connection:
     def fetch_all(self, statement: str, params: Sequence[Any] = ()) -> list[Row]:
         cursor = self._execute(statement, params)
         columns = [column[0] for column in cursor.description]
-        return [dict(zip(columns, row)) for row in cursor.fetchall()]
+        # DB-API rows have one value per column of the description.
+        return [dict(zip(columns, row, strict=False)) for row in cursor.fetchall()]
 
     def fetch_one(self, statement: str, params: Sequence[Any] = ()) -> Row | None:
         rows = self.fetch_all(statement, params)
@@ -230,7 +231,8 @@ class Session:
     def _no_schema(self) -> None:
         self.end(commit=False)
         raise DatabaseUnavailable(
-            "the database has no schema yet, or one older than the app's: run `flask --app webapp init-db`"
+            "the database has no schema yet, or one older than the app's: "
+            "run `flask --app webapp init-db`"
         ) from None
 
     def _fail(self, error: BaseException) -> None:

@@ -17,6 +17,7 @@ from html import escape
 
 from ..models import slugify, sqlite_timestamp
 from .backends import Session
+from .queries import site_state
 
 FIRST_EPISODE_AT = datetime(2015, 1, 5, 14, 0, tzinfo=UTC)
 AUDIO_BASE_URL = "https://media.example.com/audio"
@@ -200,12 +201,10 @@ def seed(session: Session, episodes: int, progress: Callable[[int], None] | None
     inserted = 0
     for numbers in _chunks(list(range(1, episodes + 1)), 100):
         generated = [generate_episode(number) for number in numbers]
-        before = session.fetch_one("SELECT episode_count FROM site_state WHERE id = 1")[
-            "episode_count"
-        ]
+        before = site_state(session).episode_count
         session.execute_many(
-            "INSERT INTO episodes (number, guid, slug, title, summary, show_notes, transcript, audio_url,"
-            " audio_bytes, duration_seconds, explicit, published_at, updated_at)"
+            "INSERT INTO episodes (number, guid, slug, title, summary, show_notes, transcript,"
+            " audio_url, audio_bytes, duration_seconds, explicit, published_at, updated_at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (number) DO NOTHING",
             [
@@ -227,9 +226,7 @@ def seed(session: Session, episodes: int, progress: Callable[[int], None] | None
                 for e in generated
             ],
         )
-        after = session.fetch_one("SELECT episode_count FROM site_state WHERE id = 1")[
-            "episode_count"
-        ]
+        after = site_state(session).episode_count
         inserted += after - before
         placeholders = ", ".join(["%s"] * len(numbers))
         episode_ids = {
