@@ -140,14 +140,21 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What the command line says about a run, beyond which experiments."""
+    """What the command line says about a run, beyond which experiments.
+
+    :param tool: ``--tool``; None picks wrk, else ab.
+    :param out: ``--out``; None is ``var/bench/<timestamp>``.
+    :param port: ``--port``; 0 for free ports.
+    :param postgres_url: ``--postgres-url`` or its environment variables.
+    :param quick: ``--quick``, named in the report.
+    :param skipped: why some configurations are not measured, one line each, for the report.
+    """
 
     tool: str | None
     out: Path | None
     port: int
     postgres_url: str | None
     quick: bool
-    #: Why some configurations are not measured, one line each, for the report.
     skipped: Sequence[str] = ()
 
 

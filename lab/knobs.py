@@ -28,6 +28,14 @@ class KnobError(ValueError):
 
 @dataclass(frozen=True)
 class Knob:
+    """One thing an experiment may change.
+
+    :param name: ``group.name``, as written in experiment files.
+    :param default: the value when no file sets it; :data:`DEPLOYED` keeps deploy/'s.
+    :param check: returns the value if it is valid, raises ValueError saying why if not.
+    :param help: one line for ``scripts/bench --help``.
+    """
+
     name: str
     default: Any
     check: Callable[[Any], Any]

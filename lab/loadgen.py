@@ -56,10 +56,18 @@ class LoadToolMissing(LoadError):
 
 @dataclass(frozen=True)
 class LoadSpec:
+    """One run of a load generator.
+
+    :param url: the URL loaded, every request the same.
+    :param connections: connections kept open, each with one request at a time.
+    :param threads: the generator's threads (wrk's ``-t``; ab has one).
+    :param duration: whole seconds.
+    :param headers: sent with every request (conditional requests, gzip).
+    """
+
     url: str
     connections: int
     threads: int
-    #: Whole seconds.
     duration: int
     headers: dict[str, str] = field(default_factory=dict)
 

@@ -51,9 +51,15 @@ StartStack = Callable[[Mapping[str, Any]], RunningStack]
 
 @dataclass
 class LabOptions:
+    """How :func:`run_lab` runs.
+
+    :param out_dir: the run's directory; the load tools' scripts go in its ``work/``.
+    :param tool: the load generator, ``"wrk"`` or ``"ab"``.
+    :param progress: where progress lines go (None: nowhere).
+    """
+
     out_dir: Path
     tool: str
-    #: Where progress lines go (None: nowhere).
     progress: TextIO | None = field(default=sys.stderr)
 
 
@@ -114,7 +120,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class Progress:
-    """One line per measured run: where the lab is, and what it just measured."""
+    """One line per measured run: where the lab is, and what it just measured.
+
+    :param stream: where the lines go (None: nowhere, only counted).
+    :param total_runs: the runs of the whole lab, for the estimate of the time left.
+    """
 
     def __init__(self, stream: TextIO | None, total_runs: int) -> None:
         self.stream, self.total, self.done, self.started = stream, total_runs, 0, time.monotonic()

@@ -24,7 +24,6 @@ import socket
 import subprocess
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -76,9 +75,14 @@ def check_port_free(port: int) -> None:
             ) from None
 
 
-@dataclass
 class LabStack:
-    """One started stack, and where to load it."""
+    """One started stack, and where to load it.
+
+    :param stack: the running nginx and uWSGI.
+    :param http_port: uWSGI's HTTP socket, for requests that skip nginx.
+    :param running: the list of running stacks this one adds itself to, and leaves when
+        stopped, so that :class:`LabStacks` stops whatever is left.
+    """
 
     def __init__(self, stack: Stack, http_port: int, running: list[LabStack]) -> None:
         self.stack, self.http_port, self._running = stack, http_port, running
@@ -94,7 +98,15 @@ class LabStack:
 
 
 class LabStacks:
-    """Prepares the experiments' data once; starts a stack per configuration. A context manager."""
+    """Prepares the experiments' data once; starts a stack per configuration. A context manager.
+
+    :param experiments: what will be measured: it decides the data to prepare (a
+        PostgreSQL schema, a frozen build, a syslog socket) only if some configuration needs it.
+    :param workdir: where the data, the build and each stack's files go.
+    :param port: nginx's port, uWSGI's HTTP socket on the next one; 0 for free ports.
+    :param postgres_url: a database the lab may create its schema in; needed only by
+        configurations with ``app.database = "postgresql"``.
+    """
 
     def __init__(
         self,

@@ -58,7 +58,13 @@ def first_line(error: BaseException) -> str:
 
 
 class Connection:
-    """A backend connection that speaks ``%s`` SQL and returns dict rows."""
+    """A backend connection that speaks ``%s`` SQL and returns dict rows.
+
+    :param raw: the DB-API connection (sqlite3's or psycopg2's).
+    :param placeholder: the driver's parameter marker, which ``%s`` is rewritten to
+        (``"?"`` for sqlite3).
+    :param database: the backend it came from, whose ``query_hook`` sees each query.
+    """
 
     def __init__(self, raw: Any, placeholder: str, database: Database) -> None:
         self.raw = raw
@@ -118,7 +124,11 @@ class QueryHook(NamedTuple):
 
 
 class Database:
-    """A backend: hands out connections, one per thread at a time."""
+    """A backend: hands out connections, one per thread at a time.
+
+    :param url: the ``DATABASE_URL`` it connects to (see :func:`redact_url` before
+        showing it anywhere).
+    """
 
     dialect: str
     #: Errors that mean "the server is gone", not "the query is wrong".
@@ -174,6 +184,8 @@ class Session:
     Reads are retried once on a fresh connection when a pooled connection
     turns out to be dead, which is what every pooled connection is after a
     database restart: the first request after it succeeds instead of failing.
+
+    :param database: the backend to borrow the connection from, on the first query.
     """
 
     def __init__(self, database: Database) -> None:
@@ -266,6 +278,8 @@ class SQLiteDatabase(Database):
     """An embedded database file: one connection per thread, kept open.
 
     The schema is created on first use, so a fresh checkout needs no setup.
+
+    :param url: ``sqlite:///`` and the file's path (its directory is created if needed).
     """
 
     dialect = "sqlite"
@@ -331,6 +345,11 @@ class PostgresDatabase(Database):
     Idle connections are kept, most recently used first, up to ``pool_size``;
     more threads than that still get a connection, which is closed after use
     instead of kept.
+
+    :param url: a libpq URL, ``postgresql://user:password@host:5432/dbname``.
+    :param pool_size: idle connections kept per process (``DATABASE_POOL_SIZE``).
+    :param connect_timeout: seconds a connection attempt may take before
+        :class:`DatabaseUnavailable` (``DATABASE_CONNECT_TIMEOUT``).
     """
 
     dialect = "postgresql"
