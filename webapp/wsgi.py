@@ -8,11 +8,11 @@ worker write to the header of every object the master built, and so copy
 (un-share) the pages they live on. The collector itself stays on in the workers
 for their own garbage.
 
-Measured (deploy/README.md): after 3,000 mixed requests a worker holds 22.6 MB
-of private memory without the freeze and 16.1 MB with it; shared memory goes
-from 44% to 60% of its RSS. CPython's fuller recipe (``gc.disable()`` before the
-app is built, ``gc.enable()`` in each worker after the fork) measured the same
-here (16.0 MB), so this stays the simple version. ``GC_FREEZE=0`` turns it off.
+The freeze cuts each worker's private memory and raises its shared share;
+CPython's fuller recipe (``gc.disable()`` before the app is built,
+``gc.enable()`` in each worker after the fork) measured no better, so this stays
+the simple version. The figures are in deploy/README.md. ``GC_FREEZE=0`` turns
+it off.
 """
 
 from __future__ import annotations
