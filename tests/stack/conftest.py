@@ -1,4 +1,5 @@
-"""Fixtures that run the real stack: nginx, uWSGI (deploy/uwsgi/uwsgi.ini) and, for one test, PostgreSQL.
+"""Fixtures that run the real stack: nginx, uWSGI (deploy/uwsgi/uwsgi.ini) and, for one test,
+PostgreSQL.
 
 Everything is started through ``deploy.stack`` (what ``scripts/serve`` runs) on free
 ports, with sockets, pid files, logs and the frozen build in pytest's tmp dirs, and
@@ -66,14 +67,14 @@ def stack_binaries() -> dict[str, str]:
 
 
 def app_environment(database_url: str, var_dir: Path) -> dict[str, str]:
-    """The app's settings for uWSGI: the same values as the in-process app's, as environment variables."""
+    """The app's settings for uWSGI: the in-process app's values, as environment variables."""
     return {
         "DATABASE_URL": database_url,
         "VAR_DIR": str(var_dir),
         "SITE_URL": SITE_URL,
         "PROFILER_SECRET": PROFILER_SECRET,
         "PROFILER_DIR": str(var_dir / "profiles"),
-        # Whatever imports the test modules (tests.stack.probe_wsgi) needs, uWSGI's Python finds too.
+        # What the test modules (tests.stack.probe_wsgi) import, uWSGI's Python finds too.
         "PYTHONPATH": os.pathsep.join(
             filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])
         ),

@@ -1,6 +1,9 @@
-"""The site plus two test-only URLs, served by the real uwsgi.ini in the fault tests: never deployed.
+"""The site plus two test-only URLs, served by the real uwsgi.ini in the fault tests.
 
-uWSGI runs it with the project's own uwsgi.ini (``UWSGI_MODULE=tests.stack.probe_wsgi:application``),
+Never deployed.
+
+uWSGI runs it with the project's own uwsgi.ini
+(``UWSGI_MODULE=tests.stack.probe_wsgi:application``),
 so what is tested is the real configuration. The app itself gets no test routes: this wrapper
 answers two URLs under /api/ (a prefix nginx sends to uWSGI) and hands everything else to the site:
 

@@ -1,4 +1,5 @@
-"""Helpers for the stack tests: plain HTTP(S) requests, a bounded background load, a private PostgreSQL.
+"""Helpers for the stack tests: plain HTTP(S) requests, a bounded background load, a private
+PostgreSQL.
 
     status, headers, body = get(stack.settings.url + "/health")
     with BackgroundLoad(url, lambda i: "/health", threads=4) as load:
@@ -81,7 +82,8 @@ class LoadResult:
     errors: collections.Counter = field(default_factory=collections.Counter)
     #: (seconds since start, path, status or exception name) of every failed request.
     failures: list[tuple[float, str, object]] = field(default_factory=list)
-    #: Requests sent again because their reused keep-alive connection had been closed (see the module docstring).
+    #: Requests sent again because their reused keep-alive connection had been closed
+    #: (see the module docstring).
     retried: int = 0
     seconds: float = 0.0
 
@@ -98,7 +100,8 @@ class LoadResult:
 
 
 class BackgroundLoad:
-    """Requests from ``threads`` keep-alive clients until stopped, ``max_seconds`` pass or ``max_requests`` are made.
+    """Requests from ``threads`` keep-alive clients until stopped, ``max_seconds`` pass or
+    ``max_requests`` are made.
 
     ``path_for(i)`` gives the path of the i-th request. A request fails when it raises (connection
     refused or reset, timeout) or its status is not in ``ok_statuses``.

@@ -86,7 +86,8 @@ def test_sigkilled_worker_loses_at_most_its_one_request(make_stack) -> None:
             ), "worker 1 not respawned"
         load.wait_requests(150)
     result = load.result
-    # One process serves one request at a time (no threads): a kill can lose that one, never one that waited in the socket's backlog.
+    # One process serves one request at a time (no threads): a kill can lose that one, never
+    # one that waited in the socket's backlog.
     assert len(result.failures) <= kills, result.summary()
     assert all(outcome == 502 for _, _, outcome in result.failures), result.summary()
     assert result.total > 600
@@ -146,7 +147,7 @@ def test_reload_picks_up_a_new_build_map(make_stack, site: Site, tmp_path: Path)
 
 
 def test_sigterm_lets_running_requests_finish(make_stack) -> None:
-    """systemd's stop (SIGTERM) is graceful: a request running at that moment still gets its answer."""
+    """systemd's stop (SIGTERM) is graceful: a request running then still gets its answer."""
     stack = make_stack(uwsgi_options={"module": "tests.stack.probe_wsgi:application"})
     instance = stack.instances[0]
     master = instance.master_pid()
@@ -164,7 +165,8 @@ def test_sigterm_lets_running_requests_finish(make_stack) -> None:
 
 
 def test_a_rebuild_goes_live_under_load_without_an_error(make_stack, tmp_path: Path) -> None:
-    """`flask freeze` swaps the build in one rename; nginx serves the new page once open_file_cache rechecks."""
+    """`flask freeze` swaps the build in one rename; nginx serves the new page once
+    open_file_cache rechecks."""
     fresh = build_site(f"sqlite:///{tmp_path}/rebuild.sqlite3", tmp_path / "rebuild")
     stack = make_stack(site_=fresh)
     url = stack.settings.url
@@ -191,7 +193,8 @@ def test_a_rebuild_goes_live_under_load_without_an_error(make_stack, tmp_path: P
 
 
 def test_request_slower_than_harakiri_is_killed_and_its_worker_replaced(make_stack) -> None:
-    """The real uwsgi.ini with harakiri lowered to 1 s, serving tests/stack/probe_wsgi.py (the site + a sleep URL)."""
+    """The real uwsgi.ini with harakiri lowered to 1 s, serving tests/stack/probe_wsgi.py
+    (the site + a sleep URL)."""
     stack = make_stack(
         uwsgi_options={"harakiri": "1", "module": "tests.stack.probe_wsgi:application"}
     )

@@ -84,7 +84,8 @@ def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
         status, _, body = get(f"http://127.0.0.1:{port}/")
         assert status == 200 and body == (site.build_dir / "index.html").read_bytes()
         assert get(f"http://127.0.0.1:{port}/api/episodes/1")[0] == 200
-        # What a terminal's Ctrl-C does: SIGINT to scripts/serve (the servers are in sessions of their own).
+        # What a terminal's Ctrl-C does: SIGINT to scripts/serve (the servers are in sessions
+        # of their own).
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     finally:
@@ -162,7 +163,8 @@ def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(
 
 
 def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_binaries) -> None:
-    """`scripts/serve render` output is a complete, valid nginx config (with production-like paths moved to tmp)."""
+    """`scripts/serve render` output is a complete, valid nginx config (with production-like
+    paths moved to tmp)."""
     require_binary("nginx")
     out, var = tmp_path / "etc-nginx", tmp_path / "var"
     var.mkdir()

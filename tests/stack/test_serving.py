@@ -102,7 +102,7 @@ def _sample_url(rule: Rule) -> str:
 
 
 def test_every_app_route_still_reaches_the_app(site_stack: Stack, site: Site) -> None:
-    """nginx answers unknown paths itself (frozen 404); a route added to the app must be routed to it."""
+    """nginx answers unknown paths itself (frozen 404): a new route of the app must be routed."""
     url = site_stack.settings.url
     for rule in site.app.url_map.iter_rules():
         path = _sample_url(rule)
@@ -227,7 +227,8 @@ def test_episode_redirects_match_the_app(site_stack: Stack, site: Site) -> None:
     # The generated site-wide rules (nginx/redirects.conf) too.
     status, headers, _ = get(url + "/episodes")
     expected = app_get(site, "/episodes")
-    # Werkzeug makes its slash redirect absolute (http://localhost/…); nginx's is a path, as the app's 301s are.
+    # Werkzeug makes its slash redirect absolute (http://localhost/…); nginx's is a path, as
+    # the app's 301s are.
     assert (status, headers["Location"]) == (
         expected.status_code,
         urlsplit(expected.headers["Location"]).path,
@@ -259,7 +260,7 @@ def test_security_headers_on_every_kind_of_answer(site_stack: Stack, path: str) 
 
 
 def test_pages_satisfy_their_content_security_policy(site: Site) -> None:
-    """default-src 'none' with style-src 'self': no script, no inline style, nothing from elsewhere."""
+    """default-src 'none', style-src 'self': no script, no inline style, nothing from elsewhere."""
     for page in sorted(site.build_dir.rglob("*.html")):
         html = page.read_text()
         assert "<script" not in html and "<style" not in html and " style=" not in html, page

@@ -34,7 +34,8 @@ def gc_state_of_every_worker(stack: Stack) -> dict[int, dict]:
 
 
 def test_workers_collect_garbage_but_never_scan_the_masters_objects(make_stack) -> None:
-    """gc.freeze() in the master before the fork (webapp/wsgi.py); the collector still runs in the workers."""
+    """gc.freeze() in the master before the fork (webapp/wsgi.py); the collector still runs in
+    the workers."""
     stack = make_stack(uwsgi_options=PROBE)
     for state in gc_state_of_every_worker(stack).values():
         assert state["enabled"] is True
