@@ -22,7 +22,7 @@ from .redact import DEFAULT_SECRET_PARAMS, redact_query, request_headers
 from .sql import SqlCapture, start_capture, stop_capture
 from .store import DirectoryStore, Store, new_profile_id
 from .tokens import TokenVerifier, make_token
-from .viewer import PROFILE_PAGE_HEADERS, Viewer, WSGIApp
+from .viewer import Viewer, WSGIApp, profile_page_headers
 
 logger = logging.getLogger("request_profiler")
 
@@ -168,7 +168,7 @@ class ProfilerMiddleware:
         else:
             body = self.profiler.render_html(data).encode()
         headers = [
-            *PROFILE_PAGE_HEADERS,
+            *profile_page_headers(self.profiler),
             *recording.result_headers(),
             ("Content-Length", str(len(body))),
         ]

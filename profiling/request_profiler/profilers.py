@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import abc
 import cProfile
+import functools
+import importlib.resources
 import io
 import json
 import marshal
@@ -27,10 +29,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pyinstrument
-from pyinstrument.renderers import HTMLRenderer, SpeedscopeRenderer
+from pyinstrument.renderers import SpeedscopeRenderer
+from pyinstrument.renderers.html import JSONForHTMLRenderer
 from pyinstrument.session import Session
 
-from .pages import element, page
+from .pages import element, json_for_script, page, script_hash
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,22 @@ class Profiler(abc.ABC):
 
     @abc.abstractmethod
     def render_html(self, data: bytes) -> str:
-        """A complete HTML page that shows a stored profile."""
+        """A complete HTML page that shows a stored profile.
+
+        Everything in it that came from the request (the description, and
+        anything the profiled code named after it) must be escaped for where
+        it is placed: the page is served from the site's own origin.
+        """
+
+    @property
+    def script_hashes(self) -> tuple[str, ...]:
+        """The inline scripts :meth:`render_html`'s pages run, as CSP hash sources.
+
+        The viewer's Content-Security-Policy allows these scripts and no
+        other, so a script that slipped into a page anyway would not run.
+        None by default: a page with scripts must list them here.
+        """
+        return ()
 
     @abc.abstractmethod
     def export(self, data: bytes, fmt: str) -> bytes:
@@ -69,9 +87,17 @@ class PyinstrumentProfiler(Profiler):
     """pyinstrument's statistical profiler: low overhead, a sample every ``interval`` s.
 
     Profiles are stored as pyinstrument session JSON, so the page is
-    pyinstrument's own HTML renderer (call tree and timeline) and the session
+    pyinstrument's own HTML app (call tree and timeline) and the session
     downloads as speedscope JSON or as a ``.pyisession`` for
     ``pyinstrument --load``.
+
+    The page is pyinstrument's, assembled here rather than by its
+    ``HTMLRenderer``: that one writes the session's JSON, request path
+    included, into a script as it is, so a path containing ``</script>`` would
+    end the script and start the attacker's. Here the JSON sits in a data
+    block (``type="application/json"``, never run) with ``<``, ``>`` and ``&``
+    escaped, and the two scripts that do run never change, so the page's
+    policy allows exactly them by hash.
     """
 
     name = "pyinstrument"
@@ -99,8 +125,20 @@ class PyinstrumentProfiler(Profiler):
         return json.dumps(session.to_json()).encode()
 
     def render_html(self, data: bytes) -> str:
-        html: str = HTMLRenderer().render(self._session(data))
-        return html
+        session = _displayable(self._session(data))
+        css, app_js = _html_app()
+        session_json = json_for_script(JSONForHTMLRenderer().render(session))
+        return (
+            '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            f"<title>pyinstrument</title>\n<style>{css}</style>\n</head>\n<body>\n"
+            '<div id="app"></div>\n'
+            f'<script type="application/json" id="{_DATA_ID}">{session_json}</script>\n'
+            f"<script>{app_js}</script>\n<script>{_START_APP}</script>\n</body>\n</html>\n"
+        )
+
+    @property
+    def script_hashes(self) -> tuple[str, ...]:
+        return _app_script_hashes()
 
     def export(self, data: bytes, fmt: str) -> bytes:
         if fmt == "session":
@@ -113,6 +151,44 @@ class PyinstrumentProfiler(Profiler):
     @staticmethod
     def _session(data: bytes) -> Session:
         return Session.from_json(json.loads(data))
+
+
+_DATA_ID = "pyinstrument-session"
+_START_APP = (
+    "pyinstrumentHTMLRenderer.render(document.getElementById('app'), "
+    f"JSON.parse(document.getElementById('{_DATA_ID}').textContent));"
+)
+#: pyinstrument's page handles this many samples; its HTMLRenderer resamples larger sessions.
+_MAX_HTML_SAMPLES = 100_000
+
+
+@functools.cache
+def _html_app() -> tuple[str, str]:
+    """The CSS and the JavaScript of pyinstrument's HTML app, as its HTMLRenderer reads them."""
+    resources = importlib.resources.files("pyinstrument.renderers") / "html_resources"
+    css = (resources / "app.css").read_text(encoding="utf-8")
+    app_js = (resources / "app.js").read_text(encoding="utf-8")
+    # Inlined as pyinstrument inlines them; a closing tag inside would end them early.
+    if "</style" in css.lower() or "</script" in app_js.lower():
+        raise RuntimeError("pyinstrument's HTML app cannot be inlined safely")
+    return css, app_js
+
+
+@functools.cache
+def _app_script_hashes() -> tuple[str, str]:
+    return script_hash(_html_app()[1]), script_hash(_START_APP)
+
+
+def _displayable(session: Session) -> Session:
+    """``session`` with few enough samples for the page, as pyinstrument's HTMLRenderer does it."""
+    if len(session.frame_records) <= _MAX_HTML_SAMPLES:
+        return session
+    interval = session.duration / 10_000  # 0.01% of the duration, pyinstrument's choice
+    resampled = session.resample(interval)
+    while len(resampled.frame_records) > _MAX_HTML_SAMPLES:
+        interval *= 2
+        resampled = session.resample(interval)
+    return resampled
 
 
 class CProfileProfiler(Profiler):

@@ -22,10 +22,13 @@ Token-bearing URLs are never written into the pages, which is why the pages
 link to each other without the ``_profile`` query parameter: browse them with
 the cookie (the first page's button) or an ``X-Profile-Token`` header.
 
-Every response carries its own Content-Security-Policy. pyinstrument's page
-runs inline scripts, so ``profile.html`` allows ``'unsafe-inline'`` scripts
-and nothing else; a stricter policy added on top by a proxy for these paths
-would break it, since browsers enforce every policy they receive.
+Everything a page shows that came from a request (path, query, headers,
+endpoint, SQL, error) is escaped for where it stands. Every response carries
+its own Content-Security-Policy: the viewer's pages run no script at all, and
+``profile.html`` runs only the inline scripts its engine names by hash
+(:attr:`Profiler.script_hashes`), so even markup that slipped through would
+not run. A stricter policy added on top by a proxy for these paths would break
+pyinstrument's page, since browsers enforce every policy they receive.
 """
 
 from __future__ import annotations
@@ -58,16 +61,24 @@ _PAGE_CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; frame-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+# pyinstrument's app sets inline styles from its script (hence 'unsafe-inline'
+# for styles only) and draws no image or font from anywhere but data: URLs.
 _PROFILE_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "img-src data:; font-src data:; frame-ancestors 'self'; base-uri 'none'"
+    "default-src 'none'; script-src {scripts}; style-src 'unsafe-inline'; "
+    "img-src data:; font-src data:; form-action 'none'; frame-ancestors 'self'; base-uri 'none'"
 )
-#: Headers for a profiler's own HTML page, here and in the middleware's inline view.
-PROFILE_PAGE_HEADERS = [
-    ("Content-Type", "text/html; charset=utf-8"),
-    ("Content-Security-Policy", _PROFILE_CSP),
-    *_PRIVATE,
-]
+
+
+def profile_page_headers(profiler: Profiler) -> list[tuple[str, str]]:
+    """Headers for a profiler's own HTML page, here and in the middleware's inline view."""
+    scripts = " ".join(profiler.script_hashes) or "'none'"
+    return [
+        ("Content-Type", "text/html; charset=utf-8"),
+        ("Content-Security-Policy", _PROFILE_CSP.format(scripts=scripts)),
+        *_PRIVATE,
+    ]
+
+
 _HTML_HEADERS = [
     ("Content-Type", "text/html; charset=utf-8"),
     ("Content-Security-Policy", _PAGE_CSP),
@@ -304,7 +315,9 @@ class Viewer:
         if found is None:
             return _not_found()
         profiler, data = found
-        return _Response("200 OK", profiler.render_html(data).encode(), PROFILE_PAGE_HEADERS)
+        return _Response(
+            "200 OK", profiler.render_html(data).encode(), profile_page_headers(profiler)
+        )
 
     def _download(self, profile_id: str, fmt: str) -> _Response:
         found = self._read(profile_id)

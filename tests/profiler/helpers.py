@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Callable, Iterable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -83,3 +86,29 @@ def assert_html5_document(text: str) -> None:
     checker.feed(text)
     checker.close()
     assert checker.problems == [] and checker.open == []
+
+
+def inline_scripts(html: str) -> list[str]:
+    """The source of every script element that runs (data blocks excluded)."""
+    found = re.findall(r"<script(\s[^>]*)?>(.*?)</script>", html, flags=re.S | re.I)
+    return [source for attributes, source in found if "application/json" not in attributes]
+
+
+def script_sources(policy: str) -> list[str]:
+    """The sources of a Content-Security-Policy's script-src directive."""
+    for directive in policy.split(";"):
+        name, *sources = directive.split()
+        if name == "script-src":
+            return sources
+    raise AssertionError(f"no script-src in {policy!r}")
+
+
+def assert_runs_only_its_own_scripts(html: str, policy: str) -> None:
+    """The policy names exactly the page's inline scripts, by hash, and allows nothing else."""
+    hashes = [
+        f"'sha256-{base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()}'"
+        for source in inline_scripts(html)
+    ]
+    assert hashes, "the page runs no script"
+    assert sorted(script_sources(policy)) == sorted(hashes)
+    assert "unsafe" not in " ".join(script_sources(policy))

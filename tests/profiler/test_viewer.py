@@ -14,7 +14,15 @@ from request_profiler import ENDPOINT_KEY, make_token
 from request_profiler.viewer import aggregate
 from werkzeug.test import Client
 
-from .helpers import SECRET, assert_html5_document, run, stored
+from .helpers import (
+    SECRET,
+    assert_html5_document,
+    assert_runs_only_its_own_scripts,
+    inline_scripts,
+    run,
+    script_sources,
+    stored,
+)
 
 
 def site_app(environ, start_response):
@@ -128,7 +136,38 @@ def test_a_profile_page_embeds_the_interactive_profile_and_links_downloads(
     assert "pages.episodes" in page.text
     assert interactive.status_code == 200
     assert "pyinstrumentHTMLRenderer.render" in interactive.text
-    assert "script-src 'unsafe-inline'" in interactive.headers["Content-Security-Policy"]
+    assert_runs_only_its_own_scripts(
+        interactive.text, interactive.headers["Content-Security-Policy"]
+    )
+
+
+HOSTILE_PATH = "/</script><script>alert(1)</script><!--<script>\u2028&amp;"
+
+
+def test_request_text_reaches_pyinstrument_as_data_never_as_markup(
+    middleware, viewer, token
+) -> None:
+    profile_id = profile(middleware, token, HOSTILE_PATH)
+
+    page = viewer.get(f"/_profiler/{profile_id}/profile.html").text
+
+    data = re.search(
+        r'<script type="application/json" id="pyinstrument-session">(.*?)</script>', page, re.S
+    )[1]
+    assert not set("<>&\u2028\u2029") & set(data)
+    assert json.loads(data)["session"]["target_description"] == f"GET {HOSTILE_PATH}"
+    assert len(inline_scripts(page)) == 2  # pyinstrument's app and the line that starts it
+
+
+def test_a_page_without_scripts_is_allowed_none(make_middleware, token) -> None:
+    middleware = make_middleware(site_app, profiler="cprofile")
+    profile_id = profile(middleware, token, HOSTILE_PATH)
+
+    page = Client(middleware).get(
+        f"/_profiler/{profile_id}/profile.html", headers={"X-Profile-Token": token}
+    )
+
+    assert script_sources(page.headers["Content-Security-Policy"]) == ["'none'"]
 
 
 def test_links_include_the_script_name_of_a_mounted_site(middleware, token) -> None:
