@@ -253,7 +253,9 @@ def bare_app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [sum(range(10_000)).to_bytes(8, "big")]
 
-middleware = ProfilerMiddleware(bare_app, secret="s3cret-for-the-test", directory={str(store)!r})
+middleware = ProfilerMiddleware(
+    bare_app, secret="s3cret-for-the-test-of-at-least-32-bytes", directory={str(store)!r}
+)
 environ = {{"PATH_INFO": "/work", "HTTP_X_PROFILE_TOKEN": middleware.make_token(60)}}
 setup_testing_defaults(environ)
 response = {{}}

@@ -44,6 +44,7 @@ def install_profiler(app: Flask) -> None:
             directory=config["PROFILER_DIR"],
             max_profiles=config["PROFILER_MAX_PROFILES"],
             max_bytes=config["PROFILER_MAX_BYTES"],
+            max_token_ttl=config["PROFILER_TOKEN_MAX_TTL"],
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.before_request(_name_endpoint)
@@ -58,7 +59,9 @@ def _name_endpoint() -> None:
     request.environ[ENDPOINT_KEY] = request.endpoint
 
 
-def _ttl_seconds(ctx: click.Context, param: click.Parameter, value: str) -> int:
+def _ttl_seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
     try:
         return parse_ttl(value)
     except ValueError as error:
@@ -68,15 +71,24 @@ def _ttl_seconds(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @click.command("profiler-token")
 @click.option(
     "--ttl",
-    default="1h",
-    show_default=True,
     callback=_ttl_seconds,
-    help="How long the token works: 90s, 15m, 1h, 2d.",
+    help="How long the token works: 90s, 15m, 1h, 2d; at least 1s, at most "
+    "PROFILER_TOKEN_MAX_TTL (default 1d).  [default: 1h, or the maximum if shorter]",
 )
+@click.pass_context
 @with_appcontext
-def profiler_token_command(ttl: int) -> None:
+def profiler_token_command(ctx: click.Context, ttl: int | None) -> None:
     """Print a token that switches profiling on for the requests that carry it."""
-    secret = current_app.config["PROFILER_SECRET"]
-    if not secret:
+    config = current_app.config
+    if not config["PROFILER_SECRET"]:
         raise click.ClickException("PROFILER_SECRET is not set, so on-demand profiling is off")
-    click.echo(make_token(secret, ttl))
+    ceiling = config["PROFILER_TOKEN_MAX_TTL"]
+    if ttl is None:
+        ttl = min(3600, ceiling)
+    elif ttl > ceiling:
+        raise click.BadParameter(
+            f"{ttl} s is longer than PROFILER_TOKEN_MAX_TTL ({ceiling} s)",
+            ctx=ctx,
+            param_hint="'--ttl'",
+        )
+    click.echo(make_token(config["PROFILER_SECRET"], ttl, max_ttl=ceiling))

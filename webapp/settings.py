@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from request_profiler import check_secret, parse_ttl
+
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
@@ -52,12 +54,33 @@ def _flag(value: str) -> bool:
     raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
 
 
+def _profiler_secret(value: str) -> str:
+    """Empty (profiling off) or a secret long enough that tokens cannot be forged."""
+    value = value.strip()
+    if value:
+        check_secret(value)  # its message says how to make one, and never shows the value
+    return value
+
+
+def _duration(value: str) -> int:
+    seconds = parse_ttl(value)
+    if seconds > _MAX_CONFIGURABLE_TTL:
+        raise ValueError("must be at most 365d")
+    return seconds
+
+
+_MAX_CONFIGURABLE_TTL = 365 * 86400
+
+
 def _url_without_slash(value: str) -> str:
     value = value.strip().rstrip("/")
     if not value.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
     return value
 
+
+#: Settings whose values are never repeated in an error message (they hold credentials).
+SECRET_SETTINGS = frozenset({"PROFILER_SECRET", "DATABASE_URL"})
 
 #: name -> (parser, default). A callable default is computed from the settings
 #: loaded before it (they load in this order), e.g. paths under VAR_DIR.
@@ -82,7 +105,11 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     # Where `flask freeze` writes the static site nginx serves.
     "FREEZE_DIR": (_text, lambda settings: f"{settings['VAR_DIR']}/build"),
     # Profiler: with no secret, on-demand profiling is off (see request_profiler).
-    "PROFILER_SECRET": (_text, ""),
+    # At least 32 bytes: python -c 'import secrets; print(secrets.token_urlsafe(32))'
+    "PROFILER_SECRET": (_profiler_secret, ""),
+    # The longest a profiling token may live (90s, 15m, 1h, 2d): longer ones are
+    # neither minted by `profiler-token` nor accepted.
+    "PROFILER_TOKEN_MAX_TTL": (_duration, 86400),
     "PROFILER_SAMPLE_RATE": (_float_between(0.0, 1.0), 0.0),
     "PROFILER_SLOW_MS": (_float_between(0.0, 3_600_000.0), 0.0),
     "PROFILER_DIR": (_text, lambda settings: f"{settings['VAR_DIR']}/profiles"),
@@ -124,6 +151,7 @@ def load_settings(
         try:
             settings[name] = parse(raw)
         except ValueError as error:
-            raise SettingsError(f"{name}={raw!r}: {error}") from None
+            shown = name if name in SECRET_SETTINGS else f"{name}={raw!r}"
+            raise SettingsError(f"{shown}: {error}") from None
     settings.update(overrides)
     return settings

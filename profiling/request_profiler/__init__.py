@@ -39,7 +39,8 @@ are sent before the body.
 Options of :class:`ProfilerMiddleware` (all keyword-only):
 
 ``secret`` (str or bytes, default None)
-    Signs and checks tokens. Without it, on-demand profiling and the viewer are off.
+    Signs and checks tokens; at least 32 bytes (a shorter one is a ValueError).
+    Without it, on-demand profiling and the viewer are off.
 ``sample_rate`` (float, default 0)
     Fraction of all other requests to profile (0 to 1). Sampled responses get
     no profiling headers.
@@ -58,8 +59,11 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
     Bounds of the ``directory`` store; the oldest profiles go first.
 ``viewer_prefix`` (str, default ``"/_profiler"``; None or "" for no viewer)
     Where the viewer answers, token holders only.
-``token_ttl`` (float seconds, default 3600)
+``token_ttl`` (float seconds, default an hour, or ``max_token_ttl`` if shorter)
     Lifetime of tokens minted by the middleware's ``make_token()``.
+``max_token_ttl`` (float seconds, default 86400)
+    The longest lifetime a token may have: one that expires further away than
+    this is refused, however it was minted.
 ``secret_params`` (names, default ``DEFAULT_SECRET_PARAMS``)
     Query parameters redacted in stored metadata, besides ``_profile``.
 ``clock`` (callable, default ``time.time``)
@@ -81,7 +85,14 @@ from .profilers import CProfileProfiler, ExportFormat, Profiler, PyinstrumentPro
 from .redact import DEFAULT_SECRET_PARAMS
 from .sql import record_sql, sql_capture_active
 from .store import DirectoryStore, Store
-from .tokens import TokenVerifier, make_token, parse_ttl
+from .tokens import (
+    TokenVerifier,
+    WeakSecretError,
+    check_secret,
+    check_ttl,
+    make_token,
+    parse_ttl,
+)
 
 __all__ = [
     "DEFAULT_SECRET_PARAMS",
@@ -94,6 +105,9 @@ __all__ = [
     "PyinstrumentProfiler",
     "Store",
     "TokenVerifier",
+    "WeakSecretError",
+    "check_secret",
+    "check_ttl",
     "make_token",
     "parse_ttl",
     "record_sql",

@@ -21,7 +21,7 @@ from .profilers import BUILTIN_PROFILERS, Profiler, get_profiler
 from .redact import DEFAULT_SECRET_PARAMS, redact_query, request_headers
 from .sql import SqlCapture, start_capture, stop_capture
 from .store import DirectoryStore, Store, new_profile_id
-from .tokens import TokenVerifier, make_token
+from .tokens import DEFAULT_MAX_TTL, TokenVerifier, check_ttl, make_token
 from .viewer import Viewer, WSGIApp, profile_page_headers
 
 logger = logging.getLogger("request_profiler")
@@ -62,7 +62,8 @@ class ProfilerMiddleware:
         max_profiles: int = 200,
         max_bytes: int = 100 * 2**20,
         viewer_prefix: str | None = "/_profiler",
-        token_ttl: float = 3600,
+        token_ttl: float | None = None,
+        max_token_ttl: float = DEFAULT_MAX_TTL,
         secret_params: Collection[str] = DEFAULT_SECRET_PARAMS,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -79,10 +80,12 @@ class ProfilerMiddleware:
         self.slow_ms = slow_ms
         self.profiler = get_profiler(profiler, interval)
         self.store = store
-        self.token_ttl = token_ttl
+        self.max_token_ttl = max_token_ttl
+        self.token_ttl = min(3600, max_token_ttl) if token_ttl is None else token_ttl
+        check_ttl(self.token_ttl, max_token_ttl)
         self.secret_params = frozenset(name.lower() for name in secret_params)
         self._secret = secret
-        self._tokens = TokenVerifier(secret, clock=clock) if secret else None
+        self._tokens = TokenVerifier(secret, max_ttl=max_token_ttl, clock=clock) if secret else None
         self._viewer: Viewer | None = None
         if self._tokens is not None and store is not None and viewer_prefix:
             readers = {name: cls() for name, cls in BUILTIN_PROFILERS.items()}
@@ -101,7 +104,8 @@ class ProfilerMiddleware:
         """A token for this middleware's secret, valid ``ttl_seconds`` (default ``token_ttl``)."""
         if not self._secret:
             raise ValueError("no secret is configured: on-demand profiling is off")
-        return make_token(self._secret, self.token_ttl if ttl_seconds is None else ttl_seconds)
+        ttl = self.token_ttl if ttl_seconds is None else ttl_seconds
+        return make_token(self._secret, ttl, max_ttl=self.max_token_ttl)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]

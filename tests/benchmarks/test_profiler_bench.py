@@ -22,7 +22,7 @@ from pyinstrument import Profiler
 from request_profiler import ProfilerMiddleware, make_token
 from werkzeug.test import EnvironBuilder
 
-SECRET = "benchmark-secret"
+SECRET = "benchmark-secret-of-at-least-32-bytes"
 TOKEN = make_token(SECRET, 3600)
 
 

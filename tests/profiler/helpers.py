@@ -13,7 +13,9 @@ from typing import Any, NamedTuple
 from request_profiler import DirectoryStore
 from werkzeug.test import EnvironBuilder
 
-SECRET = "test-secret-0f6c2a91d4"
+SECRET = "test-secret-0f6c2a91d4-a-32-byte-minimum"
+#: Another valid secret: tokens it signs are forgeries to a middleware with SECRET.
+OTHER_SECRET = "another-secret-2b7e15c9-a-32-byte-minimum"
 
 
 def hello_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -88,13 +88,13 @@ _FULL_DISK_SCRIPT = textwrap.dedent(
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"served"]
 
-    middleware = ProfilerMiddleware(app, secret="s", directory=sys.argv[1])
+    middleware = ProfilerMiddleware(app, secret="s" * 32, directory=sys.argv[1])
     # No file may grow past 100 bytes: every write of a profile fails as on a full disk.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
     bodies = []
     for _ in range(3):
-        environ = {"HTTP_X_PROFILE_TOKEN": make_token("s", 60)}
+        environ = {"HTTP_X_PROFILE_TOKEN": make_token("s" * 32, 60)}
         setup_testing_defaults(environ)
         body = middleware(environ, lambda status, headers, exc_info=None: None)
         bodies.append(b"".join(body).decode())

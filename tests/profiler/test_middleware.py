@@ -14,6 +14,7 @@ from request_profiler.store import PROFILE_ID
 from werkzeug.test import Client
 
 from .helpers import (
+    OTHER_SECRET,
     SECRET,
     assert_runs_only_its_own_scripts,
     environ_for,
@@ -377,14 +378,14 @@ def test_the_endpoint_named_by_the_app_is_recorded(make_middleware, store_dir, t
 def test_one_profile_at_a_time_holds_across_middlewares(
     make_middleware, store_dir, tmp_path
 ) -> None:
-    other_token = make_token("other", 60)
+    other_token = make_token(OTHER_SECRET, 60)
     inner_results = []
 
     def app(environ, start_response):
         inner_results.append(run(inner, "/inner", headers={"X-Profile-Token": other_token}))
         return hello_app(environ, start_response)
 
-    inner = ProfilerMiddleware(hello_app, secret="other", directory=tmp_path / "inner")
+    inner = ProfilerMiddleware(hello_app, secret=OTHER_SECRET, directory=tmp_path / "inner")
     run(make_middleware(app), headers={"X-Profile-Token": make_token(SECRET, 60)})
 
     assert inner_results[0].header("X-Profile-Id") is None

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 from request_profiler import ProfilerMiddleware, make_token
 
-from .helpers import SECRET, environ_for, hello_app, run
+from .helpers import OTHER_SECRET, SECRET, environ_for, hello_app, run
 
 VALID = make_token(SECRET, 600)
 BAD_TOKENS = {
     "garbage": "not-a-token",
     "non-ascii garbage": "\xff\xfe.\x00sig",
     "empty signature": VALID.split(".")[0] + ".",
-    "forged with another secret": make_token("another-secret", 600),
+    "forged with another secret": make_token(OTHER_SECRET, 600),
     "expired": make_token(SECRET, 60, now=time.time() - 120),
     "tampered expiry": str(int(VALID.split(".")[0]) + 1) + "." + VALID.split(".")[1],
     # Validly signed and unexpired, but longer than MAX_TOKEN_LENGTH: refused unread.
-    "huge": make_token(SECRET, 10**600, now=0),
+    "huge": make_token(SECRET, 10**600, now=0, max_ttl=math.inf),
 }
 
 

@@ -15,6 +15,7 @@ from request_profiler.viewer import aggregate
 from werkzeug.test import Client
 
 from .helpers import (
+    OTHER_SECRET,
     SECRET,
     assert_html5_document,
     assert_runs_only_its_own_scripts,
@@ -84,7 +85,7 @@ def profile(middleware, token: str, path: str = "/", **options) -> str:
 )
 @pytest.mark.parametrize(
     "credential",
-    [None, "garbage", make_token("another", 60), make_token(SECRET, 60, now=0)],
+    [None, "garbage", make_token(OTHER_SECRET, 60), make_token(SECRET, 60, now=0)],
     ids=["none", "garbage", "forged", "expired"],
 )
 def test_without_a_valid_token_the_site_answers_its_own_404(

@@ -13,6 +13,7 @@ from tests.conftest import make_app
 from webapp.db import get_database
 from webapp.db.seed import seed
 from webapp.profiler import install_profiler
+from webapp.settings import SettingsError
 
 from .helpers import SECRET, run, stored
 
@@ -72,14 +73,61 @@ def test_the_token_command_prints_a_token_for_the_ttl(tmp_path: Path) -> None:
     )
 
 
+def test_the_token_command_defaults_to_an_hour_or_the_ceiling(tmp_path: Path) -> None:
+    for ceiling, expected in (("1d", 3600), ("10m", 600)):
+        app = site(tmp_path, PROFILER_SECRET=SECRET, PROFILER_TOKEN_MAX_TTL=ceiling)
+
+        result = app.test_cli_runner().invoke(args=["profiler-token"])
+
+        expires = TokenVerifier(SECRET).expires_at(result.output.strip())
+        assert expires == pytest.approx(time.time() + expected, abs=2), ceiling
+
+
+def test_the_token_command_needs_a_secret(tmp_path: Path) -> None:
+    result = site(tmp_path).test_cli_runner().invoke(args=["profiler-token"])
+
+    assert result.exit_code == 1 and "PROFILER_SECRET is not set" in result.output
+
+
 @pytest.mark.parametrize(
-    "settings, args, message",
+    "ttl, message",
     [
-        ({}, ["profiler-token"], "PROFILER_SECRET is not set"),
-        ({"PROFILER_SECRET": SECRET}, ["profiler-token", "--ttl", "1w"], "not a duration"),
+        ("1w", "not a duration"),
+        ("0.5s", "shorter than the shortest lifetime, 1 s"),
+        ("0", "shorter than the shortest lifetime, 1 s"),
+        ("25h", "longer than PROFILER_TOKEN_MAX_TTL (86400 s)"),
+        ("99999999999999999999d", "longer than PROFILER_TOKEN_MAX_TTL (86400 s)"),
+        ("9" * 400, "not a usable duration"),
     ],
 )
-def test_the_token_command_explains_what_is_wrong(tmp_path: Path, settings, args, message) -> None:
-    result = site(tmp_path, **settings).test_cli_runner().invoke(args=args)
+def test_a_bad_lifetime_is_a_usage_error(tmp_path: Path, ttl: str, message: str) -> None:
+    app = site(tmp_path, PROFILER_SECRET=SECRET)
 
-    assert result.exit_code != 0 and message in result.output
+    result = app.test_cli_runner().invoke(args=["profiler-token", "--ttl", ttl])
+
+    assert result.exit_code == 2  # click's usage error: no traceback, the usage line
+    assert "Invalid value for '--ttl'" in result.output and message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_ceiling_is_a_setting(tmp_path: Path) -> None:
+    app = site(tmp_path, PROFILER_SECRET=SECRET, PROFILER_TOKEN_MAX_TTL="2d")
+
+    result = app.test_cli_runner().invoke(args=["profiler-token", "--ttl", "2d"])
+
+    assert result.exit_code == 0
+    assert app.wsgi_app.max_token_ttl == 2 * 86400  # the middleware accepts what it minted
+    assert run(app, "/health", headers={"X-Profile-Token": result.output.strip()}).header(
+        "X-Profile-Id"
+    )
+
+
+@pytest.mark.parametrize("value", ["Q", "x" * 31, "  " + "z" * 20 + "  "])
+def test_a_weak_secret_stops_the_app_and_says_how_to_make_one(tmp_path: Path, value) -> None:
+    with pytest.raises(SettingsError) as error:
+        site(tmp_path, PROFILER_SECRET=value)
+
+    message = str(error.value)
+    assert message.startswith("PROFILER_SECRET: ") and "at least 32" in message
+    assert "secrets.token_urlsafe(32)" in message
+    assert value.strip() not in message  # never the secret itself

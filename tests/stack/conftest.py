@@ -45,7 +45,7 @@ EPISODES = 40
 #: The address the site believes it has; the frozen pages and the app's answers both use it.
 SITE_URL = "https://podcast.test"
 #: Lets the tests mint profiling tokens the stack accepts.
-PROFILER_SECRET = "stack-tests-profiler-secret"
+PROFILER_SECRET = "stack-tests-profiler-secret-of-32-bytes-or-more"
 
 
 @dataclass
