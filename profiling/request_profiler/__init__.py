@@ -73,8 +73,11 @@ Stored metadata: method, path, redacted query string, status, duration, time
 to ``start_response``, time, endpoint (set ``environ[ENDPOINT_KEY]``), process
 id, request headers (``Cookie``, ``Authorization``, ``Proxy-Authorization``
 and ``X-Profile-Token`` redacted), error, and the SQL queries reported through
-:func:`record_sql`. A failing store (full disk, unwritable directory) never
-fails a request; it is logged once on the ``request_profiler`` logger.
+:func:`record_sql`. Besides those redacted by name, the token the request was
+accepted with and every ``_profile=`` value are removed by value from all of
+it (and from the profile's description and data), whatever header, parameter
+or message carried them. A failing store (full disk, unwritable directory)
+never fails a request; it is logged once on the ``request_profiler`` logger.
 
 Importing this package does not import Flask or Werkzeug; itsdangerous is
 imported only when a secret is configured.

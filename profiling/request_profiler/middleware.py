@@ -18,10 +18,10 @@ from typing import Any
 
 from .pages import element, page
 from .profilers import BUILTIN_PROFILERS, Profiler, get_profiler
-from .redact import DEFAULT_SECRET_PARAMS, redact_query, request_headers
+from .redact import DEFAULT_SECRET_PARAMS, Redactor, redact_query, request_headers
 from .sql import SqlCapture, start_capture, stop_capture
 from .store import DirectoryStore, Store, new_profile_id
-from .tokens import DEFAULT_MAX_TTL, TokenVerifier, check_ttl, make_token
+from .tokens import DEFAULT_MAX_TTL, TokenVerifier, ValidToken, check_ttl, make_token
 from .viewer import Viewer, WSGIApp, profile_page_headers
 
 logger = logging.getLogger("request_profiler")
@@ -113,24 +113,27 @@ class ProfilerMiddleware:
         # The path every unprofiled request takes: keep it to a few lookups.
         if self._viewer is not None and self._viewer.handles(environ.get("PATH_INFO", "")):
             return self._viewer(environ, start_response)
-        requested = self._tokens is not None and self._tokens.from_environ(environ) is not None
-        if requested or (self.sample_rate and random.random() < self.sample_rate):
-            return self._profile(environ, start_response, requested)
+        token = None if self._tokens is None else self._tokens.from_environ(environ)
+        if token is not None or (self.sample_rate and random.random() < self.sample_rate):
+            return self._profile(environ, start_response, token)
         return self.app(environ, start_response)
 
     def _profile(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], requested: bool
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        token: ValidToken | None,
     ) -> Iterable[bytes]:
         if not _one_profile_at_a_time.acquire(blocking=False):
             return self.app(environ, start_response)
         try:
-            recording = _Recording(environ, requested, self.profiler)
+            recording = _Recording(environ, token, self.profiler)
         except Exception:
             _one_profile_at_a_time.release()
             self._failed("starting the profiler")
             return self.app(environ, start_response)
         self._succeeded("starting the profiler")
-        if requested and _wants_inline(environ):
+        if recording.requested and _wants_inline(environ):
             return self._inline(recording, environ, start_response)
         try:
             app_iter = self.app(environ, recording.wrap(start_response))
@@ -206,7 +209,7 @@ class ProfilerMiddleware:
             meta = recording.metadata(duration_ms, self.profiler.name, self.secret_params)
             assert self.store is not None, "__init__ requires a store whenever profiling can start"
             try:
-                self.store.save(recording.id, meta, data)
+                self.store.save(recording.id, meta, recording.redactor.data(data))
             except Exception:
                 self._failed("storing a profile")
             else:
@@ -238,9 +241,14 @@ def _wants_inline(environ: dict[str, Any]) -> bool:
 class _Recording:
     """What is known about one profiled request, from its start to its close()."""
 
-    def __init__(self, environ: dict[str, Any], requested: bool, profiler: Profiler) -> None:
+    def __init__(
+        self, environ: dict[str, Any], token: ValidToken | None, profiler: Profiler
+    ) -> None:
         self.environ = environ
-        self.requested = requested
+        self.requested = token is not None
+        # Everything stored goes through it: the accepted token and any
+        # _profile= value are removed wherever the request carried them.
+        self.redactor = Redactor(None if token is None else token.token)
         self.id = new_profile_id()
         self.status: int | None = None
         self.response_ms: float | None = None
@@ -250,7 +258,7 @@ class _Recording:
         self._time = time.time()
         self._started = time.perf_counter()
         # The description names the request in pyinstrument's page: no query string.
-        profiler.start(f"{environ.get('REQUEST_METHOD', '')} {_path(environ)}")
+        profiler.start(self.redactor.text(f"{environ.get('REQUEST_METHOD', '')} {_path(environ)}"))
         self.sql: SqlCapture = start_capture()
 
     def elapsed_ms(self) -> float:
@@ -290,7 +298,7 @@ class _Recording:
     ) -> dict[str, Any]:
         environ = self.environ
         sql = self.sql
-        return {
+        meta = {
             "id": self.id,
             "time": self._time,
             "method": environ.get("REQUEST_METHOD", ""),
@@ -310,6 +318,7 @@ class _Recording:
             "sql": [[statement, round(seconds * 1000, 3)] for statement, seconds in sql.statements],
             "headers": request_headers(environ),
         }
+        return self.redactor.scrub(meta)
 
 
 class _ProfiledBody:

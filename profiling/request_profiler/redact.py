@@ -1,11 +1,14 @@
 """What of a request may be written down with its profile.
 
 Profiles outlive requests and are read by whoever holds a viewer token, so
-credentials are replaced by ``[redacted]`` before anything is stored.
+credentials are replaced by ``[redacted]`` before anything is stored: by name
+(the ``Cookie`` and ``Authorization`` headers, secret query parameters), and
+by value wherever they travelled (:class:`Redactor`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
@@ -53,3 +56,47 @@ def request_headers(environ: Mapping[str, Any]) -> dict[str, str]:
             name = key[5:].replace("_", "-").title()
             headers[name] = REDACTED if key in _SECRET_HEADER_KEYS else value
     return headers
+
+
+# "_profile=" and its percent-encoded spellings, then its value up to whatever
+# ends a value in a query string, a cookie, a header list or a quoted string.
+# Over-redacting ("my_profile=x") is harmless; missing a spelling is not.
+_TOKEN_VALUE = re.compile(r"((?:_|%5f)profile(?:=|%3d))[^&;,\s\"'#<>]*", re.IGNORECASE)
+
+
+class Redactor:
+    """Removes one request's credentials from anything about to be stored.
+
+    The token the middleware accepted is removed wherever it appears (a
+    ``Referer``, an ``X-Original-URL``, the path, an error message, a SQL
+    statement), and so is every ``_profile=`` value, valid or not, whichever
+    header or parameter carried it.
+
+    >>> Redactor("1700000000.sig").text("GET /a?next=/b?_profile=other%26x /1700000000.sig")
+    'GET /a?next=/b?_profile=[redacted] /[redacted]'
+    """
+
+    def __init__(self, token: str | None = None) -> None:
+        self._token = token or None
+
+    def text(self, value: str) -> str:
+        if self._token is not None and self._token in value:
+            value = value.replace(self._token, REDACTED)
+        return _TOKEN_VALUE.sub(rf"\1{REDACTED}", value)
+
+    def scrub(self, value: Any) -> Any:
+        """``value`` with :meth:`text` applied to every string in it, keys included."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.scrub(key): self.scrub(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.scrub(item) for item in value]
+        return value
+
+    def data(self, data: bytes) -> bytes:
+        """The engine's bytes with the token masked by as many ``*``: binary formats stay valid."""
+        if self._token is None:
+            return data
+        token = self._token.encode()
+        return data.replace(token, b"*" * len(token)) if token in data else data
