@@ -5,7 +5,8 @@
 
 ``/_profiler/``
     the recent profiles, newest first (``?sort=duration``: slowest first), and
-    the buttons that set and clear the ``_profile`` cookie;
+    the buttons that set and clear the ``_profile`` cookie (a POST, honoured
+    only from the viewer's own origin: see :mod:`request_profiler.origin`);
 ``/_profiler/endpoints``
     count, median, p95 and total duration per endpoint;
 ``/_profiler/<id>``
@@ -43,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
+from .origin import is_same_origin
 from .pages import Markup, element, page, table
 from .profilers import Profiler
 from .store import Store, is_profile_id
@@ -84,6 +86,7 @@ _HTML_HEADERS = [
     ("Content-Security-Policy", _PAGE_CSP),
     *_PRIVATE,
 ]
+_TEXT_HEADERS = [("Content-Type", "text/plain; charset=utf-8"), *_PRIVATE]
 _MAX_FORM_BYTES = 1024
 
 
@@ -210,6 +213,13 @@ class Viewer:
         )
 
     def _cookie_button(self, environ: dict[str, Any], base: str, token: ValidToken) -> _Response:
+        if not is_same_origin(environ):
+            return _Response(
+                "403 Forbidden",
+                b"The profiling cookie is set only from the viewer's own page "
+                b"(a same-origin POST, as Sec-Fetch-Site or Origin tells).",
+                _TEXT_HEADERS,
+            )
         try:
             length = min(int(environ.get("CONTENT_LENGTH") or 0), _MAX_FORM_BYTES)
         except ValueError:
@@ -221,8 +231,9 @@ class Viewer:
         elif action == "clear":
             value, max_age = "", 0
         else:
-            text = [("Content-Type", "text/plain; charset=utf-8"), *_PRIVATE]
-            return _Response("400 Bad Request", b"expected cookie=set or cookie=clear", text)
+            return _Response(
+                "400 Bad Request", b"expected cookie=set or cookie=clear", _TEXT_HEADERS
+            )
         cookie = f"{TOKEN_PARAM}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict"
         if environ.get("wsgi.url_scheme") == "https":
             cookie += "; Secure"

@@ -48,8 +48,12 @@ def middleware(make_middleware):
     return make_middleware(site_app)
 
 
+#: What a browser sends with a form posted by a page of the same origin.
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
+
+
 class TokenBrowser:
-    """A browser that sends the token in a header with every request."""
+    """A browser that sends the token in a header with every request, posting from the viewer."""
 
     def __init__(self, app, token: str) -> None:
         self._client = Client(app)
@@ -59,7 +63,7 @@ class TokenBrowser:
         return self._client.get(path, headers=self._headers, **options)
 
     def post(self, path: str, **options):
-        return self._client.post(path, headers=self._headers, **options)
+        return self._client.post(path, headers=self._headers | SAME_ORIGIN, **options)
 
 
 @pytest.fixture
@@ -244,7 +248,7 @@ def test_the_cookie_buttons_set_and_clear_the_profiling_cookie(middleware, token
     browser = Client(middleware)
 
     set_response = browser.post(
-        "/_profiler/", query_string={"_profile": token}, data={"cookie": "set"}
+        "/_profiler/", query_string={"_profile": token}, data={"cookie": "set"}, headers=SAME_ORIGIN
     )
 
     assert set_response.status_code == 303 and set_response.headers["Location"] == "/_profiler/"
@@ -257,7 +261,7 @@ def test_the_cookie_buttons_set_and_clear_the_profiling_cookie(middleware, token
     assert browser.get("/_profiler/").status_code == 200  # the cookie alone opens the viewer
     assert run(middleware, "/", headers={"Cookie": f"_profile={token}"}).header("X-Profile-Id")
 
-    clear_response = browser.post("/_profiler/", data={"cookie": "clear"})
+    clear_response = browser.post("/_profiler/", data={"cookie": "clear"}, headers=SAME_ORIGIN)
 
     assert (
         "_profile=;" in clear_response.headers["Set-Cookie"]
