@@ -169,12 +169,18 @@ def live(served: Served) -> Iterator[Served]:
         yield served
 
 
-def profile_request(served: Served, path: str = "/", **options: Any) -> dict[str, Any]:
-    """Profile one request (the token in its header); returns its stored metadata.
+def profile_request(
+    served: Served, path: str = "/", *, carry_token: bool = True, **options: Any
+) -> dict[str, Any]:
+    """Profile one request; returns its stored metadata.
 
-    The application's own error (``X-Error``) is what the profile records, not a test failure.
+    The token goes in the ``X-Profile-Token`` header unless ``carry_token`` is
+    False (the request then carries it some other way, or is sampled). The
+    application's own error (``X-Error``) is what the profile records, not a
+    test failure.
     """
-    options["headers"] = {"X-Profile-Token": served.token, **options.get("headers", {})}
+    if carry_token:
+        options["headers"] = {"X-Profile-Token": served.token, **options.get("headers", {})}
     with contextlib.suppress(LookupError):
         run(served.middleware, path, **options)
     return stored(served.store_dir)[0]
