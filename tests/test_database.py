@@ -24,8 +24,17 @@ def closed_port() -> int:
 @pytest.mark.parametrize(
     "path", ["/", "/episodes/", "/episodes/rss", "/api/episodes", "/search?q=python", "/health"]
 )
-def test_postgres_down_is_a_503_that_leaks_no_password(tmp_path, path, caplog):
-    url = f"postgresql://podcast:s3cret-pw@127.0.0.1:{closed_port()}/podcast"
+@pytest.mark.parametrize(
+    "url_form",
+    [
+        "postgresql://podcast:s3cret-pw@127.0.0.1:{port}/podcast",
+        "postgresql://podcast@127.0.0.1:{port}/podcast?password=s3cret-pw",
+        "postgres://podcast@127.0.0.1:{port}/podcast?connect_timeout=2&pass%77ord=s3cret-pw",
+    ],
+    ids=["userinfo", "query", "encoded-name"],
+)
+def test_postgres_down_is_a_503_that_leaks_no_password(tmp_path, path, url_form, caplog):
+    url = url_form.format(port=closed_port())
     app = create_app({"DATABASE_URL": url, "VAR_DIR": str(tmp_path)})
     response = app.test_client().get(path)
     assert response.status_code == 503
@@ -123,9 +132,38 @@ def test_site_state_follows_every_change(app):
     assert after_delete["episode_count"] == 29 and after_delete["version"] > after_rename["version"]
 
 
-def test_redact_url_hides_only_the_password():
-    assert redact_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
-    assert redact_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+@pytest.mark.parametrize(
+    "url, redacted",
+    [
+        ("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:pw@h1:5432,h2:5433/db", "postgresql://u:***@h1:5432,h2:5433/db"),
+        ("postgresql://u:p%40ss@h/db", "postgresql://u:***@h/db"),
+        ("postgres://u:p@ss/w?rd@h/db", "postgres://u:***@h/db"),  # raw "@", "/", "?"
+        ("postgresql://u:pa?ss@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db?password=pw", "postgresql://u@h/db?password=***"),
+        (
+            "postgresql://u@h/db?sslmode=require&PASSWORD=pw",
+            "postgresql://u@h/db?sslmode=require&PASSWORD=***",
+        ),
+        ("postgresql://u@h/db?pass%77ord=pw&x=1", "postgresql://u@h/db?pass%77ord=***&x=1"),
+        ("postgresql://h/db?sslpassword=pw", "postgresql://h/db?sslpassword=***"),
+        (
+            "postgresql://u@h:5432/db?application_name=a@b&password=pw",
+            "postgresql://u@h:5432/db?application_name=a@b&password=***",
+        ),
+        ("host=h password=pw dbname=d", "host=h password=*** dbname=d"),
+        ("host=h password = pw", "host=h password = ***"),
+        ("password='p w\\' x' host=h", "password=*** host=h"),
+        ("password=p'w host=h", "password=*** host=h"),
+        ("user=u passfile=/home/u/.pgpass host=h", "user=u passfile=/home/u/.pgpass host=h"),
+        ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+        ("sqlite:///var/a@b:c.db", "sqlite:///var/a@b:c.db"),
+    ],
+)
+def test_redact_url_hides_the_password_in_every_form_libpq_reads(url, redacted):
+    assert redact_url(url) == redacted
+    if "pw" in url:
+        assert "pw" not in redacted.replace("pwd", "")
 
 
 @pytest.mark.parametrize("url", ["mysql://x/y", "sqlite://relative.db", "sqlite:///"])

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import psycopg2
 import psycopg2.errors
@@ -42,12 +42,62 @@ class DatabaseUnavailable(Exception):
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    """``url`` without its passwords, for logs and error messages.
+
+    Every form libpq accepts: ``scheme://user:password@host``, a
+    ``password=`` (or ``sslpassword=``) query parameter, and a key/value
+    connection string (``host=h password='s e'``, values quoted or not).
+
+    >>> redact_url("postgresql://u:pw@h/db?sslmode=require&password=x")
+    'postgresql://u:***@h/db?sslmode=require&password=***'
+    >>> redact_url("host=h password='a b' dbname=d")
+    'host=h password=*** dbname=d'
+    """
+    if "://" in url:
+        redacted = _URI_PARAMETER.sub(_redact_parameter, url)
+        scheme, _, rest = redacted.partition("://")
+        colon, at = rest.find(":"), rest.find("@")
+        if 0 <= colon < at:  # user:password@host
+            # To the last "@" (libpq stops at the first): a raw "@", "/" or "?"
+            # in a password hides more than the password, never less.
+            rest = rest[:colon] + ":***" + rest[rest.rfind("@") :]
+        redacted = f"{scheme}://{rest}"
+    else:
+        redacted = _DSN_SECRET.sub(r"\1***", url)
+    # Then as libpq itself reads the string, for whatever the above did not foresee
+    # (a "?" inside a password): its passwords are masked wherever they still appear.
+    for secret in _libpq_secrets(url):
+        for spelling in {secret, quote(secret, safe=""), quote(secret)}:
+            redacted = redacted.replace(spelling, "***")
+    return redacted
+
+
+#: The connection parameters that hold secrets (libpq percent-decodes URI parameter names).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+# key = value in a key/value connection string; a value is quoted (backslash
+# escapes inside) or runs to the next space.
+_DSN_SECRET = re.compile(
+    r"((?<![^\s])(?:" + "|".join(sorted(_SECRET_PARAMETERS)) + r")\s*=\s*)"
+    r"('(?:[^'\\]|\\.)*'?|(?:[^\s\\]|\\.)*)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+# name=value after "?" or "&"; libpq percent-decodes names ("pass%77ord").
+_URI_PARAMETER = re.compile(r"(?<=[?&])([^=&#]*)=([^&#]*)")
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    name = match[1]
+    return f"{name}=***" if unquote(name).lower() in _SECRET_PARAMETERS else match[0]
+
+
+def _libpq_secrets(url: str) -> list[str]:
+    try:
+        parameters = parse_dsn(url)
+    except psycopg2.ProgrammingError:  # not a connection string libpq can read
+        return []
+    return [parameters[name] for name in _SECRET_PARAMETERS if parameters.get(name)]
 
 
 def first_line(error: BaseException) -> str:
