@@ -391,17 +391,25 @@ def test_profiling_tokens_never_reach_the_logs(
     url = stack.settings.url
     token = make_token(PROFILER_SECRET, 300)
     forged = "1999999999.forged-signature-" + "x" * 20
-    referer = {"Referer": f"{url}/?page=1&_profile={token}&x=1"}
+    referer = {"Referer": f"{url}/?page=1&_profile={token}&x=1&_profile={forged}"}
     get(url + f"/?_profile={token}", referer)  # a profiled page
     get(url + f"/api/episodes?_profile={token}&page=1")  # through the micro-cache's bypass
-    get(url + f"/no-such-page?_profile={forged}")  # a 404: uWSGI's log-4xx line
-    get(url + f"/api/episodes?page=x&_profile={token}")  # a 400
+    get(url + f"/no-such-page?_profile={forged}")  # nginx's frozen 404, after the app said no
+    get(url + f"/api/episodes?page=x&_profile={token}")  # a 400: uWSGI's log-4xx line
+    # Repeated, the app reads the first; spelled otherwise, a client may still send it.
+    get(url + f"/?_profile={token}&_profile=x")
+    get(url + f"/?page=1&_profile=x&_profile={token}")
+    get(url + f"/?%5Fprofile={token}&_PROFILE%3D{forged}")
     stack.stop()  # flushes nginx's buffered access log
     logs = {
         path.name: path.read_text()
         for path in [stack.nginx_dir / "access.log", *(i.log for i in stack.instances)]
     }
-    assert "/no-such-page" in logs["access.log"] and "[redacted]" in logs["access.log"]
-    assert any("/no-such-page" in text for name, text in logs.items() if name != "access.log")
+    access = logs["access.log"]
+    assert "/no-such-page?_profile=[redacted]" in access
+    assert "/?page=1&_profile=[redacted] " in access  # the request line kept up to the token
+    assert f"{url}/?page=1&_profile=[redacted]" in access  # the Referer
+    assert any("/api/episodes" in text for name, text in logs.items() if name != "access.log")
     for name, text in logs.items():
         assert token not in text and forged not in text, name
+        assert token.partition(".")[2] not in text, name  # nor its signature alone
