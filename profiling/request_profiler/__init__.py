@@ -66,6 +66,14 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
     this is refused, however it was minted.
 ``secret_params`` (names, default ``DEFAULT_SECRET_PARAMS``)
     Query parameters redacted in stored metadata, besides ``_profile``.
+``accel_redirect_key`` (str, default ``"REQUEST_PROFILER_ACCEL_REDIRECT"``; None: off)
+    A front server that sends every request carrying a token to the
+    application (past its static files and caches, since it cannot check a
+    signature) sets this WSGI variable on them to a location of its own.
+    When the token turns out invalid, a GET or HEAD is answered at once with
+    ``X-Accel-Redirect`` to it, and the front server serves the request as it
+    would have without the token: a bogus cookie costs a signature check, not
+    a page render. Clients cannot set such a variable, only the server.
 ``clock`` (callable, default ``time.time``)
     The current Unix time, for checking token expiry.
 

@@ -30,6 +30,12 @@ logger = logging.getLogger("request_profiler")
 #: served the request (Flask: ``request.endpoint``); the viewer groups by it.
 ENDPOINT_KEY = "request_profiler.endpoint"
 
+#: The WSGI variable nginx sets (``uwsgi_param``) on the requests it sends to the
+#: application only because they carry a token; see the ``accel_redirect_key`` option.
+ACCEL_REDIRECT_KEY = "REQUEST_PROFILER_ACCEL_REDIRECT"
+# nginx makes a redirected request a GET (HEAD stays HEAD): no other method keeps its meaning.
+_REDIRECTABLE_METHODS = frozenset({"GET", "HEAD"})
+
 _VIEW_PARAM = "_profile_view=inline"
 _VIEW_HEADER_KEY = "HTTP_X_PROFILE_VIEW"
 
@@ -65,6 +71,7 @@ class ProfilerMiddleware:
         token_ttl: float | None = None,
         max_token_ttl: float = DEFAULT_MAX_TTL,
         secret_params: Collection[str] = DEFAULT_SECRET_PARAMS,
+        accel_redirect_key: str | None = ACCEL_REDIRECT_KEY,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 <= sample_rate <= 1:
@@ -84,6 +91,7 @@ class ProfilerMiddleware:
         self.token_ttl = min(3600, max_token_ttl) if token_ttl is None else token_ttl
         check_ttl(self.token_ttl, max_token_ttl)
         self.secret_params = frozenset(name.lower() for name in secret_params)
+        self.accel_redirect_key = accel_redirect_key
         self._secret = secret
         self._tokens = TokenVerifier(secret, max_ttl=max_token_ttl, clock=clock) if secret else None
         self._viewer: Viewer | None = None
@@ -114,6 +122,11 @@ class ProfilerMiddleware:
         if self._viewer is not None and self._viewer.handles(environ.get("PATH_INFO", "")):
             return self._viewer(environ, start_response)
         token = None if self._tokens is None else self._tokens.from_environ(environ)
+        if token is None and self.accel_redirect_key:
+            # Only the front server's token path sets it; a client cannot.
+            target = environ.get(self.accel_redirect_key)
+            if target and environ.get("REQUEST_METHOD") in _REDIRECTABLE_METHODS:
+                return _accel_redirect(target, start_response)
         if token is not None or (self.sample_rate and random.random() < self.sample_rate):
             return self._profile(environ, start_response, token)
         return self.app(environ, start_response)
@@ -230,6 +243,12 @@ class ProfilerMiddleware:
 
     def _succeeded(self, what: str) -> None:
         self._failing.discard(what)
+
+
+def _accel_redirect(target: str, start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """Hand the request back to the front server, which serves ``target`` instead."""
+    start_response("200 OK", [("X-Accel-Redirect", target), ("Content-Length", "0")])
+    return []
 
 
 def _wants_inline(environ: dict[str, Any]) -> bool:

@@ -74,6 +74,62 @@ def test_repeated_tokens_count_by_their_first_value(
     assert not store_dir.exists()
 
 
+#: What nginx's token path adds to a request (deploy/nginx/site.conf.template, @profile).
+SENT_BY_THE_FRONT_SERVER = {"REQUEST_PROFILER_ACCEL_REDIRECT": "@unprofiled"}
+
+
+def counting(app):
+    calls = []
+
+    def counted(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        return app(environ, start_response)
+
+    return counted, calls
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("source", ["header", "query", "cookie"])
+@pytest.mark.parametrize("name", ["garbage", "forged with another secret", "expired"])
+def test_an_invalid_token_sent_by_the_front_server_goes_back_to_it(
+    make_middleware, store_dir, method: str, source: str, name: str
+) -> None:
+    app, calls = counting(hello_app)
+    options = request_with(source, BAD_TOKENS[name])
+
+    result = run(
+        make_middleware(app, sample_rate=1.0),  # not even sampled: nginx serves it
+        "/episodes/",
+        method=method,
+        environ_overrides=SENT_BY_THE_FRONT_SERVER,
+        **options,
+    )
+
+    assert result == ("200 OK", [("X-Accel-Redirect", "@unprofiled"), ("Content-Length", "0")], b"")
+    assert calls == [] and not store_dir.exists()
+
+
+def test_the_front_servers_redirect_leaves_other_requests_alone(make_middleware, store_dir) -> None:
+    app, calls = counting(hello_app)
+    middleware = make_middleware(app)
+    front = {"environ_overrides": SENT_BY_THE_FRONT_SERVER}
+
+    # A valid token is profiled; nginx would pass a POST on to the app, so the app answers it.
+    assert run(middleware, "/valid", **request_with("cookie", VALID), **front).header(
+        "X-Profile-Id"
+    )
+    bad = request_with("cookie", "garbage")
+    assert run(middleware, "/post", method="POST", **bad, **front).body == b"hello /post"
+    # The viewer's own paths stay the viewer's: without a valid token, the site's answer.
+    assert run(middleware, "/_profiler/", **bad, **front).body == b"hello /_profiler/"
+    # Without the front server's variable (a client cannot set one), the app answers.
+    assert run(middleware, "/page", **bad).body == b"hello /page"
+    # And switched off, it is ignored.
+    off = make_middleware(app, accel_redirect_key=None)
+    assert run(off, "/off", **bad, **front).body == b"hello /off"
+    assert calls == ["/valid", "/post", "/_profiler/", "/page", "/off"]
+
+
 def test_without_a_secret_even_valid_tokens_and_the_viewer_path_reach_the_app(store_dir) -> None:
     middleware = ProfilerMiddleware(hello_app, directory=store_dir)
 

@@ -76,6 +76,33 @@ def get(
         connection.close()
 
 
+def timed_requests(
+    base_url: str, path: str, headers: Mapping[str, str], *, count: int, timeout: float = 15.0
+) -> float:
+    """Seconds ``count`` GETs of ``path`` take one after another on one keep-alive connection.
+
+    Every answer must be a 200, read whole; the connection is opened (and a
+    first request made) before the clock starts.
+    """
+    connection = _connection(base_url, timeout, None)
+    try:
+
+        def one() -> None:
+            connection.request("GET", path, headers=dict(headers))
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise AssertionError(f"{path}: {response.status}")
+
+        one()
+        started = time.perf_counter()
+        for _ in range(count):
+            one()
+        return time.perf_counter() - started
+    finally:
+        connection.close()
+
+
 @dataclass
 class LoadResult:
     statuses: collections.Counter = field(default_factory=collections.Counter)

@@ -24,7 +24,7 @@ from werkzeug.routing import Rule
 from deploy.stack import Stack
 
 from .conftest import PROFILER_SECRET, Site
-from .support import get
+from .support import get, timed_requests
 
 pytestmark = pytest.mark.stack
 
@@ -347,18 +347,22 @@ def test_api_answers_are_micro_cached(site_stack: Stack) -> None:
     assert "HIT" in statuses  # five requests in a row, one second of validity
 
 
+def carried(carrier: str, token: str) -> tuple[dict[str, str], str]:
+    """The headers and the query string that carry ``token`` in a header, a cookie or the query."""
+    headers = {
+        "header": {"X-Profile-Token": token},
+        "cookie": {"Cookie": f"theme=dark; _profile={token}"},
+        "query": {},
+    }[carrier]
+    return headers, f"?_profile={token}" if carrier == "query" else ""
+
+
 @pytest.mark.parametrize("carrier", ["header", "cookie", "query"])
 def test_profiling_tokens_reach_the_app_past_frozen_files_and_cache(
     site_stack: Stack, site: Site, carrier: str
 ) -> None:
-    token = make_token(PROFILER_SECRET, 300)
     url = site_stack.settings.url
-    headers = {
-        "header": {"X-Profile-Token": token},
-        "cookie": {"Cookie": f"_profile={token}"},
-        "query": {},
-    }[carrier]
-    query = f"?_profile={token}" if carrier == "query" else ""
+    headers, query = carried(carrier, make_token(PROFILER_SECRET, 300))
     for path in ["/", "/api/episodes", episode_paths(site)[1]]:
         for _ in range(2):  # the second time too: never from the micro-cache
             status, response_headers, _ = get(url + path + query, headers)
@@ -366,6 +370,75 @@ def test_profiling_tokens_reach_the_app_past_frozen_files_and_cache(
             assert response_headers.get("X-Profile-Id"), f"{path} did not reach the profiler"
             assert "X-Cache-Status" not in response_headers
             assert not is_nginx_etag(response_headers)
+
+
+#: Tokens the app refuses: signed with another secret, and expired.
+INVALID_TOKENS = {
+    "forged": make_token("another-site's-secret-of-32-bytes-or-more", 300),
+    "expired": make_token(PROFILER_SECRET, 60, now=1_000_000_000),
+}
+
+
+@pytest.mark.parametrize("carrier", ["header", "cookie", "query"])
+@pytest.mark.parametrize("invalid", INVALID_TOKENS)
+def test_an_invalid_token_is_served_as_if_there_were_none(
+    site_stack: Stack, site: Site, carrier: str, invalid: str
+) -> None:
+    url = site_stack.settings.url
+    headers, query = carried(carrier, INVALID_TOKENS[invalid])
+    episode = episode_paths(site)[1]
+    for path, name in [("/", "index.html"), (episode, episode[1:] + ".html")]:
+        status, response_headers, body = get(url + path + query, headers)
+        # The app said no (X-Accel-Redirect), and nginx served the frozen file.
+        assert (status, body) == (200, frozen(site, name)), path
+        assert is_nginx_etag(response_headers) and "X-Profile-Id" not in response_headers
+    statuses = [
+        get(url + "/api/episodes?page=2" + query.replace("?", "&"), headers)[1].get(
+            "X-Cache-Status"
+        )
+        for _ in range(3)
+    ]
+    assert "HIT" in statuses  # the micro-cache again
+    status, _, body = get(url + "/no-such-page" + query, headers)
+    assert (status, body) == (404, frozen(site, "404.html"))
+    status, _, body = get(url + "/health" + query, headers)  # what only the app answers
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_a_method_nginx_would_pass_on_is_left_to_the_app(site_stack: Stack) -> None:
+    # X-Accel-Redirect would turn it into a GET: the app answers it itself.
+    cookie = {"Cookie": f"_profile={INVALID_TOKENS['forged']}"}
+    url = site_stack.settings.url + "/api/episodes"
+
+    assert get(url, cookie, method="POST")[0] == get(url, method="POST")[0] == 405
+
+
+def test_an_invalid_token_costs_no_more_than_the_cheapest_app_route(site_stack: Stack) -> None:
+    """A frozen page with a bogus cookie, against /health, the app's cheapest route.
+
+    Before, the bogus cookie made the app render the page. Interleaved rounds
+    on keep-alive connections, compared as the median of per-round ratios.
+    """
+    url = site_stack.settings.url
+    bogus = {"Cookie": f"_profile={INVALID_TOKENS['forged']}"}
+    kinds = {
+        "frozen page, bogus cookie": ("/episodes/", bogus),
+        "/health": ("/health", {}),
+        "frozen page, no cookie": ("/episodes/", {}),
+    }
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for _ in range(7):
+        for kind, (path, headers) in kinds.items():
+            seconds[kind].append(timed_requests(url, path, headers, count=40))
+    ratios = sorted(
+        bogus_time / health_time
+        for bogus_time, health_time in zip(
+            seconds["frozen page, bogus cookie"], seconds["/health"], strict=True
+        )
+    )
+    per_request = {kind: sorted(times)[3] / 40 * 1e6 for kind, times in seconds.items()}
+    print(f"per request (median round, us): {per_request}; bogus / health per round: {ratios}")
+    assert ratios[len(ratios) // 2] <= 1.0, (per_request, ratios)
 
 
 def test_profiler_viewer_through_nginx_keeps_its_own_csp(site_stack: Stack) -> None:
