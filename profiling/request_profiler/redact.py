@@ -82,6 +82,9 @@ class Redactor:
     def text(self, value: str) -> str:
         if self._token is not None and self._token in value:
             value = value.replace(self._token, REDACTED)
+        # The regex costs ~20 ns a character; a SQL statement rarely says "profile".
+        if "profile" not in value.lower():
+            return value
         return _TOKEN_VALUE.sub(rf"\1{REDACTED}", value)
 
     def scrub(self, value: Any) -> Any:
