@@ -64,6 +64,10 @@ def request_headers(environ: Mapping[str, Any]) -> dict[str, str]:
 _TOKEN_VALUE = re.compile(r"((?:_|%5f)profile(?:=|%3d))[^&;,\s\"'#<>]*", re.IGNORECASE)
 
 
+#: A field that ends with this much of the token, or more, has had the token cut off.
+_TOKEN_HEAD = 8
+
+
 class Redactor:
     """Removes one request's credentials from anything about to be stored.
 
@@ -80,8 +84,14 @@ class Redactor:
         self._token = token or None
 
     def text(self, value: str) -> str:
-        if self._token is not None and self._token in value:
-            value = value.replace(self._token, REDACTED)
+        token = self._token
+        if token is not None:
+            if token in value:
+                value = value.replace(token, REDACTED)
+            # A field cut to its length limit (SQL, an error) may end with the start of the token.
+            start = value.rfind(token[:_TOKEN_HEAD], max(0, len(value) - len(token)))
+            if start != -1 and token.startswith(value[start:]):
+                value = value[:start] + REDACTED
         # The regex costs ~20 ns a character; a SQL statement rarely says "profile".
         if "profile" not in value.lower():
             return value

@@ -134,3 +134,18 @@ def test_the_token_is_removed_wherever_it_sits_in_any_text(
 
     kept = b"".join(path.read_bytes() for path in served.store_dir.glob("*.profile"))
     assert served.token.encode() not in kept
+
+
+def test_a_token_cut_off_by_a_length_limit_is_removed_too(served: Served) -> None:
+    # SQL statements are kept to 2,000 characters and errors to 500: the token straddles both.
+    headers = {
+        "X-Sql": "x" * (2000 - 60) + served.token,
+        "X-Error": "y" * (500 - 30) + served.token,
+    }
+
+    meta = profile_request(served, headers=headers)
+
+    assert meta["sql"][0][0].endswith("x[redacted]")
+    assert meta["error"].endswith("y[redacted]")
+    signature = served.token.partition(".")[2]
+    assert_nowhere(served, served.token, signature[:10])
