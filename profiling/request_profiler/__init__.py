@@ -29,9 +29,10 @@ to get the profile's page instead of the response. Open
 to keep profiling the pages you browse (a ``_profile`` cookie).
 
 A request with no token, or an invalid, expired, forged, oversized or repeated
-one, is served exactly as without the middleware. A request that arrives while
-another is profiled is served unprofiled: one profile runs at a time per
-process. The profile covers the application call and the iteration of the
+one, is served exactly as without the middleware (or, if the front server
+asks for it, handed back to that server: ``accel_redirect_key``). A request
+that arrives while another is profiled is served unprofiled: one profile runs
+at a time per process. The profile covers the application call and the iteration of the
 response body, streamed chunk by chunk; it ends in the body's ``close()``.
 ``Server-Timing`` covers only the time until ``start_response()``, as headers
 are sent before the body.
