@@ -61,7 +61,7 @@ def escape(value: object) -> Markup:
 # everywhere is exact. "<" alone would keep "</script>" and "<!--" out; ">" and "&"
 # too for any HTML context, and U+2028/2029 because older JavaScript parsers
 # end a string literal at them (Jinja's htmlsafe_json_dumps, Django's json_script).
-# str.replace, not str.translate: 14x faster on a profile's JSON.
+# str.replace, not str.translate, which looks every character up in a dict.
 _JSON_FOR_SCRIPT = (
     ("<", "\\u003c"),
     (">", "\\u003e"),
