@@ -19,9 +19,10 @@ import signal
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
-from deploy.stack import Stack, pid_alive
+from deploy.stack import Stack
 
 from .conftest import EPISODES, Site, build_site
 from .probe_wsgi import SLEEP_PATH
@@ -55,7 +56,7 @@ def test_frozen_pages_keep_being_served_with_uwsgi_stopped(make_stack, site: Sit
     url = stack.settings.url
     episode = (site.build_dir / "nginx" / "episodes.map").read_text().split(";")[0].split()[1]
     stack.stop_uwsgi(*stack.instances)
-    assert stack.nginx_pid() is not None
+    assert set(stack.pids()) == {"nginx"}
     for path in ["/", "/episodes/", episode, "/episodes/rss", "/static/style.css", "/episodes/2"]:
         status, _, _ = get(url + path)
         assert status in (200, 301), path
@@ -112,7 +113,7 @@ def test_worker_recycling_by_max_requests_under_load_loses_nothing(make_stack) -
 @pytest.mark.parametrize("chain", [False, True], ids=["graceful-reload", "chain-reload"])
 def test_reload_under_load_loses_nothing(make_stack, chain: bool) -> None:
     stack = make_stack(uwsgi_instances=2)
-    masters = [instance.master_pid() for instance in stack.instances]
+    masters = stack.pids()
     old_workers = {pid for instance in stack.instances for pid in instance.worker_pids()}
     with BackgroundLoad(stack.settings.url, varied_path, threads=6, max_seconds=90) as load:
         load.wait_requests(200)
@@ -121,7 +122,7 @@ def test_reload_under_load_loses_nothing(make_stack, chain: bool) -> None:
     result = load.result
     assert result.failures == [], result.summary()
     # The same masters (a reload, not a restart), every worker new.
-    assert [instance.master_pid() for instance in stack.instances] == masters
+    assert stack.pids() == masters
     assert not old_workers & {pid for instance in stack.instances for pid in instance.worker_pids()}
 
 
@@ -150,7 +151,7 @@ def test_sigterm_lets_running_requests_finish(make_stack) -> None:
     """systemd's stop (SIGTERM) is graceful: a request running then still gets its answer."""
     stack = make_stack(uwsgi_options={"module": "tests.stack.probe_wsgi:application"})
     instance = stack.instances[0]
-    master = instance.master_pid()
+    master = stack.pids()[instance.name]
     outcome: list[int] = []
     request = threading.Thread(
         target=lambda: outcome.append(get(stack.settings.url + f"{SLEEP_PATH}?seconds=2")[0])
@@ -160,7 +161,7 @@ def test_sigterm_lets_running_requests_finish(make_stack) -> None:
     os.kill(master, signal.SIGTERM)
     request.join(30)
     assert outcome == [200]
-    assert wait_until(lambda: not pid_alive(master), 30)
+    assert wait_until(lambda: not psutil.pid_exists(master), 30)
     assert "graceful shutdown triggered" in instance.log.read_text()
 
 
@@ -218,11 +219,7 @@ def test_postgres_outage_under_load(make_stack, private_postgres, tmp_path: Path
     site = build_site(private_postgres.url, tmp_path / "pgsite")
     stack = make_stack(site_=site)
     url = stack.settings.url
-    pids_before = sorted(
-        pid
-        for instance in stack.instances
-        for pid in [instance.master_pid(), *instance.worker_pids()]
-    )
+    pids_before = sorted([*stack.pids().values(), *stack.instances[0].worker_pids()])
     # Only requests that need the database (the frozen pages would not notice the outage).
     load = BackgroundLoad(
         url,
@@ -258,9 +255,5 @@ def test_postgres_outage_under_load(make_stack, private_postgres, tmp_path: Path
     with tail:
         tail.wait_requests(200)
     assert tail.result.statuses == {200: 200}, tail.result.summary()
-    pids_after = sorted(
-        pid
-        for instance in stack.instances
-        for pid in [instance.master_pid(), *instance.worker_pids()]
-    )
+    pids_after = sorted([*stack.pids().values(), *stack.instances[0].worker_pids()])
     assert pids_after == pids_before
