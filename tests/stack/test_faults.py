@@ -4,6 +4,8 @@ Each test runs a stack of its own, a bounded background load (threads of keep-al
 clients on loopback, stopping by themselves), breaks one thing and counts failed
 requests. The bounds asserted are the ones the configuration guarantees, not timings:
 
+* a uWSGI master killed by SIGKILL is restarted by supervisord, while nginx answers every
+  request for a frozen page;
 * a uWSGI worker killed by SIGKILL loses at most the one request it was running;
 * recycling (max-requests), a graceful reload and a chain reload lose none;
 * PostgreSQL stopped: 503 with Retry-After, never a 500 or 502; started again: full
@@ -17,6 +19,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -67,6 +70,39 @@ def test_frozen_pages_keep_being_served_with_uwsgi_stopped(make_stack, site: Sit
     for instance in stack.instances:
         stack.start_uwsgi(instance)
     assert get(url + "/api/episodes/1")[0] == 200
+
+
+def test_a_killed_uwsgi_is_restarted_while_nginx_serves_the_frozen_pages(
+    make_stack, site: Site
+) -> None:
+    """SIGKILL to the uWSGI master (nothing graceful: the OOM killer does this): supervisord
+    starts a new one, and nginx answers every request for a frozen page all along."""
+    stack = make_stack()
+    url, instance = stack.settings.url, stack.instances[0]
+    episode = (site.build_dir / "nginx" / "episodes.map").read_text().split(";")[0].split()[1]
+    frozen = ["/", "/episodes/", episode, "/episodes/rss", "/static/style.css"]
+    master, workers = stack.pids()[instance.name], instance.worker_pids()
+    old_workers = [psutil.Process(pid) for pid in workers]
+
+    def new_master_serves() -> bool:
+        return stack.pids().get(instance.name, master) != master and instance.ready()
+
+    with BackgroundLoad(
+        url, lambda n: frozen[n % len(frozen)], threads=4, max_seconds=60, ok_statuses={200}
+    ) as load:
+        load.wait_requests(200)
+        os.kill(master, signal.SIGKILL)
+        killed = time.monotonic()
+        assert wait_until(new_master_serves, 30), "supervisord did not restart uWSGI"
+        back = time.monotonic() - killed
+        load.wait_requests(200)
+    assert load.result.failures == [], load.result.summary()
+    assert load.result.total >= 400
+    # The old workers went with their master (no-orphans), and the app answers again.
+    assert not psutil.wait_procs(old_workers, timeout=10)[1]
+    assert not set(workers) & set(instance.worker_pids())
+    assert get(url + "/health")[0] == 200 and get(url + "/api/episodes/1")[0] == 200
+    print(f"uWSGI serving again {back:.1f} s after the SIGKILL; {load.result.summary()}")
 
 
 # --- A worker killed, workers recycled, reloads ------------------------------------
