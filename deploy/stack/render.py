@@ -163,16 +163,17 @@ def render_nginx(config: NginxConfig) -> Path:
 # --------------------------------------------------------------------------
 
 SUPERVISORD_TEMPLATE = Path(__file__).with_name("supervisord.conf.j2")
-#: What supervisord.conf cannot hold: a line break, a double quote (environment values are
-#: quoted with it), a ";" or "#" after whitespace (supervisord reads a comment there).
-_UNWRITABLE = re.compile(r'[\r\n"]|\s[;#]')
+#: What supervisord.conf cannot hold: a line break; "%" (it expands %(name)s, in some values
+#: twice); a double quote (environment values are quoted with it); ";" or "#" after whitespace
+#: (it reads a comment there).
+_UNWRITABLE = re.compile(r'[\r\n%"]|\s[;#]')
 
 
 def supervisor_value(text: object) -> str:
-    """``text`` as supervisord reads it back: ``%`` doubled (it expands ``%(name)s``)."""
+    """``text`` for supervisord.conf, where it reads back as it is; StackError if it cannot."""
     if _UNWRITABLE.search(str(text)):
-        raise StackError(f"supervisord.conf cannot hold {text!r}: rename it")
-    return str(text).replace("%", "%%")
+        raise StackError(f"supervisord.conf cannot hold {text!r}: a path without it, please")
+    return str(text)
 
 
 def render_supervisord(path: Path, **values: object) -> Path:

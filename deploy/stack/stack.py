@@ -128,7 +128,8 @@ class Stack:
         if checked.returncode != 0:
             raise StackError(f"nginx rejected its configuration:\n{checked.stderr.strip()}")
 
-    def _render(self) -> None:
+    def render(self) -> None:
+        """Write nginx's config (checked by ``nginx -t``) and supervisord's into the run dir."""
         if not self.standalone:
             for sub in ("tmp", "cache"):
                 (self.nginx_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,7 @@ class Stack:
         if self.supervisor.running():
             raise StackError(f"a stack is already running in {self.run_dir}: stop it first")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._render()
+        self.render()
         output = None if show_log else subprocess.DEVNULL
         try:
             self.supervisor.start(self.environment(), detach=detach, output=output)
