@@ -123,6 +123,10 @@ class Stack:
     def error_log(self) -> Path:
         return self.nginx_dir / "error.log"
 
+    @property
+    def _nginx_program(self) -> tuple[str, str, Path]:
+        return "nginx", "nginx", self.error_log
+
     def _check_nginx(self) -> None:
         checked = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
         if checked.returncode != 0:
@@ -191,25 +195,22 @@ class Stack:
 
     def _wait_ready(self, instance: UwsgiInstance, not_pids: Collection[int] = ()) -> None:
         """Until every worker accepts (none of ``not_pids``); StackError if the master exits."""
-        pids = set()
+        master = 0
 
         def ready() -> bool:
-            pids.add(self.supervisor.up(instance.program, instance.log))
-            if len(pids - {0}) > 1:  # it died and supervisord started it again
-                raise StackError(
-                    f"{instance.name} exited; {instance.log} ends:\n{log_tail(instance.log)}"
-                )
+            nonlocal master
+            master = self.supervisor.up(instance.program, instance.what, instance.log, master)
             return instance.ready(not_pids=not_pids)
 
-        wait_for(ready, self.settings.start_timeout, f"{instance.name} not ready", instance.log)
+        wait_for(ready, self.settings.start_timeout, f"{instance.what} not ready", instance.log)
 
     def _wait_site(self) -> None:
         """Until /health answers: 200, or 503 when the database is down (the stack is up)."""
-        front = self.instances[0].program if self.standalone else "nginx"
-        log = self.instances[0].log if self.standalone else self.error_log
+        first = self.instances[0]
+        front = (first.program, first.what, first.log) if self.standalone else self._nginx_program
 
         def answers() -> bool:
-            self.supervisor.up(front, log)
+            self.supervisor.up(*front)
             try:
                 with urllib.request.urlopen(self.settings.url + "/health", timeout=5):
                     return True
@@ -218,7 +219,7 @@ class Stack:
             except OSError:
                 return False
 
-        wait_for(answers, self.settings.start_timeout, "/health not answering", log)
+        wait_for(answers, self.settings.start_timeout, "/health not answering", front[2])
 
     # -- one program at a time ---------------------------------------------
 
@@ -258,7 +259,7 @@ class Stack:
         """``nginx -t``, then a graceful reload (it reads a new build's episodes.map); returns
         once the old workers have finished their requests and exited."""
         self._check_nginx()
-        old_workers = psutil.Process(self.supervisor.up("nginx", self.error_log)).children()
+        old_workers = psutil.Process(self.supervisor.up(*self._nginx_program)).children()
         self.supervisor.call("signalProcess", "nginx", "HUP")
         if psutil.wait_procs(old_workers, timeout=self.settings.start_timeout)[1]:
             raise StackError(f"nginx's old workers are still running; see {self.error_log}")

@@ -88,13 +88,14 @@ class Supervisor:
         except NotRunning:
             return False
 
-    def up(self, name: str, log: Path) -> int:
-        """The pid of program ``name``, starting or running; if it is not, StackError with the
-        end of its ``log``."""
+    def up(self, name: str, what: str, log: Path, pid: int = 0) -> int:
+        """The pid of program ``name``, starting or running (and still ``pid``, if given); if not,
+        StackError saying how ``what`` exited, with the end of its ``log``."""
         info = self.call("getProcessInfo", name)
-        if info["statename"] not in ("STARTING", "RUNNING"):
-            state = f"{info['statename']} ({info['description']})"
-            raise StackError(f"{name} is {state}; {log} ends:\n{log_tail(log)}")
+        restarted = pid and info["pid"] not in (0, pid)
+        if restarted or info["statename"] not in ("STARTING", "RUNNING"):
+            how = f"with status {info['exitstatus']} ({info['statename']}: {info['description']})"
+            raise StackError(f"{what} exited {how}; {log} ends:\n{log_tail(log)}")
         return info["pid"]
 
     def pids(self) -> dict[str, int]:

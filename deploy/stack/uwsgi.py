@@ -32,7 +32,7 @@ class UwsgiInstance:
 
     def __init__(self, number: int, run_dir: Path) -> None:
         self.number = number
-        self.name = f"uwsgi-{number}"
+        self.name, self.what = f"uwsgi-{number}", f"uWSGI instance {number}"
         #: In supervisord (`supervisorctl status uwsgi:uwsgi-1`): program uwsgi-1 in group uwsgi.
         self.program = f"uwsgi:{self.name}"
         self.socket, self.fifo, self.stats_socket, self.pid_file, self.log = (
