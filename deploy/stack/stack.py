@@ -24,7 +24,7 @@ from .settings import (
     StackSettings,
     find_nginx,
 )
-from .supervise import NotRunning, Supervisor, log_tail
+from .supervise import NotRunning, Program, Supervisor, log_tail
 from .uwsgi import UwsgiInstance
 
 
@@ -56,6 +56,7 @@ class Stack:
         count = self.settings.uwsgi_instances
         self.instances = [UwsgiInstance(n, self.run_dir) for n in range(1, count + 1)]
         self.nginx_dir = self.run_dir / "nginx"
+        self.nginx_program = Program("nginx", "nginx", self.nginx_dir / "error.log")
         self.supervisor = Supervisor(self.run_dir)
 
     @classmethod
@@ -116,16 +117,12 @@ class Stack:
 
     def _nginx(self, *arguments: str) -> list[str]:
         assert self.settings.nginx is not None
-        prefix, conf, log = f"{self.nginx_dir}/", self.nginx_dir / "nginx.conf", self.error_log
+        prefix, conf, log = (
+            f"{self.nginx_dir}/",
+            self.nginx_dir / "nginx.conf",
+            self.nginx_program.log,
+        )
         return [self.settings.nginx, "-p", prefix, "-c", str(conf), "-e", str(log), *arguments]
-
-    @property
-    def error_log(self) -> Path:
-        return self.nginx_dir / "error.log"
-
-    @property
-    def _nginx_program(self) -> tuple[str, str, Path]:
-        return "nginx", "nginx", self.error_log
 
     def _check_nginx(self) -> None:
         checked = subprocess.run(self._nginx("-t", "-q"), capture_output=True, text=True)
@@ -199,18 +196,19 @@ class Stack:
 
         def ready() -> bool:
             nonlocal master
-            master = self.supervisor.up(instance.program, instance.what, instance.log, master)
+            master = self.supervisor.up(instance.program, master)
             return instance.ready(not_pids=not_pids)
 
-        wait_for(ready, self.settings.start_timeout, f"{instance.what} not ready", instance.log)
+        wait_for(
+            ready, self.settings.start_timeout, f"{instance.program.what} not ready", instance.log
+        )
 
     def _wait_site(self) -> None:
         """Until /health answers: 200, or 503 when the database is down (the stack is up)."""
-        first = self.instances[0]
-        front = (first.program, first.what, first.log) if self.standalone else self._nginx_program
+        front = self.instances[0].program if self.standalone else self.nginx_program
 
         def answers() -> bool:
-            self.supervisor.up(*front)
+            self.supervisor.up(front)
             try:
                 with urllib.request.urlopen(self.settings.url + "/health", timeout=5):
                     return True
@@ -219,18 +217,18 @@ class Stack:
             except OSError:
                 return False
 
-        wait_for(answers, self.settings.start_timeout, "/health not answering", front[2])
+        wait_for(answers, self.settings.start_timeout, "/health not answering", front.log)
 
     # -- one program at a time ---------------------------------------------
 
     def stop_uwsgi(self, *instances: UwsgiInstance) -> None:
         """Stop these instances gracefully (``supervisorctl stop uwsgi:uwsgi-1``)."""
         for instance in instances:
-            self.supervisor.call("stopProcess", instance.program)
+            self.supervisor.call("stopProcess", instance.program.name)
 
     def start_uwsgi(self, instance: UwsgiInstance) -> None:
         """Start a stopped instance and wait until its workers accept."""
-        self.supervisor.call("startProcess", instance.program)
+        self.supervisor.call("startProcess", instance.program.name)
         self._wait_ready(instance)
 
     def reload(self, *, chain: bool = False) -> None:
@@ -252,14 +250,14 @@ class Stack:
         if chain:
             instance.command("c")
         else:
-            self.supervisor.call("signalProcess", instance.program, "HUP")
+            self.supervisor.call("signalProcess", instance.program.name, "HUP")
         self._wait_ready(instance, not_pids=old)
 
     def reload_nginx(self) -> None:
         """``nginx -t``, then a graceful reload (it reads a new build's episodes.map); returns
         once the old workers have finished their requests and exited."""
         self._check_nginx()
-        old_workers = psutil.Process(self.supervisor.up(*self._nginx_program)).children()
+        old_workers = psutil.Process(self.supervisor.up(self.nginx_program)).children()
         self.supervisor.call("signalProcess", "nginx", "HUP")
         if psutil.wait_procs(old_workers, timeout=self.settings.start_timeout)[1]:
-            raise StackError(f"nginx's old workers are still running; see {self.error_log}")
+            raise StackError(f"nginx's old workers are still running; see {self.nginx_program.log}")

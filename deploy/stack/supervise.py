@@ -11,7 +11,7 @@ import sys
 import xmlrpc.client
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import psutil
 from supervisor.xmlrpc import SupervisorTransport
@@ -28,6 +28,14 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+class Program(NamedTuple):
+    """A program of supervisord: its name there, what it is to a reader, and its log."""
+
+    name: str
+    what: str
+    log: Path
 
 
 class Supervisor:
@@ -88,14 +96,16 @@ class Supervisor:
         except NotRunning:
             return False
 
-    def up(self, name: str, what: str, log: Path, pid: int = 0) -> int:
-        """The pid of program ``name``, starting or running (and still ``pid``, if given); if not,
-        StackError saying how ``what`` exited, with the end of its ``log``."""
-        info = self.call("getProcessInfo", name)
+    def up(self, program: Program, pid: int = 0) -> int:
+        """The pid of ``program``, starting or running (and still ``pid``, if given); if not,
+        StackError saying how it exited, with the end of its log."""
+        info = self.call("getProcessInfo", program.name)
         restarted = pid and info["pid"] not in (0, pid)
         if restarted or info["statename"] not in ("STARTING", "RUNNING"):
             how = f"with status {info['exitstatus']} ({info['statename']}: {info['description']})"
-            raise StackError(f"{what} exited {how}; {log} ends:\n{log_tail(log)}")
+            raise StackError(
+                f"{program.what} exited {how}; {program.log} ends:\n{log_tail(program.log)}"
+            )
         return info["pid"]
 
     def pids(self) -> dict[str, int]:

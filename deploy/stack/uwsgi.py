@@ -9,6 +9,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from .supervise import Program
+
 
 def read_stats(stats_socket: Path, timeout: float = 2.0) -> dict[str, Any]:
     """uWSGI's stats server JSON: the master's pid, the listen queue, each worker's pid,
@@ -32,13 +34,13 @@ class UwsgiInstance:
 
     def __init__(self, number: int, run_dir: Path) -> None:
         self.number = number
-        self.name, self.what = f"uwsgi-{number}", f"uWSGI instance {number}"
-        #: In supervisord (`supervisorctl status uwsgi:uwsgi-1`): program uwsgi-1 in group uwsgi.
-        self.program = f"uwsgi:{self.name}"
+        self.name = f"uwsgi-{number}"
         self.socket, self.fifo, self.stats_socket, self.pid_file, self.log = (
             run_dir / f"{self.name}{suffix}"
             for suffix in (".sock", ".fifo", "-stats.sock", ".pid", ".log")
         )
+        #: Program uwsgi-<number> of group uwsgi: `supervisorctl status uwsgi:uwsgi-1`.
+        self.program = Program(f"uwsgi:{self.name}", f"uWSGI instance {number}", self.log)
 
     def options(self) -> dict[str, str]:
         """The per-instance options, as the ``UWSGI_*`` variables uwsgi.ini reads."""
