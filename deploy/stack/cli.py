@@ -93,21 +93,26 @@ def start(processes: int | None, freeze: bool, no_nginx: bool, detach: bool, **f
     if freeze:
         freeze_site(settings.build_dir)
     stack = Stack(settings)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # like Ctrl-C: stop what started, then exit
+        signal.signal(signum, signal.default_int_handler)
     stack.start(detach=detach, show_log=not detach)
     what = "uWSGI alone" if nginx is None else f"nginx + {len(stack.instances)} uWSGI instance(s)"
     where = settings.url + (f" and {settings.https_url}" if settings.https_url else "")
-    say(f"{what} serving {where}; `scripts/serve stop` stops it (logs in {settings.run_dir})")
-    if not detach:
-        sys.exit(_serve_until_stopped(stack))
+    serving = f"{what} serving {where}; `scripts/serve stop` stops it (logs in {settings.run_dir})"
+    if detach:
+        say(serving)
+    else:
+        sys.exit(_serve_until_stopped(stack, serving))
 
 
-def _serve_until_stopped(stack: Stack) -> int:
-    """Wait for supervisord. Ctrl-C, SIGTERM or a hang-up shut it down (SIGTERM is its own
-    orderly shutdown), as `scripts/serve stop` from another shell does."""
+def _serve_until_stopped(stack: Stack, serving: str) -> int:
+    """Say ``serving`` and wait for supervisord. Ctrl-C, SIGTERM or a hang-up shut it down
+    (SIGTERM is its own orderly shutdown), as `scripts/serve stop` from another shell does."""
     supervisord = stack.supervisor.popen
     assert supervisord is not None
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda signum, frame: supervisord.terminate())
+    say(f"{serving}, as does Ctrl-C")
     status = supervisord.wait()
     stack.stop()  # removes what the programs left
     left = stack.leftovers()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -31,17 +32,13 @@ from .uwsgi import UwsgiInstance
 def wait_for(check: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
     """Until ``check()`` is true (NotRunning counts as not yet); StackError after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while not _true(check):
+    while True:
+        with contextlib.suppress(NotRunning):
+            if check():
+                return
         if time.monotonic() > deadline:
             raise StackError(f"{what} after {timeout:.0f} s; {log} ends:\n{log_tail(log)}")
         time.sleep(0.05)
-
-
-def _true(check: Callable[[], bool]) -> bool:
-    try:
-        return check()
-    except NotRunning:
-        return False
 
 
 class Stack:

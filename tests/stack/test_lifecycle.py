@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -78,10 +79,13 @@ def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
         "--no-freeze",
         env=site.environment,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
     try:
-        url = f"http://127.0.0.1:{port}"
-        assert wait_until(lambda: process.poll() is not None or answers(url + "/health"), 60)
-        assert process.poll() is None, process.stdout.read()
+        # What a person waits for before pressing Ctrl-C.
+        assert wait_until(lambda: process.poll() is not None or "serving" in "".join(lines), 60)
+        assert process.poll() is None, "".join(lines)
         pids = running_pids(run_dir)
         assert len(pids) == 4  # supervisord, two uWSGI masters, nginx
         status, _, body = get(f"http://127.0.0.1:{port}/")
@@ -90,10 +94,12 @@ def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
         # What a terminal's Ctrl-C does: SIGINT to scripts/serve (supervisord and its programs are
         # in sessions of their own: scripts/serve shuts them down in order).
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        reader.join(10)
     finally:
         if process.poll() is None:
             process.kill()
+    output = "".join(lines)
     assert process.returncode == 0, output
     assert "stopped; nothing left running" in output
     assert_nothing_left(run_dir, pids)
