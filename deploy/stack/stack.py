@@ -139,6 +139,7 @@ class Stack:
         render_supervisord(
             self.supervisor.config,
             run_dir=self.run_dir,
+            user=pwd.getpwuid(os.getuid()).pw_name,
             identifier=f"podcast stack at {settings.url} {settings.https_url or ''}".strip(),
             directory=PROJECT_ROOT,
             stop_timeout=round(settings.stop_timeout),
