@@ -20,7 +20,7 @@ Everything lives in one run directory (``var/run`` by default)::
 
 uWSGI always runs deploy/uwsgi/uwsgi.ini itself: what differs per instance (the socket, the
 FIFO ...) is passed as ``UWSGI_*`` environment variables, which uWSGI reads as options.
-nginx's config is rendered from the templates in deploy/nginx/.
+nginx's config is rendered from the Jinja2 templates in deploy/nginx/ (``*.j2``).
 
 Where nginx is not installed, ``StackSettings(nginx=None)`` runs uWSGI alone on the HTTP
 port, serving the frozen files itself (``check-static``): no security headers, no

@@ -1,13 +1,13 @@
-"""The stack's configuration files: nginx's, from the templates in deploy/nginx/, and
-supervisord's, from supervisord.conf.j2 beside this module."""
+"""The stack's configuration files, from Jinja2 templates: nginx's (deploy/nginx/*.j2) and
+supervisord's (supervisord.conf.j2 beside this module). The choices are in the templates;
+this module only fills them in."""
 
 from __future__ import annotations
 
 import re
 import shlex
 import shutil
-import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,29 +17,20 @@ from .settings import DEFAULT_HARAKIRI, DEPLOY_DIR, READ_TIMEOUT_MARGIN, StackEr
 
 NGINX_TEMPLATES = DEPLOY_DIR / "nginx"
 #: Copied into nginx's config directory as they are.
-NGINX_STATIC_FILES = ("headers.conf", "microcache.conf", "uwsgi_params")
+NGINX_STATIC_FILES = ("headers.conf", "uwsgi_params")
+SUPERVISORD_TEMPLATE = Path(__file__).with_name("supervisord.conf.j2")
 
 
-class ConfigTemplate(string.Template):
-    """``${UPPER_CASE}`` placeholders only: nginx's ``$variables`` are left alone."""
-
-    pattern = r"""
-    \$(?:
-      (?P<escaped>(?!))                |
-      (?P<named>(?!))                  |
-      {(?P<braced>[A-Z][A-Z0-9_]*)}    |
-      (?P<invalid>(?!))
+def templates(directory: Path) -> Environment:
+    """Jinja2 for config files: no HTML escaping, an unknown name is an error, and a line
+    holding only a ``{% tag %}`` leaves nothing behind."""
+    return Environment(
+        loader=FileSystemLoader(directory),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
-    """
-    flags = re.VERBOSE
-
-
-def render_template(path: Path, values: Mapping[str, str]) -> str:
-    """The template at ``path`` filled from ``values``; a missing value is an error, not a blank."""
-    try:
-        return ConfigTemplate(path.read_text()).substitute(values)
-    except KeyError as error:
-        raise StackError(f"{path.name}: no value for ${{{error.args[0]}}}") from None
 
 
 def kernel_somaxconn(default: int = 511) -> int:
@@ -52,7 +43,34 @@ def kernel_somaxconn(default: int = 511) -> int:
 
 @dataclass
 class NginxConfig:
-    """Everything the nginx templates need. The defaults are the local stack's."""
+    """Everything the nginx templates need. The defaults are the local stack's.
+
+    :param conf_dir: where nginx.conf and what it includes are written.
+    :param build_dir: the frozen site: nginx's root.
+    :param upstreams: each uWSGI socket, ``unix:/run/podcast/uwsgi-1.sock`` or ``10.0.0.5:3031``.
+    :param http_listen: the HTTP server's address.
+    :param https_listen: an HTTPS server (HTTP/2) too, at this address; needs the certificate.
+    :param certificate: the certificate (chain) for HTTPS.
+    :param certificate_key: its key.
+    :param server_name: nginx's ``server_name``.
+    :param https_only: the HTTP server only redirects to HTTPS (production).
+    :param hsts: Strict-Transport-Security over HTTPS (production, with a real certificate).
+    :param user: the ``user`` directive; None renders none (the workers run as whoever
+        started nginx).
+    :param worker_processes: nginx's ``worker_processes``.
+    :param pid_file: default ``conf_dir/nginx.pid``.
+    :param error_log: default ``conf_dir/error.log``.
+    :param access_log: the access log; None turns it off.
+    :param temp_dir: nginx's temporary files; default ``conf_dir/tmp``.
+    :param cache_dir: the micro-cache; default ``conf_dir/cache``.
+    :param open_file_cache: False: no cache of open files (nginx.conf.j2 says why it is on).
+    :param open_file_cache_valid: how often a cached file is checked again.
+    :param gzip: False: neither gzip_static nor on-the-fly gzip (for measuring them).
+    :param worker_connections: nginx's ``worker_connections``.
+    :param uwsgi_read_timeout: seconds nginx waits for uWSGI: longer than its harakiri.
+    :param backlog: the listen backlog; default the kernel's cap.
+    :param microcache: False: no micro-cache, every dynamic GET reaches uWSGI (for measuring it).
+    """
 
     conf_dir: Path
     build_dir: Path
@@ -62,99 +80,50 @@ class NginxConfig:
     certificate: Path | None = None
     certificate_key: Path | None = None
     server_name: str = "localhost"
-    #: Production: the HTTP server only redirects to HTTPS, and HSTS is sent.
     https_only: bool = False
     hsts: bool = False
-    #: The ``user`` directive; None renders none (nginx not started as root ignores it anyway).
     user: str | None = None
     worker_processes: str = "auto"
     pid_file: Path | None = None
     error_log: Path | None = None
-    #: None: the access log is off.
     access_log: Path | None = None
     temp_dir: Path | None = None
     cache_dir: Path | None = None
-    #: False: no cache of open files; True: the deployed one (nginx.conf.template says why).
     open_file_cache: bool = True
     open_file_cache_valid: str = "2s"
-    #: False: neither gzip_static nor on-the-fly gzip (for measuring them).
     gzip: bool = True
     worker_connections: int = 4096
     uwsgi_read_timeout: int = DEFAULT_HARAKIRI + READ_TIMEOUT_MARGIN
     backlog: int = field(default_factory=kernel_somaxconn)
-    #: False renders an empty microcache.conf: every dynamic GET reaches uWSGI (for measuring it).
     microcache: bool = True
 
-    def values(self) -> dict[str, str]:
-        conf = self.conf_dir
-        access_log = (
-            f"access_log {self.access_log} redacted buffer=64k flush=5s;"
-            if self.access_log is not None
-            else "access_log off;"
-        )
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise StackError("nginx needs at least one uWSGI upstream")
+        if self.https_listen and not (self.certificate and self.certificate_key):
+            raise StackError("HTTPS needs a certificate and its key")
         if self.https_only and not self.https_listen:
             raise StackError("https_only needs an HTTPS listen address")
-        http_body = (
-            "return 301 https://$host$request_uri;" if self.https_only else "include site.conf;"
-        )
-        return {
-            "USER_DIRECTIVE": f"user {self.user};"
-            if self.user
-            else "# No `user`: the workers run as the user who started nginx.",
-            "WORKER_PROCESSES": self.worker_processes,
-            "PID_FILE": str(self.pid_file or conf / "nginx.pid"),
-            "ERROR_LOG": str(self.error_log or conf / "error.log"),
-            "ACCESS_LOG": access_log,
-            "TEMP_DIR": str(self.temp_dir or conf / "tmp"),
-            "CACHE_DIR": str(self.cache_dir or conf / "cache"),
-            "OPEN_FILE_CACHE": "max=2000 inactive=30s" if self.open_file_cache else "off",
-            "OPEN_FILE_CACHE_VALID": self.open_file_cache_valid,
-            "GZIP": "on" if self.gzip else "off",
-            "WORKER_CONNECTIONS": str(self.worker_connections),
-            "UPSTREAM_SERVERS": "\n".join(
-                f"        server {upstream} max_fails=3 fail_timeout=5s;"
-                for upstream in self.upstreams
-            ),
-            "UWSGI_READ_TIMEOUT": f"{self.uwsgi_read_timeout}s",
-            "HSTS": "max-age=63072000" if self.hsts else "",
-            "BUILD_DIR": str(self.build_dir),
-            "HTTP_LISTEN": self.http_listen,
-            "HTTPS_LISTEN": self.https_listen or "",
-            "BACKLOG": str(self.backlog),
-            "SERVER_NAME": self.server_name,
-            "HTTP_BODY": http_body,
-            "SSL_CERTIFICATE": str(self.certificate or ""),
-            "SSL_CERTIFICATE_KEY": str(self.certificate_key or ""),
-        }
+        self.pid_file = self.pid_file or self.conf_dir / "nginx.pid"
+        self.error_log = self.error_log or self.conf_dir / "error.log"
+        self.temp_dir = self.temp_dir or self.conf_dir / "tmp"
+        self.cache_dir = self.cache_dir or self.conf_dir / "cache"
 
 
 def render_nginx(config: NginxConfig) -> Path:
     """Write nginx.conf and what it includes into ``config.conf_dir``; returns nginx.conf."""
-    if not config.upstreams:
-        raise StackError("nginx needs at least one uWSGI upstream")
-    if config.https_listen and not (config.certificate and config.certificate_key):
-        raise StackError("HTTPS needs a certificate and its key")
-    values = config.values()
-    conf = config.conf_dir
-    servers = conf / "servers"
-    servers.mkdir(parents=True, exist_ok=True)
-    for stale in servers.glob("*.conf"):
+    conf, nginx = config.conf_dir, templates(NGINX_TEMPLATES)
+    (conf / "servers").mkdir(parents=True, exist_ok=True)
+    for stale in (conf / "servers").glob("*.conf"):
         stale.unlink()
-    rendered = {
-        conf / "nginx.conf": "nginx.conf.template",
-        conf / "site.conf": "site.conf.template",
-        servers / "http.conf": "server-http.conf.template",
-    }
+    files = {name: name for name in ("nginx.conf", "site.conf", "microcache.conf")}
+    files["servers/http.conf"] = "server-http.conf"
     if config.https_listen:
-        rendered[servers / "https.conf"] = "server-https.conf.template"
-    for target, template in rendered.items():
-        target.write_text(render_template(NGINX_TEMPLATES / template, values))
+        files["servers/https.conf"] = "server-https.conf"
+    for target, template in files.items():
+        (conf / target).write_text(nginx.get_template(f"{template}.j2").render(vars(config)))
     for name in NGINX_STATIC_FILES:
         shutil.copyfile(NGINX_TEMPLATES / name, conf / name)
-    if not config.microcache:
-        (conf / "microcache.conf").write_text(
-            "# The micro-cache is off (StackSettings.microcache).\n"
-        )
     return conf / "nginx.conf"
 
 
@@ -162,7 +131,6 @@ def render_nginx(config: NginxConfig) -> Path:
 # supervisord.conf
 # --------------------------------------------------------------------------
 
-SUPERVISORD_TEMPLATE = Path(__file__).with_name("supervisord.conf.j2")
 #: What supervisord.conf cannot hold: a line break; "%" (it expands %(name)s, in some values
 #: twice); a double quote (environment values are quoted with it); ";" or "#" after whitespace
 #: (it reads a comment there).
@@ -178,13 +146,7 @@ def supervisor_value(text: object) -> str:
 
 def render_supervisord(path: Path, **values: object) -> Path:
     """Write supervisord.conf.j2, filled from ``values``, to ``path``."""
-    environment = Environment(
-        loader=FileSystemLoader(SUPERVISORD_TEMPLATE.parent),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    environment = templates(SUPERVISORD_TEMPLATE.parent)
     environment.filters["value"] = supervisor_value
     environment.filters["command"] = lambda words: supervisor_value(shlex.join(map(str, words)))
     path.write_text(environment.get_template(SUPERVISORD_TEMPLATE.name).render(values))
