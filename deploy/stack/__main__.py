@@ -1,7 +1,5 @@
 """``python -m deploy.stack``: the stack's command line (scripts/serve runs it)."""
 
-import sys
+from .cli import cli
 
-from . import main
-
-sys.exit(main())
+cli(prog_name="scripts/serve")

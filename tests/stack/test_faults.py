@@ -4,6 +4,8 @@ Each test runs a stack of its own, a bounded background load (threads of keep-al
 clients on loopback, stopping by themselves), breaks one thing and counts failed
 requests. The bounds asserted are the ones the configuration guarantees, not timings:
 
+* a uWSGI master killed by SIGKILL is restarted by supervisord, while nginx answers every
+  request for a frozen page;
 * a uWSGI worker killed by SIGKILL loses at most the one request it was running;
 * recycling (max-requests), a graceful reload and a chain reload lose none;
 * PostgreSQL stopped: 503 with Retry-After, never a 500 or 502; started again: full
@@ -17,12 +19,14 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from request_profiler import make_token
 
-from deploy.stack import Stack, pid_alive
+from deploy.stack import Stack
 
 from .conftest import EPISODES, PROFILER_SECRET, Site, build_site
 from .probe_wsgi import SLEEP_PATH
@@ -56,7 +60,7 @@ def test_frozen_pages_keep_being_served_with_uwsgi_stopped(make_stack, site: Sit
     url = stack.settings.url
     episode = (site.build_dir / "nginx" / "episodes.map").read_text().split(";")[0].split()[1]
     stack.stop_uwsgi(*stack.instances)
-    assert stack.nginx_pid() is not None
+    assert set(stack.pids()) == {"nginx"}
     for path in ["/", "/episodes/", episode, "/episodes/rss", "/static/style.css", "/episodes/2"]:
         status, _, _ = get(url + path)
         assert status in (200, 301), path
@@ -67,6 +71,39 @@ def test_frozen_pages_keep_being_served_with_uwsgi_stopped(make_stack, site: Sit
     for instance in stack.instances:
         stack.start_uwsgi(instance)
     assert get(url + "/api/episodes/1")[0] == 200
+
+
+def test_a_killed_uwsgi_is_restarted_while_nginx_serves_the_frozen_pages(
+    make_stack, site: Site
+) -> None:
+    """SIGKILL to the uWSGI master (nothing graceful: the OOM killer does this): supervisord
+    starts a new one, and nginx answers every request for a frozen page all along."""
+    stack = make_stack()
+    url, instance = stack.settings.url, stack.instances[0]
+    episode = (site.build_dir / "nginx" / "episodes.map").read_text().split(";")[0].split()[1]
+    frozen = ["/", "/episodes/", episode, "/episodes/rss", "/static/style.css"]
+    master, workers = stack.pids()[instance.name], instance.worker_pids()
+    old_workers = [psutil.Process(pid) for pid in workers]
+
+    def new_master_serves() -> bool:
+        return stack.pids().get(instance.name, master) != master and instance.ready()
+
+    with BackgroundLoad(
+        url, lambda n: frozen[n % len(frozen)], threads=4, max_seconds=60, ok_statuses={200}
+    ) as load:
+        load.wait_requests(200)
+        os.kill(master, signal.SIGKILL)
+        killed = time.monotonic()
+        assert wait_until(new_master_serves, 30), "supervisord did not restart uWSGI"
+        back = time.monotonic() - killed
+        load.wait_requests(200)
+    assert load.result.failures == [], load.result.summary()
+    assert load.result.total >= 400
+    # The old workers went with their master (no-orphans), and the app answers again.
+    assert not psutil.wait_procs(old_workers, timeout=10)[1]
+    assert not set(workers) & set(instance.worker_pids())
+    assert get(url + "/health")[0] == 200 and get(url + "/api/episodes/1")[0] == 200
+    print(f"uWSGI serving again {back:.1f} s after the SIGKILL; {load.result.summary()}")
 
 
 # --- A worker killed, workers recycled, reloads ------------------------------------
@@ -113,7 +150,7 @@ def test_worker_recycling_by_max_requests_under_load_loses_nothing(make_stack) -
 @pytest.mark.parametrize("chain", [False, True], ids=["graceful-reload", "chain-reload"])
 def test_reload_under_load_loses_nothing(make_stack, chain: bool) -> None:
     stack = make_stack(uwsgi_instances=2)
-    masters = [instance.master_pid() for instance in stack.instances]
+    masters = stack.pids()
     old_workers = {pid for instance in stack.instances for pid in instance.worker_pids()}
     with BackgroundLoad(stack.settings.url, varied_path, threads=6, max_seconds=90) as load:
         load.wait_requests(200)
@@ -122,7 +159,7 @@ def test_reload_under_load_loses_nothing(make_stack, chain: bool) -> None:
     result = load.result
     assert result.failures == [], result.summary()
     # The same masters (a reload, not a restart), every worker new.
-    assert [instance.master_pid() for instance in stack.instances] == masters
+    assert stack.pids() == masters
     assert not old_workers & {pid for instance in stack.instances for pid in instance.worker_pids()}
 
 
@@ -151,7 +188,7 @@ def test_sigterm_lets_running_requests_finish(make_stack) -> None:
     """systemd's stop (SIGTERM) is graceful: a request running then still gets its answer."""
     stack = make_stack(uwsgi_options={"module": "tests.stack.probe_wsgi:application"})
     instance = stack.instances[0]
-    master = instance.master_pid()
+    master = stack.pids()[instance.name]
     outcome: list[int] = []
     request = threading.Thread(
         target=lambda: outcome.append(get(stack.settings.url + f"{SLEEP_PATH}?seconds=2")[0])
@@ -161,7 +198,7 @@ def test_sigterm_lets_running_requests_finish(make_stack) -> None:
     os.kill(master, signal.SIGTERM)
     request.join(30)
     assert outcome == [200]
-    assert wait_until(lambda: not pid_alive(master), 30)
+    assert wait_until(lambda: not psutil.pid_exists(master), 30)
     assert "graceful shutdown triggered" in instance.log.read_text()
 
 
@@ -223,11 +260,7 @@ def test_postgres_outage_under_load(make_stack, private_postgres, tmp_path: Path
     site = build_site(private_postgres.url, tmp_path / "pgsite")
     stack = make_stack(site_=site)
     url = stack.settings.url
-    pids_before = sorted(
-        pid
-        for instance in stack.instances
-        for pid in [instance.master_pid(), *instance.worker_pids()]
-    )
+    pids_before = sorted([*stack.pids().values(), *stack.instances[0].worker_pids()])
     # Only requests that need the database (the frozen pages would not notice the outage).
     load = BackgroundLoad(
         url,
@@ -263,9 +296,5 @@ def test_postgres_outage_under_load(make_stack, private_postgres, tmp_path: Path
     with tail:
         tail.wait_requests(200)
     assert tail.result.statuses == {200: 200}, tail.result.summary()
-    pids_after = sorted(
-        pid
-        for instance in stack.instances
-        for pid in [instance.master_pid(), *instance.worker_pids()]
-    )
+    pids_after = sorted([*stack.pids().values(), *stack.instances[0].worker_pids()])
     assert pids_after == pids_before

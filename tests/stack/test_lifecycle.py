@@ -7,16 +7,18 @@ by ``scripts/serve stop`` from another shell.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
-from deploy.stack import Stack, StackSettings, pid_alive, read_pid
+from deploy.stack import Stack, StackSettings
+from deploy.stack.supervise import NotRunning, Supervisor
 from tests.conftest import require_binary
 
 from .conftest import Site
@@ -36,23 +38,25 @@ def serve(*args: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
     )
 
 
-def recorded_pids(run_dir: Path) -> list[int]:
-    """Every master pid the running stack recorded (uWSGI instances and nginx)."""
-    state = json.loads((run_dir / "stack.json").read_text())
-    pids = [read_pid(Path(instance["pid_file"]), "uwsgi") for instance in state["uwsgi"]]
-    if state["nginx"]:
-        pids.append(read_pid(Path(state["nginx"]["pid_file"]), "nginx"))
-    assert all(pids), state
-    return pids  # type: ignore[return-value]
+def running_pids(run_dir: Path) -> list[int]:
+    """The pids of supervisord and of every program it runs (uWSGI masters, nginx)."""
+    supervisor = Supervisor(run_dir)
+    try:
+        return [supervisor.call("getPID"), *supervisor.pids().values()]
+    except NotRunning:
+        return []
+
+
+def answers(url: str) -> bool:
+    try:
+        return get(url)[0] == 200
+    except OSError:  # not listening yet
+        return False
 
 
 def assert_nothing_left(run_dir: Path, pids: list[int]) -> None:
-    assert not [pid for pid in pids if pid_alive(pid)]
-    left = [
-        p.name
-        for p in run_dir.rglob("*")
-        if p.suffix in (".sock", ".pid", ".fifo") or p.name == "stack.json"
-    ]
+    assert [pid for pid in pids if psutil.pid_exists(pid)] == []
+    left = [p.name for p in run_dir.rglob("*") if p.suffix in (".sock", ".pid", ".fifo")]
     assert left == []
 
 
@@ -61,6 +65,7 @@ def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
 ) -> None:
     run_dir, port = tmp_path / "run", free_port()
     process = serve(
+        "start",
         "--port",
         str(port),
         "--uwsgi-instances",
@@ -74,23 +79,27 @@ def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
         "--no-freeze",
         env=site.environment,
     )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reader.start()
     try:
-        assert wait_until(
-            lambda: (run_dir / "stack.json").exists() or process.poll() is not None, 60
-        )
-        assert process.poll() is None, process.stdout.read()
-        pids = recorded_pids(run_dir)
-        assert len(pids) == 3
+        # What a person waits for before pressing Ctrl-C.
+        assert wait_until(lambda: process.poll() is not None or "serving" in "".join(lines), 60)
+        assert process.poll() is None, "".join(lines)
+        pids = running_pids(run_dir)
+        assert len(pids) == 4  # supervisord, two uWSGI masters, nginx
         status, _, body = get(f"http://127.0.0.1:{port}/")
         assert status == 200 and body == (site.build_dir / "index.html").read_bytes()
         assert get(f"http://127.0.0.1:{port}/api/episodes/1")[0] == 200
-        # What a terminal's Ctrl-C does: SIGINT to scripts/serve (the servers are in sessions
-        # of their own).
+        # What a terminal's Ctrl-C does: SIGINT to scripts/serve (supervisord and its programs are
+        # in sessions of their own: scripts/serve shuts them down in order).
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        process.wait(timeout=60)
+        reader.join(10)
     finally:
         if process.poll() is None:
             process.kill()
+    output = "".join(lines)
     assert process.returncode == 0, output
     assert "stopped; nothing left running" in output
     assert_nothing_left(run_dir, pids)
@@ -102,6 +111,7 @@ def test_serve_detached_then_stop_from_another_shell(
     run_dir, port = tmp_path / "run", free_port()
     common = ["--run-dir", str(run_dir)]
     started = serve(
+        "start",
         "--port",
         str(port),
         "--detach",
@@ -113,14 +123,26 @@ def test_serve_detached_then_stop_from_another_shell(
     )
     output, _ = started.communicate(timeout=90)
     assert started.returncode == 0, output
-    pids = recorded_pids(run_dir)
+    pids = running_pids(run_dir)
     try:
+        assert len(pids) == 3  # supervisord, a uWSGI master, nginx
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
         status = serve("status", *common, env={})
-        assert status.wait(30) == 0 and f"http://127.0.0.1:{port}" in status.stdout.read()
+        assert status.wait(30) == 0
+        lines = status.stdout.read().splitlines()
+        assert lines[0] == f"podcast stack at http://127.0.0.1:{port}"
+        states = dict(line.split()[:2] for line in lines[1:])  # supervisorctl's table
+        assert states.keys() == {"nginx", "uwsgi:uwsgi-1"}
+        assert set(states.values()) <= {"STARTING", "RUNNING"}  # RUNNING once up for 1 s
         # A second start on the same run directory refuses instead of clobbering the running one.
         again = serve(
-            "--port", str(free_port()), "--detach", "--no-freeze", *common, env=site.environment
+            "start",
+            "--port",
+            str(free_port()),
+            "--detach",
+            "--no-freeze",
+            *common,
+            env=site.environment,
         )
         again_output, _ = again.communicate(timeout=60)
         assert again.returncode == 1 and "already running" in again_output
@@ -129,7 +151,7 @@ def test_serve_detached_then_stop_from_another_shell(
         stop_output, _ = stop.communicate(timeout=90)
     assert stop.returncode == 0, stop_output
     assert_nothing_left(run_dir, pids)
-    assert serve("status", *common, env={}).wait(30) == 1
+    assert serve("status", *common, env={}).wait(30) == 3
 
 
 def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(
@@ -147,7 +169,7 @@ def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(
     )
     stack.start()
     try:
-        pids = [stack.instances[0].master_pid()]
+        pids = list(stack.pids().values())
         url = stack.settings.url
         status, headers, body = get(url + "/static/style.css")
         assert status == 200 and body == (site.build_dir / "static/style.css").read_bytes()
@@ -159,7 +181,7 @@ def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(
         assert get(url + "/episodes/rss")[0] == 200
     finally:
         stack.stop()
-    assert_nothing_left(stack.run_dir, pids)  # type: ignore[arg-type]
+    assert_nothing_left(stack.run_dir, pids)
 
 
 def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_binaries) -> None:

@@ -1,0 +1,88 @@
+"""One uWSGI instance of the stack: its files, and what its master FIFO and stats server say."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from .supervise import Program
+
+
+def read_stats(stats_socket: Path, timeout: float = 2.0) -> dict[str, Any]:
+    """uWSGI's stats server JSON: the master's pid, the listen queue, each worker's pid,
+    status, requests and memory."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(timeout)
+        connection.connect(str(stats_socket))
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return json.loads(b"".join(chunks))
+
+
+class UwsgiInstance:
+    """uWSGI master number ``number`` and its workers: ``uwsgi:uwsgi-<number>`` in supervisord,
+    with its socket, master FIFO, stats socket, pid file and log in ``run_dir``.
+
+    :param number: 1, 2 ... (each instance is one server of nginx's upstream).
+    :param run_dir: the stack's run directory.
+    """
+
+    def __init__(self, number: int, run_dir: Path) -> None:
+        self.number = number
+        self.name = f"uwsgi-{number}"
+        self.socket, self.fifo, self.stats_socket, self.pid_file, self.log = (
+            run_dir / f"{self.name}{suffix}"
+            for suffix in (".sock", ".fifo", "-stats.sock", ".pid", ".log")
+        )
+        #: Program uwsgi-<number> of group uwsgi: `supervisorctl status uwsgi:uwsgi-1`.
+        self.program = Program(f"uwsgi:{self.name}", f"uWSGI instance {number}", self.log)
+
+    def options(self) -> dict[str, str]:
+        """The per-instance options, as the ``UWSGI_*`` variables uwsgi.ini reads."""
+        return {
+            "UWSGI_SOCKET": str(self.socket),
+            "UWSGI_SAFE_PIDFILE": str(self.pid_file),
+            "UWSGI_MASTER_FIFO": str(self.fifo),
+            "UWSGI_STATS": str(self.stats_socket),
+        }
+
+    def remove_files(self) -> None:
+        """What a stopped instance leaves: the FIFO (``vacuum`` removes the rest), and every file
+        of a killed master. Only call it when the instance is not running."""
+        for path in (self.socket, self.fifo, self.stats_socket, self.pid_file):
+            path.unlink(missing_ok=True)
+
+    def stats(self) -> dict[str, Any]:
+        return read_stats(self.stats_socket)
+
+    def worker_pids(self) -> list[int]:
+        return [worker["pid"] for worker in self.stats()["workers"] if worker["pid"]]
+
+    def command(self, letters: str) -> None:
+        """Write to the master FIFO: ``c`` chain reload, ``r`` graceful reload, ``q`` graceful
+        stop (uWSGI's Master FIFO)."""
+        descriptor = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
+        try:
+            os.write(descriptor, letters.encode())
+        finally:
+            os.close(descriptor)
+
+    def ready(self, *, not_pids: Collection[int] = ()) -> bool:
+        """Every worker is up and accepting (and, after a reload, none of ``not_pids`` is
+        among them)."""
+        try:
+            workers = self.stats().get("workers", [])
+        except (OSError, ValueError):
+            return False
+        return bool(workers) and all(
+            worker["pid"]
+            and worker.get("accepting")
+            and worker["pid"] not in not_pids
+            and worker["status"] in ("idle", "busy")
+            for worker in workers
+        )

@@ -1,0 +1,119 @@
+"""The rendered configs say what the stack means: supervisord.conf read back by supervisor's own
+parser, and each switch of the nginx templates checked by ``nginx -t``."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from supervisor.options import ServerOptions
+
+from deploy.stack import NginxConfig, Stack, StackError, StackSettings, render_nginx
+from deploy.stack.render import supervisor_value
+from tests.conftest import require_binary
+
+from .support import free_port
+
+
+def read_back(stack: Stack) -> dict[str, object]:
+    """Each program's command (split as supervisord splits it), environment and log, by name."""
+    options = ServerOptions()
+    options.realize(args=["-c", str(stack.supervisor.config)])
+    return {
+        f"{group.name}:{program.name}": (
+            shlex.split(program.command),
+            program.environment,
+            program.stdout_logfile,
+        )
+        for group in options.process_group_configs
+        for program in group.process_configs
+    }
+
+
+def test_supervisord_reads_every_value_back_as_written(tmp_path: Path) -> None:
+    # A checkout path may hold spaces, quotes, ";" and "#": none of it may change a value.
+    run_dir = tmp_path / "a dir;with 'quotes'#1" / "run"
+    stack = Stack(StackSettings(run_dir=run_dir, build_dir=tmp_path, nginx=None, uwsgi="uwsgi"))
+    run_dir.mkdir(parents=True)
+    stack.render()
+    programs = read_back(stack)
+    instance = stack.instances[0]
+    command, environment, log = programs["uwsgi:uwsgi-1"]
+    assert list(programs) == ["uwsgi:uwsgi-1"]
+    assert command[0] == "uwsgi" and Path(command[2]).name == "uwsgi.ini"
+    assert environment == instance.options() and log == str(instance.log)
+
+
+def test_uwsgi_starts_first_and_nginx_stops_first_in_the_foreground(tmp_path: Path) -> None:
+    nginx = require_binary("nginx")
+    stack = Stack(StackSettings(run_dir=tmp_path, build_dir=tmp_path, nginx=nginx, uwsgi="uwsgi"))
+    stack.render()
+    command = read_back(stack)["nginx:nginx"][0]
+    assert command[command.index("-c") + 1] == str(stack.nginx_dir / "nginx.conf")
+    assert command[-2:] == ["-g", "daemon off;"]  # supervisord runs it, never a daemon
+    options = ServerOptions()
+    options.realize(args=["-c", str(stack.supervisor.config)])
+    # supervisord starts groups by ascending priority and stops them in the reverse order.
+    order = sorted(options.process_group_configs)
+    assert [group.name for group in order] == ["uwsgi", "nginx"]
+
+
+@pytest.mark.parametrize("text", ['say "hi"', "two\nlines", "a ;comment", "a #comment", "100%"])
+def test_values_supervisord_would_misread_are_refused(text: str) -> None:
+    with pytest.raises(StackError):
+        supervisor_value(text)
+
+
+def base_nginx_config(tmp_path: Path, **fields: object) -> NginxConfig:
+    conf = tmp_path / "conf"
+    (conf / "tmp").mkdir(parents=True)
+    values: dict = {
+        "conf_dir": conf,
+        "build_dir": tmp_path / "build",
+        "upstreams": ["unix:/run/podcast/uwsgi-1.sock", "10.0.0.5:3031"],
+        "http_listen": f"127.0.0.1:{free_port()}",
+        "access_log": conf / "access.log",
+        "user": "root" if os.geteuid() == 0 else None,
+    }
+    return NginxConfig(**values | fields)
+
+
+@pytest.mark.parametrize(
+    "field, value, file, present, absent",
+    [
+        ("microcache", False, "microcache.conf", "The micro-cache is off", "uwsgi_cache "),
+        ("gzip", False, "nginx.conf", "\n    gzip_static off;", "gzip_static on;"),
+        ("access_log", None, "nginx.conf", "\n    access_log off;", " redacted buffer=64k"),
+        ("open_file_cache", False, "nginx.conf", "open_file_cache off;", "max=2000"),
+        ("upstreams", ["10.0.0.9:3031"], "nginx.conf", "server 10.0.0.9:3031 max", "unix:"),
+    ],
+)
+def test_each_switch_of_the_nginx_templates_renders_a_valid_config(
+    tmp_path: Path, field: str, value: object, file: str, present: str, absent: str
+) -> None:
+    """Every {% if %} of deploy/nginx/*.j2 both ways: nginx -t accepts it, and it says what the
+    switch asks (the deployed side is checked by the stack tests and the production render)."""
+    nginx = require_binary("nginx")
+    config = base_nginx_config(tmp_path, **{field: value})
+    conf = render_nginx(config)
+    text = (config.conf_dir / file).read_text()
+    assert present in text and absent not in text
+    checked = subprocess.run(
+        [nginx, "-t", "-q", "-p", f"{config.conf_dir}/", "-c", str(conf), "-e", "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_an_nginx_config_that_cannot_work_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StackError, match="upstream"):
+        NginxConfig(conf_dir=tmp_path, build_dir=tmp_path, upstreams=[])
+    with pytest.raises(StackError, match="certificate"):
+        NginxConfig(conf_dir=tmp_path, build_dir=tmp_path, upstreams=["a:1"], https_listen="443")
+    with pytest.raises(StackError, match="HTTPS listen"):
+        NginxConfig(conf_dir=tmp_path, build_dir=tmp_path, upstreams=["a:1"], https_only=True)
