@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from html.parser import HTMLParser
 
 import pytest
@@ -66,6 +68,14 @@ def test_episode_page_shows_notes_guests_and_audio(client):
     assert expected["show_notes"] in body  # editors' HTML is rendered, not escaped
     assert expected["audio_url"] in body
     assert "<title>#7 " in body
+    assert "Chapters" not in body  # episode 7 has none
+
+
+def test_episode_page_lists_its_chapters(client):
+    expected = generate_episode(12)
+    body = client.get(f"/episodes/12/{expected['slug']}").get_data(as_text=True)
+    listed = re.findall(r'<li><time datetime="PT(\d+)S">[0-9:]+</time> ([^<]+)</li>', body)
+    assert [(int(start), html.unescape(title)) for start, title in listed] == expected["chapters"]
 
 
 @pytest.mark.parametrize("suffix", ["", "/wrong-slug", "/"])
