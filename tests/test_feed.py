@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import io
+import re
+import uuid
 import xml.etree.ElementTree as ElementTree
 from datetime import UTC, datetime
 
 import feedparser
+import podcastparser
 import pytest
 
 import webapp.blueprints.feed as feed_module
+from tests.conftest import make_app
 from webapp.blueprints.feed import FeedCache
-from webapp.db import get_database
-from webapp.db.seed import generate_episode, seed
+from webapp.db import get_database, get_session, queries
+from webapp.db.seed import seed
+from webapp.models import Episode
+from webapp.rss import APPLE_TAGS
+from webapp.settings import podcast_guid
 
 ITUNES = "{http://www.itunes.com/dtds/podcast-1.0.dtd}"
+PODCAST_NAMESPACE_URI = "https://podcastindex.org/namespace/1.0"
+PODCAST = "{" + PODCAST_NAMESPACE_URI + "}"
+#: The Podcast Namespace's UUID for podcast:guid, as its spec gives it.
+PODCAST_NAMESPACE = uuid.UUID("ead4c236-bf58-58c6-a2c6-a6b28d128cb6")
 
 
 @pytest.fixture
@@ -30,39 +42,134 @@ def render_count(monkeypatch):
     return calls
 
 
-def test_feed_parses_in_a_real_feed_reader_with_every_item(client):
+def database_episodes(app) -> list[Episode]:
+    with app.app_context():
+        return queries.all_episodes(get_session())
+
+
+def apple_notes(show_notes: str) -> str:
+    """The seed's show notes as Apple's tag set has them: its headings become paragraphs,
+    its bold text plain (worked out here independently of webapp.rss)."""
+    assert set(re.findall(r"</?([a-z0-9]+)", show_notes)) <= {"p", "h3", "ul", "li", "a", "strong"}
+    return re.sub(r"</?strong>", "", re.sub(r"<(/?)h3>", r"<\1p>", show_notes))
+
+
+def test_feedparser_reads_every_field_as_the_database_has_it(app, client):
     response = client.get("/episodes/rss")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/rss+xml; charset=utf-8"
     parsed = feedparser.parse(response.data)
     assert not parsed.bozo, parsed.get("bozo_exception")
     assert parsed.version == "rss20"
-    assert parsed.feed.title == "Talk Fast Python"
-    assert len(parsed.entries) == 30
-    for entry in parsed.entries:
-        number = int(entry.itunes_episode)
-        expected = generate_episode(number)
-        assert entry.id == expected["guid"]
-        assert entry.guidislink is False
-        assert entry.title == expected["title"]
-        assert entry.link == f"https://podcast.test/episodes/{number}/{expected['slug']}"
+    feed = parsed.feed
+    assert (feed.title, feed.link, feed.language) == (
+        "Talk Fast Python",
+        "https://podcast.test/",
+        "en-us",
+    )
+    assert feed.image.href == "https://podcast.test/artwork.png"
+    assert feed.podcast_guid == str(uuid.uuid5(PODCAST_NAMESPACE, "podcast.test/episodes/rss"))
+    assert feed.podcast_locked == {"owner": "host@example.com"}
+    episodes = database_episodes(app)
+    assert len(parsed.entries) == len(episodes) == 30
+    for entry, episode in zip(parsed.entries, episodes, strict=True):
+        site_path = f"https://podcast.test/episodes/{episode.number}"
+        assert int(entry.itunes_episode) == episode.number
+        assert entry.id == episode.guid and entry.guidislink is False
+        assert entry.title == entry.itunes_title == episode.title
+        assert entry.link == f"https://podcast.test{episode.path}"
         (enclosure,) = entry.enclosures
-        assert enclosure.href == expected["audio_url"]
-        assert int(enclosure.length) == expected["audio_bytes"]
-        assert enclosure.type == "audio/mpeg"
-        published = datetime(*entry.published_parsed[:6], tzinfo=UTC)
-        assert published == expected["published_at"]
-        assert entry.itunes_duration == str(expected["duration_seconds"])
-        # The HTML show notes survive escaping intact.
-        assert entry.summary == expected["show_notes"]
+        assert (enclosure.href, int(enclosure.length), enclosure.type) == (
+            episode.audio_url,
+            episode.audio_bytes,
+            "audio/mpeg",
+        )
+        assert datetime(*entry.published_parsed[:6], tzinfo=UTC) == episode.published_at
+        assert entry.itunes_duration == str(episode.duration_seconds)
+        assert entry.summary == apple_notes(episode.show_notes)
+        assert entry.podcast_transcript == {
+            "url": f"{site_path}/transcript.html",
+            "type": "text/html",
+        }
+        if episode.chapters:
+            assert entry.podcast_chapters == {
+                "url": f"{site_path}/chapters.json",
+                "type": "application/json+chapters",
+            }
+        else:
+            assert "podcast_chapters" not in entry
+
+
+def test_gpodders_podcastparser_reads_every_field_as_the_database_has_it(app, client, monkeypatch):
+    # podcastparser 0.6.11 knows the namespace only by its old GitHub address, which
+    # the namespace's spec says clients must treat as identical to the one we declare.
+    monkeypatch.setitem(podcastparser.Namespace.NAMESPACES, PODCAST_NAMESPACE_URI, "podcast")
+    body = client.get("/episodes/rss").data
+    parsed = podcastparser.parse("https://podcast.test/episodes/rss", io.BytesIO(body))
+    assert parsed["title"] == "Talk Fast Python" and parsed["link"] == "https://podcast.test/"
+    assert parsed["cover_url"] == "https://podcast.test/artwork.png"
+    assert parsed["itunes_owner"] == {"name": "Talk Fast Python", "email": "host@example.com"}
+    assert parsed["import_prohibited"] is True  # podcast:locked yes
+    assert (parsed["explicit"], parsed["type"]) == (False, "episodic")
+    episodes = database_episodes(app)
+    assert len(parsed["episodes"]) == len(episodes)
+    for item, episode in zip(parsed["episodes"], episodes, strict=True):
+        site_path = f"https://podcast.test/episodes/{episode.number}"
+        assert (item["number"], item["guid"], item["title"]) == (
+            episode.number,
+            episode.guid,
+            episode.title,
+        )
+        assert item["link"] == f"https://podcast.test{episode.path}"
+        assert item["published"] == int(episode.published_at.timestamp())
+        assert item["total_time"] == episode.duration_seconds
+        assert item["enclosures"] == [
+            {"url": episode.audio_url, "file_size": episode.audio_bytes, "mime_type": "audio/mpeg"}
+        ]
+        assert (item["type"], item["explicit"]) == ("full", episode.explicit)
+        assert item["description_html"] == apple_notes(episode.show_notes)
+        assert item["transcript_url"] == f"{site_path}/transcript.html"
+        assert item.get("chapters_json_url") == (
+            f"{site_path}/chapters.json" if episode.chapters else None
+        )
+        # The item's people replace the channel's, so the host is named again.
+        people = [(person["name"], person["role"]) for person in item["persons"]]
+        assert people == [("Morgan Reyes", "host")] + [
+            (guest.name, "guest") for guest in episode.guests
+        ]
+
+
+def test_show_notes_carry_only_apples_tags_whatever_an_editor_wrote(app, client):
+    hostile = (
+        "<h2>Intro</h2><p>Fine <b>bold</b> &amp; <em>more</em>]]><script>alert(1)</script></p>"
+        '<style>p{}</style><!-- a comment --><img src="x.png" onerror="alert(2)">'
+        '<a href="javascript:alert(3)" onclick="x()">bad link</a>'
+        '<ol><li><a href="https://example.com/?a=1&amp;b=2" target="_blank">good</a></li></ol>'
+        "<div>unclosed <p>paragraph"
+    )
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET show_notes = %s WHERE number = 3", (hostile,))
+    body = client.get("/episodes/rss").data
+    item = next(
+        item
+        for item in ElementTree.fromstring(body).iter("item")
+        if item.findtext(f"{ITUNES}episode") == "3"
+    )
+    notes = item.findtext("description")  # well-formed XML: the CDATA was not broken out of
+    assert set(re.findall(r"</?([a-zA-Z0-9]+)", notes)) <= APPLE_TAGS
+    assert "alert" not in notes and "onclick" not in notes and "target" not in notes
+    assert "]]&gt;" in notes and "Fine bold &amp; more" in notes
+    assert '<a href="https://example.com/?a=1&amp;b=2">good</a>' in notes
+    assert "<p>Intro</p>" in notes and "<p>paragraph</p>" in notes
+    assert not feedparser.parse(body).bozo
 
 
 def test_feed_has_what_apple_podcasts_requires(client):
     root = ElementTree.fromstring(client.get("/episodes/rss").data)
     channel = root.find("channel")
-    for tag in ["title", "link", "description", "language"]:
+    for tag in ["title", "link", "description", "language", "lastBuildDate"]:
         assert channel.findtext(tag)
-    assert channel.find(f"{ITUNES}image").get("href") == "https://podcast.test/static/cover.png"
+    assert channel.find(f"{ITUNES}image").get("href") == "https://podcast.test/artwork.png"
     assert channel.find(f"{ITUNES}category").get("text") == "Technology"
     assert channel.findtext(f"{ITUNES}explicit") == "false"
     assert channel.findtext(f"{ITUNES}author")
@@ -72,11 +179,36 @@ def test_feed_has_what_apple_podcasts_requires(client):
         "self",
         "https://podcast.test/episodes/rss",
     )
+    host = channel.find(f"{PODCAST}person")
+    assert (host.get("role"), host.text) == ("host", "Morgan Reyes")
     items = channel.findall("item")
     assert [int(item.findtext(f"{ITUNES}episode")) for item in items] == list(range(30, 0, -1))
     assert all(item.findtext(f"{ITUNES}explicit") in {"true", "false"} for item in items)
-    # Show notes travel as escaped HTML: parsed, the text holds the tags.
+    assert all(item.findtext(f"{ITUNES}title") == item.findtext("title") for item in items)
+    # Show notes travel as HTML in CDATA: parsed, the text holds the tags.
     assert all(item.findtext("description").startswith("<p>") for item in items)
+    assert b"<description><![CDATA[<p>" in client.get("/episodes/rss").data
+
+
+def test_podcast_guid_is_the_uuid5_of_the_feed_url_and_a_setting(tmp_path, app):
+    # The namespace's own examples.
+    assert podcast_guid("https://mp3s.nashownotes.com/pc20rss.xml") == (
+        "917393e3-1b1e-5cef-ace4-edaa54e1f810"
+    )
+    assert podcast_guid("http://podnews.net/rss/") == "9b024349-ccf0-5f69-a609-6b82873eab3c"
+    assert app.config["SITE_PODCAST_GUID"] == podcast_guid("https://podcast.test/episodes/rss")
+    # Once the show moves, the guid set before the move stays.
+    moved = make_app(
+        app.config["DATABASE_URL"],
+        tmp_path / "moved",
+        SITE_URL="https://new-host.example",
+        SITE_PODCAST_GUID=app.config["SITE_PODCAST_GUID"],
+    )
+    body = moved.test_client().get("/episodes/rss").data
+    assert (
+        ElementTree.fromstring(body).findtext(f"channel/{PODCAST}guid")
+        == (app.config["SITE_PODCAST_GUID"])
+    )
 
 
 def test_full_seed_feed_is_a_long_running_shows_size(empty_app):
@@ -124,8 +256,6 @@ def test_a_change_in_the_data_changes_validators_and_content(app, client, render
 
 
 def test_validators_are_derived_from_data_not_from_the_process(app, tmp_path, client):
-    from tests.conftest import make_app
-
     other_process = make_app(app.config["DATABASE_URL"], tmp_path / "other")
     a = client.get("/episodes/rss")
     b = other_process.test_client().get("/episodes/rss")

@@ -58,6 +58,8 @@ def crawl(client) -> None:
         "/api/episodes/7",
         "/api/episodes/999",
         "/episodes/rss",
+        "/episodes/12/chapters.json",
+        "/episodes/7/transcript.html",
         "/health",
     ]:
         assert client.get(url).status_code < 500, url

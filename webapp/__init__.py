@@ -16,7 +16,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from . import db, errors
-from .blueprints import api, feed, pages
+from .blueprints import api, feed, pages, podcast
 from .freeze import freeze_command
 from .profiler import install_profiler
 from .settings import load_settings
@@ -36,6 +36,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(freeze_command)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(feed.blueprint)
+    app.register_blueprint(podcast.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
     # Last, so the profiler wraps everything the app does, from the first byte.
     install_profiler(app)

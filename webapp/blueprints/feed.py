@@ -20,7 +20,7 @@ from werkzeug.http import http_date, is_resource_modified
 
 from ..db import get_session, queries
 from ..models import SiteState
-from ..rss import CONTENT_TYPE, FORMAT_VERSION, FeedChannel, render_feed
+from ..rss import CONTENT_TYPE, FORMAT_CHANGED_AT, FeedChannel, render_feed
 
 blueprint = Blueprint("feed", __name__)
 
@@ -65,7 +65,9 @@ class FeedCache:
 
 def feed_etag(state: SiteState, site_url: str) -> str:
     """A strong ETag derived from the data (and what else shapes the bytes)."""
-    key = f"{FORMAT_VERSION}:{state.version}:{state.changed_at.isoformat()}:{site_url}"
+    key = (
+        f"{FORMAT_CHANGED_AT.isoformat()}:{state.version}:{state.changed_at.isoformat()}:{site_url}"
+    )
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
