@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import re
 import uuid
 import xml.etree.ElementTree as ElementTree
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import feedparser
 import podcastparser
 import pytest
+from werkzeug.http import http_date, parse_date
 
 import webapp.blueprints.feed as feed_module
 from tests.conftest import make_app
-from webapp.blueprints.feed import FeedCache
+from webapp.blueprints.feed import FeedCache, RenderedFeed
 from webapp.db import get_database, get_session, queries
 from webapp.db.seed import seed
+from webapp.freeze import freeze
 from webapp.models import Episode
-from webapp.rss import APPLE_TAGS
+from webapp.rss import APPLE_TAGS, FORMAT_CHANGED_AT
 from webapp.settings import podcast_guid
 
 ITUNES = "{http://www.itunes.com/dtds/podcast-1.0.dtd}"
@@ -32,13 +35,13 @@ PODCAST_NAMESPACE = uuid.UUID("ead4c236-bf58-58c6-a2c6-a6b28d128cb6")
 def render_count(monkeypatch):
     """Counts real renders of the feed (the renderer still runs)."""
     calls = []
-    real = feed_module.render_feed
+    real = feed_module.render_current_feed
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(feed_module, "render_feed", counting)
+    monkeypatch.setattr(feed_module, "render_current_feed", counting)
     return calls
 
 
@@ -219,7 +222,7 @@ def test_full_seed_feed_is_a_long_running_shows_size(empty_app):
     assert len(ElementTree.fromstring(body).findall("channel/item")) == 600
 
 
-def test_conditional_get_answers_304_without_rendering(client, render_count):
+def test_conditional_get_answers_304_without_rendering_again(client, render_count):
     first = client.get("/episodes/rss")
     assert len(render_count) == 1
     etag, last_modified = first.headers["ETag"], first.headers["Last-Modified"]
@@ -229,6 +232,9 @@ def test_conditional_get_answers_304_without_rendering(client, render_count):
         {"If-None-Match": etag},
         {"If-Modified-Since": last_modified},
         {"If-None-Match": f'"other", {etag}'},
+        {"If-None-Match": f"W/{etag}"},  # nginx weakens the ETags of what it gzips itself
+        {"If-None-Match": etag, "If-Modified-Since": last_modified},
+        {"If-None-Match": "*"},
     ):
         response = client.get("/episodes/rss", headers=headers)
         assert response.status_code == 304
@@ -236,9 +242,20 @@ def test_conditional_get_answers_304_without_rendering(client, render_count):
         assert response.headers["ETag"] == etag
     assert len(render_count) == 1
 
-    # A validator that does not match gets the full feed, from the cache.
-    response = client.get("/episodes/rss", headers={"If-None-Match": '"stale"'})
-    assert response.status_code == 200 and response.data == first.data
+    # A validator that does not match gets the full feed, from the cache. As nginx judges
+    # it: every validator sent must match, and If-Modified-Since exactly.
+    earlier = http_date(parse_date(last_modified) - timedelta(seconds=1))
+    later = http_date(parse_date(last_modified) + timedelta(seconds=1))
+    for headers in (
+        {"If-None-Match": '"stale"'},
+        {"If-None-Match": '"stale"', "If-Modified-Since": last_modified},
+        {"If-None-Match": etag, "If-Modified-Since": earlier},
+        {"If-Modified-Since": earlier},
+        {"If-Modified-Since": later},
+        {"If-Modified-Since": "not a date"},
+    ):
+        response = client.get("/episodes/rss", headers=headers)
+        assert response.status_code == 200 and response.data == first.data, headers
     assert len(render_count) == 1
 
 
@@ -275,12 +292,50 @@ def test_head_gets_headers_only(client):
 
 def test_cache_serves_the_rendered_bytes_until_the_key_changes():
     cache, renders = FeedCache(), []
+    first, second = (1, datetime(2026, 1, 1, tzinfo=UTC)), (2, datetime(2026, 1, 2, tzinfo=UTC))
 
     def render():
         renders.append(1)
-        return b"feed-%d" % len(renders)
+        return RenderedFeed([b"feed-", b"%d" % len(renders)])
 
-    assert cache.get_or_render("a", render) == b"feed-1"
-    assert cache.get_or_render("a", render) == b"feed-1"
-    assert cache.get_or_render("b", render) == b"feed-2"
+    assert cache.get_or_render(first, render).body == b"feed-1"
+    assert cache.get_or_render(first, render).body == b"feed-1"
+    assert cache.get_or_render(second, render).body == b"feed-2"
     assert len(renders) == 2
+
+
+def test_the_apps_validators_are_nginxs_for_the_frozen_file(app, client, tmp_path):
+    """nginx's ETag for a file is "<mtime hex>-<size hex>", for the .gz gzip_static sends too:
+    the app's answer for each encoding has exactly the validators of the file nginx sends."""
+    build = freeze(app, tmp_path / "build").destination
+    for encoding, name in [(None, "episodes/rss.xml"), ("gzip", "episodes/rss.xml.gz")]:
+        headers = {"Accept-Encoding": encoding} if encoding else {}
+        response = client.get("/episodes/rss", headers=headers)
+        frozen = build / name
+        mtime = frozen.stat().st_mtime_ns // 1_000_000_000
+        assert response.data == frozen.read_bytes(), name
+        assert response.headers["ETag"] == f'"{mtime:x}-{frozen.stat().st_size:x}"', name
+        assert parse_date(response.headers["Last-Modified"]).timestamp() == mtime, name
+        assert response.headers.get("Content-Encoding") == encoding
+        assert response.headers["Vary"] == "Accept-Encoding"
+    # The time is the data's: a rebuild with nothing changed, or later, keeps it.
+    with get_database(app).session() as session:
+        changed_at = queries.site_state(session).changed_at
+    assert mtime == int(max(changed_at, FORMAT_CHANGED_AT).timestamp())
+
+
+@pytest.mark.parametrize(
+    "accept_encoding, gzipped",
+    [
+        ("gzip", True),
+        ("deflate, gzip;q=0.5", True),
+        ("gzip;q=0", False),
+        ("*", False),
+        ("br", False),
+    ],
+)
+def test_gzip_is_sent_when_nginx_would_send_the_gz_file(client, accept_encoding, gzipped):
+    response = client.get("/episodes/rss", headers={"Accept-Encoding": accept_encoding})
+    assert (response.headers.get("Content-Encoding") == "gzip") is gzipped
+    body = gzip.decompress(response.data) if gzipped else response.data
+    assert body == client.get("/episodes/rss").data

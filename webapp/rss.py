@@ -32,6 +32,9 @@ CONTENT_TYPE = "application/rss+xml; charset=utf-8"
 #: When the feed's format last changed: its Last-Modified is never earlier, so a
 #: new format reaches the apps that hold the old one (move it with every change).
 FORMAT_CHANGED_AT = datetime(2026, 11, 30, tzinfo=UTC)
+#: How long an app may keep the feed before asking again (RSS <ttl>; Cache-Control says
+#: the same): a weekly show loses at most an hour, and apps poll hourly anyway.
+POLL_MINUTES = 60
 #: The feed's gzip is deflated in chunks, one starting at each episode whose
 #: number is a multiple of this (see webapp.freeze.chunked_gzip): the app and
 #: the freezer make the same bytes, so nginx's file and the app agree on ETags.
@@ -121,6 +124,7 @@ def feed_frame(channel: FeedChannel, updated_at: datetime) -> tuple[str, str]:
         f"<language>{escape(channel.language)}</language>\n"
         f'<atom:link href="{site}/episodes/rss" rel="self" type="application/rss+xml"/>\n'
         f"<lastBuildDate>{rfc2822(modified_at(updated_at))}</lastBuildDate>\n"
+        f"<ttl>{POLL_MINUTES}</ttl>\n"
         f"<copyright>© {author}</copyright>\n"
         f"<image><url>{artwork}</url><title>{title}</title><link>{site}/</link></image>\n"
         f'<itunes:image href="{artwork}"/>\n'
