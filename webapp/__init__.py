@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from . import db, errors
+from . import cors, db, errors
 from .blueprints import api, feed, pages, podcast
 from .freeze import freeze_command
 from .profiler import install_profiler
@@ -33,6 +33,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     errors.init_app(app)
+    cors.init_app(app)
     app.cli.add_command(freeze_command)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(feed.blueprint)

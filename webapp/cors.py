@@ -11,12 +11,18 @@ allow no other origin: they send none of these headers.
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
-from flask import Response
+from flask import Flask, Response, request
 from werkzeug.wrappers import Response as BaseResponse
 
 R = TypeVar("R", bound=BaseResponse)
+
+#: What other origins may read: the API, the feed, transcripts and chapters.
+READABLE_ANYWHERE = re.compile(
+    r"/api/|/episodes/rss$|/episodes/[0-9]+/(?:transcript\.html|chapters\.json)$"
+)
 
 #: Response headers a script on another origin may read, beyond the safelisted ones
 #: (Cache-Control, Content-Type, Last-Modified …): validators, pagination, back-off.
@@ -42,4 +48,28 @@ def preflight() -> Response:
     response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
     response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
     response.headers["Allow"] = ALLOWED_METHODS
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_answer_preflight)
+    app.after_request(_allow_other_origins)
+
+
+def _answer_preflight() -> Response | None:
+    """A ``before_request`` hook: a preflight for a route that exists gets its answer."""
+    if (
+        request.method == "OPTIONS"
+        and "Access-Control-Request-Method" in request.headers
+        and request.url_rule is not None
+        and READABLE_ANYWHERE.match(request.path)
+    ):
+        return preflight()
+    return None
+
+
+def _allow_other_origins(response: Response) -> Response:
+    """An ``after_request`` hook: every answer on those paths, errors included, is readable."""
+    if READABLE_ANYWHERE.match(request.path):
+        allow_any_origin(response)
     return response

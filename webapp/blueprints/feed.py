@@ -33,7 +33,6 @@ from datetime import datetime
 from flask import Blueprint, Response, current_app, request
 from werkzeug.http import http_date, parse_date, parse_etags
 
-from ..cors import allow_any_origin
 from ..db import get_session, queries
 from ..freeze import chunked_gzip
 from ..models import SiteState
@@ -163,10 +162,10 @@ def rss() -> Response:
     }
     # A 304 carries the ETag (RFC 9110 15.4.5), so it too needs the feed: from the cache.
     if not_modified(headers["ETag"], modified):
-        return allow_any_origin(Response(status=304, headers=headers))
+        return Response(status=304, headers=headers)
     if gzipped:
         headers["Content-Encoding"] = "gzip"
-    return allow_any_origin(Response(body, content_type=CONTENT_TYPE, headers=headers))
+    return Response(body, content_type=CONTENT_TYPE, headers=headers)
 
 
 def accepts_gzip() -> bool:

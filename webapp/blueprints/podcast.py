@@ -7,7 +7,7 @@
 The feed links them (``itunes:image``, ``podcast:transcript``,
 ``podcast:chapters``). Apps fetch a transcript or chapters when an episode
 plays, web players from other origins too, so those two allow any origin
-(CORS), as the namespace's transcript notes ask. Each answer carries a strong
+(CORS, cors.py), as the namespace's transcript notes ask. Each answer carries a strong
 ETag and a lifetime, and a conditional GET gets a 304.
 """
 
@@ -19,7 +19,6 @@ from flask import Blueprint, Response, abort, current_app, render_template, requ
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..artwork import cover_art
-from ..cors import allow_any_origin
 from ..db import get_session, queries
 from ..models import MAX_EPISODE_NUMBER, Episode
 from ..rss import ARTWORK_PATH, CHAPTERS_PATH, TRANSCRIPT_PATH
@@ -62,7 +61,7 @@ def transcript(number: int) -> BaseResponse:
         abort(404, description=f"Episode {number} has no transcript.")
     paragraphs = [part.strip() for part in episode.transcript.split("\n\n") if part.strip()]
     body = render_template("transcript.html", episode=episode, paragraphs=paragraphs)
-    return allow_any_origin(_cacheable(Response(body, mimetype="text/html"), CACHE_CONTROL))
+    return _cacheable(Response(body, mimetype="text/html"), CACHE_CONTROL)
 
 
 @blueprint.get(CHAPTERS_PATH.format(number=EPISODE))
@@ -81,4 +80,4 @@ def chapters(number: int) -> BaseResponse:
     }
     body = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
     response = Response(body.encode(), content_type=CHAPTERS_CONTENT_TYPE)
-    return allow_any_origin(_cacheable(response, CACHE_CONTROL))
+    return _cacheable(response, CACHE_CONTROL)
