@@ -2,7 +2,7 @@
 
     from deploy.stack import Stack, StackSettings
     stack = Stack(StackSettings(port=8000, uwsgi_instances=2))
-    stack.start()      # renders var/run/nginx/, starts uWSGI and nginx, waits until the site answers
+    stack.start()      # renders var/run/nginx/, starts uWSGI and nginx, waits for the site
     stack.reload()     # rolling graceful reload of every uWSGI instance, then nginx
     stack.stop()       # graceful, then by force: no process, socket or pid file is left
 
@@ -60,6 +60,9 @@ UWSGI_INI = DEPLOY_DIR / "uwsgi" / "uwsgi.ini"
 NGINX_TEMPLATES = DEPLOY_DIR / "nginx"
 #: Copied into nginx's config directory as they are.
 NGINX_STATIC_FILES = ("headers.conf", "microcache.conf", "uwsgi_params")
+#: What one client address may ask of /api/ in production: far more than an app paging the
+#: catalogue needs, far less than a scraper would take.
+DEFAULT_API_RATE_LIMIT = 20
 #: uWSGI's default harakiri in uwsgi.ini; nginx waits this much longer for an answer.
 DEFAULT_HARAKIRI = 30
 READ_TIMEOUT_MARGIN = 5
@@ -106,7 +109,7 @@ def kernel_somaxconn(default: int = 511) -> int:
 
 @dataclass
 class NginxConfig:
-    """Everything the nginx templates need. The defaults are the local stack's; see ``production()``."""
+    """Everything the nginx templates need. The defaults are the local stack's (see _render)."""
 
     conf_dir: Path
     build_dir: Path
@@ -138,6 +141,9 @@ class NginxConfig:
     backlog: int = field(default_factory=kernel_somaxconn)
     #: False renders an empty microcache.conf: every dynamic GET reaches uWSGI (for measuring it).
     microcache: bool = True
+    #: Requests per second each client address may make to /api/, with bursts of twice that;
+    #: beyond, a 429. None: no limit (the local stack, the lab: their load comes from one address).
+    api_rate_limit: int | None = None
 
     def values(self) -> dict[str, str]:
         conf = self.conf_dir
@@ -150,6 +156,12 @@ class NginxConfig:
             raise StackError("https_only needs an HTTPS listen address")
         http_body = (
             "return 301 https://$host$request_uri;" if self.https_only else "include site.conf;"
+        )
+        rate = self.api_rate_limit
+        limit_req = (
+            f"limit_req zone=podcast_api burst={2 * rate} nodelay;"
+            if rate
+            else "# No rate limit (NginxConfig.api_rate_limit)."
         )
         return {
             "USER_DIRECTIVE": f"user {self.user};"
@@ -179,11 +191,13 @@ class NginxConfig:
             "HTTP_BODY": http_body,
             "SSL_CERTIFICATE": str(self.certificate or ""),
             "SSL_CERTIFICATE_KEY": str(self.certificate_key or ""),
+            "API_RATE": f"{rate or 1}r/s",
+            "API_LIMIT_REQ": limit_req,
         }
 
 
 def render_nginx(config: NginxConfig) -> Path:
-    """Write nginx.conf and the files it includes into ``config.conf_dir``; returns nginx.conf's path."""
+    """Write nginx.conf and what it includes into ``config.conf_dir``; returns nginx.conf's path."""
     if not config.upstreams:
         raise StackError("nginx needs at least one uWSGI upstream")
     if config.https_listen and not (config.certificate and config.certificate_key):
@@ -355,7 +369,7 @@ def _uwsgi_packet(variables: Mapping[str, str]) -> bytes:
 
 
 def uwsgi_get(socket_path: Path, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET ``path`` from a uWSGI socket in the uwsgi protocol, as nginx would: (status, raw response)."""
+    """GET ``path`` from a uWSGI socket in the uwsgi protocol, as nginx would: (status, reply)."""
     path_info, _, query = path.partition("?")
     packet = _uwsgi_packet(
         {
@@ -389,7 +403,8 @@ def uwsgi_get(socket_path: Path, path: str, timeout: float = 5.0) -> tuple[int, 
 
 
 def read_stats(stats_socket: Path, timeout: float = 2.0) -> dict[str, Any]:
-    """uWSGI's stats server JSON: the master's pid, the listen queue, each worker's pid, status, requests, rss."""
+    """uWSGI's stats server JSON: the master's pid, the listen queue, each worker's pid, status,
+    requests, rss."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.settimeout(timeout)
         connection.connect(str(stats_socket))
@@ -466,6 +481,8 @@ class StackSettings:
     open_file_cache_valid: str = "2s"
     gzip: bool = True
     microcache: bool = True
+    #: Requests per second per client address on /api/ (None: no limit; see NginxConfig).
+    api_rate_limit: int | None = None
     #: Seconds to wait for the site to answer at start, and for processes to exit at stop.
     start_timeout: float = 60.0
     stop_timeout: float = 40.0
@@ -538,7 +555,8 @@ class UwsgiInstance:
         return [worker["pid"] for worker in self.stats()["workers"] if worker["pid"]]
 
     def command(self, letters: str) -> None:
-        """Write to the master FIFO: r graceful reload, c chain reload, q graceful stop (uWSGI's MasterFIFO)."""
+        """Write to the master FIFO (uWSGI's MasterFIFO): r graceful reload, c chain reload,
+        q graceful stop."""
         descriptor = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
         try:
             os.write(descriptor, letters.encode())
@@ -546,7 +564,7 @@ class UwsgiInstance:
             os.close(descriptor)
 
     def ready(self, *, not_pids: Sequence[int] = ()) -> bool:
-        """Every worker is up and accepting (and, after a reload, none of ``not_pids`` is among them)."""
+        """Every worker is up and accepting (and, after a reload, none of ``not_pids`` is one)."""
         try:
             stats = self.stats()
         except (OSError, ValueError):
@@ -562,7 +580,10 @@ class UwsgiInstance:
 
 
 class Stack:
-    """nginx and N uWSGI instances (or uWSGI alone), started and stopped together. See the module docstring."""
+    """nginx and N uWSGI instances (or uWSGI alone), started and stopped together.
+
+    See the module docstring.
+    """
 
     def __init__(self, settings: StackSettings | None = None) -> None:
         self.settings = settings or StackSettings()
@@ -588,9 +609,10 @@ class Stack:
         settings = self.settings
         user = None
         if os.geteuid() == 0:
-            # Started as root, nginx would switch its workers to `nobody`, who can read neither a build in the
-            # invoking user's tree (pytest's tmp dirs are 0700) nor connect to the 0660 sockets. The local stack
-            # runs as whoever started it, root included; production uses www-data (deploy/systemd/).
+            # Started as root, nginx would switch its workers to `nobody`, who can read neither a
+            # build in the invoking user's tree (pytest's tmp dirs are 0700) nor connect to the 0660
+            # sockets. The local stack runs as whoever started it, root included; production uses
+            # www-data (deploy/systemd/).
             user = f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
         return NginxConfig(
             conf_dir=self.nginx_dir,
@@ -609,6 +631,7 @@ class Stack:
             open_file_cache_valid=settings.open_file_cache_valid,
             uwsgi_read_timeout=self.harakiri() + READ_TIMEOUT_MARGIN,
             microcache=settings.microcache,
+            api_rate_limit=settings.api_rate_limit,
         )
 
     def uwsgi_environment(self, instance: UwsgiInstance) -> dict[str, str]:
@@ -632,7 +655,7 @@ class Stack:
     # -- start -------------------------------------------------------------
 
     def start(self) -> None:
-        """Start everything and wait until the site answers; on any failure, stop what was started."""
+        """Start everything and wait until the site answers; on a failure, stop what was started."""
         settings = self.settings
         if settings.uwsgi is None:
             raise StackError(
@@ -711,7 +734,8 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=PROJECT_ROOT,
-                # Its own session: a Ctrl-C in the terminal reaches scripts/serve, which stops the stack in order.
+                # Its own session: a Ctrl-C in the terminal reaches scripts/serve, which stops the
+                # stack in order.
                 start_new_session=True,
             )
 
@@ -720,13 +744,15 @@ class Stack:
         while not instance.ready(not_pids=not_pids):
             if instance.popen is not None and instance.popen.poll() is not None:
                 raise StackError(
-                    f"uWSGI instance {instance.number} exited with status {instance.popen.returncode}; "
-                    f"its log ({instance.log}) ends:\n{log_tail(instance.log)}"
+                    f"uWSGI instance {instance.number} exited with status"
+                    f" {instance.popen.returncode}; its log ({instance.log}) ends:\n"
+                    + log_tail(instance.log)
                 )
             if time.monotonic() > deadline:
                 raise StackError(
-                    f"uWSGI instance {instance.number} not ready after {self.settings.start_timeout:.0f} s; "
-                    f"its log ({instance.log}) ends:\n{log_tail(instance.log)}"
+                    f"uWSGI instance {instance.number} not ready after"
+                    f" {self.settings.start_timeout:.0f} s; its log ({instance.log}) ends:\n"
+                    + log_tail(instance.log)
                 )
             time.sleep(0.05)
 
@@ -744,7 +770,8 @@ class Stack:
         while read_pid(self.nginx_dir / "nginx.pid", "nginx") is None:
             if self.nginx_popen.poll() is not None:
                 raise StackError(
-                    f"nginx exited with status {self.nginx_popen.returncode}; {log} ends:\n{log_tail(log)}"
+                    f"nginx exited with status {self.nginx_popen.returncode};"
+                    f" {log} ends:\n{log_tail(log)}"
                 )
             if time.monotonic() > deadline:
                 raise StackError(f"nginx wrote no pid file in 10 s; {log} ends:\n{log_tail(log)}")
@@ -787,13 +814,14 @@ class Stack:
         return read_pid(self.nginx_dir / "nginx.pid", "nginx")
 
     def reload(self, *, chain: bool = False) -> None:
-        """Reload every uWSGI instance in turn (the next only once the previous serves again), then nginx.
+        """Reload each uWSGI instance in turn (the next once the previous serves again), then nginx.
 
-        The default is uWSGI's graceful reload (``r``): the master waits for running requests, re-execs
-        itself with the new code and config, keeps its socket, and forks new workers; requests that arrive
-        meanwhile wait in the socket's backlog. With several instances nginx also sends them to the others.
-        ``chain`` (``c``) replaces the workers one at a time instead, from the master's already loaded
-        app: it never stops serving, but new code needs ``lazy-apps`` (see deploy/README.md).
+        The default is uWSGI's graceful reload (``r``): the master waits for running requests,
+        re-execs itself with the new code and config, keeps its socket, and forks new workers;
+        requests that arrive meanwhile wait in the socket's backlog. With several instances nginx
+        also sends them to the others. ``chain`` (``c``) replaces the workers one at a time
+        instead, from the master's already loaded app: it never stops serving, but new code needs
+        ``lazy-apps`` (see deploy/README.md).
         """
         for instance in self.instances:
             self.reload_uwsgi(instance, chain=chain)
@@ -806,7 +834,7 @@ class Stack:
         self._wait_uwsgi_ready(instance, not_pids=old)
 
     def reload_nginx(self) -> None:
-        """Re-render nginx's config (a new build's episodes.map is read now) and reload it gracefully."""
+        """Re-render nginx's config (a new build's episodes.map is read now) and reload it."""
         pid = self.nginx_pid()
         if pid is None:
             raise StackError("nginx is not running")
@@ -821,7 +849,10 @@ class Stack:
     # -- stop --------------------------------------------------------------
 
     def stop(self) -> list[str]:
-        """Stop nginx, then every uWSGI instance: gracefully, then by force. Returns the leftover files removed."""
+        """Stop nginx, then every uWSGI instance: gracefully, then by force.
+
+        Returns the leftover files removed.
+        """
         self.stop_nginx(self.settings.stop_timeout)
         self.stop_uwsgi(*self.instances, timeout=self.settings.stop_timeout)
         leftovers = self._remove_leftovers()
@@ -947,14 +978,15 @@ def stack_from_state(run_dir: Path) -> Stack | None:
 
 
 def freeze_site(build_dir: Path, environment: Mapping[str, str]) -> bool:
-    """``flask freeze`` into ``build_dir`` (incremental: only what changed is written). False if it failed."""
+    """``flask freeze`` into ``build_dir`` (only what changed is written). False if it failed."""
     command = [sys.executable, "-m", "flask", "--app", "webapp", "freeze", "--dest", str(build_dir)]
     result = subprocess.run(
         command, env={**os.environ, **environment}, capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         _say(
-            f"freezing the site failed, so the app serves every page:\n{result.stderr.strip()[-2000:]}"
+            "freezing the site failed, so the app serves every page:\n"
+            + result.stderr.strip()[-2000:]
         )
         return False
     # Its output: a progress bar, one summary line, then the files that changed (indented).
@@ -970,8 +1002,13 @@ def freeze_site(build_dir: Path, environment: Mapping[str, str]) -> bool:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scripts/serve",
-        description="Run the production stack (nginx in front of uWSGI) as the current user, in var/run/.",
-        epilog="Commands: start (the default), stop, status, reload, render. `scripts/serve COMMAND -h` for each.",
+        description=(
+            "Run the production stack (nginx in front of uWSGI) as the current user, in var/run/."
+        ),
+        epilog=(
+            "Commands: start (the default), stop, status, reload, render."
+            " `scripts/serve COMMAND -h` for each."
+        ),
     )
     commands = parser.add_subparsers(dest="command")
     run_dir = argparse.ArgumentParser(add_help=False)
@@ -1024,7 +1061,7 @@ def _parser() -> argparse.ArgumentParser:
     reload = commands.add_parser(
         "reload",
         parents=[run_dir],
-        help="rolling graceful reload of the uWSGI instances, then nginx (after a deploy or a freeze)",
+        help="rolling graceful reload of the uWSGI instances, then nginx (after a deploy/freeze)",
     )
     reload.add_argument(
         "--chain", action="store_true", help="replace workers one by one instead (no new code)"
@@ -1060,6 +1097,12 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--temp-dir", type=Path, default=Path("/var/lib/nginx"))
     render.add_argument("--cache-dir", type=Path, default=Path("/var/cache/nginx/podcast"))
     render.add_argument(
+        "--api-rate-limit",
+        type=int,
+        default=DEFAULT_API_RATE_LIMIT,
+        help="requests per second per client address on /api/, bursts of twice that (0: no limit)",
+    )
+    render.add_argument(
         "--harakiri", type=int, default=DEFAULT_HARAKIRI, help="uWSGI's harakiri on the app servers"
     )
     return parser
@@ -1091,8 +1134,8 @@ def _start(args: argparse.Namespace, run_dir: Path) -> int:
     nginx = None if args.no_nginx else find_nginx()
     if nginx is None:
         _say(
-            "nginx is not installed: uWSGI alone serves the site and the frozen files (check-static); "
-            "no security headers, micro-cache or HTTPS"
+            "nginx is not installed: uWSGI alone serves the site and the frozen files"
+            " (check-static); no security headers, micro-cache or HTTPS"
         )
     settings = StackSettings(
         run_dir=run_dir,
@@ -1133,7 +1176,8 @@ def _start(args: argparse.Namespace, run_dir: Path) -> int:
 
 
 def _serve_until_stopped(stack: Stack) -> int:
-    """Foreground: SIGINT/SIGTERM stop the stack, SIGHUP reloads it; a component that dies stops the rest."""
+    """Foreground: SIGINT/SIGTERM stop the stack, SIGHUP reloads it; a component that dies stops
+    the rest."""
     requests: list[str] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -1255,6 +1299,7 @@ def _render(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         open_file_cache_valid="10s",
         uwsgi_read_timeout=args.harakiri + READ_TIMEOUT_MARGIN,
+        api_rate_limit=args.api_rate_limit or None,
     )
     conf = render_nginx(config)
     print(f"rendered {conf}; check it with: nginx -t -c {conf}")
