@@ -116,6 +116,9 @@ def test_empty_search_shows_the_form(client):
     response = client.get("/search")
     assert response.status_code == 200
     assert b'name="q"' in response.data
+    # A visible submit button: a keyboard or voice user need not guess that Enter submits.
+    form = re.search(r'<form class="search".*?</form>', response.get_data(as_text=True), re.S)
+    assert '<button type="submit">Search</button>' in form[0]
 
 
 def test_health_reports_database_and_count(client):
