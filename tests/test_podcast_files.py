@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import sqlite3
 
+import psycopg2
 import pytest
 from PIL import Image
 
@@ -131,3 +133,14 @@ def test_an_edit_changes_the_chapters_and_their_etag(app, client):
 def test_the_artwork_follows_the_show_title(app, tmp_path):
     renamed = make_app(app.config["DATABASE_URL"], tmp_path / "renamed", SITE_TITLE="Another Show")
     assert renamed.test_client().get("/artwork.png").data == cover_art("Another Show")
+
+
+@pytest.mark.parametrize("chapters", ["not JSON", '{"startTime": 0, "title": "Intro"}', "[1, 2"])
+def test_the_database_refuses_chapters_that_are_not_a_json_array(app, chapters):
+    with pytest.raises((sqlite3.Error, psycopg2.Error)), get_database(app).session() as session:
+        session.execute(
+            "UPDATE episode_chapters SET chapters = %s"
+            " WHERE episode_id = (SELECT id FROM episodes WHERE number = %s)",
+            (chapters, WITH_CHAPTERS),
+        )
+    assert json.loads(episode(app, WITH_CHAPTERS).chapters_json)  # unchanged

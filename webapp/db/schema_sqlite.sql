@@ -48,7 +48,8 @@ CREATE INDEX IF NOT EXISTS episode_guests_guest ON episode_guests (guest_id);
 -- and a listing learns which episodes have them from a row each, parsing none.
 CREATE TABLE IF NOT EXISTS episode_chapters (
     episode_id INTEGER PRIMARY KEY REFERENCES episodes (id) ON DELETE CASCADE,
-    chapters   TEXT NOT NULL
+    -- Whatever writes it, it is a JSON array: the pages and the chapters file parse it.
+    chapters   TEXT NOT NULL CHECK (json_valid(chapters) AND json_type(chapters) = 'array')
 );
 
 -- One row that changes whenever published data does. The feed's ETag and
