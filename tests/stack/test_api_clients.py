@@ -19,7 +19,7 @@ from deploy.stack import Stack
 from webapp.errors import STATUS_PHRASES
 
 from .conftest import PROFILER_SECRET
-from .probe_wsgi import SLEEP_PATH
+from .probe_wsgi import GC_PATH, SLEEP_PATH
 from .support import get
 
 pytestmark = pytest.mark.stack
@@ -157,3 +157,13 @@ def test_a_preflight_through_nginx(site_stack: Stack) -> None:
     assert headers.get_all("Access-Control-Allow-Origin") == ["*"]
     assert "If-None-Match" in headers["Access-Control-Allow-Headers"]
     assert "GET" in headers["Access-Control-Allow-Methods"]
+
+
+def test_an_answer_marked_no_store_is_never_micro_cached(make_stack) -> None:
+    """The micro-cache ignores the app's Cache-Control lifetimes, but not a no-store."""
+    stack = make_stack(uwsgi_options={"module": "tests.stack.probe_wsgi:application"})
+    url = stack.settings.url
+    gc_answers = [get(url + GC_PATH) for _ in range(4)]  # the probe sends no-store
+    assert {headers.get("X-Cache-Status") for _, headers, _ in gc_answers} == {"MISS"}
+    api_answers = [get(url + "/api/episodes/2")[1].get("X-Cache-Status") for _ in range(4)]
+    assert "HIT" in api_answers  # max-age=60 from the app, one second in the micro-cache
