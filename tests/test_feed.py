@@ -21,7 +21,7 @@ from webapp.db import get_database, get_session, queries
 from webapp.db.seed import seed
 from webapp.freeze import freeze
 from webapp.models import Episode
-from webapp.rss import APPLE_TAGS, FORMAT_CHANGED_AT
+from webapp.rss import APPLE_TAGS, FORMAT_CHANGED_AT, FeedChannel, modified_at
 from webapp.settings import podcast_guid
 
 ITUNES = "{http://www.itunes.com/dtds/podcast-1.0.dtd}"
@@ -73,6 +73,20 @@ def test_feedparser_reads_every_field_as_the_database_has_it(app, client):
     assert feed.image.href == "https://podcast.test/artwork.png"
     assert feed.podcast_guid == str(uuid.uuid5(PODCAST_NAMESPACE, "podcast.test/episodes/rss"))
     assert feed.podcast_locked == {"owner": "host@example.com"}
+    assert feed.subtitle == FeedChannel.description
+    assert (feed.author, feed.rights, feed.itunes_type) == (
+        "Talk Fast Python",
+        "© Talk Fast Python",
+        "episodic",
+    )
+    assert feed.publisher_detail == {"name": "Talk Fast Python", "email": "host@example.com"}
+    assert [tag.term for tag in feed.tags] == ["Technology"]
+    assert feed.podcast_person == {"role": "host"}  # feedparser keeps a person's attributes
+    assert feed.ttl == "60"
+    with get_database(app).session() as session:
+        changed_at = queries.site_state(session).changed_at
+    # lastBuildDate: when the data last changed, to the second.
+    assert datetime(*feed.updated_parsed[:6], tzinfo=UTC) == modified_at(changed_at)
     episodes = database_episodes(app)
     assert len(parsed.entries) == len(episodes) == 30
     for entry, episode in zip(parsed.entries, episodes, strict=True):
@@ -89,6 +103,9 @@ def test_feedparser_reads_every_field_as_the_database_has_it(app, client):
         )
         assert datetime(*entry.published_parsed[:6], tzinfo=UTC) == episode.published_at
         assert entry.itunes_duration == str(episode.duration_seconds)
+        assert entry.itunes_episodetype == "full"
+        # feedparser keeps the attributes of an item's last person: its last guest.
+        assert entry.podcast_person == {"role": "guest"} and episode.guests
         assert entry.summary == apple_notes(episode.show_notes)
         assert entry.podcast_transcript == {
             "url": f"{site_path}/transcript.html",
@@ -114,6 +131,11 @@ def test_gpodders_podcastparser_reads_every_field_as_the_database_has_it(app, cl
     assert parsed["itunes_owner"] == {"name": "Talk Fast Python", "email": "host@example.com"}
     assert parsed["import_prohibited"] is True  # podcast:locked yes
     assert (parsed["explicit"], parsed["type"]) == (False, "episodic")
+    assert (parsed["description"], parsed["language"]) == (FeedChannel.description, "en-us")
+    assert (parsed["itunes_author"], parsed["itunes_categories"]) == (
+        "Talk Fast Python",
+        [["Technology"]],
+    )
     episodes = database_episodes(app)
     assert len(parsed["episodes"]) == len(episodes)
     for item, episode in zip(parsed["episodes"], episodes, strict=True):
