@@ -15,7 +15,7 @@ from datetime import datetime
 from feedgen.feed import FeedGenerator
 
 from webapp.models import Episode
-from webapp.rss import FeedChannel
+from webapp.rss import ARTWORK_PATH, FeedChannel, apple_show_notes
 
 
 def render_with_feedgen(
@@ -32,7 +32,7 @@ def render_with_feedgen(
     generator.lastBuildDate(updated_at)
     generator.podcast.itunes_author(channel.author)
     generator.podcast.itunes_category(channel.category)
-    generator.podcast.itunes_image(f"{channel.site_url}/static/cover.png")
+    generator.podcast.itunes_image(f"{channel.site_url}{ARTWORK_PATH}")
     generator.podcast.itunes_owner(name=channel.author, email=channel.owner_email)
     generator.podcast.itunes_explicit("no")
     for episode in reversed(episodes):  # feedgen prepends entries
@@ -40,7 +40,7 @@ def render_with_feedgen(
         entry.guid(episode.guid, permalink=False)
         entry.title(episode.title)
         entry.link(href=channel.site_url + episode.path)
-        entry.description(episode.show_notes)
+        entry.description(apple_show_notes(episode.show_notes))
         entry.enclosure(episode.audio_url, str(episode.audio_bytes), "audio/mpeg")
         entry.published(episode.published_at)
         entry.podcast.itunes_duration(episode.duration_seconds)

@@ -18,7 +18,7 @@ import os
 
 from flask import Response, current_app
 
-from webapp.blueprints.feed import FeedCache
+from webapp.blueprints.feed import CacheKey, FeedCache, RenderedFeed
 from webapp.db import get_session, queries
 from webapp.rss import CONTENT_TYPE, FeedChannel
 from webapp.wsgi import application
@@ -31,7 +31,7 @@ FEED_ENDPOINT = "feed.rss"
 class NoFeedCache(FeedCache):
     """A cache that never has the feed: every request renders it."""
 
-    def get(self, etag: str) -> bytes | None:
+    def get(self, key: CacheKey) -> RenderedFeed | None:
         return None
 
 

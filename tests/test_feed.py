@@ -2,67 +2,199 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+import re
+import uuid
 import xml.etree.ElementTree as ElementTree
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import feedparser
+import podcastparser
 import pytest
+from werkzeug.http import http_date, parse_date
 
 import webapp.blueprints.feed as feed_module
-from webapp.blueprints.feed import FeedCache
-from webapp.db import get_database
-from webapp.db.seed import generate_episode, seed
+from tests.conftest import make_app
+from webapp.blueprints.feed import FeedCache, RenderedFeed
+from webapp.db import get_database, get_session, queries
+from webapp.db.seed import seed
+from webapp.freeze import freeze
+from webapp.models import Episode
+from webapp.rss import APPLE_TAGS, FORMAT_CHANGED_AT, FeedChannel, modified_at
+from webapp.settings import podcast_guid
 
 ITUNES = "{http://www.itunes.com/dtds/podcast-1.0.dtd}"
+PODCAST_NAMESPACE_URI = "https://podcastindex.org/namespace/1.0"
+PODCAST = "{" + PODCAST_NAMESPACE_URI + "}"
+#: The Podcast Namespace's UUID for podcast:guid, as its spec gives it.
+PODCAST_NAMESPACE = uuid.UUID("ead4c236-bf58-58c6-a2c6-a6b28d128cb6")
 
 
 @pytest.fixture
 def render_count(monkeypatch):
     """Counts real renders of the feed (the renderer still runs)."""
     calls = []
-    real = feed_module.render_feed
+    real = feed_module.render_current_feed
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(feed_module, "render_feed", counting)
+    monkeypatch.setattr(feed_module, "render_current_feed", counting)
     return calls
 
 
-def test_feed_parses_in_a_real_feed_reader_with_every_item(client):
+def database_episodes(app) -> list[Episode]:
+    with app.app_context():
+        return queries.all_episodes(get_session())
+
+
+def apple_notes(show_notes: str) -> str:
+    """The seed's show notes as Apple's tag set has them: its headings become paragraphs,
+    its bold text plain (worked out here independently of webapp.rss)."""
+    assert set(re.findall(r"</?([a-z0-9]+)", show_notes)) <= {"p", "h3", "ul", "li", "a", "strong"}
+    return re.sub(r"</?strong>", "", re.sub(r"<(/?)h3>", r"<\1p>", show_notes))
+
+
+def test_feedparser_reads_every_field_as_the_database_has_it(app, client):
     response = client.get("/episodes/rss")
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "application/rss+xml; charset=utf-8"
     parsed = feedparser.parse(response.data)
     assert not parsed.bozo, parsed.get("bozo_exception")
     assert parsed.version == "rss20"
-    assert parsed.feed.title == "Talk Fast Python"
-    assert len(parsed.entries) == 30
-    for entry in parsed.entries:
-        number = int(entry.itunes_episode)
-        expected = generate_episode(number)
-        assert entry.id == expected["guid"]
-        assert entry.guidislink is False
-        assert entry.title == expected["title"]
-        assert entry.link == f"https://podcast.test/episodes/{number}/{expected['slug']}"
+    feed = parsed.feed
+    assert (feed.title, feed.link, feed.language) == (
+        "Talk Fast Python",
+        "https://podcast.test/",
+        "en-us",
+    )
+    assert feed.image.href == "https://podcast.test/artwork.png"
+    assert feed.podcast_guid == str(uuid.uuid5(PODCAST_NAMESPACE, "podcast.test/episodes/rss"))
+    assert feed.podcast_locked == {"owner": "host@example.com"}
+    assert feed.subtitle == FeedChannel.description
+    assert (feed.author, feed.rights, feed.itunes_type) == (
+        "Talk Fast Python",
+        "© Talk Fast Python",
+        "episodic",
+    )
+    assert feed.publisher_detail == {"name": "Talk Fast Python", "email": "host@example.com"}
+    assert [tag.term for tag in feed.tags] == ["Technology"]
+    assert feed.podcast_person == {"role": "host"}  # feedparser keeps a person's attributes
+    assert feed.ttl == "60"
+    with get_database(app).session() as session:
+        changed_at = queries.site_state(session).changed_at
+    # lastBuildDate: when the data last changed, to the second.
+    assert datetime(*feed.updated_parsed[:6], tzinfo=UTC) == modified_at(changed_at)
+    episodes = database_episodes(app)
+    assert len(parsed.entries) == len(episodes) == 30
+    for entry, episode in zip(parsed.entries, episodes, strict=True):
+        site_path = f"https://podcast.test/episodes/{episode.number}"
+        assert int(entry.itunes_episode) == episode.number
+        assert entry.id == episode.guid and entry.guidislink is False
+        assert entry.title == entry.itunes_title == episode.title
+        assert entry.link == f"https://podcast.test{episode.path}"
         (enclosure,) = entry.enclosures
-        assert enclosure.href == expected["audio_url"]
-        assert int(enclosure.length) == expected["audio_bytes"]
-        assert enclosure.type == "audio/mpeg"
-        published = datetime(*entry.published_parsed[:6], tzinfo=UTC)
-        assert published == expected["published_at"]
-        assert entry.itunes_duration == str(expected["duration_seconds"])
-        # The HTML show notes survive escaping intact.
-        assert entry.summary == expected["show_notes"]
+        assert (enclosure.href, int(enclosure.length), enclosure.type) == (
+            episode.audio_url,
+            episode.audio_bytes,
+            "audio/mpeg",
+        )
+        assert datetime(*entry.published_parsed[:6], tzinfo=UTC) == episode.published_at
+        assert entry.itunes_duration == str(episode.duration_seconds)
+        assert entry.itunes_episodetype == "full"
+        # feedparser keeps the attributes of an item's last person: its last guest.
+        assert entry.podcast_person == {"role": "guest"} and episode.guests
+        assert entry.summary == apple_notes(episode.show_notes)
+        assert entry.podcast_transcript == {
+            "url": f"{site_path}/transcript.html",
+            "type": "text/html",
+        }
+        if episode.chapters:
+            assert entry.podcast_chapters == {
+                "url": f"{site_path}/chapters.json",
+                "type": "application/json+chapters",
+            }
+        else:
+            assert "podcast_chapters" not in entry
+
+
+def test_gpodders_podcastparser_reads_every_field_as_the_database_has_it(app, client, monkeypatch):
+    # podcastparser 0.6.11 knows the namespace only by its old GitHub address, which
+    # the namespace's spec says clients must treat as identical to the one we declare.
+    monkeypatch.setitem(podcastparser.Namespace.NAMESPACES, PODCAST_NAMESPACE_URI, "podcast")
+    body = client.get("/episodes/rss").data
+    parsed = podcastparser.parse("https://podcast.test/episodes/rss", io.BytesIO(body))
+    assert parsed["title"] == "Talk Fast Python" and parsed["link"] == "https://podcast.test/"
+    assert parsed["cover_url"] == "https://podcast.test/artwork.png"
+    assert parsed["itunes_owner"] == {"name": "Talk Fast Python", "email": "host@example.com"}
+    assert parsed["import_prohibited"] is True  # podcast:locked yes
+    assert (parsed["explicit"], parsed["type"]) == (False, "episodic")
+    assert (parsed["description"], parsed["language"]) == (FeedChannel.description, "en-us")
+    assert (parsed["itunes_author"], parsed["itunes_categories"]) == (
+        "Talk Fast Python",
+        [["Technology"]],
+    )
+    episodes = database_episodes(app)
+    assert len(parsed["episodes"]) == len(episodes)
+    for item, episode in zip(parsed["episodes"], episodes, strict=True):
+        site_path = f"https://podcast.test/episodes/{episode.number}"
+        assert (item["number"], item["guid"], item["title"]) == (
+            episode.number,
+            episode.guid,
+            episode.title,
+        )
+        assert item["link"] == f"https://podcast.test{episode.path}"
+        assert item["published"] == int(episode.published_at.timestamp())
+        assert item["total_time"] == episode.duration_seconds
+        assert item["enclosures"] == [
+            {"url": episode.audio_url, "file_size": episode.audio_bytes, "mime_type": "audio/mpeg"}
+        ]
+        assert (item["type"], item["explicit"]) == ("full", episode.explicit)
+        assert item["description_html"] == apple_notes(episode.show_notes)
+        assert item["transcript_url"] == f"{site_path}/transcript.html"
+        assert item.get("chapters_json_url") == (
+            f"{site_path}/chapters.json" if episode.chapters else None
+        )
+        # The item's people replace the channel's, so the host is named again.
+        people = [(person["name"], person["role"]) for person in item["persons"]]
+        assert people == [("Morgan Reyes", "host")] + [
+            (guest.name, "guest") for guest in episode.guests
+        ]
+
+
+def test_show_notes_carry_only_apples_tags_whatever_an_editor_wrote(app, client):
+    hostile = (
+        "<h2>Intro</h2><p>Fine <b>bold</b> &amp; <em>more</em>]]><script>alert(1)</script></p>"
+        '<style>p{}</style><!-- a comment --><img src="x.png" onerror="alert(2)">'
+        '<a href="javascript:alert(3)" onclick="x()">bad link</a>'
+        '<ol><li><a href="https://example.com/?a=1&amp;b=2" target="_blank">good</a></li></ol>'
+        "<div>unclosed <p>paragraph"
+    )
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET show_notes = %s WHERE number = 3", (hostile,))
+    body = client.get("/episodes/rss").data
+    item = next(
+        item
+        for item in ElementTree.fromstring(body).iter("item")
+        if item.findtext(f"{ITUNES}episode") == "3"
+    )
+    notes = item.findtext("description")  # well-formed XML: the CDATA was not broken out of
+    assert set(re.findall(r"</?([a-zA-Z0-9]+)", notes)) <= APPLE_TAGS
+    assert "alert" not in notes and "onclick" not in notes and "target" not in notes
+    assert "]]&gt;" in notes and "Fine bold &amp; more" in notes
+    assert '<a href="https://example.com/?a=1&amp;b=2">good</a>' in notes
+    assert "<p>Intro</p>" in notes and "<p>paragraph</p>" in notes
+    assert not feedparser.parse(body).bozo
 
 
 def test_feed_has_what_apple_podcasts_requires(client):
     root = ElementTree.fromstring(client.get("/episodes/rss").data)
     channel = root.find("channel")
-    for tag in ["title", "link", "description", "language"]:
+    for tag in ["title", "link", "description", "language", "lastBuildDate"]:
         assert channel.findtext(tag)
-    assert channel.find(f"{ITUNES}image").get("href") == "https://podcast.test/static/cover.png"
+    assert channel.find(f"{ITUNES}image").get("href") == "https://podcast.test/artwork.png"
     assert channel.find(f"{ITUNES}category").get("text") == "Technology"
     assert channel.findtext(f"{ITUNES}explicit") == "false"
     assert channel.findtext(f"{ITUNES}author")
@@ -72,11 +204,36 @@ def test_feed_has_what_apple_podcasts_requires(client):
         "self",
         "https://podcast.test/episodes/rss",
     )
+    host = channel.find(f"{PODCAST}person")
+    assert (host.get("role"), host.text) == ("host", "Morgan Reyes")
     items = channel.findall("item")
     assert [int(item.findtext(f"{ITUNES}episode")) for item in items] == list(range(30, 0, -1))
     assert all(item.findtext(f"{ITUNES}explicit") in {"true", "false"} for item in items)
-    # Show notes travel as escaped HTML: parsed, the text holds the tags.
+    assert all(item.findtext(f"{ITUNES}title") == item.findtext("title") for item in items)
+    # Show notes travel as HTML in CDATA: parsed, the text holds the tags.
     assert all(item.findtext("description").startswith("<p>") for item in items)
+    assert b"<description><![CDATA[<p>" in client.get("/episodes/rss").data
+
+
+def test_podcast_guid_is_the_uuid5_of_the_feed_url_and_a_setting(tmp_path, app):
+    # The namespace's own examples.
+    assert podcast_guid("https://mp3s.nashownotes.com/pc20rss.xml") == (
+        "917393e3-1b1e-5cef-ace4-edaa54e1f810"
+    )
+    assert podcast_guid("http://podnews.net/rss/") == "9b024349-ccf0-5f69-a609-6b82873eab3c"
+    assert app.config["SITE_PODCAST_GUID"] == podcast_guid("https://podcast.test/episodes/rss")
+    # Once the show moves, the guid set before the move stays.
+    moved = make_app(
+        app.config["DATABASE_URL"],
+        tmp_path / "moved",
+        SITE_URL="https://new-host.example",
+        SITE_PODCAST_GUID=app.config["SITE_PODCAST_GUID"],
+    )
+    body = moved.test_client().get("/episodes/rss").data
+    assert (
+        ElementTree.fromstring(body).findtext(f"channel/{PODCAST}guid")
+        == (app.config["SITE_PODCAST_GUID"])
+    )
 
 
 def test_full_seed_feed_is_a_long_running_shows_size(empty_app):
@@ -87,7 +244,7 @@ def test_full_seed_feed_is_a_long_running_shows_size(empty_app):
     assert len(ElementTree.fromstring(body).findall("channel/item")) == 600
 
 
-def test_conditional_get_answers_304_without_rendering(client, render_count):
+def test_conditional_get_answers_304_without_rendering_again(client, render_count):
     first = client.get("/episodes/rss")
     assert len(render_count) == 1
     etag, last_modified = first.headers["ETag"], first.headers["Last-Modified"]
@@ -97,6 +254,9 @@ def test_conditional_get_answers_304_without_rendering(client, render_count):
         {"If-None-Match": etag},
         {"If-Modified-Since": last_modified},
         {"If-None-Match": f'"other", {etag}'},
+        {"If-None-Match": f"W/{etag}"},  # nginx weakens the ETags of what it gzips itself
+        {"If-None-Match": etag, "If-Modified-Since": last_modified},
+        {"If-None-Match": "*"},
     ):
         response = client.get("/episodes/rss", headers=headers)
         assert response.status_code == 304
@@ -104,9 +264,20 @@ def test_conditional_get_answers_304_without_rendering(client, render_count):
         assert response.headers["ETag"] == etag
     assert len(render_count) == 1
 
-    # A validator that does not match gets the full feed, from the cache.
-    response = client.get("/episodes/rss", headers={"If-None-Match": '"stale"'})
-    assert response.status_code == 200 and response.data == first.data
+    # A validator that does not match gets the full feed, from the cache. As nginx judges
+    # it: every validator sent must match, and If-Modified-Since exactly.
+    earlier = http_date(parse_date(last_modified) - timedelta(seconds=1))
+    later = http_date(parse_date(last_modified) + timedelta(seconds=1))
+    for headers in (
+        {"If-None-Match": '"stale"'},
+        {"If-None-Match": '"stale"', "If-Modified-Since": last_modified},
+        {"If-None-Match": etag, "If-Modified-Since": earlier},
+        {"If-Modified-Since": earlier},
+        {"If-Modified-Since": later},
+        {"If-Modified-Since": "not a date"},
+    ):
+        response = client.get("/episodes/rss", headers=headers)
+        assert response.status_code == 200 and response.data == first.data, headers
     assert len(render_count) == 1
 
 
@@ -124,8 +295,6 @@ def test_a_change_in_the_data_changes_validators_and_content(app, client, render
 
 
 def test_validators_are_derived_from_data_not_from_the_process(app, tmp_path, client):
-    from tests.conftest import make_app
-
     other_process = make_app(app.config["DATABASE_URL"], tmp_path / "other")
     a = client.get("/episodes/rss")
     b = other_process.test_client().get("/episodes/rss")
@@ -145,12 +314,50 @@ def test_head_gets_headers_only(client):
 
 def test_cache_serves_the_rendered_bytes_until_the_key_changes():
     cache, renders = FeedCache(), []
+    first, second = (1, datetime(2026, 1, 1, tzinfo=UTC)), (2, datetime(2026, 1, 2, tzinfo=UTC))
 
     def render():
         renders.append(1)
-        return b"feed-%d" % len(renders)
+        return RenderedFeed([b"feed-", b"%d" % len(renders)])
 
-    assert cache.get_or_render("a", render) == b"feed-1"
-    assert cache.get_or_render("a", render) == b"feed-1"
-    assert cache.get_or_render("b", render) == b"feed-2"
+    assert cache.get_or_render(first, render).body == b"feed-1"
+    assert cache.get_or_render(first, render).body == b"feed-1"
+    assert cache.get_or_render(second, render).body == b"feed-2"
     assert len(renders) == 2
+
+
+def test_the_apps_validators_are_nginxs_for_the_frozen_file(app, client, tmp_path):
+    """nginx's ETag for a file is "<mtime hex>-<size hex>", for the .gz gzip_static sends too:
+    the app's answer for each encoding has exactly the validators of the file nginx sends."""
+    build = freeze(app, tmp_path / "build").destination
+    for encoding, name in [(None, "episodes/rss.xml"), ("gzip", "episodes/rss.xml.gz")]:
+        headers = {"Accept-Encoding": encoding} if encoding else {}
+        response = client.get("/episodes/rss", headers=headers)
+        frozen = build / name
+        mtime = frozen.stat().st_mtime_ns // 1_000_000_000
+        assert response.data == frozen.read_bytes(), name
+        assert response.headers["ETag"] == f'"{mtime:x}-{frozen.stat().st_size:x}"', name
+        assert parse_date(response.headers["Last-Modified"]).timestamp() == mtime, name
+        assert response.headers.get("Content-Encoding") == encoding
+        assert response.headers["Vary"] == "Accept-Encoding"
+    # The time is the data's: a rebuild with nothing changed, or later, keeps it.
+    with get_database(app).session() as session:
+        changed_at = queries.site_state(session).changed_at
+    assert mtime == int(max(changed_at, FORMAT_CHANGED_AT).timestamp())
+
+
+@pytest.mark.parametrize(
+    "accept_encoding, gzipped",
+    [
+        ("gzip", True),
+        ("deflate, gzip;q=0.5", True),
+        ("gzip;q=0", False),
+        ("*", False),
+        ("br", False),
+    ],
+)
+def test_gzip_is_sent_when_nginx_would_send_the_gz_file(client, accept_encoding, gzipped):
+    response = client.get("/episodes/rss", headers={"Accept-Encoding": accept_encoding})
+    assert (response.headers.get("Content-Encoding") == "gzip") is gzipped
+    body = gzip.decompress(response.data) if gzipped else response.data
+    assert body == client.get("/episodes/rss").data

@@ -58,6 +58,7 @@ def expected_pages(app: Flask) -> dict[str, tuple[str, int]]:
         "/": ("index.html", 200),
         "/episodes/": ("episodes/index.html", 200),
         "/episodes/rss": ("episodes/rss.xml", 200),
+        "/artwork.png": ("artwork.png", 200),
         "/this-page-does-not-exist": ("404.html", 404),
     }
     pages |= {
@@ -123,7 +124,8 @@ def dest(tmp_path: Path) -> Path:
 
 def test_every_frozen_page_is_the_bytes_the_live_app_serves(app, dest):
     report = freeze(app, dest)
-    assert report.pages == SMALL_SEED + 6  # /, /episodes/, the feed, 404, two static files
+    # /, /episodes/, the feed, 404, the stylesheet, the artwork
+    assert report.pages == SMALL_SEED + 6
     assert_matches_live(dest, app)
 
 
@@ -138,7 +140,7 @@ def test_layout_is_what_nginx_is_configured_for(app, dest):
         "episodes/rss.xml",
         "404.html",
         "static/style.css",
-        "static/cover.png",
+        "artwork.png",
     ]:
         assert (dest / path).is_file(), path
     assert b"<rss" in (dest / "episodes/rss.xml").read_bytes()
@@ -166,7 +168,7 @@ def test_text_files_have_a_deterministic_gzip_sibling_with_the_same_mtime(app, d
         else:
             assert compressed == gzip.compress(original, compresslevel=9, mtime=0)
         assert files[f"{path}.gz"].st_mtime_ns == files[path].st_mtime_ns
-    assert "static/cover.png.gz" not in files  # PNG is compressed already
+    assert "artwork.png.gz" not in files  # PNG is compressed already
 
 
 def test_a_rebuild_with_nothing_changed_writes_nothing(app, dest):

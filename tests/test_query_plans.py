@@ -24,6 +24,8 @@ WHOLE_TABLE_READS = {
     "SELECT eg.episode_id, g.slug, g.name"
     " FROM episode_guests eg JOIN guests g ON g.id = eg.guest_id"
     " ORDER BY eg.episode_id, eg.position",
+    # … and every episode's chapters.
+    "SELECT episode_id, chapters FROM episode_chapters",
 }
 
 
@@ -56,6 +58,8 @@ def crawl(client) -> None:
         "/api/episodes/7",
         "/api/episodes/999",
         "/episodes/rss",
+        "/episodes/12/chapters.json",
+        "/episodes/7/transcript.html",
         "/health",
     ]:
         assert client.get(url).status_code < 500, url

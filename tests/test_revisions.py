@@ -243,6 +243,31 @@ def test_moving_a_guest_row_to_another_episode_moves_both_revisions(app):
     assert moved(before, revisions(app)) == {3, 4}
 
 
+def test_editing_adding_and_removing_chapters_moves_that_episodes_revision_only(app):
+    assert generate_episode(12)["chapters"] and not generate_episode(3)["chapters"]
+    before, before_version = revisions(app), version(app)
+    execute(
+        app,
+        "UPDATE episode_chapters SET chapters = %s WHERE episode_id = %s",
+        ('[{"startTime": 0, "title": "A better start"}]', episode_id(app, 12)),
+    )
+    edited = revisions(app)
+    assert moved(before, edited) == {12}
+    # An episode without chapters gets some: the feed now links its chapters file.
+    execute(
+        app,
+        "INSERT INTO episode_chapters (episode_id, chapters) VALUES (%s, %s)",
+        (episode_id(app, 3), '[{"startTime": 0, "title": "Intro"}]'),
+    )
+    added = revisions(app)
+    assert moved(edited, added) == {3}
+    execute(app, "DELETE FROM episode_chapters WHERE episode_id = %s", (episode_id(app, 12),))
+    removed = revisions(app)
+    assert moved(added, removed) == {12}
+    assert fresh(removed, {12}, before, edited, added)
+    assert version(app) == before_version + 3
+
+
 # -- publishing, deleting, reusing a number ------------------------------------
 
 

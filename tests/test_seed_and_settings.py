@@ -22,6 +22,12 @@ def test_generated_episodes_are_deterministic_and_realistic():
     assert (
         first["published_at"].isoformat() == "2015-10-19T14:00:00+00:00"
     )  # weekly from 2015-01-05
+    # Chapters from episode 10 on: a welcome at 0, picks last, in order, inside the episode.
+    assert generate_episode(9)["chapters"] == []
+    starts = [start for start, _ in first["chapters"]]
+    assert 4 <= len(starts) <= 6 and starts == sorted(set(starts))
+    assert starts[0] == 0 and starts[-1] < first["duration_seconds"]
+    assert first["chapters"][-1][1] == "Picks of the week"
 
 
 def test_seeding_twice_changes_nothing(app):

@@ -15,8 +15,8 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from . import db, errors
-from .blueprints import api, feed, pages
+from . import cors, db, errors
+from .blueprints import api, feed, pages, podcast
 from .freeze import freeze_command
 from .profiler import install_profiler
 from .settings import load_settings
@@ -33,9 +33,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     errors.init_app(app)
+    cors.init_app(app)
     app.cli.add_command(freeze_command)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(feed.blueprint)
+    app.register_blueprint(podcast.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
     # Last, so the profiler wraps everything the app does, from the first byte.
     install_profiler(app)

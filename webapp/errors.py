@@ -1,4 +1,14 @@
-"""Every failure gets a clear answer: HTML for people, JSON for the API.
+"""Every failure gets a clear answer: HTML for people, problem details for programs.
+
+The API (and ``/health``) answer errors as RFC 9457 problem details,
+``application/problem+json``::
+
+    {"type": "about:blank", "title": "Not Found", "status": 404,
+     "detail": "There is no episode 31."}
+
+``about:blank`` says the status code is the whole story; ``title`` is its
+phrase (RFC 9110's), ``detail`` what went wrong with this request. nginx
+answers its own errors on ``/api/`` in the same form (deploy/nginx).
 
 No stack trace ever reaches a client. 4xx answers carry the reason;
 a database outage is a 503 with Retry-After; anything unexpected is a 500
@@ -9,24 +19,42 @@ from __future__ import annotations
 
 import sys
 
-from flask import Flask, Response, current_app, jsonify, render_template, request
+from flask import Flask, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
+from werkzeug.http import HTTP_STATUS_CODES
 
 from .db.backends import DatabaseUnavailable
 from .params import reject_undecodable_query_string
 
 #: Seconds a client should wait before retrying during a database outage.
 RETRY_AFTER_SECONDS = 5
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+#: RFC 9110's phrases where they are newer than Werkzeug's.
+STATUS_PHRASES = HTTP_STATUS_CODES | {413: "Content Too Large", 414: "URI Too Long"}
 
 
-def wants_json() -> bool:
+def problem(status: int, detail: str) -> Response:
+    """An RFC 9457 problem details answer: the status code says what kind, ``detail`` what."""
+    body = {
+        "type": "about:blank",
+        "title": STATUS_PHRASES[status],
+        "status": status,
+        "detail": detail,
+    }
+    return current_app.response_class(
+        current_app.json.dumps(body), status=status, mimetype=PROBLEM_CONTENT_TYPE
+    )
+
+
+def wants_problem_details() -> bool:
+    """Programs read these paths: their errors are problem details, not pages."""
     return request.path.startswith("/api/") or request.path == "/health"
 
 
 def error_response(error: HTTPException) -> Response:
     code = error.code or 500
-    if wants_json():
-        response = jsonify(error=error.name, status=code, message=error.description)
+    if wants_problem_details():
+        response = problem(code, error.description or STATUS_PHRASES[code])
     else:
         response = Response(
             render_template("error.html", code=code, name=error.name, message=error.description),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -44,6 +45,19 @@ class Guest:
 
 
 @dataclass(frozen=True, slots=True)
+class Chapter:
+    """A chapter marker: where a part of the episode starts, and what it is about."""
+
+    start_seconds: int
+    title: str
+
+    @property
+    def start_display(self) -> str:
+        """``3725`` seconds -> ``"1:02:05"``."""
+        return clock_time(self.start_seconds)
+
+
+@dataclass(frozen=True, slots=True)
 class Episode:
     id: int
     number: int
@@ -60,9 +74,13 @@ class Episode:
     published_at: datetime
     updated_at: datetime
     guests: tuple[Guest, ...] = field(default=())
+    #: The chapters as stored: a JSON array in the JSON chapters format, or None.
+    chapters_json: str | None = None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], guests: tuple[Guest, ...] = ()) -> Episode:
+    def from_row(
+        cls, row: dict[str, Any], guests: tuple[Guest, ...] = (), chapters_json: str | None = None
+    ) -> Episode:
         return cls(
             id=row["id"],
             number=row["number"],
@@ -79,6 +97,7 @@ class Episode:
             published_at=as_utc(row["published_at"]),
             updated_at=as_utc(row["updated_at"]),
             guests=guests,
+            chapters_json=chapters_json,
         )
 
     @property
@@ -87,11 +106,26 @@ class Episode:
         return episode_path(self.number, self.slug)
 
     @property
+    def chapters(self) -> tuple[Chapter, ...]:
+        """The chapter markers, in order (parsed on each call: an episode page shows them)."""
+        if self.chapters_json is None:
+            return ()
+        return tuple(
+            Chapter(int(chapter["startTime"]), chapter["title"])
+            for chapter in json.loads(self.chapters_json)
+        )
+
+    @property
     def duration_display(self) -> str:
         """``3725`` seconds -> ``"1:02:05"``."""
-        hours, rest = divmod(self.duration_seconds, 3600)
-        minutes, seconds = divmod(rest, 60)
-        return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+        return clock_time(self.duration_seconds)
+
+
+def clock_time(seconds: int) -> str:
+    """``3725`` -> ``"1:02:05"``, ``65`` -> ``"1:05"``."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 def episode_path(number: int, slug: str) -> str:

@@ -13,6 +13,7 @@ of surfacing later as a confusing error deep inside a request.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,19 @@ def _duration(value: str) -> int:
 _MAX_CONFIGURABLE_TTL = 365 * 86400
 
 
+def _uuid(value: str) -> str:
+    return str(uuid.UUID(value.strip()))
+
+
+#: The Podcast Namespace's own namespace for podcast:guid (UUIDv5 of the feed URL).
+PODCAST_GUID_NAMESPACE = uuid.UUID("ead4c236-bf58-58c6-a2c6-a6b28d128cb6")
+
+
+def podcast_guid(feed_url: str) -> str:
+    """The show's podcast:guid: UUIDv5 of ``feed_url`` without scheme and trailing slashes."""
+    return str(uuid.uuid5(PODCAST_GUID_NAMESPACE, feed_url.split("://", 1)[-1].rstrip("/")))
+
+
 def _url_without_slash(value: str) -> str:
     value = value.strip().rstrip("/")
     if not value.startswith(("http://", "https://")):
@@ -100,7 +114,16 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "SITE_URL": (_url_without_slash, "http://127.0.0.1:8000"),
     "SITE_TITLE": (_text, "Talk Fast Python"),
     "SITE_AUTHOR": (_text, "Talk Fast Python"),
+    # Verifies ownership when the feed moves host (podcast:locked) and reaches Apple (itunes:owner).
     "SITE_OWNER_EMAIL": (_text, "host@example.com"),
+    # Who hosts the show: podcast:person role="host" in the feed.
+    "SITE_HOST": (_text, "Morgan Reyes"),
+    # The show's lasting identity (podcast:guid), made once from the feed URL. Set it
+    # explicitly before the feed moves to another address: it must never change.
+    "SITE_PODCAST_GUID": (
+        _uuid,
+        lambda settings: podcast_guid(f"{settings['SITE_URL']}/episodes/rss"),
+    ),
     "SITE_LANGUAGE": (_text, "en-us"),
     # Where `flask freeze` writes the static site nginx serves.
     "FREEZE_DIR": (_text, lambda settings: f"{settings['VAR_DIR']}/build"),

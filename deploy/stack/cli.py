@@ -13,6 +13,7 @@ import click
 
 from .render import NginxConfig, render_nginx
 from .settings import (
+    DEFAULT_API_RATE_LIMIT,
     DEFAULT_HARAKIRI,
     READ_TIMEOUT_MARGIN,
     StackError,
@@ -185,8 +186,15 @@ def reload(run_dir: Path | None, chain: bool) -> None:
 @click.option("--access-log", type=File, default="/var/log/nginx/access.log", show_default=True)
 @click.option("--temp-dir", type=Directory, default="/var/lib/nginx", show_default=True)
 @click.option("--cache-dir", type=Directory, default="/var/cache/nginx/podcast", show_default=True)
+@click.option(
+    "--api-rate-limit",
+    type=click.IntRange(min=0),
+    default=DEFAULT_API_RATE_LIMIT,
+    show_default=True,
+    help="Requests per second per client address on /api/, bursts of twice that (0: no limit).",
+)
 @click.option("--harakiri", type=int, default=DEFAULT_HARAKIRI, help="uWSGI's on the app servers.")
-def render(no_https: bool, harakiri: int, **fields: Any) -> None:
+def render(no_https: bool, harakiri: int, api_rate_limit: int, **fields: Any) -> None:
     """Render the nginx config for a real server (deploy/README.md).
 
     Each --upstream is a uWSGI socket: unix:/run/podcast/uwsgi-1.sock or 10.0.0.5:3031. Port 80
@@ -206,6 +214,7 @@ def render(no_https: bool, harakiri: int, **fields: Any) -> None:
             hsts=not no_https,
             open_file_cache_valid="10s",
             uwsgi_read_timeout=harakiri + READ_TIMEOUT_MARGIN,
+            api_rate_limit=api_rate_limit or None,
         )
     )
     click.echo(f"rendered {conf}; check it with: nginx -t -c {conf}")

@@ -70,6 +70,9 @@ class NginxConfig:
     :param uwsgi_read_timeout: seconds nginx waits for uWSGI: longer than its harakiri.
     :param backlog: the listen backlog; default the kernel's cap.
     :param microcache: False: no micro-cache, every dynamic GET reaches uWSGI (for measuring it).
+    :param api_rate_limit: requests per second each client address may make to /api/, with
+        bursts of twice that; beyond, a 429. None: no limit (the local stack, the lab: their
+        load comes from one address).
     """
 
     conf_dir: Path
@@ -96,6 +99,7 @@ class NginxConfig:
     uwsgi_read_timeout: int = DEFAULT_HARAKIRI + READ_TIMEOUT_MARGIN
     backlog: int = field(default_factory=kernel_somaxconn)
     microcache: bool = True
+    api_rate_limit: int | None = None
 
     def __post_init__(self) -> None:
         if not self.upstreams:

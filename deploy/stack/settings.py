@@ -16,6 +16,9 @@ UWSGI_INI = DEPLOY_DIR / "uwsgi" / "uwsgi.ini"
 #: uWSGI's default harakiri in uwsgi.ini; nginx waits this much longer for an answer.
 DEFAULT_HARAKIRI = 30
 READ_TIMEOUT_MARGIN = 5
+#: What one client address may ask of /api/ in production: far more than an app paging the
+#: catalogue needs, far less than a scraper would take.
+DEFAULT_API_RATE_LIMIT = 20
 
 
 class StackError(Exception):
@@ -68,6 +71,7 @@ class StackSettings:
     :param open_file_cache_valid: how often a cached file is checked again.
     :param gzip: ``gzip_static`` and on-the-fly gzip on (as deployed) or off.
     :param microcache: nginx's one-second micro-cache on (as deployed) or off.
+    :param api_rate_limit: requests per second per client address on /api/ (None: no limit).
     :param start_timeout: seconds for the site to answer at start, and for a reload.
     :param stop_timeout: seconds a program gets to stop gracefully before supervisord kills it.
     """
@@ -91,6 +95,7 @@ class StackSettings:
     open_file_cache_valid: str = "2s"
     gzip: bool = True
     microcache: bool = True
+    api_rate_limit: int | None = None
     start_timeout: float = 60.0
     stop_timeout: float = 40.0
 

@@ -94,6 +94,7 @@ class Stack:
             access_log=self.nginx_dir / "access.log" if settings.access_log else None,
             uwsgi_read_timeout=int(harakiri or DEFAULT_HARAKIRI) + READ_TIMEOUT_MARGIN,
             microcache=settings.microcache,
+            api_rate_limit=settings.api_rate_limit,
         )
 
     def environment(self) -> dict[str, str]:

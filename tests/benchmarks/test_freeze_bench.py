@@ -82,7 +82,7 @@ def plain_freezer(app: Flask) -> Freezer:
 
     @freezer.register_generator
     def pages():
-        yield from ["/", "/episodes/", "/episodes/rss"]
+        yield from ["/", "/episodes/", "/episodes/rss", "/artwork.png"]
         for episode in queries.all_episodes(get_session()):
             yield episode.path
 

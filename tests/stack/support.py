@@ -63,13 +63,14 @@ def get(
     timeout: float = 15.0,
     context: ssl.SSLContext | None = None,
     method: str = "GET",
+    body: bytes | None = None,
 ) -> tuple[int, Message, bytes]:
     """One request, redirects not followed: (status, headers, body as sent, e.g. still gzipped)."""
     parts = urlsplit(url)
     connection = _connection(url, timeout, context)
     try:
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        connection.request(method, target or "/", headers=dict(headers or {}))
+        connection.request(method, target or "/", body=body, headers=dict(headers or {}))
         response = connection.getresponse()
         return response.status, response.headers, response.read()
     finally:

@@ -194,6 +194,33 @@ def test_conditional_get_answers_304(
     assert status == 200
 
 
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_the_feed_has_one_set_of_validators_whether_nginx_or_the_app_answers(
+    site_stack: Stack, encoding: str | None
+) -> None:
+    """A podcast app whose polls reach nginx's frozen file, then the app (here: a profiled
+    request, which nginx hands to the app), then nginx again, never downloads the feed twice."""
+    url = site_stack.settings.url + "/episodes/rss"
+    base = {"Accept-Encoding": encoding} if encoding else {}
+    to_app = {"X-Profile-Token": make_token(PROFILER_SECRET, 300)}
+    _, from_nginx, nginx_body = get(url, base)
+    _, from_app, app_body = get(url, base | to_app)
+    assert not from_nginx.get("X-Profile-Id") and from_app.get("X-Profile-Id")
+    assert is_nginx_etag(from_nginx) and app_body == nginx_body
+    for name in ("ETag", "Last-Modified", "Cache-Control", "Content-Encoding", "Content-Type"):
+        assert from_app.get(name) == from_nginx.get(name), name
+    for validators in (
+        {"If-None-Match": from_nginx["ETag"]},
+        {"If-Modified-Since": from_nginx["Last-Modified"]},
+        {"If-None-Match": from_nginx["ETag"], "If-Modified-Since": from_nginx["Last-Modified"]},
+    ):
+        # nginx's validators, sent to the app; the app's, sent to nginx.
+        status, headers, body = get(url, base | to_app | validators)
+        assert (status, body, headers["ETag"]) == (304, b"", from_nginx["ETag"]), validators
+        status, headers, body = get(url, base | validators)
+        assert (status, body, headers["ETag"]) == (304, b"", from_app["ETag"]), validators
+
+
 def test_cache_lifetimes(site_stack: Stack, site: Site) -> None:
     url = site_stack.settings.url
     assert (

@@ -1,63 +1,97 @@
-"""The JSON API under ``/api``.
+"""The JSON API under ``/api``, described by an OpenAPI 3.1 document.
 
     GET /api/episodes?page=2&per_page=20   a page of episodes, newest first
     GET /api/episodes/123                  one episode, with show notes
+    GET /api/openapi.json                  this API, described (webapp/openapi.py)
 
-Malformed or out-of-range parameters get a 400 with a reason (see params.py).
+Every answer can be cached and revalidated: a strong ETag (a digest of the
+body) and ``Cache-Control``; a conditional GET gets a 304. A page of the list
+links the others with absolute URLs, in the body (``links``) and in an
+RFC 8288 ``Link`` header (first, prev, next, last). Malformed or out-of-range
+parameters get a 400 with a reason (see params.py); every error is RFC 9457
+problem details (errors.py), and any origin may read the API (cors.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, jsonify, url_for
+from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
 
 from ..db import get_session, queries
-from ..models import MAX_EPISODE_NUMBER, Episode
+from ..models import MAX_EPISODE_NUMBER, Episode, EpisodePage
+from ..openapi import DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE, openapi_document
 from ..params import int_arg
+from ..rss import CHAPTERS_PATH, TRANSCRIPT_PATH
 
 blueprint = Blueprint("api", __name__)
 
-MAX_PER_PAGE = 100
-#: Far past any real catalogue; a larger page number is malformed, not a miss.
-MAX_PAGE = 1_000_000
+#: Clients may reuse an answer for a minute, then revalidate it (a 304 if unchanged).
+CACHE_CONTROL = "public, max-age=60"
 
 
 def episode_summary(episode: Episode) -> dict[str, Any]:
+    site = current_app.config["SITE_URL"]
     return {
         "number": episode.number,
         "title": episode.title,
         "slug": episode.slug,
-        "url": current_app.config["SITE_URL"] + episode.path,
+        "url": site + episode.path,
         "published_at": episode.published_at.isoformat(),
         "duration_seconds": episode.duration_seconds,
         "summary": episode.summary,
         "guests": [{"name": guest.name, "slug": guest.slug} for guest in episode.guests],
         "audio": {"url": episode.audio_url, "bytes": episode.audio_bytes, "type": "audio/mpeg"},
+        "transcript_url": site + TRANSCRIPT_PATH.format(number=episode.number)
+        if episode.transcript
+        else None,
+        "chapters_url": site + CHAPTERS_PATH.format(number=episode.number)
+        if episode.chapters_json is not None
+        else None,
+    }
+
+
+def page_links(result: EpisodePage) -> dict[str, str | None]:
+    """Absolute URLs of this page and of the first, previous, next and last (None where none)."""
+
+    def url(number: int) -> str | None:
+        if not 1 <= number <= result.pages:
+            return None
+        path = url_for("api.episode_list", page=number, per_page=result.per_page)
+        return current_app.config["SITE_URL"] + path
+
+    return {
+        "self": url(result.page),
+        "first": url(1),
+        "prev": url(result.page - 1),
+        "next": url(result.page + 1),
+        "last": url(result.pages),
     }
 
 
 @blueprint.get("/episodes")
 def episode_list() -> Response:
     page = int_arg("page", default=1, minimum=1, maximum=MAX_PAGE)
-    per_page = int_arg("per_page", default=20, minimum=1, maximum=MAX_PER_PAGE)
+    per_page = int_arg("per_page", default=DEFAULT_PER_PAGE, minimum=1, maximum=MAX_PER_PAGE)
     result = queries.episode_page(get_session(), page, per_page)
     if page > result.pages:
-        abort(400, description=f"'page' must be from 1 to {result.pages} at per_page={per_page}")
-
-    def page_url(number: int) -> str | None:
-        if not 1 <= number <= result.pages:
-            return None
-        return url_for("api.episode_list", page=number, per_page=per_page)
-
-    return jsonify(
+        last = result.pages
+        abort(
+            404, description=f"There is no page {page} at per_page={per_page}: the last is {last}."
+        )
+    links = page_links(result)
+    response = jsonify(
         episodes=[episode_summary(episode) for episode in result.episodes],
         page=result.page,
         per_page=result.per_page,
         pages=result.pages,
         total=result.total,
-        links={"next": page_url(page + 1), "prev": page_url(page - 1)},
+        links=links,
     )
+    response.headers["Link"] = ", ".join(
+        f'<{url}>; rel="{rel}"' for rel, url in links.items() if url is not None and rel != "self"
+    )
+    return response
 
 
 @blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>")
@@ -69,3 +103,18 @@ def episode_detail(number: int) -> Response:
         episode_summary(episode)
         | {"show_notes_html": episode.show_notes, "transcript": episode.transcript}
     )
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document(current_app.config["SITE_URL"]))
+
+
+@blueprint.after_request
+def cacheable(response: Response) -> Response:
+    """A strong ETag and a lifetime on every answer, and a 304 when the client has it already."""
+    if request.method in ("GET", "HEAD") and response.status_code == 200:
+        response.headers["Cache-Control"] = CACHE_CONTROL
+        response.add_etag()
+        response.make_conditional(request)
+    return response

@@ -1,38 +1,79 @@
 """``/episodes/rss``: the site's largest and most polled response, made cheap.
 
-Podcast apps poll the feed every hour. Three layers keep that cheap:
+nginx serves the feed from the frozen build, and the app when a request
+reaches it (a profiled request, a build that lacks the file). Both answer
+with one set of validators, so an app that polls one and then the other gets
+a 304, never the 1.2 MB again:
 
-1. A conditional GET (``If-None-Match`` / ``If-Modified-Since``) is answered
-   with 304 after one primary-key read of ``site_state``, before any episode
-   is loaded or any XML written.
-2. A full GET for unchanged data is served from bytes cached in this process.
-3. Only a GET after the data changed renders the feed, once per process.
+* ``Last-Modified`` is when the data last changed (``rss.modified_at``,
+  whole seconds); the freezer gives the frozen file that modification time.
+* ``ETag`` is what nginx derives from a file, ``"<mtime hex>-<size hex>"``,
+  computed here from the bytes this view sends. gzip_static sends the
+  ``.gz`` file with its own size in the ETag; this view sends the same
+  gzip bytes (chunked_gzip, cut where the freezer cuts), so it has the
+  same ETag too.
+* A conditional GET is judged as nginx judges it (``not_modified``).
+
+Podcast apps poll every hour or so. What keeps that cheap:
+
+1. The feed is rendered once per data change in each process, and gzipped
+   once when a client first asks for gzip; a poll then costs one
+   primary-key read of ``site_state`` and answers 304 or the cached bytes.
+2. ``Cache-Control: max-age`` (and the feed's ``<ttl>``) tell the apps that
+   honour them not to ask again within the hour (docs/feed-polling.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from flask import Blueprint, Response, current_app, request
-from werkzeug.http import http_date, is_resource_modified
+from werkzeug.http import http_date, parse_date, parse_etags
 
 from ..db import get_session, queries
+from ..freeze import chunked_gzip
 from ..models import SiteState
-from ..rss import CONTENT_TYPE, FORMAT_VERSION, FeedChannel, render_feed
+from ..rss import (
+    CONTENT_TYPE,
+    GZIP_CHUNK_EVERY,
+    POLL_MINUTES,
+    FeedChannel,
+    feed_frame,
+    feed_items,
+    modified_at,
+)
 
 blueprint = Blueprint("feed", __name__)
 
-#: Clients may reuse the feed for five minutes without asking; after that a
-#: conditional GET costs them (and us) almost nothing.
-CACHE_CONTROL = "public, max-age=300"
+#: Apps that honour it poll once an hour at most; nginx sends the same for the file.
+CACHE_CONTROL = f"public, max-age={POLL_MINUTES * 60}"
+#: What the cache knows a feed by: the data it was rendered from.
+CacheKey = tuple[int, datetime]
 
 
-@dataclass(frozen=True)
+@dataclass
 class RenderedFeed:
-    etag: str
-    body: bytes
+    """The feed's bytes in the chunks its gzip is deflated in, and that gzip once made."""
+
+    chunks: list[bytes]
+    body: bytes = field(init=False)
+    _gzipped: bytes | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self.body = b"".join(self.chunks)
+
+    @property
+    def gzipped(self) -> bytes:
+        """The gzip nginx's gzip_static sends: the freezer's .gz file, byte for byte."""
+        if self._gzipped is None:
+            with self._lock:
+                if self._gzipped is None:
+                    self._gzipped = chunked_gzip.compress(self.chunks).data
+        return self._gzipped
 
 
 class FeedCache:
@@ -44,35 +85,60 @@ class FeedCache:
     """
 
     def __init__(self) -> None:
+        self._key: CacheKey | None = None
         self._feed: RenderedFeed | None = None
         self._lock = threading.Lock()
 
-    def get(self, etag: str) -> bytes | None:
+    def get(self, key: CacheKey) -> RenderedFeed | None:
         feed = self._feed
-        return feed.body if feed is not None and feed.etag == etag else None
+        return feed if feed is not None and self._key == key else None
 
-    def get_or_render(self, etag: str, render) -> bytes:
-        body = self.get(etag)
-        if body is not None:
-            return body
+    def get_or_render(self, key: CacheKey, render: Callable[[], RenderedFeed]) -> RenderedFeed:
+        feed = self.get(key)
+        if feed is not None:
+            return feed
         with self._lock:
-            body = self.get(etag)
-            if body is None:
-                body = render()
-                self._feed = RenderedFeed(etag, body)
-        return body
+            feed = self.get(key)
+            if feed is None:
+                feed = render()
+                self._key, self._feed = key, feed
+        return feed
 
 
-def feed_etag(state: SiteState, site_url: str) -> str:
-    """A strong ETag derived from the data (and what else shapes the bytes)."""
-    key = f"{FORMAT_VERSION}:{state.version}:{state.changed_at.isoformat()}:{site_url}"
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
+def nginx_etag(modified: datetime, body: bytes) -> str:
+    """The ETag nginx sends for a file of these bytes with this modification time."""
+    return f'"{int(modified.timestamp()):x}-{len(body):x}"'
 
 
-def render_current_feed(state: SiteState) -> bytes:
-    """The feed for the app's current data (the freezer composes the same from fragments)."""
+def not_modified(etag: str, modified: datetime) -> bool:
+    """Whether the request's validators match, judged as nginx's not_modified filter does.
+
+    nginx (``if_modified_since exact``, its default) needs every validator sent
+    to match: ``If-Modified-Since`` the Last-Modified exactly, ``If-None-Match``
+    the ETag by weak comparison (a gzipped answer's ``W/`` still matches).
+    """
+    since = request.headers.get("If-Modified-Since")
+    tags = request.headers.get("If-None-Match")
+    if since is None and tags is None:
+        return False
+    if since is not None and parse_date(since) != modified:
+        return False
+    return tags is None or parse_etags(tags).contains_weak(etag.strip('"'))
+
+
+def render_current_feed(state: SiteState) -> RenderedFeed:
+    """The feed for the app's current data, cut as the freezer cuts it."""
     episodes = queries.all_episodes(get_session())
-    return render_feed(episodes, FeedChannel.from_config(current_app.config), state.changed_at)
+    channel = FeedChannel.from_config(current_app.config)
+    before, after = feed_frame(channel, state.changed_at)
+    items = feed_items(episodes, channel)
+    chunks = chunked_gzip.listing_chunks(
+        before.encode(),
+        ((episode.number, item.encode()) for episode, item in zip(episodes, items, strict=True)),
+        after.encode(),
+        GZIP_CHUNK_EVERY,
+    )
+    return RenderedFeed(chunks)
 
 
 blueprint.record_once(lambda state: state.app.extensions.setdefault("feed_cache", FeedCache()))
@@ -81,14 +147,29 @@ blueprint.record_once(lambda state: state.app.extensions.setdefault("feed_cache"
 @blueprint.get("/episodes/rss")
 def rss() -> Response:
     state = queries.site_state(get_session())
-    etag = feed_etag(state, current_app.config["SITE_URL"])
-    headers = {
-        "ETag": f'"{etag}"',
-        "Last-Modified": http_date(state.changed_at),
-        "Cache-Control": CACHE_CONTROL,
-    }
-    if not is_resource_modified(request.environ, etag=etag, last_modified=state.changed_at):
-        return Response(status=304, headers=headers)
+    modified = modified_at(state.changed_at)
     cache: FeedCache = current_app.extensions["feed_cache"]
-    body = cache.get_or_render(etag, lambda: render_current_feed(state))
+    feed = cache.get_or_render(
+        (state.version, state.changed_at), lambda: render_current_feed(state)
+    )
+    gzipped = accepts_gzip()
+    body = feed.gzipped if gzipped else feed.body
+    headers = {
+        "ETag": nginx_etag(modified, body),
+        "Last-Modified": http_date(modified),
+        "Cache-Control": CACHE_CONTROL,
+        "Vary": "Accept-Encoding",
+    }
+    # A 304 carries the ETag (RFC 9110 15.4.5), so it too needs the feed: from the cache.
+    if not_modified(headers["ETag"], modified):
+        return Response(status=304, headers=headers)
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
     return Response(body, content_type=CONTENT_TYPE, headers=headers)
+
+
+def accepts_gzip() -> bool:
+    """Whether nginx would send this request the .gz file (gzip_static, gzip_http_version 1.1)."""
+    if request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0":
+        return False
+    return any(coding == "gzip" and quality > 0 for coding, quality in request.accept_encodings)

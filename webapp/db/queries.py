@@ -45,14 +45,14 @@ def latest_episodes(session: Session, limit: int) -> list[Episode]:
     rows = session.fetch_all(
         f"SELECT {EPISODE_COLUMNS} FROM episodes e {LATEST_FIRST} LIMIT %s", (limit,)
     )
-    return _with_guests(session, rows)
+    return _with_related(session, rows)
 
 
 def all_episodes(session: Session) -> list[Episode]:
     """Every episode, newest number first: the catalogue, the feed, the freezer."""
     # The unique index on number gives the order without a sort.
     rows = session.fetch_all(f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.number DESC")
-    return _with_guests(session, rows, every_episode=True)
+    return _with_related(session, rows, every_episode=True)
 
 
 def episode_revisions(session: Session) -> list[EpisodeRevision]:
@@ -78,7 +78,7 @@ def episodes_by_number(session: Session, numbers: Iterable[int]) -> list[Episode
         " ORDER BY e.number DESC",
         numbers,
     )
-    return _with_guests(session, rows)
+    return _with_related(session, rows)
 
 
 def latest_episode_numbers(session: Session, limit: int) -> list[int]:
@@ -95,7 +95,7 @@ def episode_page(session: Session, page: int, per_page: int) -> EpisodePage:
         f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.number DESC LIMIT %s OFFSET %s",
         (per_page, (page - 1) * per_page),
     )
-    return EpisodePage(_with_guests(session, rows), page=page, per_page=per_page, total=total)
+    return EpisodePage(_with_related(session, rows), page=page, per_page=per_page, total=total)
 
 
 def episode_by_number(session: Session, number: int) -> Episode | None:
@@ -103,7 +103,7 @@ def episode_by_number(session: Session, number: int) -> Episode | None:
     rows = session.fetch_all(
         f"SELECT {EPISODE_COLUMNS} FROM episodes e WHERE e.number = %s", (number,)
     )
-    episodes = _with_guests(session, rows)
+    episodes = _with_related(session, rows)
     return episodes[0] if episodes else None
 
 
@@ -136,35 +136,46 @@ def search(session: Session, query: str, limit: int = 50) -> list[Episode]:
             " LIMIT %s",
             (" ".join(terms), limit),
         )
-    return _with_guests(session, rows)
+    return _with_related(session, rows)
 
 
-def _with_guests(session: Session, rows: list[dict], every_episode: bool = False) -> list[Episode]:
+def _with_related(session: Session, rows: list[dict], every_episode: bool = False) -> list[Episode]:
+    """The episodes of ``rows`` with their guests and chapters (two queries, whatever the count)."""
     if not rows:
         return []
-    guests = _guests_by_episode(session, None if every_episode else [row["id"] for row in rows])
-    return [Episode.from_row(row, tuple(guests.get(row["id"], ()))) for row in rows]
+    ids = None if every_episode else [row["id"] for row in rows]
+    guests = _guests_by_episode(session, ids)
+    chapters = _chapters_by_episode(session, ids)
+    return [
+        Episode.from_row(row, tuple(guests.get(row["id"], ())), chapters.get(row["id"]))
+        for row in rows
+    ]
 
 
-def _guests_by_episode(
-    session: Session, episode_ids: Iterable[int] | None
-) -> dict[int, list[Guest]]:
+def _guests_by_episode(session: Session, episode_ids: list[int] | None) -> dict[int, list[Guest]]:
     # The primary key (episode_id, position) gives both the lookup and the order;
-    # guests are joined by their primary key.
+    # guests are joined by their primary key. None reads every row: the catalogue
+    # and the feed want them all.
     sql = (
         "SELECT eg.episode_id, g.slug, g.name FROM episode_guests eg"
         " JOIN guests g ON g.id = eg.guest_id"
     )
-    params: tuple = ()
     if episode_ids is not None:
-        ids = list(episode_ids)
-        sql += f" WHERE eg.episode_id IN ({_placeholders(ids)})"
-        params = tuple(ids)
-    rows = session.fetch_all(sql + " ORDER BY eg.episode_id, eg.position", params)
+        sql += f" WHERE eg.episode_id IN ({_placeholders(episode_ids)})"
+    rows = session.fetch_all(sql + " ORDER BY eg.episode_id, eg.position", episode_ids or ())
     guests: dict[int, list[Guest]] = defaultdict(list)
     for row in rows:
         guests[row["episode_id"]].append(Guest(slug=row["slug"], name=row["name"]))
     return guests
+
+
+def _chapters_by_episode(session: Session, episode_ids: list[int] | None) -> dict[int, str]:
+    """Each episode's chapters as stored (JSON), for those that have them."""
+    # The primary key, episode_id.
+    sql = "SELECT episode_id, chapters FROM episode_chapters"
+    if episode_ids is not None:
+        sql += f" WHERE episode_id IN ({_placeholders(episode_ids)})"
+    return {row["episode_id"]: row["chapters"] for row in session.fetch_all(sql, episode_ids or ())}
 
 
 def _placeholders(values: list) -> str:

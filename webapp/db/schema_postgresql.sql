@@ -42,6 +42,17 @@ CREATE TABLE IF NOT EXISTS episode_guests (
 -- Episodes by guest.
 CREATE INDEX IF NOT EXISTS episode_guests_guest ON episode_guests (guest_id);
 
+-- Chapter markers, for the episodes that have them (the show began marking
+-- chapters later): the JSON chapters file podcast apps read, and the episode
+-- page's list. One JSON array per episode, [{"startTime": 0, "title": "…"}, …]
+-- as the JSON chapters format has it: chapters are written and read as a whole,
+-- and a listing learns which episodes have them from a row each, parsing none.
+CREATE TABLE IF NOT EXISTS episode_chapters (
+    episode_id BIGINT  PRIMARY KEY REFERENCES episodes (id) ON DELETE CASCADE,
+    -- Whatever writes it, it is a JSON array: the pages and the chapters file parse it.
+    chapters   TEXT NOT NULL CHECK (jsonb_typeof(chapters::jsonb) = 'array')
+);
+
 -- One row that changes whenever published data does. The feed's ETag and
 -- Last-Modified come from it, so a conditional GET costs one primary-key read
 -- instead of a scan of the episodes; /health reads the count from it too.
@@ -90,7 +101,7 @@ BEGIN
         -- Through the index episode_guests_guest.
         UPDATE episode_revisions SET revision = new_revision
         WHERE episode_id IN (SELECT episode_id FROM episode_guests WHERE guest_id = NEW.id);
-    ELSIF TG_TABLE_NAME = 'episode_guests' THEN
+    ELSIF TG_TABLE_NAME IN ('episode_guests', 'episode_chapters') THEN
         IF TG_OP <> 'DELETE' THEN
             UPDATE episode_revisions SET revision = new_revision WHERE episode_id = NEW.episode_id;
         END IF;
@@ -110,4 +121,8 @@ CREATE OR REPLACE TRIGGER guests_changed
     FOR EACH ROW EXECUTE FUNCTION site_state_changed();
 CREATE OR REPLACE TRIGGER episode_guests_changed
     AFTER INSERT OR UPDATE OR DELETE ON episode_guests
+    FOR EACH ROW EXECUTE FUNCTION site_state_changed();
+-- Chapters show on the episode page, and whether an episode has any in the feed.
+CREATE OR REPLACE TRIGGER episode_chapters_changed
+    AFTER INSERT OR UPDATE OR DELETE ON episode_chapters
     FOR EACH ROW EXECUTE FUNCTION site_state_changed();

@@ -41,6 +41,17 @@ CREATE TABLE IF NOT EXISTS episode_guests (
 -- Episodes by guest.
 CREATE INDEX IF NOT EXISTS episode_guests_guest ON episode_guests (guest_id);
 
+-- Chapter markers, for the episodes that have them (the show began marking
+-- chapters later): the JSON chapters file podcast apps read, and the episode
+-- page's list. One JSON array per episode, [{"startTime": 0, "title": "…"}, …]
+-- as the JSON chapters format has it: chapters are written and read as a whole,
+-- and a listing learns which episodes have them from a row each, parsing none.
+CREATE TABLE IF NOT EXISTS episode_chapters (
+    episode_id INTEGER PRIMARY KEY REFERENCES episodes (id) ON DELETE CASCADE,
+    -- Whatever writes it, it is a JSON array: the pages and the chapters file parse it.
+    chapters   TEXT NOT NULL CHECK (json_valid(chapters) AND json_type(chapters) = 'array')
+);
+
 -- One row that changes whenever published data does. The feed's ETag and
 -- Last-Modified come from it, so a conditional GET costs one primary-key read
 -- instead of a scan of the episodes; /health reads the count from it too.
@@ -142,5 +153,30 @@ CREATE TRIGGER episode_guests_updated AFTER UPDATE ON episode_guests BEGIN
         WHERE episode_id IN (old.episode_id, new.episode_id);
 END;
 
+-- Chapters show on the episode page, and whether an episode has any in the feed.
+DROP TRIGGER IF EXISTS episode_chapters_inserted;
+CREATE TRIGGER episode_chapters_inserted AFTER INSERT ON episode_chapters BEGIN
+    UPDATE site_state SET version = version + 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+    UPDATE episode_revisions SET revision = random()
+        WHERE episode_id = new.episode_id;
+END;
+
+DROP TRIGGER IF EXISTS episode_chapters_deleted;
+CREATE TRIGGER episode_chapters_deleted AFTER DELETE ON episode_chapters BEGIN
+    UPDATE site_state SET version = version + 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+    UPDATE episode_revisions SET revision = random()
+        WHERE episode_id = old.episode_id;
+END;
+
+DROP TRIGGER IF EXISTS episode_chapters_updated;
+CREATE TRIGGER episode_chapters_updated AFTER UPDATE ON episode_chapters BEGIN
+    UPDATE site_state SET version = version + 1,
+        changed_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = 1;
+    UPDATE episode_revisions SET revision = random()
+        WHERE episode_id IN (old.episode_id, new.episode_id);
+END;
+
 COMMIT;
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;

@@ -9,6 +9,7 @@ idempotent (existing episodes are left alone) and tests can rely on content::
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -111,6 +112,18 @@ SENTENCES = [
     "A listener asked whether {b} is worth it for a side project; we give an honest answer.",
     "There is a difference between fast code and a fast site, and {c} sits right between them.",
 ]
+#: The show began marking chapters with this episode; older ones have none.
+FIRST_EPISODE_WITH_CHAPTERS = 10
+#: The parts of an episode, in order; the first and the last are in every one.
+CHAPTER_TITLES = [
+    "Welcome, and meet {guest}",
+    "How {guest} came to {a}",
+    "{a}: the short version",
+    "{b} in practice",
+    "Then, {c}",
+    "A listener question",
+    "Picks of the week",
+]
 LINK_SITES = [
     "docs.python.org",
     "peps.python.org",
@@ -162,6 +175,7 @@ def generate_episode(number: int) -> dict:
     )
     duration = rng.randint(25 * 60, 75 * 60)
     published_at = FIRST_EPISODE_AT + timedelta(weeks=number - 1)
+    audio_bytes = duration * AUDIO_BITRATE_BYTES_PER_SECOND + rng.randint(0, 99_999)
     return {
         "number": number,
         # Feed readers de-duplicate by guid: made once, never derived from the URL.
@@ -172,13 +186,33 @@ def generate_episode(number: int) -> dict:
         "show_notes": show_notes,
         "transcript": paragraph(3),
         "audio_url": f"{AUDIO_BASE_URL}/{number:04d}-{slugify(topic)}.mp3",
-        "audio_bytes": duration * AUDIO_BITRATE_BYTES_PER_SECOND + rng.randint(0, 99_999),
+        "audio_bytes": audio_bytes,
         "duration_seconds": duration,
         "explicit": False,
         "published_at": published_at,
         "updated_at": published_at,
         "guests": [slug for slug, _, _ in guests],
+        # Drawn last, so the fields above are what they were before chapters existed.
+        "chapters": _chapters(rng, duration, fill) if number >= FIRST_EPISODE_WITH_CHAPTERS else [],
     }
+
+
+def chapters_json(chapters: list[tuple[int, str]]) -> str:
+    """How the database holds an episode's chapters: the JSON chapters format's array."""
+    return json.dumps([{"startTime": start, "title": title} for start, title in chapters])
+
+
+def _chapters(rng: random.Random, duration: int, fill: dict[str, str]) -> list[tuple[int, str]]:
+    """(start second, title) of each chapter: the welcome at 0, then a few parts, picks last."""
+    middle = sorted(rng.sample(range(1, len(CHAPTER_TITLES) - 1), rng.randint(2, 4)))
+    titles = [CHAPTER_TITLES[i] for i in [0, *middle, len(CHAPTER_TITLES) - 1]]
+    # Starts spread over the episode, at least a minute apart, the picks in its last tenth.
+    starts = [0, *sorted(rng.sample(range(60, duration * 9 // 10, 60), len(titles) - 2))]
+    starts.append(duration * 9 // 10 + rng.randint(0, duration // 20))
+    titles = [title.format(**fill) for title in titles]
+    return [
+        (start, title[0].upper() + title[1:]) for start, title in zip(starts, titles, strict=True)
+    ]
 
 
 def _chunks(numbers: list[int], size: int) -> Iterator[list[int]]:
@@ -242,6 +276,15 @@ def seed(session: Session, episodes: int, progress: Callable[[int], None] | None
                 (episode_ids[e["number"]], position, guest_ids[slug])
                 for e in generated
                 for position, slug in enumerate(e["guests"])
+            ],
+        )
+        session.execute_many(
+            "INSERT INTO episode_chapters (episode_id, chapters) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING",
+            [
+                (episode_ids[e["number"]], chapters_json(e["chapters"]))
+                for e in generated
+                if e["chapters"]
             ],
         )
         if progress is not None:

@@ -77,13 +77,19 @@ class BuildReport:
         return len(self.rendered) / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        site = f"{self.pages} pages, {self.bytes / 1e6:.2f} MB ({self.compressed_bytes / 1e6:.2f} MB gzipped)"
+        site = (
+            f"{self.pages} pages, {self.bytes / 1e6:.2f} MB"
+            f" ({self.compressed_bytes / 1e6:.2f} MB gzipped)"
+        )
         if not self.changed and not self.rendered:
-            return f"Nothing changed: {site} in {self.destination} are up to date ({self.seconds:.2f} s)."
+            return (
+                f"Nothing changed: {site} in {self.destination} are up to date"
+                f" ({self.seconds:.2f} s)."
+            )
         return (
-            f"Froze {site} into {self.destination}: rendered {len(self.rendered)} in {self.seconds:.2f} s"
-            f" ({self.pages_per_second:.0f} pages/s); {len(self.changed)} files changed,"
-            f" {len(self.removed)} removed."
+            f"Froze {site} into {self.destination}: rendered {len(self.rendered)}"
+            f" in {self.seconds:.2f} s ({self.pages_per_second:.0f} pages/s);"
+            f" {len(self.changed)} files changed, {len(self.removed)} removed."
         )
 
 
@@ -130,6 +136,8 @@ class SiteBuild:
         self._episodes: dict[int, Episode] = {}
         #: Fragments of the live build's listings this build may copy, by page URL.
         self._kept: dict[str, dict[FragmentKey, bytes]] = {}
+        #: Files whose modification time is not the build's (see site.Listing.modified).
+        self._mtimes: dict[str, int] = {}
 
     def __enter__(self) -> SiteBuild:
         self._started = time.perf_counter()
@@ -147,6 +155,12 @@ class SiteBuild:
                 "nginx/redirects.conf": redirect_rules(self.app, self.pages),
             }
             self._plan_changes()
+            self._mtimes = {
+                path: int(page.listing.modified(self._data).timestamp()) * 1_000_000_000
+                for page in self.pages
+                if page.listing is not None and page.listing.modified is not None
+                for path in page.files
+            }
             self._episodes = self._read_episodes()
             # One WSGI environ, its path swapped per page: building a fresh one
             # per request (as the test client does) costs more than most pages.
@@ -219,7 +233,8 @@ class SiteBuild:
     def _from_live(
         self, path: str, parts: Callable[[dict[str, Any], bytes], dict[Any, bytes]]
     ) -> dict[Any, bytes]:
-        """``parts(layout, data)`` of the live build's ``path``; nothing if either is missing or they disagree."""
+        """``parts(layout, data)`` of the live build's ``path``; nothing if either is missing or
+        they disagree."""
         record = self.trees.live_records.get(path)
         if record is None or not record.layout:
             return {}
@@ -261,7 +276,8 @@ class SiteBuild:
             return self._episodes[number]
         except KeyError:
             raise FreezeError(
-                f"episode {number} was deleted while the build ran; the live build is unchanged: freeze again"
+                f"episode {number} was deleted while the build ran; the live build is unchanged:"
+                " freeze again"
             ) from None
 
     def _compose(self, page: Page) -> tuple[bytes, str, list[chunked_gzip.Chunk]]:
@@ -275,15 +291,11 @@ class SiteBuild:
         keys = [_key(episode) for episode in self._data.episodes]
         missing = [key for key in keys if key not in kept]
         rendered = listing.items([self._episode(number) for number, _ in missing])
-        fragments = kept | {key: item.encode() for key, item in zip(missing, rendered)}
+        fragments = kept | {key: item.encode() for key, item in zip(missing, rendered, strict=True)}
         before, after = (part.encode() for part in listing.frame(self._data))
-        chunks, chunk = [], [before]
-        for key in keys:
-            if key[0] % listing.chunk_every == 0:
-                chunks.append(b"".join(chunk))
-                chunk = []
-            chunk.append(fragments[key])
-        chunks.append(b"".join([*chunk, after]))
+        chunks = chunked_gzip.listing_chunks(
+            before, ((key[0], fragments[key]) for key in keys), after, listing.chunk_every
+        )
         layout = {
             "code": self._data.code,
             "before": len(before),
@@ -386,7 +398,8 @@ class SiteBuild:
         self, path: str, data: bytes, inputs: str, content: str, layout: str | None = None
     ) -> None:
         # A page and its .gz get the same mtime, as nginx's gzip_static expects.
-        self._records[path] = self.trees.write(path, data, self._mtime_ns, inputs, content, layout)
+        mtime_ns = self._mtimes.get(path, self._mtime_ns)
+        self._records[path] = self.trees.write(path, data, mtime_ns, inputs, content, layout)
         self._written.append(path)
 
     def _report(self, records: dict[str, FileRecord], removed: list[str]) -> BuildReport:

@@ -9,7 +9,7 @@ one ordinary gzip stream. A chunk's bytes then depend only on itself and the
 32 KiB before it, and a chunk whose digest is the same as in the last build
 is copied from the last build's file::
 
-    gz = compress([head, middle, tail])                  # GzipChunks(data=b"\\x1f\\x8b…", chunks=[…])
+    gz = compress([head, middle, tail])                  # GzipChunks(data=b"…", chunks=[…])
     reusable = gz.reusable()                              # digest -> deflated bytes
     again = compress([head, new_middle, tail], reusable)  # deflates new_middle only, unless
                                                           # tail's 32 KiB before it moved
@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 LEVEL = 9
@@ -74,6 +74,26 @@ class Chunk:
     digest: str
 
 
+def listing_chunks(
+    before: bytes, items: Iterable[tuple[int, bytes]], after: bytes, every: int
+) -> list[bytes]:
+    """A listing's bytes cut into chunks: a new one starts at each item whose number is a
+    multiple of ``every``; ``before`` opens the first chunk and ``after`` closes the last.
+
+    Numbers, not sizes: a publish or an edit moves no other chunk's start. The
+    freezer and the feed's view cut the same way, so they compress to the same bytes.
+    """
+    chunks: list[bytes] = []
+    chunk = [before]
+    for number, item in items:
+        if number % every == 0:
+            chunks.append(b"".join(chunk))
+            chunk = []
+        chunk.append(item)
+    chunks.append(b"".join([*chunk, after]))
+    return chunks
+
+
 def split(chunks: Sequence[bytes]) -> list[Chunk]:
     """Each chunk with the window it is compressed against."""
     split_chunks = []
@@ -98,7 +118,7 @@ def assemble(chunks: Sequence[Chunk], deflated: Sequence[bytes]) -> GzipChunks:
         crc = zlib.crc32(chunk.data, crc)
         size += len(chunk.data)
     trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
-    layout = [(chunk.digest, len(data)) for chunk, data in zip(chunks, deflated)]
+    layout = [(chunk.digest, len(data)) for chunk, data in zip(chunks, deflated, strict=True)]
     return GzipChunks(b"".join([HEADER, *deflated, FINAL_BLOCK, trailer]), layout)
 
 

@@ -7,7 +7,7 @@ Each URL becomes a :class:`Page`::
 
     with app.app_context():
         pages = plan_pages(app)
-    pages[0]  # Page(url='/404.html', path='404.html', status=404, inputs='5d0c…', files=(…, '404.html.gz'))
+    pages[0]  # Page(url='/404.html', path='404.html', status=404, inputs='5d0c…', files=(…))
 
 A page's ``inputs`` digests everything its bytes depend on, so a rebuild
 renders a page only when its inputs changed:
@@ -21,7 +21,7 @@ renders a page only when its inputs changed:
 * the catalogue: every episode's revision; the feed: those and
   ``site_state.changed_at``, its lastBuildDate; any page added later, until
   it is given narrower inputs: all of that and ``site_state.version``;
-* static files and the 404 page: nothing more.
+* static files, the artwork and the 404 page: nothing more.
 
 An episode's revision is a random token the database's triggers draw anew
 for any write to the episode or its guests (see ``episode_revisions`` in the
@@ -39,6 +39,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import NamedTuple
@@ -52,7 +53,7 @@ from werkzeug.routing import RequestRedirect
 from ..blueprints import pages
 from ..db import get_session, queries
 from ..models import Episode, EpisodeRevision, SiteState
-from ..rss import FeedChannel, feed_frame, feed_items
+from ..rss import GZIP_CHUNK_EVERY, FeedChannel, feed_frame, feed_items, modified_at
 from .output import FreezeError, content_digest
 
 #: Any URL no route matches: the live app's 404 body does not depend on which.
@@ -63,7 +64,7 @@ FILE_NAMES = {NOT_FOUND_URL: "404.html", "/episodes/rss": "episodes/rss.xml"}
 #: What nginx's gzip_static can serve: these get a ``.gz`` sibling.
 COMPRESSED_SUFFIXES = (".html", ".xml", ".css", ".js", ".svg", ".json", ".txt")
 #: The libraries whose output ends up in the pages.
-RENDERING_LIBRARIES = ("flask", "werkzeug", "jinja2", "markupsafe", "frozen-flask")
+RENDERING_LIBRARIES = ("flask", "werkzeug", "jinja2", "markupsafe", "frozen-flask", "nh3", "pillow")
 
 
 def digest(*parts: str) -> str:
@@ -106,8 +107,8 @@ def site_data() -> SiteData:
         unrevised = [str(episode.number) for episode in episodes if episode.revision is None]
         if unrevised:
             raise FreezeError(
-                f"episode(s) {', '.join(unrevised[:10])} have no revision, so a build cannot tell whether"
-                " they changed: run `flask --app webapp init-db`, which gives them one"
+                f"episode(s) {', '.join(unrevised[:10])} have no revision, so a build cannot tell"
+                " whether they changed: run `flask --app webapp init-db`, which gives them one"
             )
         by_number = {episode.number: episode for episode in episodes}
         latest = queries.latest_episode_numbers(session, pages.LATEST_COUNT)
@@ -137,6 +138,9 @@ class Listing:
     #: feed (32 items) and 17 KiB of the catalogue (64) cost 2.9 ms of deflate
     #: per edit against 5.0 ms for 128 and 70 KiB, for 0.4% more bytes.
     chunk_every: int
+    #: The modification time its files get, if not the build's: the feed's is when its
+    #: data changed, so nginx's ETag and Last-Modified for the file are the app's.
+    modified: Callable[[SiteData], datetime] | None = None
 
 
 def _feed_channel() -> FeedChannel:
@@ -153,7 +157,8 @@ LISTINGS = {
     "feed.rss": Listing(
         frame=lambda data: feed_frame(_feed_channel(), data.state.changed_at),
         items=lambda episodes: feed_items(episodes, _feed_channel()),
-        chunk_every=32,
+        chunk_every=GZIP_CHUNK_EVERY,
+        modified=lambda data: modified_at(data.state.changed_at),
     ),
 }
 
@@ -191,6 +196,11 @@ def _listing_pages():
     yield "pages.index", {}
 
 
+def _show_files():
+    """Frozen-Flask URL generator: what the feed links besides episodes (the artwork)."""
+    yield "podcast.artwork", {}
+
+
 def _episode_pages():
     """Frozen-Flask URL generator: every episode's page, from the database."""
     # Their canonical paths, where the view redirects every other URL of an
@@ -207,6 +217,7 @@ class SiteFreezer(Freezer):
         super().__init__(app, with_no_argument_rules=False, log_url_for=False)
         self.register_generator(_listing_pages)
         self.register_generator(_episode_pages)
+        self.register_generator(_show_files)
 
     def urlpath_to_filepath(self, path: str) -> str:
         """``/`` -> ``index.html``; ``/episodes/5/a-slug`` -> ``episodes/5/a-slug.html``.
@@ -229,7 +240,7 @@ def site_freezer(app: Flask) -> SiteFreezer:
 
 
 def code_fingerprint(app: Flask) -> str:
-    """Digest of what renders every page: code, templates, static files, libraries, SITE_* settings."""
+    """Digest of what renders every page: code, templates, static files, libraries, SITE_*."""
     hasher = hashlib.sha256()
     for path in sorted(_rendering_files(app)):
         hasher.update(str(path).encode() + b"\0" + path.read_bytes())
@@ -283,7 +294,7 @@ def plan_pages(app: Flask) -> list[Page]:
 
 def _data_inputs(endpoint: str, data: SiteData) -> str:
     """The digest of the data the page of ``endpoint`` (not an episode's) shows."""
-    if endpoint == "static":
+    if endpoint in ("static", "podcast.artwork"):
         return ""
     if endpoint == "pages.index":
         return _revisions(data.latest)
@@ -300,7 +311,7 @@ def _revisions(episodes: Sequence[EpisodeRevision]) -> str:
 
 
 def render_episode_page(episode: Episode) -> bytes:
-    """The body ``pages.episode`` answers for the episode's canonical URL. Needs its request context.
+    """The body ``pages.episode`` answers for the episode's canonical URL (in its request context).
 
     Rendered from the episode the build has already read: letting the view
     read each of 600 episodes again costs two queries per page, which on

@@ -1,0 +1,169 @@
+"""What a program reading the API gets through the real stack, whoever answers: the app or nginx.
+
+nginx answers some requests to /api/ itself — a body or a URI too large, the
+rate limit, no app server, an app server too slow — and those answers must be
+problem details a client can parse, readable from other origins, like the
+app's. Validators survive nginx's gzip and micro-cache, and CORS reaches the
+frozen feed but no page and not the profiler.
+"""
+
+from __future__ import annotations
+
+import json
+from email.message import Message
+
+import pytest
+from request_profiler import make_token
+
+from deploy.stack import Stack
+from webapp.errors import STATUS_PHRASES
+
+from .conftest import PROFILER_SECRET
+from .probe_wsgi import GC_PATH, SLEEP_PATH
+from .support import get
+
+pytestmark = pytest.mark.stack
+
+ORIGIN = {"Origin": "https://player.example"}
+
+
+def assert_problem(answer: tuple[int, Message, bytes], status: int) -> dict:
+    got, headers, body = answer
+    assert got == status
+    assert headers["Content-Type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert (problem["type"], problem["status"]) == ("about:blank", status)
+    assert problem["title"] == STATUS_PHRASES[status] and problem["detail"]
+    # Readable by a script on another origin: one header, never "*" twice.
+    assert headers.get_all("Access-Control-Allow-Origin") == ["*"]
+    assert "ETag" in headers["Access-Control-Expose-Headers"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    return problem
+
+
+# --- nginx's own errors on /api/ ---------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_a_413_problem(site_stack: Stack) -> None:
+    answer = get(
+        site_stack.settings.url + "/api/episodes",
+        {"Content-Type": "application/json"} | ORIGIN,
+        method="POST",
+        body=b"{}" + b" " * 100_000,
+    )
+    assert_problem(answer, 413)
+
+
+def test_a_uri_over_the_limit_is_a_414_problem_on_the_api_and_nginxs_page_elsewhere(
+    site_stack: Stack,
+) -> None:
+    long_query = "q=" + "x" * 9_000
+    assert_problem(get(site_stack.settings.url + f"/api/episodes?{long_query}", ORIGIN), 414)
+    status, headers, body = get(site_stack.settings.url + f"/search?{long_query}", ORIGIN)
+    assert status == 414 and headers["Content-Type"].startswith("text/html")
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_the_apps_own_problems_pass_through_once(site_stack: Stack) -> None:
+    problem = assert_problem(get(site_stack.settings.url + "/api/episodes/99999", ORIGIN), 404)
+    assert problem["detail"] == "There is no episode 99999."
+    assert_problem(get(site_stack.settings.url + "/api/episodes?per_page=0", ORIGIN), 400)
+
+
+def test_no_app_server_is_a_502_problem(make_stack) -> None:
+    stack = make_stack()
+    stack.stop_uwsgi(*stack.instances)
+    # A URL never asked before: nothing of it in the micro-cache to fall back on.
+    assert_problem(get(stack.settings.url + "/api/episodes?page=2&per_page=3", ORIGIN), 502)
+
+
+def test_an_app_server_too_slow_is_a_504_problem(make_stack) -> None:
+    # harakiri off: nginx gives up first, after uwsgi_read_timeout (harakiri + 5 = 5 s).
+    stack = make_stack(
+        uwsgi_options={"harakiri": "0", "module": "tests.stack.probe_wsgi:application"}
+    )
+    assert_problem(get(stack.settings.url + f"{SLEEP_PATH}?seconds=8", ORIGIN, timeout=30), 504)
+
+
+def test_past_the_rate_limit_is_a_429_problem_with_retry_after(make_stack) -> None:
+    stack = make_stack(api_rate_limit=1)  # one a second, bursts of two
+    url = stack.settings.url
+    answers = [get(url + f"/api/episodes/{n}", ORIGIN) for n in range(1, 9)]
+    limited = [answer for answer in answers if answer[0] == 429]
+    assert limited and answers[0][0] == 200, [answer[0] for answer in answers]
+    assert_problem(limited[0], 429)
+    assert limited[0][1]["Retry-After"] == "1"
+    # Only the API is limited: pages are served on.
+    assert all(get(url + "/")[0] == 200 for _ in range(5))
+
+
+# --- Validators through nginx's gzip and micro-cache ----------------------------------------
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_api_answers_revalidate_through_nginx(site_stack: Stack, encoding: str | None) -> None:
+    url = site_stack.settings.url + "/api/episodes?page=2&per_page=10"
+    base = {"Accept-Encoding": encoding} if encoding else {}
+    status, headers, _ = get(url, base)
+    assert status == 200 and headers["Cache-Control"] == "public, max-age=60"
+    etag = headers["ETag"]
+    # nginx weakens the app's strong ETag when it gzips the answer; a 304 either way.
+    assert etag.startswith('W/"') if encoding else etag.startswith('"')
+    for _ in range(2):  # from the app, then from the micro-cache
+        status, headers, body = get(url, base | {"If-None-Match": etag})
+        assert (status, body) == (304, b"")
+        # A 304 is not gzipped, so nginx leaves its ETag strong: the same validator, weakly.
+        assert headers["ETag"].removeprefix("W/") == etag.removeprefix("W/")
+    link = get(url)[1]["Link"]
+    assert 'rel="next"' in link and "<https://podcast.test/api/episodes?page=3&per_page=10>" in link
+
+
+# --- CORS --------------------------------------------------------------------------------
+
+
+def test_other_origins_read_the_api_the_feed_and_transcripts_not_pages(
+    site_stack: Stack, site
+) -> None:
+    url = site_stack.settings.url
+    episode = (site.build_dir / "nginx" / "episodes.map").read_text().split(";")[0].split()[1]
+    for path in [
+        "/api/episodes/3",
+        "/api/episodes/3",
+        "/episodes/rss",
+        "/episodes/12/transcript.html",
+    ]:
+        _, headers, _ = get(url + path, ORIGIN)  # the second /api/ one from the micro-cache
+        assert headers.get_all("Access-Control-Allow-Origin") == ["*"], path
+        assert "ETag" in headers["Access-Control-Expose-Headers"], path
+    for path in ["/", episode, "/episodes/", "/static/style.css", "/search?q=python", "/no-such"]:
+        _, headers, _ = get(url + path, ORIGIN)
+        assert "Access-Control-Allow-Origin" not in headers, path
+    token = {"X-Profile-Token": make_token(PROFILER_SECRET, 300)}
+    _, headers, _ = get(url + "/_profiler/", ORIGIN | token)
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+def test_a_preflight_through_nginx(site_stack: Stack) -> None:
+    status, headers, _ = get(
+        site_stack.settings.url + "/api/episodes",
+        ORIGIN
+        | {
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "if-none-match",
+        },
+        method="OPTIONS",
+    )
+    assert status == 204
+    assert headers.get_all("Access-Control-Allow-Origin") == ["*"]
+    assert "If-None-Match" in headers["Access-Control-Allow-Headers"]
+    assert "GET" in headers["Access-Control-Allow-Methods"]
+
+
+def test_an_answer_marked_no_store_is_never_micro_cached(make_stack) -> None:
+    """The micro-cache ignores the app's Cache-Control lifetimes, but not a no-store."""
+    stack = make_stack(uwsgi_options={"module": "tests.stack.probe_wsgi:application"})
+    url = stack.settings.url
+    gc_answers = [get(url + GC_PATH) for _ in range(4)]  # the probe sends no-store
+    assert {headers.get("X-Cache-Status") for _, headers, _ in gc_answers} == {"MISS"}
+    api_answers = [get(url + "/api/episodes/2")[1].get("X-Cache-Status") for _ in range(4)]
+    assert "HIT" in api_answers  # max-age=60 from the app, one second in the micro-cache

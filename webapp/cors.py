@@ -1,0 +1,75 @@
+"""CORS for what any website may read: the API, the feed, transcripts and chapters.
+
+All of it is public and read-only, and no request carries credentials, so
+every origin is allowed with ``*``. Because the answer is the same for every
+origin, a response does not vary by ``Origin`` and says no ``Vary: Origin``
+(that would only split shared caches). A browser asks first (a preflight
+``OPTIONS``) when a script sends a header outside the CORS-safelisted ones,
+such as ``If-None-Match``; ``preflight`` answers it. Pages and the profiler
+allow no other origin: they send none of these headers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+from flask import Flask, Response, request
+from werkzeug.wrappers import Response as BaseResponse
+
+R = TypeVar("R", bound=BaseResponse)
+
+#: What other origins may read: the API, the feed, transcripts and chapters.
+READABLE_ANYWHERE = re.compile(
+    r"/api/|/episodes/rss$|/episodes/[0-9]+/(?:transcript\.html|chapters\.json)$"
+)
+
+#: Response headers a script on another origin may read, beyond the safelisted ones
+#: (Cache-Control, Content-Type, Last-Modified …): validators, pagination, back-off.
+EXPOSED_HEADERS = "ETag, Link, Retry-After"
+#: Request headers a script may send: the conditional ones, to revalidate.
+ALLOWED_HEADERS = "If-None-Match, If-Modified-Since"
+ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+#: How long a browser may reuse a preflight's answer (Chromium caps it at two hours).
+PREFLIGHT_MAX_AGE = 7200
+
+
+def allow_any_origin(response: R) -> R:
+    """``response``, readable by scripts on any origin."""
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    return response
+
+
+def preflight() -> Response:
+    """The answer to a CORS preflight: the methods and headers a script may use, and how long."""
+    response = allow_any_origin(Response(status=204))
+    response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+    response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+    response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
+    response.headers["Allow"] = ALLOWED_METHODS
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_answer_preflight)
+    app.after_request(_allow_other_origins)
+
+
+def _answer_preflight() -> Response | None:
+    """A ``before_request`` hook: a preflight for a route that exists gets its answer."""
+    if (
+        request.method == "OPTIONS"
+        and "Access-Control-Request-Method" in request.headers
+        and request.url_rule is not None
+        and READABLE_ANYWHERE.match(request.path)
+    ):
+        return preflight()
+    return None
+
+
+def _allow_other_origins(response: Response) -> Response:
+    """An ``after_request`` hook: every answer on those paths, errors included, is readable."""
+    if READABLE_ANYWHERE.match(request.path):
+        allow_any_origin(response)
+    return response
