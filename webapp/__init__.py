@@ -17,7 +17,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from . import db, errors
 from .blueprints import api, feed, pages
-from .freeze import freeze_command
+from .freeze import freeze_command, pull_build_command
 from .profiler import install_profiler
 from .settings import load_settings
 
@@ -34,6 +34,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     errors.init_app(app)
     app.cli.add_command(freeze_command)
+    app.cli.add_command(pull_build_command)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(feed.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
