@@ -260,6 +260,14 @@ class Cluster:
         self.password = secrets.token_urlsafe(18)
         Network.remove_stale()
         self.network = Network()
+        try:
+            self._add_hosts(root, nginx, postgres_bindir)
+        except BaseException:
+            self.network.destroy()
+            raise
+        self.url = f"http://{address('nginx')}:{HTTP_PORT}"
+
+    def _add_hosts(self, root: Path, nginx: str, postgres_bindir: Path) -> None:
         self.client = self.network.add_host("client", address("client"))
         self.db = self.network.add_host("db", address("db"))
         self.nginx = NginxHost(
@@ -291,7 +299,6 @@ class Cluster:
             )
             for name in APP_HOSTS
         ]
-        self.url = f"http://{address('nginx')}:{HTTP_PORT}"
 
     # -- building it -------------------------------------------------------------
 

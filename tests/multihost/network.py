@@ -68,14 +68,18 @@ class Network:
         self.prefix_length = subnet_prefix_length
         self.hosts: list[Host] = []
         self._namespaces: list[str] = []
-        self.switch = self._namespace("sw")
-        ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        ip("-n", self.switch, "link", "set", "br0", "up")
+        try:
+            self.switch = self._namespace("sw")
+            ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+            ip("-n", self.switch, "link", "set", "br0", "up")
+        except BaseException:
+            self.destroy()
+            raise
 
     def _namespace(self, name: str) -> str:
         namespace = f"{self.tag}-{name}"
+        self._namespaces.append(namespace)  # first: destroy() deletes it even if this fails
         ip("netns", "add", namespace)
-        self._namespaces.append(namespace)
         ip("-n", namespace, "link", "set", "lo", "up")
         return namespace
 

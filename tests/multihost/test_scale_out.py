@@ -18,7 +18,9 @@ every host lists every host's profiles, each with its host name.
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 
 import psycopg2
 import pytest
@@ -39,11 +41,23 @@ from .cluster import (
     address,
     wait_for,
 )
+from .network import ip
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 #: Seconds a request answered just after PostgreSQL came back may have started before it.
 GRACE = 1.0
+
+
+def test_no_host_has_a_route_out_of_the_test_network(cluster: Cluster) -> None:
+    """The hosts reach each other and nothing else: the load stays inside the namespaces."""
+    for host in cluster.network.hosts:
+        routes = ip("-n", host.namespace, "route", "show").split("\n")
+        assert [route.split()[0] for route in routes if route] in ([], ["10.77.0.0/24"]), routes
+    with cluster.network.entered(cluster.client):
+        with pytest.raises(OSError) as failure:
+            socket.create_connection(("198.51.100.1", 80), timeout=2)  # TEST-NET-2
+    assert failure.value.errno == errno.ENETUNREACH
 
 
 def test_every_app_host_serves_through_nginx(cluster: Cluster) -> None:
