@@ -14,10 +14,11 @@ The source is the build's ``<dest>`` symlink there, in any form rsync takes.
    names is copied, not the symlink: a freeze there during the copy makes its
    other tree, so the copy never mixes two builds.
 2. rsync copies that tree into this machine's spare tree, under the freezer's
-   lock (``output.BuildTrees``): files unchanged since the live build are hard
-   links to it (``--link-dest``: same inode, no copy), changed ones are written
-   under temporary names and renamed, and modification times are kept, so
-   nginx's ETag and Last-Modified are the source's.
+   lock (``output.BuildTrees``): an unchanged file is not copied again (the
+   spare's own copy is kept, or it is hard-linked from the live tree with
+   ``--link-dest``), changed ones are written under temporary names and
+   renamed, and modification times are kept, so nginx's ETag and
+   Last-Modified are the source's.
 3. Every file is checked against the build's own state file (its list of
    files with their sizes and modification times): nothing missing, nothing
    extra, nothing half-copied. A build that does not match is not used.
