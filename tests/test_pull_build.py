@@ -94,6 +94,29 @@ def test_a_second_pull_links_what_did_not_change_and_keeps_the_old_tree_whole(
     assert not report.nginx_reload  # no episode added or moved: the maps are the same
 
 
+def test_a_file_with_the_sources_size_and_time_but_other_bytes_is_replaced(
+    app: Flask, source: Path, tmp_path: Path
+) -> None:
+    """rsync's quick check compares sizes and whole seconds: a spare tree can hold a stale
+    file of the same size from the same second (two builds in one second). The pull compares
+    contents instead."""
+    dest = tmp_path / "nginx" / "build"
+    pull_build(str(source), dest)
+    retitle(app, SMALL_SEED, "A title of a new build")
+    freeze(app, source)
+    spare = dest.with_name("build.builds") / ("b" if os.readlink(dest).endswith("a") else "a")
+    new = (source / "index.html").stat()
+    stale = spare / "index.html"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"x" * new.st_size)
+    os.utime(stale, ns=(new.st_mtime_ns, new.st_mtime_ns))
+
+    pull_build(str(source), dest)
+
+    assert dest.resolve() == spare
+    assert (dest / "index.html").read_bytes() == (source / "index.html").read_bytes()
+
+
 def test_a_new_episode_asks_for_an_nginx_reload(app: Flask, source: Path, tmp_path: Path) -> None:
     dest = tmp_path / "nginx" / "build"
     pull_build(str(source), dest)

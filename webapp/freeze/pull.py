@@ -14,11 +14,11 @@ The source is the build's ``<dest>`` symlink there, in any form rsync takes.
    names is copied, not the symlink: a freeze there during the copy makes its
    other tree, so the copy never mixes two builds.
 2. rsync copies that tree into this machine's spare tree, under the freezer's
-   lock (``output.BuildTrees``): an unchanged file is not copied again (the
-   spare's own copy is kept, or it is hard-linked from the live tree with
-   ``--link-dest``), changed ones are written under temporary names and
-   renamed, and modification times are kept, so nginx's ETag and
-   Last-Modified are the source's.
+   lock (``output.BuildTrees``), comparing contents (``--checksum``): an
+   unchanged file is not copied again (the spare's own copy is kept, or it is
+   hard-linked from the live tree with ``--link-dest``), changed ones are
+   written under temporary names and renamed, and modification times are
+   kept, so nginx's ETag and Last-Modified are the source's.
 3. Every file is checked against the build's own state file (its list of
    files with their sizes and modification times): nothing missing, nothing
    extra, nothing half-copied. A build that does not match is not used.
@@ -80,6 +80,9 @@ def pull_build(source: str, destination: Path, *, rsync: str | None = None) -> P
             "--links",
             "--perms",
             "--times",
+            # Compare contents, not sizes and times: rsync's times are whole seconds, and two
+            # builds in one second can leave a stale file of the right size in the spare tree.
+            "--checksum",
             "--delete",
             f"--timeout={RSYNC_TIMEOUT}",
             *link_dest,
