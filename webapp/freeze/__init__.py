@@ -27,9 +27,9 @@ The layout nginx serves (``<dest>`` is a symlink to the live build tree)::
 """
 
 from .build import BuildReport, SiteBuild, freeze
-from .command import freeze_command
+from .command import freeze_command, pull_build_command
 from .output import FreezeError
-from .pull import PullReport, pull_build, pull_build_command
+from .pull import PullReport, pull_build
 
 __all__ = [
     "BuildReport",

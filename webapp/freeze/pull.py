@@ -38,10 +38,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-from flask import current_app
-from flask.cli import with_appcontext
-
 from .output import MANIFEST_FILE, STATE_FILE, TREE_NAMES, BuildTrees, FreezeError, read_records
 
 #: What nginx reads only when it starts or reloads.
@@ -152,26 +148,3 @@ def _same_file(a: Path, b: Path) -> bool:
         return filecmp.cmp(a, b, shallow=False)
     except FileNotFoundError:
         return a.exists() == b.exists()
-
-
-@click.command("pull-build")
-@click.argument("source")
-@click.option(
-    "--dest",
-    type=click.Path(path_type=Path),
-    help="Where nginx serves the site from; default: the FREEZE_DIR setting (var/build).",
-)
-@with_appcontext
-def pull_build_command(source: str, dest: Path | None) -> None:
-    """Make the build frozen at SOURCE live here: host:/srv/podcast/var/build, rsync://…/build.
-
-    Prints whether nginx must reload (a changed episodes.map or redirects.conf).
-    """
-    destination = Path(dest or current_app.config["FREEZE_DIR"])
-    try:
-        report = pull_build(source, destination)
-    except FreezeError as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(f"pulled {report.files} files from {report.source_tree} into {destination}")
-    if report.nginx_reload:
-        click.echo("nginx must reload: its redirect maps changed")
