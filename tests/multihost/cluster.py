@@ -130,6 +130,8 @@ class AppHost:
         return {
             **self.instance.options(),
             "UWSGI_SOCKET": f"{self.host.address}:{UWSGI_PORT}",
+            # The unit's podcast:www-data, here root's: it changes nothing for a TCP socket.
+            "UWSGI_CHOWN_SOCKET": "root:root",
             "UWSGI_PROCESSES": str(PROCESSES),
         }
 
