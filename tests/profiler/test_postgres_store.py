@@ -52,7 +52,10 @@ class SilentServer:
             self.accepted.append(connection)
 
     def close(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone would not.
+        self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
+        self._thread.join(5)
         for connection in self.accepted:
             connection.close()
 
