@@ -9,10 +9,11 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.conftest import make_app
+from tests.conftest import SMALL_SEED, make_app
 from webapp import create_app
 from webapp.db import get_database
 from webapp.db.backends import open_database, redact_url
+from webapp.db.seed import seed
 
 
 def closed_port() -> int:
@@ -97,6 +98,29 @@ def test_connections_are_not_shared_across_fork(postgres_url):
     with database.session() as session:
         assert session.fetch_one("SELECT pg_backend_pid() AS pid")["pid"] == parent_backend
     database.close()
+
+
+def test_answers_do_not_depend_on_the_session_time_zone(postgres_url, tmp_path):
+    """The app sets no session state, so PgBouncer's transaction pooling (a different server
+    session at every transaction, no startup ``options``) cannot change what it answers."""
+    app = make_app(postgres_url, tmp_path / "utc")
+    with get_database(app).session() as session:
+        seed(session, SMALL_SEED)
+    # The same schema, read by a second app whose sessions run at UTC+12:45.
+    chatham_url = postgres_url.replace("options=", "options=-c%20timezone%3DPacific%2FChatham%20")
+    chatham = make_app(chatham_url, tmp_path / "chatham")
+    with get_database(chatham).session() as session:
+        assert session.fetch_one("SHOW timezone")["TimeZone"] == "Pacific/Chatham"
+    paths = ["/api/episodes?per_page=3", "/api/episodes/7", "/episodes/rss", "/episodes/", "/"]
+    for path in paths:
+        ours, theirs = app.test_client().get(path), chatham.test_client().get(path)
+        assert ours.status_code == 200, path
+        assert (theirs.data, theirs.headers.get("Last-Modified")) == (
+            ours.data,
+            ours.headers.get("Last-Modified"),
+        ), path
+    get_database(chatham).close()
+    get_database(app).close()
 
 
 def test_failed_unit_of_work_is_rolled_back(app):

@@ -17,7 +17,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from . import cors, db, errors
 from .blueprints import api, feed, pages, podcast
-from .freeze import freeze_command
+from .freeze import freeze_command, pull_build_command
 from .profiler import install_profiler
 from .settings import load_settings
 
@@ -35,6 +35,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     cors.init_app(app)
     app.cli.add_command(freeze_command)
+    app.cli.add_command(pull_build_command)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(feed.blueprint)
     app.register_blueprint(podcast.blueprint)

@@ -6,17 +6,25 @@
     1767225600.q3Xo...    # send as X-Profile-Token or ?_profile=, or open /_profiler/?_profile=...
 
 With no PROFILER_SECRET and PROFILER_SAMPLE_RATE 0 (the defaults) nothing is
-wrapped: requests pay nothing at all.
+wrapped: requests pay nothing at all. Profiles go to files in PROFILER_DIR, or with
+PROFILER_STORE=postgresql://… to one PostgreSQL table that every app server shares.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask, current_app, request
 from flask.cli import with_appcontext
 from request_profiler import (
     ENDPOINT_KEY,
+    DirectoryStore,
+    PostgresStore,
     ProfilerMiddleware,
+    Store,
     make_token,
     parse_ttl,
     record_sql,
@@ -25,6 +33,7 @@ from request_profiler import (
 
 from .db import get_database
 from .db.backends import QueryHook
+from .settings import SettingsError
 
 
 def install_profiler(app: Flask) -> None:
@@ -41,9 +50,7 @@ def install_profiler(app: Flask) -> None:
             sample_rate=config["PROFILER_SAMPLE_RATE"],
             slow_ms=config["PROFILER_SLOW_MS"],
             profiler=config["PROFILER_ENGINE"],
-            directory=config["PROFILER_DIR"],
-            max_profiles=config["PROFILER_MAX_PROFILES"],
-            max_bytes=config["PROFILER_MAX_BYTES"],
+            store=open_profile_store(config),
             max_token_ttl=config["PROFILER_TOKEN_MAX_TTL"],
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
@@ -52,6 +59,24 @@ def install_profiler(app: Flask) -> None:
         get_database(app).query_hook = QueryHook(active=sql_capture_active, record=record_sql)
     app.extensions["request_profiler"] = middleware
     app.cli.add_command(profiler_token_command)
+
+
+def open_profile_store(config: Mapping[str, Any]) -> Store:
+    """PROFILER_STORE's PostgreSQL database if it is set, else the directory PROFILER_DIR."""
+    bounds = {
+        "max_profiles": config["PROFILER_MAX_PROFILES"],
+        "max_bytes": config["PROFILER_MAX_BYTES"],
+    }
+    url = config["PROFILER_STORE"]
+    if not url:
+        return DirectoryStore(config["PROFILER_DIR"], **bounds)
+    # Neither message quotes the URL: it holds a password.
+    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise SettingsError("PROFILER_STORE: expected a postgresql:// URL, or nothing")
+    try:
+        return PostgresStore(url, **bounds)
+    except ValueError as error:
+        raise SettingsError(f"PROFILER_STORE: {error}") from None
 
 
 def _name_endpoint() -> None:

@@ -136,6 +136,9 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "PROFILER_SAMPLE_RATE": (_float_between(0.0, 1.0), 0.0),
     "PROFILER_SLOW_MS": (_float_between(0.0, 3_600_000.0), 0.0),
     "PROFILER_DIR": (_text, lambda settings: f"{settings['VAR_DIR']}/profiles"),
+    # postgresql://…: profiles in PostgreSQL, one list for every app server (PostgresStore).
+    # Empty: files in PROFILER_DIR, one list per server.
+    "PROFILER_STORE": (_text, ""),
     "PROFILER_MAX_PROFILES": (_positive_int, 200),
     "PROFILER_MAX_BYTES": (_positive_int, 100 * 1024 * 1024),
     "PROFILER_ENGINE": (_text, "pyinstrument"),

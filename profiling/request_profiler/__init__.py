@@ -55,7 +55,8 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
     pyinstrument's sampling interval.
 ``store`` (a :class:`Store`) or ``directory`` (path)
     Where profiles are kept; ``directory`` makes a :class:`DirectoryStore`.
-    Required when ``secret`` or ``sample_rate`` is set.
+    Several app servers share one list with a :class:`PostgresStore`, whose
+    calls are bounded by a timeout. Required when ``secret`` or ``sample_rate`` is set.
 ``max_profiles`` (int, default 200), ``max_bytes`` (int, default 100 MiB)
     Bounds of the ``directory`` store; the oldest profiles go first.
 ``viewer_prefix`` (str, default ``"/_profiler"``; None or "" for no viewer)
@@ -79,8 +80,8 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
     The current Unix time, for checking token expiry.
 
 Stored metadata: method, path, redacted query string, status, duration, time
-to ``start_response``, time, endpoint (set ``environ[ENDPOINT_KEY]``), process
-id, request headers (``Cookie``, ``Authorization``, ``Proxy-Authorization``
+to ``start_response``, time, endpoint (set ``environ[ENDPOINT_KEY]``), host
+name and process id, request headers (``Cookie``, ``Authorization``, ``Proxy-Authorization``
 and ``X-Profile-Token`` redacted), error, and the SQL queries reported through
 :func:`record_sql`. Besides those redacted by name, the token the request was
 accepted with and every ``_profile=`` value are removed by value from all of
@@ -89,14 +90,16 @@ or message carried them. A failing store (full disk, unwritable directory)
 never fails a request; it is logged once on the ``request_profiler`` logger.
 
 Importing this package does not import Flask or Werkzeug; itsdangerous is
-imported only when a secret is configured.
+imported only when a secret is configured, psycopg2 only when a
+:class:`PostgresStore` is made.
 """
 
 from .middleware import ENDPOINT_KEY, ProfilerMiddleware
+from .postgres_store import PostgresStore
 from .profilers import CProfileProfiler, ExportFormat, Profiler, PyinstrumentProfiler
 from .redact import DEFAULT_SECRET_PARAMS
 from .sql import record_sql, sql_capture_active
-from .store import DirectoryStore, Store
+from .store import DirectoryStore, Store, StoreUnavailable
 from .tokens import (
     TokenVerifier,
     WeakSecretError,
@@ -111,11 +114,13 @@ __all__ = [
     "ENDPOINT_KEY",
     "CProfileProfiler",
     "DirectoryStore",
+    "PostgresStore",
     "ExportFormat",
     "Profiler",
     "ProfilerMiddleware",
     "PyinstrumentProfiler",
     "Store",
+    "StoreUnavailable",
     "TokenVerifier",
     "WeakSecretError",
     "check_secret",

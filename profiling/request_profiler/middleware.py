@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -327,6 +328,8 @@ class _Recording:
             "duration_ms": round(duration_ms, 3),
             "response_ms": None if self.response_ms is None else round(self.response_ms, 3),
             "endpoint": environ.get(ENDPOINT_KEY),
+            # Several app servers can share one store: the viewer says which one served it.
+            "host": socket.gethostname(),
             "pid": os.getpid(),
             "trigger": "token" if self.requested else "sample",
             "profiler": profiler_name,

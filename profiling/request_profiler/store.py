@@ -41,8 +41,15 @@ def is_profile_id(text: str) -> bool:
     return PROFILE_ID.fullmatch(text) is not None
 
 
+class StoreUnavailable(Exception):
+    """A store's service (PostgreSQL) cannot answer now; the message is safe to show."""
+
+
 class Store(Protocol):
-    """What the middleware and the viewer need from a place to keep profiles."""
+    """What the middleware and the viewer need from a place to keep profiles.
+
+    A store on a network service raises :class:`StoreUnavailable` when it cannot answer.
+    """
 
     def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
         """Keep one profile; may drop older ones to stay within bounds."""

@@ -47,7 +47,7 @@ from urllib.parse import parse_qs
 from .origin import is_same_origin
 from .pages import Markup, element, page, table
 from .profilers import Profiler
-from .store import Store, is_profile_id
+from .store import Store, StoreUnavailable, is_profile_id
 from .tokens import TOKEN_PARAM, TokenVerifier, ValidToken
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -131,7 +131,10 @@ class Viewer:
         token = self._tokens.from_environ(environ)
         if token is None:
             return self._fallback(environ, start_response)
-        response = self._route(environ, token)
+        try:
+            response = self._route(environ, token)
+        except StoreUnavailable as error:
+            response = _unavailable(str(error))
         start_response(
             response.status, [*response.headers, ("Content-Length", str(len(response.body)))]
         )
@@ -164,6 +167,7 @@ class Viewer:
         rows = (
             (
                 element("a", _when(meta["time"]), href=f"{base}/{meta['id']}"),
+                _host(meta),
                 meta["method"],
                 _target(meta),
                 _status(meta),
@@ -176,6 +180,7 @@ class Viewer:
         )
         head = (
             "Time (UTC)",
+            "Host",
             "Method",
             "Path",
             "Status",
@@ -209,7 +214,7 @@ class Viewer:
             element("h1", title),
             cookie_form,
             help_text,
-            table(head, rows, numeric=frozenset({3, 4, 5})),
+            table(head, rows, numeric=frozenset({4, 5, 6})),
         )
 
     def _cookie_button(self, environ: dict[str, Any], base: str, token: ValidToken) -> _Response:
@@ -284,6 +289,7 @@ class Viewer:
             ("Error", meta["error"] or "—"),
             ("Trigger", meta["trigger"]),
             ("Profiler", meta["profiler"]),
+            ("Host", _host(meta)),
             ("Process", meta["pid"]),
         )
         sql_rows = ((element("code", statement), _ms(ms)) for statement, ms in meta["sql"])
@@ -398,6 +404,13 @@ def _html(title: str, *body: object) -> _Response:
     return _Response("200 OK", page(title, *body).encode(), _HTML_HEADERS)
 
 
+def _unavailable(reason: str) -> _Response:
+    body = page(
+        "Profiles unavailable", element("h1", "Profiles unavailable"), element("p", reason)
+    ).encode()
+    return _Response("503 Service Unavailable", body, [*_HTML_HEADERS, ("Retry-After", "10")])
+
+
 def _not_found() -> _Response:
     body = page("Not found", element("h1", "No such profile or page")).encode()
     return _Response("404 Not Found", body, _HTML_HEADERS)
@@ -418,6 +431,10 @@ def _when(timestamp: float) -> str:
 
 def _target(meta: Mapping[str, Any]) -> str:
     return f"{meta['path']}?{meta['query']}" if meta["query"] else meta["path"]
+
+
+def _host(meta: Mapping[str, Any]) -> str:
+    return meta.get("host") or "—"  # profiles saved before the host was recorded have none
 
 
 def _status(meta: Mapping[str, Any]) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 import pytest
 from flask import Flask
-from request_profiler import ProfilerMiddleware, TokenVerifier, make_token
+from request_profiler import PostgresStore, ProfilerMiddleware, TokenVerifier, make_token
 
 from tests.conftest import make_app
 from webapp.db import get_database
@@ -131,3 +132,32 @@ def test_a_weak_secret_stops_the_app_and_says_how_to_make_one(tmp_path: Path, va
     assert message.startswith("PROFILER_SECRET: ") and "at least 32" in message
     assert "secrets.token_urlsafe(32)" in message
     assert value.strip() not in message  # never the secret itself
+
+
+def test_profiler_store_puts_the_profiles_in_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    app = site(tmp_path, PROFILER_SECRET=SECRET, PROFILER_STORE=postgres_url)
+    token = make_token(SECRET, 60)
+
+    profile_id = run(app, "/health", headers={"X-Profile-Token": token}).header("X-Profile-Id")
+
+    store = app.extensions["request_profiler"].store
+    assert isinstance(store, PostgresStore)
+    assert [meta["id"] for meta in store.recent()] == [profile_id]
+    assert stored(tmp_path / "profiles") == []
+    assert (
+        socket.gethostname()
+        in run(app, "/_profiler/", headers={"X-Profile-Token": token}).body.decode()
+    )
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://podcast:s3cret-pw@db/podcast", "postgresql://podcast:s3cret-pw@db/x?nosuch=1"]
+)
+def test_a_profiler_store_that_is_not_postgresql_stops_start_up_without_echoing_it(
+    tmp_path: Path, url: str
+) -> None:
+    with pytest.raises(SettingsError, match="PROFILER_STORE") as failure:
+        site(tmp_path, PROFILER_SECRET=SECRET, PROFILER_STORE=url)
+
+    assert "s3cret-pw" not in str(failure.value)

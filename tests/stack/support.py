@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -182,6 +182,10 @@ class BackgroundLoad:
         self.result.seconds = time.monotonic() - self._started
         return self.result
 
+    def elapsed(self) -> float:
+        """Seconds since the load started: the clock of ``result.failures``."""
+        return time.monotonic() - self._started
+
     def wait_requests(self, count: int, timeout: float = 30.0) -> None:
         """Block until ``count`` more requests have completed (or ``timeout``)."""
         target = self.result.total + count
@@ -275,11 +279,21 @@ class PrivatePostgres:
     """A throwaway PostgreSQL cluster on a free port, for tests that stop and start the server.
 
     As root it runs as the ``postgres`` user (initdb refuses root), in a directory under /tmp
-    owned by that user (pytest's own tmp dirs are 0700 root).
+    owned by that user (pytest's own tmp dirs are 0700 root). ``prefix`` runs its commands,
+    and so the server, through another command (``ip netns exec NAME``); ``settings`` are
+    server settings (``{"max_connections": "6"}``).
     """
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(
+        self,
+        bindir: Path,
+        *,
+        prefix: Sequence[str] = (),
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.bindir = bindir
+        self.prefix = list(prefix)
+        self.settings = dict(settings or {})
         self.port = free_port()
         self.as_postgres = os.geteuid() == 0
         self.root = Path(tempfile.mkdtemp(prefix="podcast-pg-"))
@@ -290,10 +304,21 @@ class PrivatePostgres:
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/podcast"
 
     def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-        prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
+        user = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
         return subprocess.run(
-            prefix + list(command), check=check, capture_output=True, text=True, timeout=60
+            self.prefix + user + list(command),
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
+
+    def psql(self, sql: str, database: str = "podcast") -> str:
+        """Run ``sql`` as the superuser over the server's unix socket; its output, unaligned."""
+        command = ["-h", str(self.root), "-p", str(self.port), "-U", "postgres", "-d", database]
+        return self._run(
+            str(self.bindir / "psql"), *command, "-AtqX", "-v", "ON_ERROR_STOP=1", "-c", sql
+        ).stdout
 
     def init(self) -> None:
         self._run(
@@ -309,20 +334,11 @@ class PrivatePostgres:
             "--no-sync",
         )
         self.start()
-        self._run(
-            str(self.bindir / "psql"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            "postgres",
-            "-c",
-            "CREATE DATABASE podcast",
-        )
+        self.psql("CREATE DATABASE podcast", database="postgres")
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",

@@ -414,10 +414,9 @@ class PostgresDatabase(Database):
             raise ValueError(
                 f"DATABASE_URL is not a valid PostgreSQL URL: {redact_url(url)}"
             ) from None
-        # Timestamps come back in UTC; keep any options the URL sets (search_path …).
-        self._parameters["options"] = (
-            f"{self._parameters.get('options', '')} -c timezone=UTC".strip()
-        )
+        # No session settings (no `options`, no SET): behind PgBouncer's transaction pooling a
+        # connection is a different server session at every transaction, and PgBouncer refuses
+        # an `options` startup parameter. Timestamps need none: the models convert them to UTC.
         self._parameters.setdefault("connect_timeout", str(connect_timeout))
         self._parameters.setdefault("application_name", "webapp")
         self._idle: list[Connection] = []

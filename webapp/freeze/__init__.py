@@ -2,6 +2,7 @@
 
     flask --app webapp freeze                 # into FREEZE_DIR (var/build)
     flask --app webapp freeze --dest /srv/podcast/build
+    flask --app webapp pull-build app1:/srv/podcast/var/build   # on an nginx machine (``pull``)
 
     from webapp.freeze import freeze
     report = freeze(app, "var/build")         # a BuildReport; FreezeError on failure
@@ -26,7 +27,17 @@ The layout nginx serves (``<dest>`` is a symlink to the live build tree)::
 """
 
 from .build import BuildReport, SiteBuild, freeze
-from .command import freeze_command
+from .command import freeze_command, pull_build_command
 from .output import FreezeError
+from .pull import PullReport, pull_build
 
-__all__ = ["BuildReport", "FreezeError", "SiteBuild", "freeze", "freeze_command"]
+__all__ = [
+    "BuildReport",
+    "FreezeError",
+    "PullReport",
+    "SiteBuild",
+    "freeze",
+    "freeze_command",
+    "pull_build",
+    "pull_build_command",
+]

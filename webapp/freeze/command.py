@@ -1,4 +1,5 @@
-"""``flask --app webapp freeze [--dest DIR]``: the site as static files for nginx."""
+"""``flask --app webapp freeze [--dest DIR]``: the site as static files for nginx, and
+``flask --app webapp pull-build SOURCE [--dest DIR]``: a build frozen elsewhere made live here."""
 
 from __future__ import annotations
 
@@ -10,18 +11,22 @@ from flask.cli import with_appcontext
 
 from .build import SiteBuild
 from .output import FreezeError
+from .pull import pull_build
 from .site import Page
 
 #: Up to this many changed files are listed after the summary; manifest.json has them all.
 LISTED_CHANGES = 20
 
 
-@click.command("freeze")
-@click.option(
+dest_option = click.option(
     "--dest",
     type=click.Path(path_type=Path),
     help="Where nginx serves the site from; default: the FREEZE_DIR setting (var/build).",
 )
+
+
+@click.command("freeze")
+@dest_option
 @with_appcontext
 def freeze_command(dest: Path | None) -> None:
     """Freeze /, /episodes/, every episode, the feed, the 404 page and static files.
@@ -44,6 +49,25 @@ def freeze_command(dest: Path | None) -> None:
         click.echo(f"  {'removed' if path in report.removed else 'written'}  {path}")
     if len(report.changed) > LISTED_CHANGES:
         click.echo(f"  … and {len(report.changed) - LISTED_CHANGES} more: see manifest.json")
+
+
+@click.command("pull-build")
+@click.argument("source")
+@dest_option
+@with_appcontext
+def pull_build_command(source: str, dest: Path | None) -> None:
+    """Make the build frozen at SOURCE live here: host:/srv/podcast/var/build, rsync://…/build.
+
+    Prints whether nginx must reload (a changed episodes.map or redirects.conf).
+    """
+    destination = Path(dest or current_app.config["FREEZE_DIR"])
+    try:
+        report = pull_build(source, destination)
+    except FreezeError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"pulled {report.files} files from {report.source_tree} into {destination}")
+    if report.nginx_reload:
+        click.echo("nginx must reload: its redirect maps changed")
 
 
 def _url(page: Page | None) -> str | None:

@@ -185,7 +185,7 @@ class BuildTrees:
         self.spare.mkdir(exist_ok=True)
 
     def _spare_is_previous(self) -> bool:
-        """True if the spare's state file is the one the live build recorded as its predecessor's."""
+        """True if the spare's state file is the one the live build recorded as its predecessor."""
         spare = _state_file_id(self.spare)
         return spare is not None and spare == self._live_previous
 
@@ -245,6 +245,10 @@ class BuildTrees:
         previous = _state_file_id(self.live) if self.live is not None else None
         state = {"files": records, "changed": sorted(changed), "previous": previous}
         self._replace_file(STATE_FILE, json.dumps(state, separators=(",", ":")).encode())
+        self.go_live()
+
+    def go_live(self) -> None:
+        """Make the spare tree the live build: ``<dest>`` becomes a symlink to it in one rename."""
         link = self.destination.with_name(f".{self.destination.name}.swap")
         link.unlink(missing_ok=True)
         os.symlink(f"{self.root.name}/{self.spare.name}", link)
@@ -280,12 +284,18 @@ class BuildTrees:
 
 
 def _read_state(tree: Path) -> dict[str, Any] | None:
-    """The state of a finished tree (its files, each as its FileRecord's fields); None for an unfinished one."""
+    """A finished tree's state (its files, each as a FileRecord's fields); None if unfinished."""
     try:
         state = json.loads((tree / STATE_FILE).read_bytes())
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) and isinstance(state.get("files"), dict) else None
+
+
+def read_records(tree: Path) -> dict[str, FileRecord] | None:
+    """The files a finished tree's state file lists; None for an unfinished or foreign one."""
+    state = _read_state(tree)
+    return _records(state["files"]) if state is not None else None
 
 
 def _state_file_id(tree: Path) -> list[int] | None:

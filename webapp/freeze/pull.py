@@ -1,0 +1,150 @@
+"""A build frozen on another machine goes live here, whole, in one rename.
+
+    flask --app webapp pull-build podcast@10.0.0.11:/srv/podcast/var/build     # over ssh
+    flask --app webapp pull-build rsync://10.0.0.11/podcast/build --dest /srv/podcast/var/build
+
+    report = pull_build("podcast@10.0.0.11:/srv/podcast/var/build", Path("var/build"))
+
+With several app servers, the site is frozen once, on one of them (``flask
+freeze``), and each nginx machine pulls that build; nginx never waits for
+Python, and every nginx machine serves the same bytes with the same ETags.
+The source is the build's ``<dest>`` symlink there, in any form rsync takes.
+
+1. The source's symlink is read first (``rsync --list-only``), and the tree it
+   names is copied, not the symlink: a freeze there during the copy makes its
+   other tree, so the copy never mixes two builds.
+2. rsync copies that tree into this machine's spare tree, under the freezer's
+   lock (``output.BuildTrees``), comparing contents (``--checksum``): an
+   unchanged file is not copied again (the spare's own copy is kept, or it is
+   hard-linked from the live tree with ``--link-dest``), changed ones are
+   written under temporary names and renamed, and modification times are
+   kept, so nginx's ETag and Last-Modified are the source's.
+3. Every file is checked against the build's own state file (its list of
+   files with their sizes and modification times): nothing missing, nothing
+   extra, nothing half-copied. A build that does not match is not used.
+4. ``<dest>`` is replaced by a symlink to the spare tree in one ``rename(2)``,
+   as ``flask freeze`` does: a request gets the old build or the new one.
+
+Then nginx needs a reload only if ``nginx/episodes.map`` or
+``nginx/redirects.conf`` changed (``PullReport.nginx_reload``), as after a freeze.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .output import MANIFEST_FILE, STATE_FILE, TREE_NAMES, BuildTrees, FreezeError, read_records
+
+#: What nginx reads only when it starts or reloads.
+NGINX_INCLUDES = ("nginx/episodes.map", "nginx/redirects.conf")
+#: Seconds rsync may go without any data before it gives up.
+RSYNC_TIMEOUT = 60
+
+
+@dataclass(frozen=True)
+class PullReport:
+    """What a pull made live: the source's tree, how many files, and whether nginx must reload."""
+
+    source_tree: str
+    files: int
+    nginx_reload: bool
+
+
+def pull_build(source: str, destination: Path, *, rsync: str | None = None) -> PullReport:
+    """Copy the live build at ``source`` into ``destination``'s spare tree and make it live.
+
+    Raises :class:`FreezeError` (the live build left as it was) if rsync fails or the copy
+    does not match the build's state file.
+    """
+    rsync = rsync or shutil.which("rsync")
+    if rsync is None:
+        raise FreezeError("rsync is not installed: it copies the build")
+    tree = _source_tree(rsync, source)
+    with BuildTrees(destination) as trees:
+        # Unfinished until the source's state file arrives, last (rsync renames each file
+        # into place as it is done, and the check below reads it).
+        (trees.spare / STATE_FILE).unlink(missing_ok=True)
+        link_dest = [f"--link-dest={trees.live}"] if trees.live is not None else []
+        command = [
+            rsync,
+            "--recursive",
+            "--links",
+            "--perms",
+            "--times",
+            # Compare contents, not sizes and times: rsync's times are whole seconds, and two
+            # builds in one second can leave a stale file of the right size in the spare tree.
+            "--checksum",
+            "--delete",
+            f"--timeout={RSYNC_TIMEOUT}",
+            *link_dest,
+            tree + "/",
+            f"{trees.spare}/",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise FreezeError(f"rsync from {tree} failed: {result.stderr.strip()[-1000:]}")
+        files = _check_against_state(trees.spare)
+        reload = trees.live is None or any(
+            not _same_file(trees.live / name, trees.spare / name) for name in NGINX_INCLUDES
+        )
+        trees.go_live()
+    return PullReport(source_tree=tree, files=files, nginx_reload=reload)
+
+
+def _source_tree(rsync: str, source: str) -> str:
+    """The tree the source's ``<dest>`` symlink names, as an rsync source."""
+    source = source.rstrip("/")
+    parent, _, name = source.rpartition("/")
+    if not parent or not name:
+        raise FreezeError(
+            "give the full path of the build's symlink, e.g. host:/srv/podcast/var/build,"
+            f" not {source!r}"
+        )
+    result = subprocess.run(
+        [rsync, "--links", "--list-only", f"--timeout={RSYNC_TIMEOUT}", source],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise FreezeError(f"cannot read {source}: {result.stderr.strip()[-1000:]}")
+    _, arrow, target = result.stdout.strip().partition(" -> ")
+    # A daemon without chroot shows it as /rsyncd-munged/<target>: its last two parts count.
+    parts = target.split("/")[-2:]
+    if not arrow or parts[0] != f"{name}.builds" or parts[1] not in TREE_NAMES:
+        raise FreezeError(f"{source} is not the symlink of a `flask freeze` build")
+    return f"{parent}/{parts[0]}/{parts[1]}"
+
+
+def _check_against_state(tree: Path) -> int:
+    """The number of files in ``tree``, if they are exactly those its state file lists."""
+    records = read_records(tree)
+    if records is None:
+        raise FreezeError(f"the copy in {tree} has no readable state file: not a finished build")
+    found = {}
+    for directory, _, names in os.walk(tree):
+        for name in names:
+            path = os.path.join(directory, name)
+            found[os.path.relpath(path, tree)] = os.stat(path)
+    for extra in (STATE_FILE, MANIFEST_FILE):
+        found.pop(extra, None)
+    if found.keys() != records.keys():
+        differ = sorted(found.keys() ^ records.keys())
+        raise FreezeError(f"the copy in {tree} differs from its build: {differ[:5]}")
+    for path, record in records.items():
+        stat = found[path]
+        if (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
+            raise FreezeError(f"the copy in {tree} has another {path} than its build")
+    return len(records)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except FileNotFoundError:
+        return a.exists() == b.exists()
