@@ -56,6 +56,9 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
     Required when ``secret`` or ``sample_rate`` is set.
 ``max_profiles`` (int, default 200), ``max_bytes`` (int, default 100 MiB)
     Bounds of the ``directory`` store; the oldest profiles go first.
+``max_pending`` (int, default 64)
+    Profiles each process may hold for its writer thread; beyond, they are
+    dropped and counted (``middleware.writer.dropped``), with a warning.
 ``viewer_prefix`` (str, default ``"/_profiler"``; None or "" for no viewer)
     Where the viewer answers, token holders only.
 ``token_ttl`` (float seconds, default 3600)
@@ -64,6 +67,12 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
     Query parameters redacted in stored metadata, besides ``_profile``.
 ``clock`` (callable, default ``time.time``)
     The current Unix time, for checking token expiry.
+
+A profiled request only stops the sampler and hands the profile over: a
+writer thread per process builds its metadata, serialises it and saves it,
+in batches (:mod:`request_profiler.writer`), and what is queued is stored
+when the process exits (uWSGI: with ``enable-threads``). The viewer waits
+for its own process's queue, so a profile just taken is listed.
 
 Stored metadata: method, path, redacted query string, status, duration, time
 to ``start_response``, time, endpoint (set ``environ[ENDPOINT_KEY]``), process
