@@ -51,6 +51,8 @@ class ProfileWriter:
     The thread works in batches: it is woken when ``batch`` profiles are queued, or
     ``delay`` seconds after it last looked, and stores all that are queued. Waking a
     thread and handing it the GIL costs more CPU than storing one small profile.
+    A full batch still queued when another profile arrives means the thread is not
+    getting turns: see :meth:`store_one_if_behind`.
 
     :param store: where the profiles go.
     :param max_pending: profiles queued at most; more are dropped and counted in :attr:`dropped`.
@@ -122,24 +124,27 @@ class ProfileWriter:
                 self._ready.notify()
         return True
 
-    def yield_if_behind(self, timeout: float = 0.05) -> None:
-        """Give the writer's thread up to ``timeout`` seconds once a batch is queued; never more.
+    def store_one_if_behind(self) -> None:
+        """Store the oldest queued profile on this thread if a batch is waiting.
 
-        A worker that is never idle (saturated) gives a thread no turn: CPython hands
-        the GIL to a waiting thread only every switch interval (5 ms), and the thread
-        gives it back at each file operation, so left alone it falls behind until its
-        queue drops profiles. A caller that waits here (after its response has gone)
-        lets it store the batch uncontended. A store stuck on one profile for over a
-        second gets no wait: its queue fills and drops.
+        A worker that is never idle (saturated) gives the thread almost no turns:
+        CPython hands the GIL to a waiting thread only every switch interval (5 ms),
+        and the thread gives it back at each file operation, so it falls behind until
+        its queue drops profiles. The caller (after its response has gone) then
+        stores one itself: the queue stays short at the CPU cost the thread would
+        have had. Waiting for the thread instead measured slower (the worker sits
+        idle while the scheduler runs the thread). A store stuck on one profile for
+        over a second gets no help: its queue fills and drops, and no request waits.
         """
         if self._pid != os.getpid():
             return
         with self._ready:
-            if len(self._pending) < self.batch or self._thread is None:
+            if len(self._pending) < self.batch:
                 return
             if self._in_progress and time.monotonic() - self._busy_since > STUCK_SECONDS:
                 return
-            self._ready.wait_for(lambda: not self._pending and not self._in_progress, timeout)
+            profile_id, make = self._pending.popleft()
+        self._store(profile_id, make)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every profile handed over so far in this process is stored (or failed)."""

@@ -99,6 +99,57 @@ def test_a_full_queue_drops_counts_and_warns_at_most_once_a_minute(
     assert "4 profiles were dropped" in caplog.records[-1].getMessage()
 
 
+class FirstSaveGated(GatedStore):
+    """Only the first save waits at the gate: the writer's thread is held, the caller's is not."""
+
+    def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
+        if self.threads:
+            self.threads.append(threading.current_thread())
+            DirectoryStore.save(self, profile_id, meta, data)
+        else:
+            super().save(profile_id, meta, data)
+
+
+def test_a_caller_finding_a_batch_queued_stores_the_oldest_itself(store_dir: Path) -> None:
+    store = FirstSaveGated(store_dir)
+    writer = ProfileWriter(store, batch=3, delay=0.01)
+    writer.submit(*profile(0))
+    assert _wait_for(lambda: store.threads)  # the thread holds profile 0 at the gate
+    for n in (1, 2):
+        writer.submit(*profile(n))
+        writer.store_one_if_behind()  # fewer than a batch queued: nothing to do
+    assert store.threads == [store.threads[0]]
+
+    writer.submit(*profile(3))
+    writer.store_one_if_behind()
+
+    assert store.threads[1:] == [threading.current_thread()]
+    assert [meta["n"] for meta in DirectoryStore(store_dir).recent()] == [1]  # the oldest queued
+    store.gate.set()
+    assert writer.flush()
+
+
+def test_no_caller_helps_a_store_stuck_on_one_profile(
+    store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("request_profiler.writer.STUCK_SECONDS", 0.05)
+    store = FirstSaveGated(store_dir)
+    writer = ProfileWriter(store, batch=2, max_pending=3, delay=0.01)
+    writer.submit(*profile(0))
+    assert _wait_for(lambda: store.threads)
+    time.sleep(0.1)  # stuck for longer than STUCK_SECONDS
+
+    accepted = []
+    for n in range(1, 6):
+        accepted.append(writer.submit(*profile(n)))
+        writer.store_one_if_behind()
+
+    assert store.threads == [store.threads[0]]  # nobody else saved
+    assert accepted == [True, True, True, False, False] and writer.dropped == 2
+    store.gate.set()
+    assert writer.flush()
+
+
 def test_the_metadata_survives_a_server_that_clears_the_environ(
     make_middleware, store_dir: Path, token: str
 ) -> None:
@@ -187,7 +238,7 @@ def test_what_is_queued_at_exit_is_stored_before_the_process_ends(tmp_path: Path
         check=True,
     )
 
-    assert int(completed.stdout) > 10, "the requests outran the store: most were still queued"
+    assert int(completed.stdout) > 0, "nothing was queued at exit: the test proves nothing"
     paths = sorted(meta["path"] for meta in DirectoryStore(tmp_path / "profiles").recent())
     assert paths == sorted(f"/{n}" for n in range(20))
     assert "not stored" not in completed.stderr
