@@ -121,7 +121,7 @@ def test_readers_see_whole_profiles_only(tmp_path: Path) -> None:
 
 
 def test_threads_saving_at_once_respect_the_bound(tmp_path: Path) -> None:
-    store = DirectoryStore(tmp_path, max_profiles=20)
+    store = DirectoryStore(tmp_path, max_profiles=20, prune_every=1)
     errors: list[BaseException] = []
 
     def save_ten() -> None:
