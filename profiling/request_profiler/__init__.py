@@ -71,8 +71,11 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
 A profiled request only stops the sampler and hands the profile over: a
 writer thread per process builds its metadata, serialises it and saves it,
 in batches (:mod:`request_profiler.writer`), and what is queued is stored
-when the process exits (uWSGI: with ``enable-threads``). The viewer waits
-for its own process's queue, so a profile just taken is listed.
+when the process exits (uWSGI: with ``enable-threads``). A worker too busy
+to give that thread a turn stores one queued profile per profiled request
+itself, after the response. The viewer waits for its own process's queue,
+so a profile just taken is listed; code that reads the store right after a
+request calls ``middleware.flush()`` first.
 
 Stored metadata: method, path, redacted query string, status, duration, time
 to ``start_response``, time, endpoint (set ``environ[ENDPOINT_KEY]``), process

@@ -13,10 +13,12 @@ recycled or reloads gracefully, with ``enable-threads`` so the thread runs at
 all). What a killed process had queued is lost with it.
 
 The callable is run on the writer's thread: building the metadata and
-serialising the profile cost the request nothing. When the queue is full the
-profile is dropped and counted, with a warning at the first drop and at most
-one a minute after that (and the total at exit): the request never waits for
-the store.
+serialising the profile cost the request nothing, unless the thread is
+getting no turns (a saturated worker: see :meth:`ProfileWriter.store_one_if_behind`),
+when the request stores the oldest queued profile itself after its response.
+When the queue is full the profile is dropped and counted, with a warning at
+the first drop and at most one a minute after that (and the total at exit):
+no request waits for the thread, nor for a store stuck on one profile.
 """
 
 from __future__ import annotations
