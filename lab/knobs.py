@@ -176,9 +176,11 @@ _KNOBS = [
     Knob(
         "app.profiler",
         "none",
-        _choice("none", "off", "sampled", "on"),
+        _choice("none", "off", "sampled", "on", "pyinstrument_recipe", "werkzeug"),
         '"none": not installed; "off": installed, token-only; "sampled": 1% of requests; '
-        '"on": every request',
+        '"on": every request; for comparison, "pyinstrument_recipe": pyinstrument\'s documented '
+        'Flask recipe (requests with ?profile); "werkzeug": Werkzeug\'s ProfilerMiddleware, '
+        "every request",
     ),
     Knob(
         "app.feed",

@@ -47,6 +47,8 @@ SITE_URL = "http://podcast.lab"
 POSTGRES_SCHEMA = "lab_bench"
 PROFILER_SAMPLED_RATE = "0.01"
 LAB_WSGI_MODULE = "lab.wsgi:application"
+#: app.profiler values that lab.wsgi installs (the others are request_profiler's settings).
+LAB_PROFILERS = {"pyinstrument_recipe", "werkzeug"}
 
 
 class ServerError(LabError):
@@ -273,7 +275,12 @@ class LabStacks:
         if settings["app.gc_freeze"] is not DEPLOYED:
             environment["GC_FREEZE"] = "1" if settings["app.gc_freeze"] else "0"
         profiler = settings["app.profiler"]
-        if profiler != "none":
+        if profiler in LAB_PROFILERS:
+            # Another profiler in place of request_profiler, wrapped around the app by lab.wsgi.
+            uwsgi["module"] = LAB_WSGI_MODULE
+            environment["LAB_PROFILER"] = profiler
+            environment["LAB_PROFILE_DIR"] = str(self.workdir / "lab-profiles")
+        elif profiler != "none":
             environment["PROFILER_SECRET"] = uuid.uuid4().hex
             environment["PROFILER_SAMPLE_RATE"] = {
                 "off": "0",

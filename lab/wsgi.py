@@ -1,12 +1,18 @@
-"""The deployed application with its feed route swapped, for the lab's feed comparisons.
+"""The deployed application with its feed route swapped or another profiler, for comparisons.
 
     uwsgi --module lab.wsgi:application --env LAB_FEED=feedgen ...
+    uwsgi --module lab.wsgi:application --env LAB_PROFILER=werkzeug --env LAB_PROFILE_DIR=...
 
 ``LAB_FEED=cold``: the app's own ``/episodes/rss`` with its per-process cache
 turned off, so every GET queries all episodes and renders the feed (webapp.rss).
 ``LAB_FEED=feedgen``: every GET builds the same feed with feedgen, the
 general-purpose library, as a site that does not cache would.
 Anything else (or unset): the application unchanged.
+
+``LAB_PROFILER=pyinstrument_recipe``: pyinstrument's documented Flask recipe
+(requests with ``?profile`` answer its HTML page). ``LAB_PROFILER=werkzeug``:
+Werkzeug's ProfilerMiddleware, every request's profile a file in
+``LAB_PROFILE_DIR``. See lab.other_profilers.
 
 This module is served only by the tuning lab, under the same uWSGI
 configuration as ``webapp.wsgi``; the site itself never routes to it.
@@ -24,6 +30,7 @@ from webapp.rss import CONTENT_TYPE, FeedChannel
 from webapp.wsgi import application
 
 from .feedgen_feed import render_with_feedgen
+from .other_profilers import install_pyinstrument_recipe, install_werkzeug_profiler
 
 FEED_ENDPOINT = "feed.rss"
 
@@ -49,3 +56,10 @@ if variant == "cold":
     application.extensions["feed_cache"] = NoFeedCache()
 elif variant == "feedgen":
     application.view_functions[FEED_ENDPOINT] = feedgen_view
+
+
+profiler = os.environ.get("LAB_PROFILER")
+if profiler == "pyinstrument_recipe":
+    install_pyinstrument_recipe(application)
+elif profiler == "werkzeug":
+    install_werkzeug_profiler(application, os.environ["LAB_PROFILE_DIR"])

@@ -263,6 +263,7 @@ body = middleware(environ, lambda status, headers, exc_info=None: response.updat
     status=status, headers=dict(headers)))
 chunks = list(body)
 body.close()
+middleware.flush()  # profiles are stored by the writer's thread
 print(json.dumps({{
     "status": response["status"],
     "profile_id": response["headers"].get("X-Profile-Id"),

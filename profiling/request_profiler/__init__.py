@@ -59,6 +59,9 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
     calls are bounded by a timeout. Required when ``secret`` or ``sample_rate`` is set.
 ``max_profiles`` (int, default 200), ``max_bytes`` (int, default 100 MiB)
     Bounds of the ``directory`` store; the oldest profiles go first.
+``max_pending`` (int, default 64)
+    Profiles each process may hold for its writer thread; beyond, they are
+    dropped and counted (``middleware.writer.dropped``), with a warning.
 ``viewer_prefix`` (str, default ``"/_profiler"``; None or "" for no viewer)
     Where the viewer answers, token holders only.
 ``token_ttl`` (float seconds, default an hour, or ``max_token_ttl`` if shorter)
@@ -78,6 +81,15 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
     a page render. Clients cannot set such a variable, only the server.
 ``clock`` (callable, default ``time.time``)
     The current Unix time, for checking token expiry.
+
+A profiled request only stops the sampler and hands the profile over: a
+writer thread per process builds its metadata, serialises it and saves it,
+in batches (:mod:`request_profiler.writer`), and what is queued is stored
+when the process exits (uWSGI: with ``enable-threads``). A worker too busy
+to give that thread a turn stores one queued profile per profiled request
+itself, after the response. The viewer waits for its own process's queue,
+so a profile just taken is listed; code that reads the store right after a
+request calls ``middleware.flush()`` first.
 
 Stored metadata: method, path, redacted query string, status, duration, time
 to ``start_response``, time, endpoint (set ``environ[ENDPOINT_KEY]``), host

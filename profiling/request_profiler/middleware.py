@@ -8,6 +8,7 @@ by chunk, never buffered, except in the inline view, which replaces it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -24,6 +25,7 @@ from .sql import SqlCapture, start_capture, stop_capture
 from .store import DirectoryStore, Store, new_profile_id
 from .tokens import DEFAULT_MAX_TTL, TokenVerifier, ValidToken, check_ttl, make_token
 from .viewer import Viewer, WSGIApp, profile_page_headers
+from .writer import ProfileWriter
 
 logger = logging.getLogger("request_profiler")
 
@@ -68,6 +70,7 @@ class ProfilerMiddleware:
         directory: str | os.PathLike[str] | None = None,
         max_profiles: int = 200,
         max_bytes: int = 100 * 2**20,
+        max_pending: int = 64,
         viewer_prefix: str | None = "/_profiler",
         token_ttl: float | None = None,
         max_token_ttl: float = DEFAULT_MAX_TTL,
@@ -91,6 +94,8 @@ class ProfilerMiddleware:
         self.max_token_ttl = max_token_ttl
         self.token_ttl = min(3600, max_token_ttl) if token_ttl is None else token_ttl
         check_ttl(self.token_ttl, max_token_ttl)
+        #: Stores profiles off the request path; ``writer.dropped`` counts what a full queue lost.
+        self.writer = None if store is None else ProfileWriter(store, max_pending=max_pending)
         self.secret_params = frozenset(name.lower() for name in secret_params)
         self.accel_redirect_key = accel_redirect_key
         self._secret = secret
@@ -109,6 +114,10 @@ class ProfilerMiddleware:
             )
         self._failing: set[str] = set()
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the profiles this process handed over are stored; False on timeout."""
+        return self.writer is None or self.writer.flush(timeout)
+
     def make_token(self, ttl_seconds: float | None = None) -> str:
         """A token for this middleware's secret, valid ``ttl_seconds`` (default ``token_ttl``)."""
         if not self._secret:
@@ -121,6 +130,8 @@ class ProfilerMiddleware:
     ) -> Iterable[bytes]:
         # The path every unprofiled request takes: keep it to a few lookups.
         if self._viewer is not None and self._viewer.handles(environ.get("PATH_INFO", "")):
+            # A profile requested a moment ago in this process is listed, not still queued.
+            self.flush(timeout=1.0)
             return self._viewer(environ, start_response)
         token = None if self._tokens is None else self._tokens.from_environ(environ)
         if token is None and self.accel_redirect_key:
@@ -181,7 +192,12 @@ class ProfilerMiddleware:
             recording.failed(error)
             self._finish(recording)
             raise
-        data = self._finish(recording)
+        make_data = self._finish(recording)
+        try:
+            data = None if make_data is None else make_data()
+        except Exception:
+            data = None
+            self._failed("converting the profile")
         if data is None:
             body = page(
                 "No profile", element("p", "The profiler failed; see the server log.")
@@ -196,21 +212,23 @@ class ProfilerMiddleware:
         start_response("200 OK", headers)
         return [body]
 
-    def _finish(self, recording: _Recording) -> bytes | None:
-        """Stop the profiler and keep the profile if wanted; later calls do nothing.
+    def _finish(self, recording: _Recording) -> Callable[[], bytes] | None:
+        """Stop the profiler and hand the profile to the writer if wanted; later calls do nothing.
 
-        Returns the profile's data, or None if there is none.
+        Returns what makes the profile's data, or None if there is none. Only the
+        sampler's stop and the hand-off run here: the metadata, the data and the
+        store's work are the writer's, on its own thread.
         """
         if recording.finished:
             return None
         recording.finished = True
         duration_ms = recording.elapsed_ms()
         try:
-            data: bytes | None = self.profiler.stop()
+            make_data: Callable[[], bytes] | None = functools.cache(self.profiler.stop_deferred())
         except Exception:
             # E.g. pyinstrument refuses to stop on a thread other than the one
             # that started it, if a server ever called close() from another.
-            data = None
+            make_data = None
             self._failed("stopping the profiler")
         else:
             self._succeeded("stopping the profiler")
@@ -219,16 +237,19 @@ class ProfilerMiddleware:
             _one_profile_at_a_time.release()
         # Token requests are kept whatever their speed; slow_ms makes
         # continuous sampling cheap to store by keeping only the slow ones.
-        if data is not None and (recording.requested or duration_ms >= self.slow_ms):
-            meta = recording.metadata(duration_ms, self.profiler.name, self.secret_params)
-            assert self.store is not None, "__init__ requires a store whenever profiling can start"
-            try:
-                self.store.save(recording.id, meta, recording.redactor.data(data))
-            except Exception:
-                self._failed("storing a profile")
-            else:
-                self._succeeded("storing a profile")
-        return data
+        if make_data is not None and (recording.requested or duration_ms >= self.slow_ms):
+            assert self.writer is not None, "__init__ requires a store whenever profiling can start"
+            # The server may clear or reuse the environ once the response is closed (uWSGI does).
+            environ = dict(recording.environ)
+            profiler_name, secret_params = self.profiler.name, self.secret_params
+
+            def make_profile() -> tuple[dict[str, Any], bytes]:
+                meta = recording.metadata(environ, duration_ms, profiler_name, secret_params)
+                return meta, recording.redactor.data(make_data())
+
+            self.writer.submit(recording.id, make_profile)
+            self.writer.store_one_if_behind()
+        return make_data
 
     def _failed(self, what: str) -> None:
         # Once per run of failures: a full disk must not flood the log with a
@@ -314,9 +335,12 @@ class _Recording:
         return profiled_start_response
 
     def metadata(
-        self, duration_ms: float, profiler_name: str, secret_params: Collection[str]
+        self,
+        environ: dict[str, Any],
+        duration_ms: float,
+        profiler_name: str,
+        secret_params: Collection[str],
     ) -> dict[str, Any]:
-        environ = self.environ
         sql = self.sql
         meta = {
             "id": self.id,

@@ -25,6 +25,7 @@ import io
 import json
 import marshal
 import pstats
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -58,6 +59,16 @@ class Profiler(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> bytes:
         """Stop recording and return the profile in this engine's storage format."""
+
+    def stop_deferred(self) -> Callable[[], bytes]:
+        """Stop recording; the returned function makes what :meth:`stop` returns.
+
+        The middleware calls it on the writer's thread, so converting the
+        recording costs the request nothing. Engines override this when their
+        conversion can wait; by default it converts at once.
+        """
+        data = self.stop()
+        return lambda: data
 
     @abc.abstractmethod
     def render_html(self, data: bytes) -> str:
@@ -118,11 +129,14 @@ class PyinstrumentProfiler(Profiler):
         self._running = sampler
 
     def stop(self) -> bytes:
+        return self.stop_deferred()()
+
+    def stop_deferred(self) -> Callable[[], bytes]:
         if self._running is None:
             raise RuntimeError("stop() without start()")
         session = self._running.stop()
         self._running = None
-        return json.dumps(session.to_json()).encode()
+        return lambda: json.dumps(session.to_json()).encode()
 
     def render_html(self, data: bytes) -> str:
         session = _displayable(self._session(data))
@@ -213,12 +227,19 @@ class CProfileProfiler(Profiler):
         self._running = profile
 
     def stop(self) -> bytes:
+        return self.stop_deferred()()
+
+    def stop_deferred(self) -> Callable[[], bytes]:
         if self._running is None:
             raise RuntimeError("stop() without start()")
         profile, self._running = self._running, None
         profile.disable()
-        profile.create_stats()
-        return marshal.dumps(profile.stats)  # what dump_stats() writes
+
+        def dump() -> bytes:
+            profile.snapshot_stats()  # what create_stats() does after disable()
+            return marshal.dumps(profile.stats)  # what dump_stats() writes
+
+        return dump
 
     def render_html(self, data: bytes) -> str:
         text = io.StringIO()

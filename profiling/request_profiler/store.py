@@ -23,13 +23,14 @@ import json
 import os
 import re
 import secrets
-import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 PROFILE_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{12}")
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def new_profile_id(now: float | None = None) -> str:
@@ -71,8 +72,21 @@ class DirectoryStore:
     never pruned by its own save, even when it alone exceeds ``max_bytes``:
     the request that asked for it gets to see it.
 
+    Pruning lists and stats the whole directory, so it runs in amortised
+    steps: after every ``prune_every`` saves, or once the saves since the last
+    prune add up to a tenth of ``max_bytes``, whichever comes first. Between
+    two prunes a process may add up to ``prune_every - 1`` profiles (and a
+    tenth of ``max_bytes``) beyond the bounds; each prune brings the directory
+    back within them.
+
     The directory is created on the first save, so a misconfigured path fails
     on profiled requests only (the middleware logs that) and not at startup.
+
+    :param directory: where the files go (created with mode 0700 if missing).
+    :param max_profiles: the count kept at each prune, newest first.
+    :param max_bytes: the total size of the files kept at each prune.
+    :param prune_every: saves between two prunes in one process (default: a tenth of
+        ``max_profiles``, at least 1; 1 prunes on every save).
     """
 
     suffix = ".profile"
@@ -85,29 +99,58 @@ class DirectoryStore:
         *,
         max_profiles: int = 200,
         max_bytes: int = 100 * 2**20,
+        prune_every: int | None = None,
     ) -> None:
         if max_profiles < 1 or max_bytes < 1:
             raise ValueError("max_profiles and max_bytes must be positive")
+        if prune_every is not None and prune_every < 1:
+            raise ValueError("prune_every must be positive")
         self.directory = os.fspath(directory)
         self.max_profiles = max_profiles
         self.max_bytes = max_bytes
+        self.prune_every = prune_every or max(1, max_profiles // 10)
+        self._unpruned_count = self._unpruned_bytes = 0
+        self._counting = threading.Lock()
+        # A profile's file never changes once renamed into place: its size, once known
+        # (saved here or stat'ed by a prune), is not looked up again.
+        self._sizes: dict[str, int] = {}
 
     def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
         if not is_profile_id(profile_id):
             raise ValueError(f"not a profile id: {profile_id!r}")
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
         # One line of JSON (json.dumps escapes newlines), then the raw data:
         # recent() reads only the first line of each file.
         content = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + data
-        fd, temp_path = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
+        # The id is unique, so is this name: no random temporary name to find.
+        temp_path = os.path.join(self.directory, f".tmp-{profile_id}")
         try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(content)
+            fd = os.open(temp_path, _NEW_FILE, 0o600)
+        except FileNotFoundError:  # the first save: the directory is made on demand
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            fd = os.open(temp_path, _NEW_FILE, 0o600)
+        try:
+            try:
+                written = 0
+                while written < len(content):
+                    written += os.write(fd, content[written:])
+            finally:
+                os.close(fd)
             os.replace(temp_path, self._path(profile_id))
         except BaseException:
             _remove(temp_path)
             raise
-        self._prune(keep=profile_id)
+        with self._counting:
+            self._sizes[profile_id + self.suffix] = len(content)
+            self._unpruned_count += 1
+            self._unpruned_bytes += len(content)
+            due = (
+                self._unpruned_count >= self.prune_every
+                or self._unpruned_bytes * 10 >= self.max_bytes
+            )
+            if due:
+                self._unpruned_count = self._unpruned_bytes = 0
+        if due:
+            self._prune(keep=profile_id)
 
     def recent(self) -> list[dict[str, Any]]:
         metas = []
@@ -154,18 +197,32 @@ class DirectoryStore:
                     ):
                         profiles.append(entry)
             profiles.sort(key=lambda entry: entry.name, reverse=True)  # newest first
+            with self._counting:
+                cached = self._sizes.copy()
+                known = {entry.name: cached.get(entry.name) for entry in profiles}
+            sizes: dict[str, int] = {}
             total = count = 0
             for entry in profiles:
-                stat = _stat(entry)
-                if stat is None:
-                    continue
+                size = known[entry.name]
+                if size is None:  # saved by another process
+                    stat = _stat(entry)
+                    if stat is None:
+                        continue
+                    size = stat.st_size
                 if entry.name != keep + self.suffix and (
-                    count >= self.max_profiles or total + stat.st_size > self.max_bytes
+                    count >= self.max_profiles or total + size > self.max_bytes
                 ):
                     _remove(entry.path)
                 else:
                     count += 1
-                    total += stat.st_size
+                    total += size
+                    sizes[entry.name] = size
+            with self._counting:
+                # What this scan kept, and what was saved meanwhile; the rest is gone.
+                sizes.update(
+                    (name, size) for name, size in self._sizes.items() if name not in cached
+                )
+                self._sizes = sizes
             # Left by a worker killed mid-write (uWSGI harakiri); a fresh one is being written.
             cutoff = time.time() - self.stale_temp_seconds
             for entry in temps:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from request_profiler import DirectoryStore
+from request_profiler.writer import flush_all
 from werkzeug.test import EnvironBuilder
 
 SECRET = "test-secret-0f6c2a91d4-a-32-byte-minimum"
@@ -53,13 +54,16 @@ def run(app: Callable[..., Iterable[bytes]], path: str = "/", **builder_options:
     finally:
         if hasattr(body, "close"):
             body.close()
+    # Profiles are stored on the writers' threads: wait for them, as the viewer does.
+    assert flush_all(), "the profile writers did not finish within 5 s"
     return Result(
         response["status"], response["headers"], b"".join(response.get("written", []) + chunks)
     )
 
 
 def stored(store_dir: Path) -> list[dict[str, Any]]:
-    """The metadata of the profiles in ``store_dir``, newest first."""
+    """The metadata of the profiles in ``store_dir``, newest first (once the writers are done)."""
+    assert flush_all(), "the profile writers did not finish within 5 s"
     return DirectoryStore(store_dir).recent()
 
 

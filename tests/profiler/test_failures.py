@@ -99,6 +99,7 @@ _FULL_DISK_SCRIPT = textwrap.dedent(
         body = middleware(environ, lambda status, headers, exc_info=None: None)
         bodies.append(b"".join(body).decode())
         body.close()
+    middleware.flush()
     print(json.dumps({"bodies": bodies, "warnings": warnings}))
     """
 )
@@ -152,8 +153,8 @@ class _FailingStopProfiler(CProfileProfiler):
 
     name = "failing-stop"
 
-    def stop(self) -> bytes:
-        super().stop()
+    def stop_deferred(self):
+        super().stop_deferred()
         raise RuntimeError("Failed to stop profiling")
 
 

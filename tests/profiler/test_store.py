@@ -66,7 +66,7 @@ def test_each_profile_is_one_file_and_no_temporary_file_is_left(tmp_path: Path) 
 
 
 def test_temporary_files_left_by_a_killed_writer_are_removed_once_stale(tmp_path: Path) -> None:
-    store = DirectoryStore(tmp_path)
+    store = DirectoryStore(tmp_path, prune_every=1)
     save(store)
     stale, fresh = tmp_path / ".tmp-stale", tmp_path / ".tmp-fresh"
     stale.write_bytes(b"half a profile")
@@ -86,3 +86,45 @@ def test_an_unusable_directory_makes_save_raise(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         save(store)
     assert store.recent() == []
+
+
+def test_bounds_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        DirectoryStore(tmp_path, max_profiles=0)
+
+
+def test_pruning_runs_every_prune_every_saves_and_restores_the_bounds(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path, max_profiles=5, prune_every=3)
+    counts = []
+    for n in range(12):
+        save(store, at=1000.0 + n)
+        counts.append(len(files(tmp_path)))
+
+    # Pruned at the 3rd, 6th, 9th and 12th saves: never above 5 + 3 - 1 files.
+    assert counts == [1, 2, 3, 4, 5, 5, 6, 7, 5, 6, 7, 5]
+    assert [meta["id"][:21] for meta in store.recent()] == [
+        new_profile_id(1000.0 + n)[:21] for n in range(11, 6, -1)
+    ]
+
+
+def test_a_tenth_of_max_bytes_saved_prunes_before_prune_every(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path, max_bytes=10_000, prune_every=100)
+    for n in range(12):
+        save(store, b"x" * 1200, at=1000.0 + n)
+        assert sum(path.stat().st_size for path in tmp_path.glob("*.profile")) <= 10_000
+
+
+def test_the_byte_bound_counts_files_another_process_saved(tmp_path: Path) -> None:
+    ours, theirs = (DirectoryStore(tmp_path, max_bytes=5000, prune_every=1) for _ in range(2))
+    old = save(ours, b"x" * 1000, at=1000.0)
+    for n in range(3):
+        save(theirs, b"y" * 1000, at=2000.0 + n)  # sizes `ours` never saw
+
+    newest = save(ours, b"z" * 1000, at=3000.0)
+
+    assert store_ids(tmp_path)[0] == newest and old not in store_ids(tmp_path)
+    assert sum(path.stat().st_size for path in tmp_path.glob("*.profile")) <= 5000
+
+
+def store_ids(directory: Path) -> list[str]:
+    return [meta["id"] for meta in DirectoryStore(directory).recent()]

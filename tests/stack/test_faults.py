@@ -8,6 +8,7 @@ requests. The bounds asserted are the ones the configuration guarantees, not tim
   request for a frozen page;
 * a uWSGI worker killed by SIGKILL loses at most the one request it was running;
 * recycling (max-requests), a graceful reload and a chain reload lose none;
+* every request profiled through a graceful reload: no profile lost;
 * PostgreSQL stopped: 503 with Retry-After, never a 500 or 502; started again: full
   service from the same uWSGI processes;
 * a request slower than harakiri is killed (502) and its worker replaced.
@@ -161,6 +162,60 @@ def test_reload_under_load_loses_nothing(make_stack, chain: bool) -> None:
     # The same masters (a reload, not a restart), every worker new.
     assert stack.pids() == masters
     assert not old_workers & {pid for instance in stack.instances for pid in instance.worker_pids()}
+
+
+def test_a_reload_under_load_loses_no_profile(make_stack, tmp_path: Path) -> None:
+    """A graceful reload amid profiled requests: every profile a client was told of is kept.
+
+    Profiles wait in each worker's queue for its writer thread; a worker stopped by the
+    reload stores what is queued before it exits (atexit, which uWSGI runs in a worker
+    that stops gracefully).
+    """
+    profiles = tmp_path / "profiles"
+    stack = make_stack(
+        environment={"PROFILER_DIR": str(profiles), "PROFILER_MAX_PROFILES": "1000000"}
+    )
+    url = stack.settings.url
+    token = make_token(PROFILER_SECRET, 600)
+    old_workers = set(stack.instances[0].worker_pids())
+    told: list[str] = []
+    failures: list[object] = []
+    stop = threading.Event()
+
+    def profile_requests(thread: int) -> None:
+        for number in range(5000):  # bounded; stop ends it long before
+            if stop.is_set():
+                return
+            path = f"/api/episodes/{(thread * 7 + number) % EPISODES + 1}"
+            try:
+                status, headers, _ = get(url + path, {"X-Profile-Token": token})
+            except OSError as error:
+                failures.append(error)
+                continue
+            if status != 200 or not headers.get("X-Profile-Id"):
+                failures.append((path, status))
+            else:
+                told.append(headers["X-Profile-Id"])
+
+    clients = [threading.Thread(target=profile_requests, args=(n,)) for n in range(4)]
+    for client in clients:
+        client.start()
+    try:
+        assert wait_until(lambda: len(told) >= 200, 60)
+        stack.reload()
+        count = len(told)
+        assert wait_until(lambda: len(told) >= count + 200, 60)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(60)
+
+    assert failures == []
+    assert not old_workers & set(stack.instances[0].worker_pids())  # every worker was replaced
+    # The new workers store theirs within their batch delay; wait for them, bounded.
+    stored = lambda: {path.stem for path in profiles.glob("*.profile")}  # noqa: E731
+    assert wait_until(lambda: set(told) <= stored(), 30), len(set(told) - stored())
+    assert len(told) > 400
 
 
 def test_reload_picks_up_a_new_build_map(make_stack, site: Site, tmp_path: Path) -> None:
