@@ -39,10 +39,10 @@ def app(environ, start_response):
     start_response("200 OK", [])
     return [b"ok"]
 
-middleware = ProfilerMiddleware(app, secret="s", directory=sys.argv[1])
+middleware = ProfilerMiddleware(app, secret="s" * 32, directory=sys.argv[1])
 statuses = []
 body = middleware(
-    {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_X_PROFILE_TOKEN": make_token("s", 60)},
+    {"PATH_INFO": "/", "REQUEST_METHOD": "GET", "HTTP_X_PROFILE_TOKEN": make_token("s" * 32, 60)},
     lambda status, headers, exc_info=None: statuses.append(status),
 )
 print(b"".join(body).decode(), statuses[0])
