@@ -9,6 +9,8 @@ requests. The bounds asserted are the ones the configuration guarantees, not tim
 * a uWSGI worker killed by SIGKILL loses at most the one request it was running;
 * recycling (max-requests), a graceful reload and a chain reload lose none;
 * every request profiled through a graceful reload: no profile lost;
+* as shipped, no worker is recycled by its request count, and lifetime recycling
+  replaces one worker at a time;
 * PostgreSQL stopped: 503 with Retry-After, never a 500 or 502; started again: full
   service from the same uWSGI processes;
 * a request slower than harakiri is killed (502) and its worker replaced.
@@ -146,6 +148,48 @@ def test_worker_recycling_by_max_requests_under_load_loses_nothing(make_stack) -
     result = load.result
     assert result.failures == [], result.summary()
     assert not set(first.values()) & {worker["pid"] for worker in workers(stack).values()}
+
+
+def test_as_shipped_no_worker_is_recycled_by_its_request_count(make_stack) -> None:
+    """Past the request count and min-worker-lifetime at which every worker used to be
+    recycled in the same second (docs/tuning.md, "Worker recycling"), none is."""
+    stack = make_stack()
+    started = time.monotonic()
+    with BackgroundLoad(stack.settings.url, lambda n: "/health", threads=6, max_seconds=60) as load:
+        load.wait_requests(12_000, timeout=50)
+        assert wait_until(lambda: time.monotonic() - started > 12, 15)
+    assert load.result.total >= 12_000 and load.result.failures == [], load.result.summary()
+    assert [worker["respawn_count"] for worker in workers(stack).values()] == [1, 1]
+
+
+def test_lifetime_recycling_replaces_one_worker_at_a_time(make_stack) -> None:
+    """uwsgi.ini's max-worker-lifetime-delta, scaled down to seconds: each worker id adds
+    to the lifetime, so no two workers are replaced in the same second. The periods must
+    share no factor (as in uwsgi.ini), or the workers fall back into step at their least
+    common multiple: here 5 s and 7 s, in step again only after the test."""
+    stack = make_stack(
+        uwsgi_options={
+            "max-worker-lifetime": "4",
+            "max-worker-lifetime-delta": "2",
+            "min-worker-lifetime": "1",
+        }
+    )
+    spawns: set[tuple[int, int]] = set()  # (worker id, second it was respawned)
+
+    def record() -> bool:
+        now = workers(stack)
+        spawns.update(
+            (wid, worker["last_spawn"])
+            for wid, worker in now.items()
+            if worker["respawn_count"] > 1
+        )
+        return min(worker["respawn_count"] for worker in now.values()) >= 3
+
+    with BackgroundLoad(stack.settings.url, varied_path, threads=4, max_seconds=60) as load:
+        assert wait_until(record, 40, interval=0.2), "the workers were not recycled"
+    assert load.result.failures == [], load.result.summary()
+    seconds = [second for _, second in spawns]
+    assert len(spawns) >= 4 and len(set(seconds)) == len(seconds), sorted(spawns)
 
 
 @pytest.mark.parametrize("chain", [False, True], ids=["graceful-reload", "chain-reload"])
