@@ -41,19 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.stack import (
-    DEPLOY_DIR,
-    PROJECT_ROOT,
-    UWSGI_INI,
-    Stack,
-    StackSettings,
-    UwsgiInstance,
-    child_pids,
-    log_tail,
-    pid_alive,
-    read_pid,
-    wait_gone,
-)
+import psutil
+
+from deploy.stack.settings import DEPLOY_DIR, PROJECT_ROOT, UWSGI_INI
+from deploy.stack.supervise import log_tail
+from deploy.stack.uwsgi import UwsgiInstance
 from tests.stack.conftest import EPISODES as STACK_EPISODES
 from tests.stack.support import BackgroundLoad, PrivatePostgres, get, wait_until
 
@@ -77,7 +69,7 @@ POOL_SIZE = 3
 #: As many as the stack tests' site: their varied_path asks for episodes 1 to EPISODES.
 EPISODES = STACK_EPISODES
 SITE_URL = "https://podcast.test"
-PROFILER_SECRET = "multihost-profiler-secret"
+PROFILER_SECRET = "multihost-profiler-secret-of-32-bytes-at-least"
 
 
 def address(name: str) -> str:
@@ -101,6 +93,43 @@ class NamespacedLoad(BackgroundLoad):
             super()._run()
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children() if pid_alive(child.pid)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def read_pid(path: Path, expect: str) -> int | None:
+    """The pid in ``path`` if that process is alive and its name mentions ``expect``."""
+    try:
+        pid = int(path.read_text().strip())
+        # A pid file outliving its process can name someone else's process: never signal that.
+        alive = pid_alive(pid) and expect.lower() in " ".join(psutil.Process(pid).cmdline()).lower()
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return pid if alive else None
+
+
+def wait_gone(pids: list[int], timeout: float, popen: subprocess.Popen | None = None) -> bool:
+    """Wait until every pid has exited; reaps ``popen`` (our own child) on the way."""
+
+    def gone() -> bool:
+        if popen is not None:
+            popen.poll()
+        return not any(pid_alive(pid) for pid in pids)
+
+    return bool(wait_until(gone, timeout))
+
+
 @dataclass
 class AppHost:
     """One app server: uWSGI with deploy/uwsgi/uwsgi.ini on <address>:3031."""
@@ -108,22 +137,19 @@ class AppHost:
     host: Host
     root: Path
     environment: dict[str, str]
-    stack: Stack = field(init=False)
+    instance: UwsgiInstance = field(init=False)
+    popen: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
         run_dir = self.root / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
-        # Stack drives one instance: its FIFO, pid file and stats socket (unix sockets on the
-        # shared file system), its reload and its stop.
-        self.stack = Stack(StackSettings(run_dir=run_dir, uwsgi_instances=1, nginx=None))
+        # The stack's instance files: its FIFO, pid file and stats socket (unix sockets on the
+        # shared file system) drive its reload and its stop.
+        self.instance = UwsgiInstance(1, run_dir)
 
     @property
     def name(self) -> str:
         return self.host.name
-
-    @property
-    def instance(self) -> UwsgiInstance:
-        return self.stack.instances[0]
 
     def uwsgi_environment(self) -> dict[str, str]:
         """What /etc/podcast/env and the systemd unit give uWSGI on an app server."""
@@ -136,21 +162,20 @@ class AppHost:
         }
 
     def start(self, network: Network, uwsgi: str, timeout: float = 60) -> None:
-        for leftover in self.instance.files():  # a SIGKILLed master removes none of them
-            leftover.unlink(missing_ok=True)
+        self.instance.remove_files()  # a SIGKILLed master removes none of them
         environment = {**os.environ, **self.environment, **self.uwsgi_environment()}
         # A UTS namespace of its own: hostname(1) there names this host only.
         command = [
             "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"',
             self.name, uwsgi, "--ini", str(UWSGI_INI),
         ]  # fmt: skip
-        self.instance.popen = network.popen(
+        self.popen = network.popen(
             self.host, command, env=environment, log=self.instance.log, cwd=PROJECT_ROOT
         )
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 60, not_pids: tuple[int, ...] = ()) -> None:
-        popen = self.instance.popen
+        popen = self.popen
         if not wait_until(
             lambda: (
                 self.instance.ready(not_pids=not_pids)
@@ -164,10 +189,15 @@ class AppHost:
 
     def reload(self) -> None:
         """`systemctl reload podcast-uwsgi@1`: the graceful reload, waited for."""
-        self.stack.reload_uwsgi(self.instance)
+        old = tuple(self.instance.worker_pids())
+        self.instance.command("r")
+        self.wait_ready(60, not_pids=old)
+
+    def master_pid(self) -> int | None:
+        return read_pid(self.instance.pid_file, "uwsgi")
 
     def pids(self) -> list[int]:
-        master = self.instance.master_pid()
+        master = self.master_pid()
         return sorted([master, *self.instance.worker_pids()]) if master else []
 
     def requests_served(self) -> int:
@@ -177,7 +207,16 @@ class AppHost:
             return 0
 
     def stop(self) -> None:
-        self.stack.stop_uwsgi(self.instance, timeout=20)
+        """`systemctl stop`: a graceful stop (q), then SIGKILL for whatever is left."""
+        pids = self.pids()
+        if pids:
+            self.instance.command("q")
+            if not wait_gone(pids, 20, self.popen):
+                for leftover in pids:
+                    if pid_alive(leftover):
+                        os.kill(leftover, signal.SIGKILL)
+        if self.popen is not None:
+            self.popen.wait(10)
 
 
 @dataclass
@@ -211,6 +250,8 @@ class NginxHost:
             *[argument for upstream in upstreams for argument in ("--upstream", upstream)],
             "--no-https", "--http-listen", f"{self.host.address}:{HTTP_PORT}",
             "--server-name", "podcast.test",
+            # The load comes from one client address on purpose: no per-address API limit.
+            "--api-rate-limit", "0",
             # Its workers read the build in pytest's 0700 directories; production: www-data.
             "--user", "root",
             "--pid-file", str(self.pid_file), "--error-log", str(self.root / "log" / "error.log"),

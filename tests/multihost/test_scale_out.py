@@ -92,7 +92,7 @@ def test_an_app_host_killed_under_load_loses_no_request_and_rejoins(cluster: Clu
 
 
 def test_a_rolling_reload_loses_no_request(cluster: Cluster) -> None:
-    masters = {app.name: app.instance.master_pid() for app in cluster.apps}
+    masters = {app.name: app.master_pid() for app in cluster.apps}
     old_workers = {pid for app in cluster.apps for pid in app.instance.worker_pids()}
     with cluster.load(varied_path, threads=6, max_seconds=90) as load:
         load.wait_requests(200)
@@ -102,7 +102,7 @@ def test_a_rolling_reload_loses_no_request(cluster: Cluster) -> None:
     result = load.result
     assert result.failures == [], result.summary()
     # Reloaded, not restarted: the same masters, every worker new.
-    assert {app.name: app.instance.master_pid() for app in cluster.apps} == masters
+    assert {app.name: app.master_pid() for app in cluster.apps} == masters
     assert not old_workers & {pid for app in cluster.apps for pid in app.instance.worker_pids()}
 
 
