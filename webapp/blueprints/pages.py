@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template
+from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 
 from ..db import get_session, queries
@@ -48,13 +50,14 @@ def catalogue_frame(count: int) -> tuple[str, str]:
 
 def catalogue_items(episodes: Sequence[Episode]) -> list[str]:
     """One ``<li>`` per episode, as every episode list shows it."""
-    episode_item = current_app.jinja_env.get_template("_macros.html").module.episode_item
+    macros: Any = current_app.jinja_env.get_template("_macros.html").module
+    episode_item = macros.episode_item
     return [episode_item(episode) for episode in episodes]
 
 
 @blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>")
 @blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>/<slug>")
-def episode(number: int, slug: str | None = None) -> Response | str:
+def episode(number: int, slug: str | None = None) -> ResponseReturnValue:
     found = queries.episode_by_number(get_session(), number)
     if found is None:
         abort(404, description=f"There is no episode {number}.")

@@ -54,7 +54,8 @@ from .output import BuildTrees, FileRecord, FreezeError, content_digest
 from .site import Page, episodes_map, plan_pages, redirect_rules, render_episode_page, site_data
 
 #: An episode's fragment in a listing: (number, revision).
-FragmentKey = tuple[int, int]
+#: (number, revision); the revision is None for an episode written while the triggers were off.
+FragmentKey = tuple[int, int | None]
 #: A compressed file and, if it is in chunks, their layout (JSON).
 Compressed = tuple[bytes, str | None]
 
@@ -257,11 +258,12 @@ class SiteBuild:
                     if page.listing is not None:
                         body, layout, chunks = self._compose(page)
                     else:
+                        assert page.number is not None, "a page without a listing is an episode"
                         body, layout, chunks = (
                             render_episode_page(self._episode(page.number)),
                             None,
                             None,
-                        )  # type: ignore[arg-type]
+                        )
                 except FreezeError:
                     raise
                 except Exception as error:  # a template error: say which page

@@ -106,8 +106,10 @@ def split(chunks: Sequence[bytes]) -> list[Chunk]:
 
 def deflate(chunk: Chunk) -> bytes:
     """The chunk's deflate blocks: none final, the last one ending on a byte boundary."""
-    options = {"zdict": chunk.window} if chunk.window else {}
-    compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, **options)
+    if chunk.window:
+        compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=chunk.window)
+    else:
+        compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
     return compressor.compress(chunk.data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 

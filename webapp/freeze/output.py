@@ -172,7 +172,7 @@ class BuildTrees:
                 if self.spare.exists():
                     shutil.rmtree(self.spare)
                 spare = {}
-            present = spare.keys()
+            present = set(spare)
             self._spare_same = {
                 path
                 for path, record in spare.items()
