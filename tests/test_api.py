@@ -238,7 +238,7 @@ def test_pages_allow_no_other_origin(client, path):
 
 
 def test_the_profiler_allows_no_other_origin(tmp_path):
-    secret = "cors-test-profiler-secret"
+    secret = "cors-test-profiler-secret-of-32-bytes-at-least"
     app = make_app(
         f"sqlite:///{tmp_path}/profiled.sqlite3",
         tmp_path,
