@@ -20,13 +20,13 @@ ITUNES = "{http://www.itunes.com/dtds/podcast-1.0.dtd}"
 def render_count(monkeypatch):
     """Counts real renders of the feed (the renderer still runs)."""
     calls = []
-    real = feed_module.render_feed
+    real = feed_module.render_current_feed
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(feed_module, "render_feed", counting)
+    monkeypatch.setattr(feed_module, "render_current_feed", counting)
     return calls
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flask import Blueprint, Response, current_app, request
@@ -20,8 +21,9 @@ from werkzeug.http import http_date, is_resource_modified
 
 from .. import queries
 from ..db import get_session
-from ..models import SiteState
-from ..rss import CONTENT_TYPE, FORMAT_VERSION, FeedChannel, render_feed
+from ..listing import Entry, Fragments, Frame, Listing, register_page
+from ..models import Episode, SiteState
+from ..rss import CONTENT_TYPE, FORMAT_VERSION, FeedChannel, feed_frame, feed_items
 
 blueprint = Blueprint("feed", __name__)
 
@@ -70,12 +72,35 @@ def feed_etag(state: SiteState, site_url: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
+def _channel() -> FeedChannel:
+    return FeedChannel.from_config(current_app.config)
+
+
+def _frame(entries: Sequence[Entry], state: SiteState) -> Frame:
+    return Frame(*feed_frame(_channel(), state.changed_at))
+
+
+#: The feed: its channel around one ``<item>`` per episode. The items are not
+#: kept one by one: the feed is kept whole (FeedCache), and by the freezer.
+FEED = Listing(
+    _frame,
+    Fragments("feed_items", lambda episodes: feed_items(episodes, _channel()), cached=False),
+    # Frozen in gzip chunks of about 64 KiB (see Listing).
+    chunk_every=32,
+)
+
+
 def render_current_feed(state: SiteState) -> bytes:
-    """The feed for the app's current data (the freezer composes the same from fragments)."""
-    episodes = queries.all_episodes(get_session())
-    return render_feed(episodes, FeedChannel.from_config(current_app.config), state.changed_at)
+    """The feed for the app's current data (the freezer composes the same, keeping fragments)."""
+    session = get_session()
+
+    def every_episode(numbers: Sequence[int]) -> list[Episode]:
+        return queries.all_episodes(session)  # one pass over the table beats a lookup each
+
+    return FEED.render(queries.episode_revisions(session), every_episode, state).encode()
 
 
+register_page(blueprint, "rss", FEED)
 blueprint.record_once(lambda state: state.app.extensions.setdefault("feed_cache", FeedCache()))
 
 

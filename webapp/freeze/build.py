@@ -13,8 +13,9 @@ body the live app returns there. The home page, the 404 page and static
 files go through the app's own request handling (``before_request`` hooks,
 the view, error handlers, ``after_request``), as with Frozen-Flask's test
 client minus the WSGI plumbing around it. Episode pages are rendered with
-the view's template (``site.render_episode_page``), and the catalogue and the
-feed are composed the way their views compose them (``site.Listing``), from
+the renderer their view registered (``site.render_episode_page``), and the
+catalogue and the feed are composed as their views compose them, from their
+registered ``webapp.listing.Listing`` (its frame and fragments), from
 episodes this build reads at once: only those with a page or a fragment
 to render. A fragment of an unchanged episode is copied from the last
 build's file, and so are the gzip chunks around it (``chunked_gzip``): an
@@ -243,11 +244,8 @@ class SiteBuild:
                     if page.listing is not None:
                         body, layout, chunks = self._compose(page)
                     else:
-                        body, layout, chunks = (
-                            render_episode_page(self._episode(page.number)),
-                            None,
-                            None,
-                        )  # type: ignore[arg-type]
+                        episode = self._episode(page.number)  # type: ignore[arg-type]
+                        body, layout, chunks = render_episode_page(self.app, episode), None, None
                 except FreezeError:
                     raise
                 except Exception as error:  # a template error: say which page
@@ -273,11 +271,14 @@ class SiteBuild:
         listing = page.listing
         assert listing is not None
         kept = self._kept.get(page.url, {})
-        keys = [_key(episode) for episode in self._data.episodes]
-        missing = [key for key in keys if key not in kept]
-        rendered = listing.items([self._episode(number) for number, _ in missing])
-        fragments = kept | {key: item.encode() for key, item in zip(missing, rendered)}
-        before, after = (part.encode() for part in listing.frame(self._data))
+        entries = self._data.episodes
+        keys = [_key(episode) for episode in entries]
+        missing = [entry for entry, key in zip(entries, keys) if key not in kept]
+        rendered = listing.fragments.for_entries(
+            missing, lambda numbers: [self._episode(number) for number in numbers]
+        )
+        fragments = kept | {_key(entry): item.encode() for entry, item in zip(missing, rendered)}
+        before, after = (part.encode() for part in listing.frame(entries, self._data.state))
         chunks, chunk = [], [before]
         for key in keys:
             if key[0] % listing.chunk_every == 0:
