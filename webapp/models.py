@@ -166,9 +166,9 @@ class SiteState:
 
 @dataclass(frozen=True, slots=True)
 class EpisodePage:
-    """One page of the API's episode list."""
+    """One page of the API's episode list: which episodes, in which revision."""
 
-    episodes: list[Episode]
+    entries: list[EpisodeRevision]
     page: int
     per_page: int
     total: int

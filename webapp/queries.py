@@ -117,12 +117,10 @@ def episode_page(session: Session, page: int, per_page: int) -> EpisodePage:
     # The unique index on number, walked from the top. OFFSET costs a walk of
     # the skipped entries; the API caps it at the size of the catalogue.
     rows = session.fetch_all(
-        f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.number DESC LIMIT %s OFFSET %s",
+        f"{REVISION_FROM} ORDER BY e.number DESC LIMIT %s OFFSET %s",
         (per_page, (page - 1) * per_page),
     )
-    return EpisodePage(
-        _with_guests(session, rows, Episode), page=page, per_page=per_page, total=total
-    )
+    return EpisodePage(_revisions(rows), page=page, per_page=per_page, total=total)
 
 
 def episode_by_number(session: Session, number: int) -> Episode | None:
