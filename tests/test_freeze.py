@@ -22,7 +22,8 @@ from flask import Flask
 
 from tests.conftest import SMALL_SEED, make_app
 from webapp import create_app, queries
-from webapp.blueprints.pages import LATEST_COUNT
+from webapp.blueprints.feed import FEED
+from webapp.blueprints.pages import CATALOGUE, LATEST_COUNT
 from webapp.db import get_database, get_session
 from webapp.freeze import SiteBuild, freeze
 from webapp.models import Episode
@@ -213,6 +214,34 @@ def test_an_edited_episode_rerenders_it_the_lists_and_the_feed_only(app, dest):
     assert_matches_live(dest, app)
 
 
+def test_an_edit_plans_and_renders_only_what_it_touches(app, dest, monkeypatch):
+    """An incremental build considers the edited episode's page and the pages that list
+    it; of the catalogue and the feed it renders that episode's fragment alone."""
+    freeze(app, dest)
+    edited = episodes_of(app)[-5]
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited", edited.number))
+    fragments: list[int] = []
+    for listing in (CATALOGUE, FEED):
+        real = listing.fragments.render
+        monkeypatch.setattr(
+            listing.fragments,
+            "render",
+            lambda episodes, real=real: (
+                fragments.extend(e.number for e in episodes) or real(episodes)
+            ),
+        )
+
+    with SiteBuild(app, dest) as build:
+        assert build.incremental
+        assert [page.url for page in build.pages if page.number is not None] == [edited.path]
+        for page in build.pending:
+            build.render(page)
+        build.commit()
+
+    assert fragments == [edited.number, edited.number]
+    assert_matches_live(dest, app)
+
+
 def test_an_episode_on_the_home_page_rerenders_it_too(app, dest):
     freeze(app, dest)
     edited = episodes_of(app)[1]
@@ -257,7 +286,10 @@ def test_incremental_rebuilds_are_byte_for_byte_a_fresh_build(empty_app, dest, t
     with get_database(app).session() as session:
         seed(session, CHUNKED_SEED)  # several gzip chunks in the feed and the catalogue
     freeze(app, dest)
-    guest_id = "SELECT guest_id FROM episode_guests WHERE episode_id = (SELECT id FROM episodes WHERE number = 40)"
+    guest_id = (
+        "SELECT guest_id FROM episode_guests"
+        " WHERE episode_id = (SELECT id FROM episodes WHERE number = 40)"
+    )
     changes = [
         ("UPDATE episodes SET title = %s WHERE number = %s", ('Edited <title> & "more"', 130)),
         # An item that grows by 20 kB: every later fragment and chunk moves.
@@ -299,7 +331,8 @@ def test_layouts_that_do_not_fit_their_files_are_not_trusted(empty_app, dest, tm
                 json.loads(page[4]) | {"before": json.loads(page[4])["before"] + 1}
             )
             chunks = json.loads(gz[4])["chunks"]
-            gz[4] = json.dumps({"chunks": [[chunks[0][0], chunks[0][1] + 1], *chunks[1:]]})
+            key, digest, deflated, *rest = chunks[0]
+            gz[4] = json.dumps({"chunks": [[key, digest, deflated + 1, *rest], *chunks[1:]]})
         else:
             page[4] = gz[4] = "not JSON"
     state_file.write_text(json.dumps(state))
