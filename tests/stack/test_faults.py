@@ -6,6 +6,8 @@ requests. The bounds asserted are the ones the configuration guarantees, not tim
 
 * a uWSGI worker killed by SIGKILL loses at most the one request it was running;
 * recycling (max-requests), a graceful reload and a chain reload lose none;
+* as shipped, no worker is recycled by its request count, and lifetime recycling
+  replaces one worker at a time;
 * PostgreSQL stopped: 503 with Retry-After, never a 500 or 502; started again: full
   service from the same uWSGI processes;
 * a request slower than harakiri is killed (502) and its worker replaced.
@@ -17,6 +19,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -86,7 +89,8 @@ def test_sigkilled_worker_loses_at_most_its_one_request(make_stack) -> None:
             ), "worker 1 not respawned"
         load.wait_requests(150)
     result = load.result
-    # One process serves one request at a time (no threads): a kill can lose that one, never one that waited in the socket's backlog.
+    # One process serves one request at a time (no threads): a kill can lose that one,
+    # never one that waited in the socket's backlog.
     assert len(result.failures) <= kills, result.summary()
     assert all(outcome == 502 for _, _, outcome in result.failures), result.summary()
     assert result.total > 600
@@ -106,6 +110,48 @@ def test_worker_recycling_by_max_requests_under_load_loses_nothing(make_stack) -
     result = load.result
     assert result.failures == [], result.summary()
     assert not set(first.values()) & {worker["pid"] for worker in workers(stack).values()}
+
+
+def test_as_shipped_no_worker_is_recycled_by_its_request_count(make_stack) -> None:
+    """Past the request count and min-worker-lifetime at which every worker used to be
+    recycled in the same second (docs/tuning.md, "Worker recycling"), none is."""
+    stack = make_stack()
+    started = time.monotonic()
+    with BackgroundLoad(stack.settings.url, lambda n: "/health", threads=6, max_seconds=60) as load:
+        load.wait_requests(12_000, timeout=50)
+        assert wait_until(lambda: time.monotonic() - started > 12, 15)
+    assert load.result.total >= 12_000 and load.result.failures == [], load.result.summary()
+    assert [worker["respawn_count"] for worker in workers(stack).values()] == [1, 1]
+
+
+def test_lifetime_recycling_replaces_one_worker_at_a_time(make_stack) -> None:
+    """uwsgi.ini's max-worker-lifetime-delta, scaled down to seconds: each worker id adds
+    to the lifetime, so no two workers are replaced in the same second. The periods must
+    share no factor (as in uwsgi.ini), or the workers fall back into step at their least
+    common multiple: here 5 s and 7 s, in step again only after the test."""
+    stack = make_stack(
+        uwsgi_options={
+            "max-worker-lifetime": "4",
+            "max-worker-lifetime-delta": "2",
+            "min-worker-lifetime": "1",
+        }
+    )
+    spawns: set[tuple[int, int]] = set()  # (worker id, second it was respawned)
+
+    def record() -> bool:
+        now = workers(stack)
+        spawns.update(
+            (wid, worker["last_spawn"])
+            for wid, worker in now.items()
+            if worker["respawn_count"] > 1
+        )
+        return min(worker["respawn_count"] for worker in now.values()) >= 3
+
+    with BackgroundLoad(stack.settings.url, varied_path, threads=4, max_seconds=60) as load:
+        assert wait_until(record, 40, interval=0.2), "the workers were not recycled"
+    assert load.result.failures == [], load.result.summary()
+    seconds = [second for _, second in spawns]
+    assert len(spawns) >= 4 and len(set(seconds)) == len(seconds), sorted(spawns)
 
 
 @pytest.mark.parametrize("chain", [False, True], ids=["graceful-reload", "chain-reload"])
@@ -146,7 +192,8 @@ def test_reload_picks_up_a_new_build_map(make_stack, site: Site, tmp_path: Path)
 
 
 def test_sigterm_lets_running_requests_finish(make_stack) -> None:
-    """systemd's stop (SIGTERM) is graceful: a request running at that moment still gets its answer."""
+    """systemd's stop (SIGTERM) is graceful: a request running at that moment still gets
+    its answer."""
     stack = make_stack(uwsgi_options={"module": "tests.stack.probe_wsgi:application"})
     instance = stack.instances[0]
     master = instance.master_pid()
@@ -164,7 +211,8 @@ def test_sigterm_lets_running_requests_finish(make_stack) -> None:
 
 
 def test_a_rebuild_goes_live_under_load_without_an_error(make_stack, tmp_path: Path) -> None:
-    """`flask freeze` swaps the build in one rename; nginx serves the new page once open_file_cache rechecks."""
+    """`flask freeze` swaps the build in one rename; nginx serves the new page once
+    open_file_cache rechecks."""
     fresh = build_site(f"sqlite:///{tmp_path}/rebuild.sqlite3", tmp_path / "rebuild")
     stack = make_stack(site_=fresh)
     url = stack.settings.url
@@ -191,7 +239,8 @@ def test_a_rebuild_goes_live_under_load_without_an_error(make_stack, tmp_path: P
 
 
 def test_request_slower_than_harakiri_is_killed_and_its_worker_replaced(make_stack) -> None:
-    """The real uwsgi.ini with harakiri lowered to 1 s, serving tests/stack/probe_wsgi.py (the site + a sleep URL)."""
+    """The real uwsgi.ini with harakiri lowered to 1 s, serving tests/stack/probe_wsgi.py
+    (the site + a sleep URL)."""
     stack = make_stack(
         uwsgi_options={"harakiri": "1", "module": "tests.stack.probe_wsgi:application"}
     )
