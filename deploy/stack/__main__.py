@@ -1,5 +1,11 @@
 """``python -m deploy.stack``: the stack's command line (scripts/serve runs it)."""
 
-from .cli import cli
+import sys
 
-cli(prog_name="scripts/serve")
+from .cli import cli
+from .settings import StackError
+
+try:
+    cli(prog_name="scripts/serve")
+except StackError as error:  # what went wrong, without a traceback
+    sys.exit(f"Error: {error}")

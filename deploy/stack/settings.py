@@ -13,12 +13,8 @@ from webapp.settings import load_settings
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = PROJECT_ROOT / "deploy"
 UWSGI_INI = DEPLOY_DIR / "uwsgi" / "uwsgi.ini"
-#: uWSGI's default harakiri in uwsgi.ini; nginx waits this much longer for an answer.
+#: uWSGI's harakiri in uwsgi.ini (nginx waits 5 s longer for an answer).
 DEFAULT_HARAKIRI = 30
-READ_TIMEOUT_MARGIN = 5
-#: What one client address may ask of /api/ in production: far more than an app paging the
-#: catalogue needs, far less than a scraper would take.
-DEFAULT_API_RATE_LIMIT = 20
 
 
 class StackError(Exception):
@@ -37,18 +33,44 @@ def find_nginx() -> str | None:
     return shutil.which("nginx") or shutil.which("nginx", path=path)
 
 
-def _site_setting(name: str) -> Path:
+def default_run_dir() -> Path:
+    return site_path("VAR_DIR") / "run"
+
+
+def site_path(name: str) -> Path:
     # The checkout's var/ unless VAR_DIR says otherwise (scripts/ export it too).
     return Path(load_settings({}, default_var_dir=str(PROJECT_ROOT / "var"))[name])
 
 
-def default_run_dir() -> Path:
-    return _site_setting("VAR_DIR") / "run"
+@dataclass(kw_only=True)
+class NginxTuning:
+    """nginx's knobs: the deployed values by default, each turned off to measure it (the lab).
+    deploy/nginx/nginx.conf.j2 says why each is on.
+
+    :param worker_processes: nginx's ``worker_processes``.
+    :param worker_connections: nginx's ``worker_connections``.
+    :param open_file_cache: nginx's cache of open files on, or off.
+    :param open_file_cache_valid: how often a cached file is checked again.
+    :param gzip: ``gzip_static`` and on-the-fly gzip on, or off.
+    :param microcache: the one-second micro-cache on, or off (every dynamic GET reaches uWSGI).
+    :param api_rate_limit: requests per second each client address may make to /api/, with
+        bursts of twice that; beyond, a 429. None: no limit (the local stack and the lab,
+        whose load comes from one address).
+    """
+
+    worker_processes: str = "auto"
+    worker_connections: int = 4096
+    open_file_cache: bool = True
+    open_file_cache_valid: str = "2s"
+    gzip: bool = True
+    microcache: bool = True
+    api_rate_limit: int | None = None
 
 
-@dataclass
-class StackSettings:
-    """How to run the stack. Every default is what ``scripts/serve`` uses.
+@dataclass(kw_only=True)
+class StackSettings(NginxTuning):
+    """How to run the stack: the :class:`NginxTuning` knobs, and these. Every default is what
+    ``scripts/serve`` uses.
 
     :param run_dir: where the rendered configs, sockets and logs live (``var/run``).
     :param build_dir: the frozen site nginx serves (``FREEZE_DIR``).
@@ -65,19 +87,12 @@ class StackSettings:
         files itself.
     :param uwsgi: the uWSGI binary.
     :param access_log: nginx's access log on (``nginx/access.log``) or off.
-    :param worker_processes: nginx's ``worker_processes``.
-    :param worker_connections: nginx's ``worker_connections``.
-    :param open_file_cache: nginx's cache of open files on (as deployed) or off.
-    :param open_file_cache_valid: how often a cached file is checked again.
-    :param gzip: ``gzip_static`` and on-the-fly gzip on (as deployed) or off.
-    :param microcache: nginx's one-second micro-cache on (as deployed) or off.
-    :param api_rate_limit: requests per second per client address on /api/ (None: no limit).
     :param start_timeout: seconds for the site to answer at start, and for a reload.
     :param stop_timeout: seconds a program gets to stop gracefully before supervisord kills it.
     """
 
     run_dir: Path = field(default_factory=default_run_dir)
-    build_dir: Path = field(default_factory=lambda: _site_setting("FREEZE_DIR"))
+    build_dir: Path = field(default_factory=lambda: site_path("FREEZE_DIR"))
     host: str = "127.0.0.1"
     port: int = 8000
     https_port: int | None = None
@@ -89,13 +104,6 @@ class StackSettings:
     nginx: str | None = field(default_factory=find_nginx)
     uwsgi: str | None = field(default_factory=find_uwsgi)
     access_log: bool = True
-    worker_processes: str = "auto"
-    worker_connections: int = 4096
-    open_file_cache: bool = True
-    open_file_cache_valid: str = "2s"
-    gzip: bool = True
-    microcache: bool = True
-    api_rate_limit: int | None = None
     start_timeout: float = 60.0
     stop_timeout: float = 40.0
 

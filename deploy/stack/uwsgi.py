@@ -9,20 +9,6 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from .supervise import Program
-
-
-def read_stats(stats_socket: Path, timeout: float = 2.0) -> dict[str, Any]:
-    """uWSGI's stats server JSON: the master's pid, the listen queue, each worker's pid,
-    status, requests and memory."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(timeout)
-        connection.connect(str(stats_socket))
-        chunks = []
-        while chunk := connection.recv(65536):
-            chunks.append(chunk)
-    return json.loads(b"".join(chunks))
-
 
 class UwsgiInstance:
     """uWSGI master number ``number`` and its workers: ``uwsgi:uwsgi-<number>`` in supervisord,
@@ -33,14 +19,13 @@ class UwsgiInstance:
     """
 
     def __init__(self, number: int, run_dir: Path) -> None:
-        self.number = number
         self.name = f"uwsgi-{number}"
         self.socket, self.fifo, self.stats_socket, self.pid_file, self.log = (
             run_dir / f"{self.name}{suffix}"
             for suffix in (".sock", ".fifo", "-stats.sock", ".pid", ".log")
         )
         #: Program uwsgi-<number> of group uwsgi: `supervisorctl status uwsgi:uwsgi-1`.
-        self.program = Program(f"uwsgi:{self.name}", f"uWSGI instance {number}", self.log)
+        self.program = f"uwsgi:{self.name}"
 
     def options(self) -> dict[str, str]:
         """The per-instance options, as the ``UWSGI_*`` variables uwsgi.ini reads."""
@@ -58,13 +43,18 @@ class UwsgiInstance:
             path.unlink(missing_ok=True)
 
     def stats(self) -> dict[str, Any]:
-        return read_stats(self.stats_socket)
+        """uWSGI's stats server JSON: the master's pid, the listen queue, each worker's pid,
+        status, requests and memory."""
+        with socket.socket(socket.AF_UNIX) as connection:
+            connection.settimeout(2.0)
+            connection.connect(str(self.stats_socket))
+            return json.loads(connection.makefile("rb").read())
 
     def worker_pids(self) -> list[int]:
         return [worker["pid"] for worker in self.stats()["workers"] if worker["pid"]]
 
     def command(self, letters: str) -> None:
-        """Write to the master FIFO: ``c`` chain reload, ``r`` graceful reload, ``q`` graceful
+        """Write to the master FIFO: ``r`` graceful reload, ``c`` chain reload, ``q`` graceful
         stop (uWSGI's Master FIFO)."""
         descriptor = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
         try:
@@ -73,16 +63,14 @@ class UwsgiInstance:
             os.close(descriptor)
 
     def ready(self, *, not_pids: Collection[int] = ()) -> bool:
-        """Every worker is up and accepting (and, after a reload, none of ``not_pids`` is
-        among them)."""
+        """Every worker is up and accepting (and, after a reload, none of ``not_pids``)."""
         try:
-            workers = self.stats().get("workers", [])
-        except (OSError, ValueError):
+            workers = self.stats()["workers"]
+        except (OSError, ValueError, KeyError):
             return False
         return bool(workers) and all(
-            worker["pid"]
+            worker["pid"] not in (0, *not_pids)
             and worker.get("accepting")
-            and worker["pid"] not in not_pids
             and worker["status"] in ("idle", "busy")
             for worker in workers
         )

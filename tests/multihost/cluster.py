@@ -44,7 +44,7 @@ from typing import Any
 import psutil
 
 from deploy.stack.settings import DEPLOY_DIR, PROJECT_ROOT, UWSGI_INI
-from deploy.stack.supervise import log_tail
+from deploy.stack.stack import log_tail
 from deploy.stack.uwsgi import UwsgiInstance
 from tests.stack.conftest import EPISODES as STACK_EPISODES
 from tests.stack.support import BackgroundLoad, PrivatePostgres, get, wait_until

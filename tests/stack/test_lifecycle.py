@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from deploy.stack import Stack, StackSettings
-from deploy.stack.supervise import NotRunning, Supervisor
+from deploy.stack.stack import NotRunning, Supervisor
 from tests.conftest import require_binary
 
 from .conftest import Site
@@ -190,6 +190,10 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
     require_binary("nginx")
     out, var = tmp_path / "etc-nginx", tmp_path / "var"
     var.mkdir()
+    # The build is a symlink each freeze (or pull-build) swaps: nginx's root must stay the link.
+    build = tmp_path / "build"
+    (tmp_path / "build-1").mkdir()
+    build.symlink_to(tmp_path / "build-1")
     user = [] if os.geteuid() != 0 else ["--user", "root"]
     result = subprocess.run(
         [
@@ -200,7 +204,7 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
             "--out",
             str(out),
             "--build-dir",
-            str(tmp_path / "build"),
+            str(build),
             "--upstream",
             "unix:/run/podcast/uwsgi.sock",
             "--upstream",
@@ -236,7 +240,8 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
     conf = (out / "nginx.conf").read_text()
     assert "server unix:/run/podcast/uwsgi.sock" in conf and "server 10.0.0.6:3031" in conf
     assert "max-age=63072000" in conf  # HSTS in production
-    assert "return 301 https://$host$request_uri;" in (out / "servers" / "http.conf").read_text()
+    assert "return 301 https://$host$request_uri;" in conf
+    assert f"\nroot {build};" in (out / "site.conf").read_text()
     (var / "tmp").mkdir()
     check = subprocess.run(
         [

@@ -44,7 +44,16 @@ def test_supervisord_reads_every_value_back_as_written(tmp_path: Path) -> None:
     command, environment, log = programs["uwsgi:uwsgi-1"]
     assert list(programs) == ["uwsgi:uwsgi-1"]
     assert command[0] == "uwsgi" and Path(command[2]).name == "uwsgi.ini"
-    assert environment == instance.options() and log == str(instance.log)
+    assert environment == {
+        **instance.options(),
+        # No nginx: uWSGI serves the port, and the frozen files, itself.
+        "UWSGI_HTTP_SOCKET": stack.settings.url.removeprefix("http://"),
+        "UWSGI_CHECK_STATIC": str(tmp_path),
+        "UWSGI_STATIC_INDEX": "index.html",
+        "UWSGI_STATIC_GZIP_ALL": "true",
+        "UWSGI_OFFLOAD_THREADS": "1",
+    }
+    assert log == str(instance.log)
 
 
 def test_uwsgi_starts_first_and_nginx_stops_first_in_the_foreground(tmp_path: Path) -> None:

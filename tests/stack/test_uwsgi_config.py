@@ -9,24 +9,32 @@ import json
 
 import pytest
 
-from deploy.stack import Stack, uwsgi_get
+from deploy.stack import Stack
 
 from .probe_wsgi import GC_PATH
+from .support import free_port, get
 
 pytestmark = pytest.mark.stack
 
-PROBE = {"module": "tests.stack.probe_wsgi:application"}
+
+def probe_stack(make_stack) -> Stack:
+    """The probe app, which uWSGI also serves on an HTTP port of its own (beside nginx's
+    socket), so that a test can ask its workers directly."""
+    http = f"127.0.0.1:{free_port()}"
+    return make_stack(
+        uwsgi_options={"module": "tests.stack.probe_wsgi:application", "http-socket": http}
+    )
 
 
 def gc_state_of_every_worker(stack: Stack) -> dict[int, dict]:
-    """Ask the instance's socket directly until each of its workers has answered."""
+    """Ask the instance's own HTTP port until each of its workers has answered."""
     instance = stack.instances[0]
     expected = set(instance.worker_pids())
     seen: dict[int, dict] = {}
     for _ in range(200):
-        status, response = uwsgi_get(instance.socket, GC_PATH)
+        status, _, body = get(f"http://{stack.settings.uwsgi_options['http-socket']}{GC_PATH}")
         assert status == 200
-        state = json.loads(response.split(b"\r\n\r\n", 1)[1])
+        state = json.loads(body)
         seen[state["pid"]] = state
         if expected <= set(seen):
             return {pid: seen[pid] for pid in expected}
@@ -36,7 +44,7 @@ def gc_state_of_every_worker(stack: Stack) -> dict[int, dict]:
 def test_workers_collect_garbage_but_never_scan_the_masters_objects(make_stack) -> None:
     """gc.freeze() in the master before the fork (webapp/wsgi.py); the collector still runs in
     the workers."""
-    stack = make_stack(uwsgi_options=PROBE)
+    stack = probe_stack(make_stack)
     for state in gc_state_of_every_worker(stack).values():
         assert state["enabled"] is True
         assert (
