@@ -387,24 +387,30 @@ def test_episodes_by_number_of_nothing_runs_no_query(tmp_path):
 
 
 @pytest.mark.parametrize("limit", [1, 10, SMALL_SEED + 5])
-def test_latest_episode_numbers_are_the_numbers_of_latest_episodes(app, limit):
+def test_latest_revisions_are_the_latest_published_episodes(app, limit):
+    rows = fetch_all(
+        app,
+        "SELECT e.number, e.slug, r.revision FROM episodes e"
+        " JOIN episode_revisions r ON r.episode_id = e.id",
+    )
     with get_database(app).session() as session:
-        numbers = queries.latest_episode_numbers(session, limit)
-        assert numbers == [episode.number for episode in queries.latest_episodes(session, limit)]
-    assert len(numbers) == min(limit, SMALL_SEED)
+        latest = queries.latest_revisions(session, limit)
+    by_date = {row["number"]: generate_episode(row["number"])["published_at"] for row in rows}
+    expected = sorted(rows, key=lambda row: (by_date[row["number"]], row["number"]), reverse=True)
+    assert latest == [
+        EpisodeRevision(row["number"], row["slug"], row["revision"]) for row in expected[:limit]
+    ]
 
 
-def test_latest_episode_numbers_follow_publication_date_not_number(app):
+def test_latest_revisions_follow_publication_date_not_number(app):
     # Episode 3 republished as the newest: first by date, though not by number.
-    with get_database(app).session() as session:
-        newest = queries.latest_episodes(session, 1)[0].published_at
+    newest = generate_episode(SMALL_SEED)["published_at"]
     later = newest.replace(year=newest.year + 1)
     stamp = sqlite_timestamp(later) if get_database(app).dialect == "sqlite" else later
     execute(app, "UPDATE episodes SET published_at = %s WHERE number = %s", (stamp, 3))
     with get_database(app).session() as session:
-        numbers = queries.latest_episode_numbers(session, 10)
-        assert numbers == [episode.number for episode in queries.latest_episodes(session, 10)]
-    assert numbers[0] == 3
+        numbers = [revision.number for revision in queries.latest_revisions(session, 10)]
+    assert numbers == [3, *range(SMALL_SEED, SMALL_SEED - 9, -1)]
 
 
 # -- the schema script on an existing database ---------------------------------------
@@ -542,7 +548,7 @@ def test_an_up_to_date_sqlite_database_is_not_written_when_an_app_opens_it(tmp_p
     app = reopen(old_app)
     with get_database(app).session() as session:
         assert len(queries.episode_revisions(session)) == SMALL_SEED
-        assert len(queries.latest_episodes(session, 10)) == 10
+        assert len(queries.latest_revisions(session, 10)) == 10
 
     assert observer.execute("PRAGMA data_version").fetchone()[0] == data_version
     assert observer.execute("PRAGMA schema_version").fetchone()[0] == schema_version

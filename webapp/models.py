@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def slugify(text: str) -> str:
@@ -57,8 +58,45 @@ class Chapter:
         return clock_time(self.start_seconds)
 
 
+#: The URL of an episode's page: the route (webapp.blueprints.pages) is declared
+#: from it, and every link is formatted from it (``url_for`` costs more per link,
+#: and a listing has thousands).
+EPISODE_URL = "/episodes/{number}/{slug}"
+
+
+def episode_path(number: int, slug: str) -> str:
+    """``/episodes/5/a-slug``: the canonical URL path of an episode's page."""
+    return EPISODE_URL.format(number=number, slug=slug)
+
+
+def episode_routes() -> tuple[str, str]:
+    """An episode page's routes: the canonical one, and the number alone (which redirects)."""
+    number = f"<int(max={MAX_EPISODE_NUMBER}):number>"
+    canonical = EPISODE_URL.format(number=number, slug="<slug>")
+    return canonical, canonical.rpartition("/")[0]
+
+
+class _Listed:
+    """What every list of episodes shows of one: its link and its duration."""
+
+    __slots__ = ()
+    number: int
+    slug: str
+    duration_seconds: int
+
+    @property
+    def path(self) -> str:
+        """The canonical URL path of the episode's page."""
+        return episode_path(self.number, self.slug)
+
+    @property
+    def duration_display(self) -> str:
+        """``3725`` seconds -> ``"1:02:05"``."""
+        return clock_time(self.duration_seconds)
+
+
 @dataclass(frozen=True, slots=True)
-class Episode:
+class Episode(_Listed):
     id: int
     number: int
     guid: str
@@ -81,29 +119,7 @@ class Episode:
     def from_row(
         cls, row: dict[str, Any], guests: tuple[Guest, ...] = (), chapters_json: str | None = None
     ) -> Episode:
-        return cls(
-            id=row["id"],
-            number=row["number"],
-            guid=row["guid"],
-            slug=row["slug"],
-            title=row["title"],
-            summary=row["summary"],
-            show_notes=row["show_notes"],
-            transcript=row["transcript"],
-            audio_url=row["audio_url"],
-            audio_bytes=row["audio_bytes"],
-            duration_seconds=row["duration_seconds"],
-            explicit=bool(row["explicit"]),
-            published_at=as_utc(row["published_at"]),
-            updated_at=as_utc(row["updated_at"]),
-            guests=guests,
-            chapters_json=chapters_json,
-        )
-
-    @property
-    def path(self) -> str:
-        """The canonical URL path of the episode's page."""
-        return episode_path(self.number, self.slug)
+        return cls(**_values_of_row(row, cls), guests=guests, chapters_json=chapters_json)
 
     @property
     def chapters(self) -> tuple[Chapter, ...]:
@@ -115,10 +131,47 @@ class Episode:
             for chapter in json.loads(self.chapters_json)
         )
 
-    @property
-    def duration_display(self) -> str:
-        """``3725`` seconds -> ``"1:02:05"``."""
-        return clock_time(self.duration_seconds)
+
+@dataclass(frozen=True, slots=True)
+class EpisodeItem(_Listed):
+    """An episode as lists show it (an ``<li>`` of the catalogue, the home page, search
+    results): without the show notes and the transcript, which only its page shows."""
+
+    id: int
+    number: int
+    slug: str
+    title: str
+    summary: str
+    audio_url: str
+    audio_bytes: int
+    duration_seconds: int
+    published_at: datetime
+    guests: tuple[Guest, ...] = field(default=())
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], guests: tuple[Guest, ...] = ()) -> EpisodeItem:
+        return cls(**_values_of_row(row, cls), guests=guests)
+
+
+#: Fields of a record that no column of its row holds: what it is read with besides.
+RELATED_FIELDS = frozenset({"guests", "chapters_json"})
+
+
+@functools.cache
+def _column_names(record: type) -> tuple[str, ...]:
+    return tuple(column.name for column in fields(record) if column.name not in RELATED_FIELDS)
+
+
+def _values_of_row(row: dict[str, Any], record: type) -> dict[str, Any]:
+    """``row``'s values for the fields of dataclass ``record``, as Python types (either
+    backend's timestamps, SQLite's 0/1 for booleans)."""
+    values = {name: row[name] for name in _column_names(record)}
+    for name in ("published_at", "updated_at"):
+        if name in values:
+            values[name] = as_utc(values[name])
+    if "explicit" in values:
+        values["explicit"] = bool(values["explicit"])
+    return values
 
 
 def clock_time(seconds: int) -> str:
@@ -128,14 +181,11 @@ def clock_time(seconds: int) -> str:
     return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
-def episode_path(number: int, slug: str) -> str:
-    """``/episodes/5/a-slug``: the canonical URL path of an episode's page."""
-    return f"/episodes/{number}/{slug}"
+class EpisodeRevision(NamedTuple):
+    """Which episode, in which revision: what lists and builds read of every episode they show.
 
-
-@dataclass(frozen=True, slots=True)
-class EpisodeRevision:
-    """What a build of the static site reads of every episode to find the changed ones."""
+    A tuple: lists make one per row, and a frozen dataclass costs several times more to make.
+    """
 
     number: int
     slug: str

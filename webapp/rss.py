@@ -105,9 +105,9 @@ def render_feed(episodes: Sequence[Episode], channel: FeedChannel, updated_at: d
 def feed_frame(channel: FeedChannel, updated_at: datetime) -> tuple[str, str]:
     """The feed around its items: the channel before them, the closing tags after.
 
-    The freezer composes the feed from this and items it kept from the last
-    build (see webapp.freeze.site.Listing), so ``render_feed`` is made of
-    nothing else.
+    The view and the freezer compose the feed from this and its items (the
+    freezer keeps them from build to build: see FEED in blueprints/feed.py),
+    so ``render_feed`` is made of nothing else.
     """
     site = escape(channel.site_url)
     title = escape(channel.title)

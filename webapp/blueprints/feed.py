@@ -26,7 +26,7 @@ Podcast apps poll every hour or so. What keeps that cheap:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -35,7 +35,8 @@ from werkzeug.http import http_date, parse_date, parse_etags
 
 from ..db import get_session, queries
 from ..freeze import chunked_gzip
-from ..models import SiteState
+from ..listing import Entry, Fragments, Frame, Listing, register_page
+from ..models import Episode, SiteState
 from ..rss import (
     CONTENT_TYPE,
     GZIP_CHUNK_EVERY,
@@ -126,21 +127,37 @@ def not_modified(etag: str, modified: datetime) -> bool:
     return tags is None or parse_etags(tags).contains_weak(etag.strip('"'))
 
 
+def _channel() -> FeedChannel:
+    return FeedChannel.from_config(current_app.config)
+
+
+def _frame(entries: Sequence[Entry], state: SiteState) -> Frame:
+    return Frame(*feed_frame(_channel(), state.changed_at))
+
+
+#: The feed: its channel around one ``<item>`` per episode. The items are not
+#: kept one by one: the view keeps the feed whole (FeedCache), the freezer its file.
+FEED = Listing(
+    _frame,
+    Fragments("feed_items", lambda episodes: feed_items(episodes, _channel()), cached=False),
+    chunk_every=GZIP_CHUNK_EVERY,
+    modified=lambda state: modified_at(state.changed_at),
+)
+
+
 def render_current_feed(state: SiteState) -> RenderedFeed:
     """The feed for the app's current data, cut as the freezer cuts it."""
-    episodes = queries.all_episodes(get_session())
-    channel = FeedChannel.from_config(current_app.config)
-    before, after = feed_frame(channel, state.changed_at)
-    items = feed_items(episodes, channel)
-    chunks = chunked_gzip.listing_chunks(
-        before.encode(),
-        ((episode.number, item.encode()) for episode, item in zip(episodes, items, strict=True)),
-        after.encode(),
-        GZIP_CHUNK_EVERY,
+    session = get_session()
+
+    def every_episode(numbers: Sequence[int]) -> list[Episode]:
+        return queries.all_episodes(session)  # one pass over the table beats a lookup each
+
+    return RenderedFeed(
+        FEED.render_chunks(queries.episode_revisions(session), every_episode, state)
     )
-    return RenderedFeed(chunks)
 
 
+register_page(blueprint, "rss", FEED)
 blueprint.record_once(lambda state: state.app.extensions.setdefault("feed_cache", FeedCache()))
 
 

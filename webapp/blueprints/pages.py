@@ -7,12 +7,12 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template
 from flask.typing import ResponseReturnValue
-from markupsafe import Markup
 
 from ..db import get_session, queries
 from ..db.backends import DatabaseUnavailable
 from ..errors import RETRY_AFTER_SECONDS
-from ..models import MAX_EPISODE_NUMBER, Episode
+from ..listing import Fragments, Listing, compose, register_page, template_frame
+from ..models import Episode, EpisodeItem, EpisodeRevision, episode_routes
 from ..params import single_arg
 
 blueprint = Blueprint("pages", __name__)
@@ -20,43 +20,45 @@ blueprint = Blueprint("pages", __name__)
 LATEST_COUNT = 10
 #: Longer search text is refused rather than silently cut.
 MAX_QUERY_LENGTH = 200
+#: An episode's page, and its number alone (redirected there): see models.EPISODE_URL.
+EPISODE_ROUTE, EPISODE_NUMBER_ROUTE = episode_routes()
 
 
-@blueprint.get("/")
-def index() -> str:
-    return render_template(
-        "index.html", episodes=queries.latest_episodes(get_session(), LATEST_COUNT)
-    )
-
-
-#: Stands in for the items while a listing's frame renders: no page holds a NUL.
-ITEMS_SLOT = "\0"
-
-
-@blueprint.get("/episodes/")
-def catalogue() -> str:
-    episodes = queries.all_episodes(get_session())
-    before, after = catalogue_frame(len(episodes))
-    return f"{before}{''.join(catalogue_items(episodes))}{after}"
-
-
-def catalogue_frame(count: int) -> tuple[str, str]:
-    """The catalogue around its items, which the freezer keeps from build to build."""
-    before, _, after = render_template(
-        "catalogue.html", count=count, items=Markup(ITEMS_SLOT)
-    ).partition(ITEMS_SLOT)
-    return before, after
-
-
-def catalogue_items(episodes: Sequence[Episode]) -> list[str]:
-    """One ``<li>`` per episode, as every episode list shows it."""
+def render_episode_items(episodes: Sequence[EpisodeItem]) -> list[str]:
+    """One ``<li>`` per episode (``_macros.html``), as every list of episodes shows it."""
     macros: Any = current_app.jinja_env.get_template("_macros.html").module
     episode_item = macros.episode_item
     return [episode_item(episode) for episode in episodes]
 
 
-@blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>")
-@blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>/<slug>")
+def load_items(numbers: Sequence[int]) -> list[EpisodeItem]:
+    return queries.episode_items(get_session(), numbers)
+
+
+#: The catalogue's, the home page's and the search results' ``<li>``, one per episode revision.
+EPISODE_ITEMS = Fragments("episode_items", render_episode_items)
+
+#: Every episode. Frozen, in gzip chunks of about 17 KiB (see Listing).
+CATALOGUE = Listing(
+    lambda entries, state: template_frame("catalogue.html", count=len(entries)),
+    EPISODE_ITEMS,
+    chunk_every=64,
+)
+
+
+@blueprint.get("/")
+def index() -> str:
+    entries = queries.latest_revisions(get_session(), LATEST_COUNT)
+    return list_page("index.html", entries)
+
+
+@blueprint.get("/episodes/")
+def catalogue() -> str:
+    return CATALOGUE.render(queries.episode_revisions(get_session()), load_items)
+
+
+@blueprint.get(EPISODE_ROUTE)
+@blueprint.get(EPISODE_NUMBER_ROUTE)
 def episode(number: int, slug: str | None = None) -> ResponseReturnValue:
     found = queries.episode_by_number(get_session(), number)
     if found is None:
@@ -77,8 +79,18 @@ def search() -> str:
     query = (single_arg("q") or "").strip()
     if len(query) > MAX_QUERY_LENGTH:
         abort(400, description=f"Search text is limited to {MAX_QUERY_LENGTH} characters.")
-    results = queries.search(get_session(), query) if query else []
-    return render_template("search.html", query=query, results=results)
+    entries = queries.search(get_session(), query) if query else []
+    return list_page("search.html", entries, query=query)
+
+
+def list_page(template_name: str, entries: Sequence[EpisodeRevision], **context: object) -> str:
+    """A page of ``template_name`` around the ``<li>`` of each of ``entries``."""
+    frame = template_frame(template_name, count=len(entries), **context)
+    return compose(frame, EPISODE_ITEMS.for_entries(entries, load_items))
+
+
+register_page(blueprint, "catalogue", CATALOGUE)
+register_page(blueprint, "episode", render_episode)
 
 
 @blueprint.get("/health")

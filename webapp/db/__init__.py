@@ -1,7 +1,7 @@
 """The data layer as the Flask app sees it: one backend per app, one session per request.
 
     from webapp.db import get_session, queries
-    episodes = queries.latest_episodes(get_session(), 10)
+    episode = queries.episode_by_number(get_session(), 10)
 
 The session borrows a connection on its first query and gives it back when
 the app context ends, committing if the request succeeded.

@@ -11,12 +11,24 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 
-from ..models import Episode, EpisodePage, EpisodeRevision, Guest, SiteState, as_utc
+from ..models import Episode, EpisodeItem, EpisodePage, EpisodeRevision, Guest, SiteState, as_utc
 from .backends import Session
 
 EPISODE_COLUMNS = (
     "e.id, e.number, e.guid, e.slug, e.title, e.summary, e.show_notes, e.transcript, e.audio_url,"
     " e.audio_bytes, e.duration_seconds, e.explicit, e.published_at, e.updated_at"
+)
+#: What lists show of an episode (EpisodeItem): not the show notes or the transcript.
+ITEM_COLUMNS = (
+    "e.id, e.number, e.slug, e.title, e.summary, e.audio_url, e.audio_bytes, e.duration_seconds,"
+    " e.published_at"
+)
+#: An episode's number, slug and revision (EpisodeRevision). A LEFT JOIN: an
+#: episode without a revision (written with the triggers off) must show as
+#: one, not vanish. The revision is a primary-key lookup.
+REVISION_FROM = (
+    "SELECT e.number, e.slug, r.revision FROM episodes e"
+    " LEFT JOIN episode_revisions r ON r.episode_id = e.id"
 )
 
 #: The order of "latest": index episodes_published_at, read backwards; the
@@ -41,50 +53,52 @@ def site_state(session: Session) -> SiteState:
     )
 
 
-def latest_episodes(session: Session, limit: int) -> list[Episode]:
-    rows = session.fetch_all(
-        f"SELECT {EPISODE_COLUMNS} FROM episodes e {LATEST_FIRST} LIMIT %s", (limit,)
-    )
-    return _with_related(session, rows)
+def latest_revisions(session: Session, limit: int) -> list[EpisodeRevision]:
+    """The latest episodes (the home page's), newest first."""
+    return _revisions(session.fetch_all(f"{REVISION_FROM} {LATEST_FIRST} LIMIT %s", (limit,)))
 
 
 def all_episodes(session: Session) -> list[Episode]:
-    """Every episode, newest number first: the catalogue, the feed, the freezer."""
+    """Every episode, newest number first: the feed, and the freezer's full builds."""
     # The unique index on number gives the order without a sort.
     rows = session.fetch_all(f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.number DESC")
     return _with_related(session, rows, every_episode=True)
 
 
 def episode_revisions(session: Session) -> list[EpisodeRevision]:
-    """Every episode's number, slug and revision, newest number first: what a build compares."""
-    # The unique index on number gives the order; each revision is a primary-key
-    # lookup. A LEFT JOIN: an episode without a revision (written with the
-    # triggers off) must show as one, not vanish from the build.
-    rows = session.fetch_all(
-        "SELECT e.number, e.slug, r.revision FROM episodes e"
-        " LEFT JOIN episode_revisions r ON r.episode_id = e.id ORDER BY e.number DESC"
-    )
+    """Every episode's number, slug and revision, newest number first (lists, builds)."""
+    # The unique index on number gives the order.
+    return _revisions(session.fetch_all(f"{REVISION_FROM} ORDER BY e.number DESC"))
+
+
+def _revisions(rows: list[dict]) -> list[EpisodeRevision]:
     return [EpisodeRevision(row["number"], row["slug"], row["revision"]) for row in rows]
 
 
 def episodes_by_number(session: Session, numbers: Iterable[int]) -> list[Episode]:
     """The episodes with these numbers (those that exist), newest number first."""
+    return _with_related(session, _rows_by_number(session, numbers, EPISODE_COLUMNS))
+
+
+def episode_items(session: Session, numbers: Iterable[int]) -> list[EpisodeItem]:
+    """What lists show of the episodes with these numbers (those that exist), newest first."""
+    rows = _rows_by_number(session, numbers, ITEM_COLUMNS)
+    if not rows:
+        return []
+    guests = _guests_by_episode(session, [row["id"] for row in rows])
+    return [EpisodeItem.from_row(row, tuple(guests.get(row["id"], ()))) for row in rows]
+
+
+def _rows_by_number(session: Session, numbers: Iterable[int], columns: str) -> list[dict]:
     numbers = list(numbers)
     if not numbers:
         return []
     # The unique index on number, once per number.
-    rows = session.fetch_all(
-        f"SELECT {EPISODE_COLUMNS} FROM episodes e WHERE e.number IN ({_placeholders(numbers)})"
+    return session.fetch_all(
+        f"SELECT {columns} FROM episodes e WHERE e.number IN ({_placeholders(numbers)})"
         " ORDER BY e.number DESC",
         numbers,
     )
-    return _with_related(session, rows)
-
-
-def latest_episode_numbers(session: Session, limit: int) -> list[int]:
-    """The numbers of the episodes ``latest_episodes`` returns, in its order."""
-    rows = session.fetch_all(f"SELECT e.number FROM episodes e {LATEST_FIRST} LIMIT %s", (limit,))
-    return [row["number"] for row in rows]
 
 
 def episode_page(session: Session, page: int, per_page: int) -> EpisodePage:
@@ -116,27 +130,33 @@ def search_terms(query: str) -> list[str]:
     return re.findall(r"\w+", query.lower())[:MAX_SEARCH_TERMS]
 
 
-def search(session: Session, query: str, limit: int = 50) -> list[Episode]:
-    """Episodes matching every word of ``query``, best match first."""
+def search(session: Session, query: str, limit: int = 50) -> list[EpisodeRevision]:
+    """Episodes matching every word of ``query``, best match first.
+
+    Only what tells a result's fragment apart is read: lists read the rest
+    of an episode (``episode_items``) only for fragments they do not hold.
+    """
     terms = search_terms(query)
     if not terms:
         return []
     if session.database.dialect == "sqlite":
         # The FTS5 index; bm25 rank is computed inside it.
         rows = session.fetch_all(
-            f"SELECT {EPISODE_COLUMNS} FROM episodes_fts f JOIN episodes e ON e.id = f.rowid"
+            "SELECT e.number, e.slug, r.revision FROM episodes_fts f"
+            " JOIN episodes e ON e.id = f.rowid"
+            " LEFT JOIN episode_revisions r ON r.episode_id = e.id"
             " WHERE episodes_fts MATCH %s ORDER BY f.rank, e.number DESC LIMIT %s",
             (" ".join(f'"{term}"' for term in terms), limit),
         )
     else:
         # The GIN index episodes_search.
         rows = session.fetch_all(
-            f"SELECT {EPISODE_COLUMNS} FROM episodes e, plainto_tsquery('english', %s) q"
+            f"{REVISION_FROM}, plainto_tsquery('english', %s) q"
             " WHERE e.search_vector @@ q ORDER BY ts_rank(e.search_vector, q) DESC, e.number DESC"
             " LIMIT %s",
             (" ".join(terms), limit),
         )
-    return _with_related(session, rows)
+    return _revisions(rows)
 
 
 def _with_related(session: Session, rows: list[dict], every_episode: bool = False) -> list[Episode]:

@@ -13,8 +13,9 @@ body the live app returns there. The home page, the 404 page and static
 files go through the app's own request handling (``before_request`` hooks,
 the view, error handlers, ``after_request``), as with Frozen-Flask's test
 client minus the WSGI plumbing around it. Episode pages are rendered with
-the view's template (``site.render_episode_page``), and the catalogue and the
-feed are composed the way their views compose them (``site.Listing``), from
+the renderer their view registered (``site.render_episode_page``), and the
+catalogue and the feed are composed as their views compose them, from their
+registered ``webapp.listing.Listing`` (its frame and fragments), from
 episodes this build reads at once: only those with a page or a fragment
 to render. A fragment of an unchanged episode is copied from the last
 build's file, and so are the gzip chunks around it (``chunked_gzip``): an
@@ -137,7 +138,7 @@ class SiteBuild:
         self._episodes: dict[int, Episode] = {}
         #: Fragments of the live build's listings this build may copy, by page URL.
         self._kept: dict[str, dict[FragmentKey, bytes]] = {}
-        #: Files whose modification time is not the build's (see site.Listing.modified).
+        #: Files whose modification time is not the build's (see webapp.listing.Listing).
         self._mtimes: dict[str, int] = {}
 
     def __enter__(self) -> SiteBuild:
@@ -157,7 +158,7 @@ class SiteBuild:
             }
             self._plan_changes()
             self._mtimes = {
-                path: int(page.listing.modified(self._data).timestamp()) * 1_000_000_000
+                path: int(page.listing.modified(self._data.state).timestamp()) * 1_000_000_000
                 for page in self.pages
                 if page.listing is not None and page.listing.modified is not None
                 for path in page.files
@@ -259,11 +260,8 @@ class SiteBuild:
                         body, layout, chunks = self._compose(page)
                     else:
                         assert page.number is not None, "a page without a listing is an episode"
-                        body, layout, chunks = (
-                            render_episode_page(self._episode(page.number)),
-                            None,
-                            None,
-                        )
+                        episode = self._episode(page.number)
+                        body, layout, chunks = render_episode_page(self.app, episode), None, None
                 except FreezeError:
                     raise
                 except Exception as error:  # a template error: say which page
@@ -290,14 +288,16 @@ class SiteBuild:
         listing = page.listing
         assert listing is not None
         kept = self._kept.get(page.url, {})
-        keys = [_key(episode) for episode in self._data.episodes]
-        missing = [key for key in keys if key not in kept]
-        rendered = listing.items([self._episode(number) for number, _ in missing])
-        fragments = kept | {key: item.encode() for key, item in zip(missing, rendered, strict=True)}
-        before, after = (part.encode() for part in listing.frame(self._data))
-        chunks = chunked_gzip.listing_chunks(
-            before, ((key[0], fragments[key]) for key in keys), after, listing.chunk_every
+        entries = self._data.episodes
+        keys = [_key(episode) for episode in entries]
+        missing = [entry for entry, key in zip(entries, keys, strict=True) if key not in kept]
+        rendered = listing.fragments.numbered(
+            missing, lambda numbers: [self._episode(number) for number in numbers]
         )
+        by_number = {number: item.encode() for number, item in rendered}
+        fragments = kept | {_key(entry): by_number[entry.number] for entry in missing}
+        before, after = (part.encode() for part in listing.frame(entries, self._data.state))
+        chunks = listing.chunks(before, ((key[0], fragments[key]) for key in keys), after)
         layout = {
             "code": self._data.code,
             "before": len(before),

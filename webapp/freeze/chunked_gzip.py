@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 LEVEL = 9
@@ -72,26 +72,6 @@ class Chunk:
     data: bytes
     window: bytes
     digest: str
-
-
-def listing_chunks(
-    before: bytes, items: Iterable[tuple[int, bytes]], after: bytes, every: int
-) -> list[bytes]:
-    """A listing's bytes cut into chunks: a new one starts at each item whose number is a
-    multiple of ``every``; ``before`` opens the first chunk and ``after`` closes the last.
-
-    Numbers, not sizes: a publish or an edit moves no other chunk's start. The
-    freezer and the feed's view cut the same way, so they compress to the same bytes.
-    """
-    chunks: list[bytes] = []
-    chunk = [before]
-    for number, item in items:
-        if number % every == 0:
-            chunks.append(b"".join(chunk))
-            chunk = []
-        chunk.append(item)
-    chunks.append(b"".join([*chunk, after]))
-    return chunks
 
 
 def split(chunks: Sequence[bytes]) -> list[Chunk]:

@@ -28,7 +28,9 @@ for any write to the episode or its guests (see ``episode_revisions`` in the
 schemas): renaming a guest, or an edit that
 forgets ``updated_at``, still reaches the page, and an unchanged episode costs
 the build one row of three numbers. The catalogue and the feed are
-:class:`Listing` pages, one fragment per episode, so a rebuild renders the
+:class:`~webapp.listing.Listing` pages, one fragment per episode, which
+their views register for the freezer (``webapp.listing.register_page``), as
+the episode's view registers how its page renders; a rebuild renders the
 fragments of changed episodes only (see build.py).
 """
 
@@ -37,9 +39,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import NamedTuple
@@ -52,8 +53,8 @@ from werkzeug.routing import RequestRedirect
 
 from ..blueprints import pages
 from ..db import get_session, queries
+from ..listing import Listing, page_renderer
 from ..models import Episode, EpisodeRevision, SiteState
-from ..rss import GZIP_CHUNK_EVERY, FeedChannel, feed_frame, feed_items, modified_at
 from .output import FreezeError, content_digest
 
 #: Any URL no route matches: the live app's 404 body does not depend on which.
@@ -65,6 +66,8 @@ FILE_NAMES = {NOT_FOUND_URL: "404.html", "/episodes/rss": "episodes/rss.xml"}
 COMPRESSED_SUFFIXES = (".html", ".xml", ".css", ".js", ".svg", ".json", ".txt")
 #: The libraries whose output ends up in the pages.
 RENDERING_LIBRARIES = ("flask", "werkzeug", "jinja2", "markupsafe", "frozen-flask", "nh3", "pillow")
+#: The view of an episode's page, whose registered renderer the freezer calls.
+EPISODE_ENDPOINT = "pages.episode"
 
 
 def digest(*parts: str) -> str:
@@ -110,57 +113,10 @@ def site_data() -> SiteData:
                 f"episode(s) {', '.join(unrevised[:10])} have no revision, so a build cannot tell"
                 " whether they changed: run `flask --app webapp init-db`, which gives them one"
             )
-        by_number = {episode.number: episode for episode in episodes}
-        latest = queries.latest_episode_numbers(session, pages.LATEST_COUNT)
-        latest_episodes = [by_number[number] for number in latest if number in by_number]
+        latest = queries.latest_revisions(session, pages.LATEST_COUNT)
         code = code_fingerprint(current_app)
-        g.freeze_site_data = SiteData(state, episodes, latest_episodes, code)
+        g.freeze_site_data = SiteData(state, episodes, latest, code)
     return g.freeze_site_data
-
-
-@dataclass(frozen=True)
-class Listing:
-    """A page of every episode: a frame around one fragment per episode, newest number first.
-
-    Its live view is made of the same two functions, so a build can take each
-    unchanged episode's fragment from the last build's file instead of
-    rendering it again (tests/test_freeze.py checks the bytes against the view).
-    """
-
-    #: the page around its items, for this build's data: (before, after)
-    frame: Callable[[SiteData], tuple[str, str]]
-    #: the fragments of these episodes, in their order
-    items: Callable[[Sequence[Episode]], list[str]]
-    #: A gzip chunk starts at each episode whose number is a multiple of this
-    #: (see chunked_gzip). Numbers, not sizes: a publish or an edit moves no
-    #: other chunk's start. An edit deflates its chunk and those whose 32 KiB
-    #: window it is in; measured on the default seed, 64 KiB chunks of the
-    #: feed (32 items) and 17 KiB of the catalogue (64) cost 2.9 ms of deflate
-    #: per edit against 5.0 ms for 128 and 70 KiB, for 0.4% more bytes.
-    chunk_every: int
-    #: The modification time its files get, if not the build's: the feed's is when its
-    #: data changed, so nginx's ETag and Last-Modified for the file are the app's.
-    modified: Callable[[SiteData], datetime] | None = None
-
-
-def _feed_channel() -> FeedChannel:
-    return FeedChannel.from_config(current_app.config)
-
-
-#: The listings, by endpoint.
-LISTINGS = {
-    "pages.catalogue": Listing(
-        frame=lambda data: pages.catalogue_frame(len(data.episodes)),
-        items=pages.catalogue_items,
-        chunk_every=64,
-    ),
-    "feed.rss": Listing(
-        frame=lambda data: feed_frame(_feed_channel(), data.state.changed_at),
-        items=lambda episodes: feed_items(episodes, _feed_channel()),
-        chunk_every=GZIP_CHUNK_EVERY,
-        modified=lambda data: modified_at(data.state.changed_at),
-    ),
-}
 
 
 class Page(NamedTuple):
@@ -177,7 +133,7 @@ class Page(NamedTuple):
     files: tuple[str, ...]
     #: For an episode's page, the episode's number (see render_episode_page).
     number: int | None = None
-    #: For the catalogue and the feed, how they are composed.
+    #: For a page of episodes the freezer composes (the catalogue, the feed), how.
     listing: Listing | None = None
 
     @classmethod
@@ -288,7 +244,9 @@ def plan_pages(app: Flask) -> list[Page]:
             continue
         endpoint, _ = adapter.match(url, method="GET")
         inputs = digest(data.code, _data_inputs(endpoint, data))
-        pages.append(Page.at(url, path, 200, inputs, listing=LISTINGS.get(endpoint)))
+        renderer = page_renderer(app, endpoint)
+        listing = renderer if isinstance(renderer, Listing) else None
+        pages.append(Page.at(url, path, 200, inputs, listing=listing))
     return pages
 
 
@@ -310,15 +268,18 @@ def _revisions(episodes: Sequence[EpisodeRevision]) -> str:
     return digest(*(f"{episode.number}.{episode.revision}" for episode in episodes))
 
 
-def render_episode_page(episode: Episode) -> bytes:
-    """The body ``pages.episode`` answers for the episode's canonical URL (in its request context).
+def render_episode_page(app: Flask, episode: Episode) -> bytes:
+    """The body the episode's view answers for its canonical URL (in its request context).
 
-    Rendered from the episode the build has already read: letting the view
-    read each of 600 episodes again costs two queries per page, which on
-    PostgreSQL is most of a page's time. tests/test_freeze.py checks the bytes
-    against the live view for every page.
+    Rendered by the view's registered renderer from the episode the build
+    has already read: letting the view read each of 600 episodes again costs
+    two queries per page, which on PostgreSQL is most of a page's time.
+    tests/test_freeze.py checks the bytes against the live view for every page.
     """
-    return pages.render_episode(episode).encode()
+    render = page_renderer(app, EPISODE_ENDPOINT)
+    if render is None or isinstance(render, Listing):
+        raise FreezeError(f"no renderer is registered for {EPISODE_ENDPOINT} (see webapp.listing)")
+    return render(episode).encode()
 
 
 def episodes_map(data: SiteData) -> bytes:
