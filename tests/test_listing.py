@@ -9,6 +9,9 @@ answers.
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 from flask import Flask, url_for
 from jinja2 import DictLoader
@@ -24,6 +27,8 @@ LISTS = [
     "/episodes/",
     "/search?q=python",
     "/search?q=flask",
+    "/api/episodes?per_page=100",
+    "/api/episodes?page=2&per_page=7",
 ]
 
 
@@ -156,8 +161,14 @@ def test_after_a_change_every_list_is_what_an_app_with_nothing_kept_serves(app, 
     fresh = live_twin(app).test_client()
     after = {url: client.get(url).data for url in LISTS}
     assert after == {url: fresh.get(url).data for url in LISTS}
-    for url in ["/", "/episodes/"]:  # each shows the change
+    for url in ["/", "/episodes/", "/api/episodes?per_page=100"]:  # each shows the change
         assert after[url] != before[url], url
+
+
+def test_the_api_list_is_the_json_flask_would_write_for_it(client):
+    body = client.get("/api/episodes?per_page=3").data
+    data = json.loads(body)
+    assert body == (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 @pytest.fixture
@@ -174,13 +185,20 @@ def statements(monkeypatch) -> list[str]:
     return issued
 
 
-@pytest.mark.parametrize("url", ["/search?q=python", "/episodes/"])
-def test_lists_read_no_show_notes_or_transcripts(client, statements, url):
+#: A statement that reads an episode's show notes, transcript or chapters (not only whether
+#: it has them).
+READS_CONTENT = re.compile(r"\be\.show_notes\b|\be\.transcript\s*(,|FROM\b)|\bchapters\s+FROM\b")
+
+
+@pytest.mark.parametrize("url", ["/search?q=python", "/episodes/", "/api/episodes"])
+def test_lists_read_no_show_notes_transcripts_or_chapters(client, statements, url):
     client.get(url)  # nothing kept: every listed episode is read
-    assert statements and not [s for s in statements if "show_notes" in s or "transcript" in s]
+    assert statements and not [s for s in statements if READS_CONTENT.search(s)]
+    client.get("/api/episodes/7")  # which an episode's own answer does
+    assert READS_CONTENT.search(statements[-3]) and READS_CONTENT.search(statements[-1])
 
 
-@pytest.mark.parametrize("url, queries", [("/search?q=python", 1), ("/", 1)])
+@pytest.mark.parametrize("url, queries", [("/search?q=python", 1), ("/", 1), ("/api/episodes", 2)])
 def test_with_every_fragment_kept_a_list_reads_only_which_episodes_it_shows(
     client, statements, url, queries
 ):

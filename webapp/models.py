@@ -122,6 +122,14 @@ class Episode(_Listed):
         return cls(**_values_of_row(row, cls), guests=guests, chapters_json=chapters_json)
 
     @property
+    def has_transcript(self) -> bool:
+        return bool(self.transcript)
+
+    @property
+    def has_chapters(self) -> bool:
+        return self.chapters_json is not None
+
+    @property
     def chapters(self) -> tuple[Chapter, ...]:
         """The chapter markers, in order (parsed on each call: an episode page shows them)."""
         if self.chapters_json is None:
@@ -135,7 +143,9 @@ class Episode(_Listed):
 @dataclass(frozen=True, slots=True)
 class EpisodeItem(_Listed):
     """An episode as lists show it (an ``<li>`` of the catalogue, the home page, search
-    results): without the show notes and the transcript, which only its page shows."""
+    results, the API's list): without the show notes, the transcript and the chapters,
+    which only its page shows; whether it has a transcript and chapters, which the API's
+    list links."""
 
     id: int
     number: int
@@ -146,6 +156,8 @@ class EpisodeItem(_Listed):
     audio_bytes: int
     duration_seconds: int
     published_at: datetime
+    has_transcript: bool
+    has_chapters: bool
     guests: tuple[Guest, ...] = field(default=())
 
     @classmethod
@@ -155,6 +167,8 @@ class EpisodeItem(_Listed):
 
 #: Fields of a record that no column of its row holds: what it is read with besides.
 RELATED_FIELDS = frozenset({"guests", "chapters_json"})
+#: Fields SQLite returns as 0 or 1.
+BOOLEAN_FIELDS = frozenset({"explicit", "has_transcript", "has_chapters"})
 
 
 @functools.cache
@@ -169,8 +183,8 @@ def _values_of_row(row: dict[str, Any], record: type) -> dict[str, Any]:
     for name in ("published_at", "updated_at"):
         if name in values:
             values[name] = as_utc(values[name])
-    if "explicit" in values:
-        values["explicit"] = bool(values["explicit"])
+    for name in BOOLEAN_FIELDS.intersection(values):
+        values[name] = bool(values[name])
     return values
 
 
@@ -209,9 +223,9 @@ class SiteState:
 
 @dataclass(frozen=True, slots=True)
 class EpisodePage:
-    """One page of the API's episode list."""
+    """One page of the API's episode list: which episodes, in which revision."""
 
-    episodes: list[Episode]
+    entries: list[EpisodeRevision]
     page: int
     per_page: int
     total: int

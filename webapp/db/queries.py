@@ -18,10 +18,12 @@ EPISODE_COLUMNS = (
     "e.id, e.number, e.guid, e.slug, e.title, e.summary, e.show_notes, e.transcript, e.audio_url,"
     " e.audio_bytes, e.duration_seconds, e.explicit, e.published_at, e.updated_at"
 )
-#: What lists show of an episode (EpisodeItem): not the show notes or the transcript.
+#: What lists show of an episode (EpisodeItem): not the show notes, transcript or chapters,
+#: only whether it has the last two (its chapters: a primary-key lookup).
 ITEM_COLUMNS = (
     "e.id, e.number, e.slug, e.title, e.summary, e.audio_url, e.audio_bytes, e.duration_seconds,"
-    " e.published_at"
+    " e.published_at, e.transcript <> '' AS has_transcript,"
+    " EXISTS (SELECT 1 FROM episode_chapters c WHERE c.episode_id = e.id) AS has_chapters"
 )
 #: An episode's number, slug and revision (EpisodeRevision). A LEFT JOIN: an
 #: episode without a revision (written with the triggers off) must show as
@@ -106,10 +108,10 @@ def episode_page(session: Session, page: int, per_page: int) -> EpisodePage:
     # The unique index on number, walked from the top. OFFSET costs a walk of
     # the skipped entries; the API caps it at the size of the catalogue.
     rows = session.fetch_all(
-        f"SELECT {EPISODE_COLUMNS} FROM episodes e ORDER BY e.number DESC LIMIT %s OFFSET %s",
+        f"{REVISION_FROM} ORDER BY e.number DESC LIMIT %s OFFSET %s",
         (per_page, (page - 1) * per_page),
     )
-    return EpisodePage(_with_related(session, rows), page=page, per_page=per_page, total=total)
+    return EpisodePage(_revisions(rows), page=page, per_page=per_page, total=total)
 
 
 def episode_by_number(session: Session, number: int) -> Episode | None:
