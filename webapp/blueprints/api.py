@@ -15,13 +15,16 @@ problem details (errors.py), and any origin may read the API (cors.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request, url_for
+from werkzeug.http import generate_etag
 
+from ..data_cache import data_cache
 from ..db import get_session, queries
+from ..db.backends import Session
 from ..listing import Fragments
-from ..models import MAX_EPISODE_NUMBER, Episode, EpisodeItem, EpisodePage
+from ..models import MAX_EPISODE_NUMBER, Episode, EpisodeItem, EpisodePage, SiteState
 from ..openapi import DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE, openapi_document
 from ..params import int_arg
 from ..rss import CHAPTERS_PATH, TRANSCRIPT_PATH
@@ -85,12 +88,34 @@ def _serialise_summaries(episodes: Sequence[EpisodeItem]) -> list[str]:
 SUMMARIES = Fragments("api_summaries", _serialise_summaries)
 
 
+class ListPage(NamedTuple):
+    """A page of the list as it is answered: its body, its ETag and its Link header."""
+
+    body: bytes
+    etag: str
+    link: str
+
+
 @blueprint.get("/episodes")
 def episode_list() -> Response:
     page = int_arg("page", default=1, minimum=1, maximum=MAX_PAGE)
     per_page = int_arg("per_page", default=DEFAULT_PER_PAGE, minimum=1, maximum=MAX_PER_PAGE)
     session = get_session()
-    result = queries.episode_page(session, page, per_page)
+    state = queries.site_state(session)
+    # A page is the same until the data changes: made once per change in each process.
+    answer = data_cache("api_pages").get_or_make(
+        state, (page, per_page), lambda: _list_page(session, state, page, per_page)
+    )
+    response = current_app.response_class(answer.body, mimetype=current_app.json.mimetype)  # type: ignore[attr-defined]
+    response.headers["Link"] = answer.link
+    # The ETag cacheable's add_etag would compute from the body, in the order it writes them.
+    response.headers["Cache-Control"] = CACHE_CONTROL
+    response.set_etag(answer.etag)
+    return response
+
+
+def _list_page(session: Session, state: SiteState, page: int, per_page: int) -> ListPage:
+    result = queries.episode_page(session, page, per_page, state.episode_count)
     if page > result.pages:
         last = result.pages
         abort(
@@ -111,12 +136,11 @@ def episode_list() -> Response:
     )
     # What jsonify(episodes=[...], **envelope) answers: keys are sorted, so
     # "episodes" comes first (tests/test_listing.py compares the bytes).
-    body = f'{{"episodes":[{",".join(summaries)}],{envelope[1:]}\n'
-    response = current_app.response_class(body, mimetype=current_app.json.mimetype)  # type: ignore[attr-defined]
-    response.headers["Link"] = ", ".join(
+    body = f'{{"episodes":[{",".join(summaries)}],{envelope[1:]}\n'.encode()
+    link = ", ".join(
         f'<{url}>; rel="{rel}"' for rel, url in links.items() if url is not None and rel != "self"
     )
-    return response
+    return ListPage(body, generate_etag(body), link)
 
 
 @blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>")

@@ -103,8 +103,8 @@ def _rows_by_number(session: Session, numbers: Iterable[int], columns: str) -> l
     )
 
 
-def episode_page(session: Session, page: int, per_page: int) -> EpisodePage:
-    total = site_state(session).episode_count
+def episode_page(session: Session, page: int, per_page: int, total: int) -> EpisodePage:
+    """A page of the API's list of ``total`` episodes (``site_state``'s count, read by the view)."""
     # The unique index on number, walked from the top. OFFSET costs a walk of
     # the skipped entries; the API caps it at the size of the catalogue.
     rows = session.fetch_all(

@@ -1,0 +1,65 @@
+"""Answers kept until the data changes (webapp.data_cache)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from webapp.data_cache import DataCache
+from webapp.db import get_database
+from webapp.models import SiteState
+
+AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def state(version: int, changed_at: datetime = AT) -> SiteState:
+    return SiteState(version=version, changed_at=changed_at, episode_count=3)
+
+
+def test_a_value_is_made_once_per_state_of_the_data():
+    cache, made = DataCache(), []
+
+    def make(value: str):
+        return lambda: made.append(value) or value
+
+    assert cache.get_or_make(state(1), "k", make("a")) == "a"
+    assert cache.get_or_make(state(1), "k", make("b")) == "a"
+    assert cache.get_or_make(state(2), "k", make("c")) == "c"  # the data changed
+    # The same version with another changed_at: a database made again from scratch.
+    assert cache.get_or_make(state(2, AT.replace(year=2027)), "k", make("d")) == "d"
+    assert made == ["a", "c", "d"] and len(cache) == 1
+
+
+def test_nothing_is_kept_when_making_fails():
+    cache = DataCache()
+    with pytest.raises(LookupError):
+        cache.get_or_make(state(1), "k", lambda: (_ for _ in ()).throw(LookupError()))
+    assert len(cache) == 0 and cache.get_or_make(state(1), "k", lambda: "made") == "made"
+
+
+def test_the_least_recently_used_goes_first():
+    cache = DataCache(max_entries=2)
+    cache.get_or_make(state(1), "a", lambda: 1)
+    cache.get_or_make(state(1), "b", lambda: 2)
+    cache.get_or_make(state(1), "a", lambda: 0)  # used: b is now the oldest
+    cache.get_or_make(state(1), "c", lambda: 3)
+    assert len(cache) == 2
+    assert cache.get_or_make(state(1), "a", lambda: -1) == 1
+    assert cache.get_or_make(state(1), "b", lambda: -2) == -2
+
+
+def test_a_kept_api_page_answers_until_the_data_changes(app, client):
+    first = client.get("/api/episodes?per_page=5")
+    assert client.get("/api/episodes?per_page=5").data == first.data
+    assert (
+        client.get(
+            "/api/episodes?per_page=5", headers={"If-None-Match": first.headers["ETag"]}
+        ).status_code
+        == 304
+    )
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET title = %s WHERE number = %s", ("Changed", 29))
+    changed = client.get("/api/episodes?per_page=5")
+    assert changed.headers["ETag"] != first.headers["ETag"]
+    assert changed.get_json()["episodes"][1]["title"] == "Changed"
