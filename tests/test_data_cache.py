@@ -63,3 +63,19 @@ def test_a_kept_api_page_answers_until_the_data_changes(app, client):
     changed = client.get("/api/episodes?per_page=5")
     assert changed.headers["ETag"] != first.headers["ETag"]
     assert changed.get_json()["episodes"][1]["title"] == "Changed"
+
+
+def test_a_kept_search_page_answers_until_the_data_changes(app, client):
+    before = client.get("/search?q=zebra").get_data(as_text=True)
+    assert "No episode matches" in before
+    assert client.get("/search?q=zebra").get_data(as_text=True) == before
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET title = %s WHERE number = %s", ("Zebra talk", 12))
+    after = client.get("/search?q=zebra").get_data(as_text=True)
+    assert "1 episode match" in after and "Zebra talk" in after
+
+
+def test_search_pages_are_not_kept_while_templates_reload(app, client):
+    app.jinja_env.auto_reload = True
+    client.get("/search?q=python")
+    assert "search_pages" not in app.extensions.get("data_caches", {})

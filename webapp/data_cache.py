@@ -3,8 +3,8 @@
 Every write to published data moves ``site_state`` (its version and
 ``changed_at``: see the schemas' triggers), which a request reads with one
 primary-key lookup. While it stays the same, whatever is made only from the
-data and the request's parameters (a page of the API's list, a search's
-ranked results) is the same too, so it is made once and kept::
+data and the request's parameters (a page of the API's list, a page of
+search results) is the same too, so it is made once and kept::
 
     state = queries.site_state(session)
     page = data_cache("api_pages").get_or_make(state, (page, per_page), make_page)
@@ -71,10 +71,10 @@ class DataCache:
         return len(self._values)
 
 
-def data_cache(name: str) -> DataCache:
-    """The current app's cache called ``name`` (made on first use)."""
+def data_cache(name: str, max_entries: int = MAX_ENTRIES) -> DataCache:
+    """The current app's cache called ``name``, made on first use with ``max_entries``."""
     caches: dict[str, DataCache] = current_app.extensions.setdefault("data_caches", {})
     cache = caches.get(name)
     if cache is None:
-        cache = caches.setdefault(name, DataCache())
+        cache = caches.setdefault(name, DataCache(max_entries))
     return cache

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template
 from flask.typing import ResponseReturnValue
 
+from ..data_cache import data_cache
 from ..db import get_session, queries
 from ..db.backends import DatabaseUnavailable
 from ..errors import RETRY_AFTER_SECONDS
@@ -74,11 +75,24 @@ def render_episode(episode: Episode) -> str:
     return render_template("episode.html", episode=episode)
 
 
+#: Search pages kept per process (data_cache): about 20 KB each for 50 results.
+SEARCH_PAGES_KEPT = 256
+
+
 @blueprint.get("/search")
 def search() -> str:
     query = (single_arg("q") or "").strip()
     if len(query) > MAX_QUERY_LENGTH:
         abort(400, description=f"Search text is limited to {MAX_QUERY_LENGTH} characters.")
+    if not query or current_app.jinja_env.auto_reload:  # templates being edited: rendered afresh
+        return search_page(query)
+    # The page of the same text is the same until the data changes.
+    cache = data_cache("search_pages", max_entries=SEARCH_PAGES_KEPT)
+    return cache.get_or_make(queries.site_state(get_session()), query, lambda: search_page(query))
+
+
+def search_page(query: str) -> str:
+    """The results page for the search box's ``query``, best match first."""
     entries = queries.search(get_session(), query) if query else []
     return list_page("search.html", entries, query=query)
 
