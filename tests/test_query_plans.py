@@ -24,8 +24,6 @@ WHOLE_TABLE_READS = {
     "SELECT eg.episode_id, g.slug, g.name"
     " FROM episode_guests eg JOIN guests g ON g.id = eg.guest_id"
     " ORDER BY eg.episode_id, eg.position",
-    # … and every episode's chapters.
-    "SELECT episode_id, chapters FROM episode_chapters",
 }
 
 

@@ -116,10 +116,8 @@ class Episode(_Listed):
     chapters_json: str | None = None
 
     @classmethod
-    def from_row(
-        cls, row: dict[str, Any], guests: tuple[Guest, ...] = (), chapters_json: str | None = None
-    ) -> Episode:
-        return cls(**_values_of_row(row, cls), guests=guests, chapters_json=chapters_json)
+    def from_row(cls, row: dict[str, Any], guests: tuple[Guest, ...] = ()) -> Episode:
+        return cls(**_values_of_row(row, cls), guests=guests)
 
     @property
     def has_transcript(self) -> bool:
@@ -166,7 +164,7 @@ class EpisodeItem(_Listed):
 
 
 #: Fields of a record that no column of its row holds: what it is read with besides.
-RELATED_FIELDS = frozenset({"guests", "chapters_json"})
+RELATED_FIELDS = frozenset({"guests"})
 #: Fields SQLite returns as 0 or 1.
 BOOLEAN_FIELDS = frozenset({"explicit", "has_transcript", "has_chapters"})
 

@@ -14,9 +14,11 @@ from collections.abc import Iterable
 from ..models import Episode, EpisodeItem, EpisodePage, EpisodeRevision, Guest, SiteState, as_utc
 from .backends import Session
 
+#: All of an episode but its guests: its chapters too, a primary-key lookup per episode.
 EPISODE_COLUMNS = (
     "e.id, e.number, e.guid, e.slug, e.title, e.summary, e.show_notes, e.transcript, e.audio_url,"
-    " e.audio_bytes, e.duration_seconds, e.explicit, e.published_at, e.updated_at"
+    " e.audio_bytes, e.duration_seconds, e.explicit, e.published_at, e.updated_at,"
+    " (SELECT c.chapters FROM episode_chapters c WHERE c.episode_id = e.id) AS chapters_json"
 )
 #: What lists show of an episode (EpisodeItem): not the show notes, transcript or chapters,
 #: only whether it has the last two (its chapters: a primary-key lookup).
@@ -162,16 +164,11 @@ def search(session: Session, query: str, limit: int = 50) -> list[EpisodeRevisio
 
 
 def _with_related(session: Session, rows: list[dict], every_episode: bool = False) -> list[Episode]:
-    """The episodes of ``rows`` with their guests and chapters (two queries, whatever the count)."""
+    """The episodes of ``rows`` with their guests (one query, whatever the count)."""
     if not rows:
         return []
-    ids = None if every_episode else [row["id"] for row in rows]
-    guests = _guests_by_episode(session, ids)
-    chapters = _chapters_by_episode(session, ids)
-    return [
-        Episode.from_row(row, tuple(guests.get(row["id"], ())), chapters.get(row["id"]))
-        for row in rows
-    ]
+    guests = _guests_by_episode(session, None if every_episode else [row["id"] for row in rows])
+    return [Episode.from_row(row, tuple(guests.get(row["id"], ()))) for row in rows]
 
 
 def _guests_by_episode(session: Session, episode_ids: list[int] | None) -> dict[int, list[Guest]]:
@@ -189,15 +186,6 @@ def _guests_by_episode(session: Session, episode_ids: list[int] | None) -> dict[
     for row in rows:
         guests[row["episode_id"]].append(Guest(slug=row["slug"], name=row["name"]))
     return guests
-
-
-def _chapters_by_episode(session: Session, episode_ids: list[int] | None) -> dict[int, str]:
-    """Each episode's chapters as stored (JSON), for those that have them."""
-    # The primary key, episode_id.
-    sql = "SELECT episode_id, chapters FROM episode_chapters"
-    if episode_ids is not None:
-        sql += f" WHERE episode_id IN ({_placeholders(episode_ids)})"
-    return {row["episode_id"]: row["chapters"] for row in session.fetch_all(sql, episode_ids or ())}
 
 
 def _placeholders(values: list) -> str:
