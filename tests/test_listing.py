@@ -29,6 +29,10 @@ LISTS = [
     "/search?q=flask",
     "/api/episodes?per_page=100",
     "/api/episodes?page=2&per_page=7",
+    # An episode's own answer, kept per revision too.
+    "/api/episodes/28",
+    "/api/episodes/27",
+    "/api/episodes/29",
 ]
 
 
@@ -129,6 +133,16 @@ def test_nothing_is_kept_while_templates_reload(app):
     assert calls == [1, 1]
 
 
+def test_a_fragment_cache_past_its_characters_starts_over():
+    cache = FragmentCache(max_chars=10)
+    cache.put(1, 10, "12345")
+    cache.put(1, 11, "123456")  # replaces: 6 characters kept, not 11
+    cache.put(2, 20, "1234")
+    assert len(cache) == 2
+    cache.put(3, 30, "1")
+    assert len(cache) == 1 and cache.get(3, 30) == "1" and cache.get(1, 11) is None
+
+
 def test_a_full_fragment_cache_starts_over():
     cache = FragmentCache(max_entries=2)
     cache.put(1, 10, "one")
@@ -200,7 +214,10 @@ def test_lists_read_no_show_notes_transcripts_or_chapters(client, statements, ur
 
 
 # The API's page is kept whole until the data changes: it reads site_state only.
-@pytest.mark.parametrize("url, queries", [("/search?q=python", 1), ("/", 1), ("/api/episodes", 1)])
+@pytest.mark.parametrize(
+    "url, queries",
+    [("/search?q=python", 1), ("/", 1), ("/api/episodes", 1), ("/api/episodes/7", 1)],
+)
 def test_with_every_fragment_kept_a_list_reads_only_which_episodes_it_shows(
     client, statements, url, queries
 ):

@@ -121,14 +121,22 @@ class Fragments:
     :param cached: keep each rendered fragment for the episode's revision.
         Off for fragments whose page is cached whole (the feed), which would
         otherwise be held twice. Never on while templates auto-reload.
+    :param max_chars: bounds the characters kept (see FragmentCache), for
+        fragments as large as an episode's whole text.
     """
 
     def __init__(
-        self, name: str, render: Callable[[Sequence[Any]], list[str]], *, cached: bool = True
+        self,
+        name: str,
+        render: Callable[[Sequence[Any]], list[str]],
+        *,
+        cached: bool = True,
+        max_chars: int | None = None,
     ) -> None:
         self.name = name
         self.render = render
         self.cached = cached
+        self.max_chars = max_chars
 
     def for_entries(self, entries: Sequence[Entry], load: Loader) -> list[str]:
         """The fragments of ``entries``, in order: those kept, and the rest loaded and rendered.
@@ -164,7 +172,7 @@ class Fragments:
         caches = app.extensions.setdefault("fragment_caches", {})
         cache = caches.get(self.name)
         if cache is None:
-            cache = caches.setdefault(self.name, FragmentCache())
+            cache = caches.setdefault(self.name, FragmentCache(max_chars=self.max_chars))
         return cache
 
 
@@ -175,11 +183,16 @@ class FragmentCache:
     threads: a lost race renders a fragment twice, never a wrong one.
 
     :param max_entries: past this many episodes, the cache starts over.
+    :param max_chars: past this many characters in all, too (None: no bound).
     """
 
-    def __init__(self, max_entries: int = MAX_CACHED_FRAGMENTS) -> None:
+    def __init__(
+        self, max_entries: int = MAX_CACHED_FRAGMENTS, max_chars: int | None = None
+    ) -> None:
         self.max_entries = max_entries
+        self.max_chars = max_chars
         self._entries: dict[int, tuple[int, str]] = {}
+        self._chars = 0
         self._lock = threading.Lock()
 
     def get(self, number: int, revision: int | None) -> str | None:
@@ -199,9 +212,17 @@ class FragmentCache:
         if revision is None:
             return  # written with the triggers off: nothing tells its changes apart
         with self._lock:
-            if len(self._entries) >= self.max_entries and number not in self._entries:
+            replaced = self._entries.get(number)
+            if replaced is not None:
+                self._chars -= len(replaced[1])
+            full = len(self._entries) >= self.max_entries and replaced is None
+            if full or (
+                self.max_chars is not None and self._chars + len(fragment) > self.max_chars
+            ):
                 self._entries.clear()
+                self._chars = 0
             self._entries[number] = (revision, fragment)
+            self._chars += len(fragment)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -89,19 +89,13 @@ def measure(benchmark, serve: Callable[[], bytes]) -> float:
     return ratio
 
 
-#: Over the bound (issue 14) when this benchmark was added: marked so that meeting it
-#: shows (strict), and so that the suite stays green until then. The figures are in
-#: the commit messages and docs/tuning.md.
-OVER = pytest.mark.xfail(reason="over 5x hello (issue 14)", strict=True)
-
-
 @pytest.mark.benchmark(group="routes (x hello)")
 @pytest.mark.parametrize(
     "path",
     [
         "/health",
         "/api/episodes",
-        pytest.param("/api/episodes/300", marks=OVER),
+        "/api/episodes/300",
         "/episodes/rss",
         "/api/episodes?per_page=100",
         "/search?q=python",

@@ -143,15 +143,37 @@ def _list_page(session: Session, state: SiteState, page: int, per_page: int) -> 
     return ListPage(body, generate_etag(body), link)
 
 
+def _serialise_episodes(episodes: Sequence[Episode]) -> list[str]:
+    return [
+        _compact_json(
+            episode_summary(episode)
+            | {"show_notes_html": episode.show_notes, "transcript": episode.transcript}
+        )
+        for episode in episodes
+    ]
+
+
+#: Each episode's own answer as JSON, kept per episode revision. It holds the
+#: episode's whole text (show notes, transcript), so what is kept is bounded
+#: in characters too: 4 million, about 4 MB of English text per process.
+EPISODES = Fragments("api_episodes", _serialise_episodes, max_chars=4_000_000)
+
+
 @blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>")
 def episode_detail(number: int) -> Response:
-    episode = queries.episode_by_number(get_session(), number)
-    if episode is None:
-        abort(404, description=f"There is no episode {number}.")
-    return jsonify(
-        episode_summary(episode)
-        | {"show_notes_html": episode.show_notes, "transcript": episode.transcript}
+    session = get_session()
+    entry = queries.episode_revision(session, number)
+    bodies = (
+        []
+        if entry is None
+        else EPISODES.for_entries(
+            [entry], lambda numbers: queries.episodes_by_number(session, numbers)
+        )
     )
+    if not bodies:  # no such episode, or deleted since
+        abort(404, description=f"There is no episode {number}.")
+    # As jsonify answers: the JSON and a newline.
+    return current_app.response_class(bodies[0] + "\n", mimetype=current_app.json.mimetype)  # type: ignore[attr-defined]
 
 
 @blueprint.get("/openapi.json")

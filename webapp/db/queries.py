@@ -116,6 +116,13 @@ def episode_page(session: Session, page: int, per_page: int, total: int) -> Epis
     return EpisodePage(_revisions(rows), page=page, per_page=per_page, total=total)
 
 
+def episode_revision(session: Session, number: int) -> EpisodeRevision | None:
+    """Which revision the episode with this number is in; None if there is none."""
+    # The unique index on number; the revision's primary key.
+    rows = session.fetch_all(f"{REVISION_FROM} WHERE e.number = %s", (number,))
+    return _revisions(rows)[0] if rows else None
+
+
 def episode_by_number(session: Session, number: int) -> Episode | None:
     # The unique index on number.
     rows = session.fetch_all(
