@@ -196,6 +196,6 @@ def apple_show_notes(html: str) -> str:
     would, so what editors wrote, however broken, comes out well-formed; it
     escapes ``>`` in text, so the result cannot close the CDATA section around
     it. Cached by the notes themselves: a feed rendered again after an edit
-    sanitizes only the edited episode's (600 episodes' take 13 ms).
+    sanitizes only the edited episode's, not every episode's.
     """
     return _APPLE_CLEANER.clean(_HEADING.sub(r"<\1p", html))
