@@ -40,13 +40,35 @@ def test_nothing_is_kept_when_making_fails():
 
 def test_the_least_recently_used_goes_first():
     cache = DataCache(max_entries=2)
-    cache.get_or_make(state(1), "a", lambda: 1)
-    cache.get_or_make(state(1), "b", lambda: 2)
-    cache.get_or_make(state(1), "a", lambda: 0)  # used: b is now the oldest
-    cache.get_or_make(state(1), "c", lambda: 3)
+    cache.get_or_make(state(1), "a", lambda: "1")
+    cache.get_or_make(state(1), "b", lambda: "2")
+    cache.get_or_make(state(1), "a", lambda: "0")  # used: b is now the oldest
+    cache.get_or_make(state(1), "c", lambda: "3")
     assert len(cache) == 2
-    assert cache.get_or_make(state(1), "a", lambda: -1) == 1
-    assert cache.get_or_make(state(1), "b", lambda: -2) == -2
+    assert cache.get_or_make(state(1), "a", lambda: "-1") == "1"
+    assert cache.get_or_make(state(1), "b", lambda: "-2") == "-2"
+
+
+def test_what_is_kept_is_bounded_in_characters():
+    cache = DataCache(max_chars=10)
+    for key in "abcd":
+        cache.get_or_make(state(1), key, lambda: "xxxx")
+    assert cache.chars == 8 and len(cache) == 2  # a and b went, oldest first
+    assert cache.get_or_make(state(1), "c", lambda: "made") == "xxxx"
+    # Larger than the whole bound: answered, not kept, and nothing else goes for it.
+    assert cache.get_or_make(state(1), "big", lambda: "y" * 11) == "y" * 11
+    assert cache.chars == 8 and len(cache) == 2
+
+
+def test_a_client_walking_every_api_page_size_stays_within_the_bound(app, client):
+    # The app's cache made beforehand with a small bound, as a large site fills the real one.
+    cache = app.extensions["data_cache.api_pages"] = DataCache(
+        max_chars=20_000, size=lambda page: len(page.body)
+    )
+    first = {n: client.get(f"/api/episodes?per_page={n}").data for n in range(1, 101)}
+    assert 0 < cache.chars <= 20_000 and len(cache) < 100
+    # Evicted or kept, every page is still what it was.
+    assert all(client.get(f"/api/episodes?per_page={n}").data == first[n] for n in first)
 
 
 def test_a_kept_api_page_answers_until_the_data_changes(app, client):
@@ -78,4 +100,26 @@ def test_a_kept_search_page_answers_until_the_data_changes(app, client):
 def test_search_pages_are_not_kept_while_templates_reload(app, client):
     app.jinja_env.auto_reload = True
     client.get("/search?q=python")
-    assert "search_pages" not in app.extensions.get("data_caches", {})
+    assert "data_cache.search_pages" not in app.extensions
+    app.jinja_env.auto_reload = False
+    client.get("/search?q=python")
+    assert len(app.extensions["data_cache.search_pages"]) == 1
+
+
+def test_a_search_page_is_the_same_whoever_asks(app, client):
+    """What is kept is served to everyone: nothing of the request but its text may be in it."""
+    app.jinja_env.auto_reload = True  # rendered afresh each time, not kept
+    plain = client.get("/search?q=python").data
+    other = client.get(
+        "/search?q=python",
+        headers={
+            "Host": "evil.example",
+            "Cookie": "session=secret-of-someone; _profile=x",
+            "Accept-Language": "fr",
+            "X-Forwarded-For": "203.0.113.9",
+            "X-Forwarded-Host": "evil.example",
+            "Referer": "https://evil.example/",
+        },
+    ).data
+    assert other == plain
+    assert b"evil.example" not in other and b"secret-of-someone" not in other

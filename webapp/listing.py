@@ -42,6 +42,8 @@ from typing import Any, NamedTuple, Protocol
 from flask import Blueprint, Flask, current_app
 from flask.blueprints import BlueprintSetupState
 
+from .data_cache import per_app
+
 #: The block of a listing's template where the fragments go.
 ITEMS_BLOCK = "items"
 #: A fragment cache holds at most this many episodes; past it, it starts over
@@ -166,14 +168,9 @@ class Fragments:
         ]
 
     def _cache(self) -> FragmentCache | None:
-        app = current_app
-        if not self.cached or app.jinja_env.auto_reload:
+        if not self.cached or current_app.jinja_env.auto_reload:
             return None
-        caches = app.extensions.setdefault("fragment_caches", {})
-        cache = caches.get(self.name)
-        if cache is None:
-            cache = caches.setdefault(self.name, FragmentCache(max_chars=self.max_chars))
-        return cache
+        return per_app(f"fragments.{self.name}", lambda: FragmentCache(max_chars=self.max_chars))
 
 
 class FragmentCache:

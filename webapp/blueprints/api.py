@@ -103,15 +103,17 @@ def episode_list() -> Response:
     session = get_session()
     state = queries.site_state(session)
     # A page is the same until the data changes: made once per change in each process.
-    answer = data_cache("api_pages").get_or_make(
+    answer = data_cache("api_pages", size=_page_size).get_or_make(
         state, (page, per_page), lambda: _list_page(session, state, page, per_page)
     )
     response = current_app.response_class(answer.body, mimetype=current_app.json.mimetype)  # type: ignore[attr-defined]
     response.headers["Link"] = answer.link
-    # The ETag cacheable's add_etag would compute from the body, in the order it writes them.
-    response.headers["Cache-Control"] = CACHE_CONTROL
-    response.set_etag(answer.etag)
+    response.set_etag(answer.etag)  # computed once per page: cacheable() finds it set
     return response
+
+
+def _page_size(page: ListPage) -> int:
+    return len(page.body)
 
 
 def _list_page(session: Session, state: SiteState, page: int, per_page: int) -> ListPage:
@@ -155,7 +157,7 @@ def _serialise_episodes(episodes: Sequence[Episode]) -> list[str]:
 
 #: Each episode's own answer as JSON, kept per episode revision. It holds the
 #: episode's whole text (show notes, transcript), so what is kept is bounded
-#: in characters too: 4 million, about 4 MB of English text per process.
+#: in characters too.
 EPISODES = Fragments("api_episodes", _serialise_episodes, max_chars=4_000_000)
 
 

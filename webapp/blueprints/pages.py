@@ -39,7 +39,7 @@ def load_items(numbers: Sequence[int]) -> list[EpisodeItem]:
 #: The catalogue's, the home page's and the search results' ``<li>``, one per episode revision.
 EPISODE_ITEMS = Fragments("episode_items", render_episode_items)
 
-#: Every episode. Frozen, in gzip chunks of about 17 KiB (see Listing).
+#: Every episode. Frozen, its gzip in chunks of 64 episodes (see Listing).
 CATALOGUE = Listing(
     lambda entries, state: template_frame("catalogue.html", count=len(entries)),
     EPISODE_ITEMS,
@@ -75,7 +75,7 @@ def render_episode(episode: Episode) -> str:
     return render_template("episode.html", episode=episode)
 
 
-#: Search pages kept per process (data_cache): about 20 KB each for 50 results.
+#: Search pages kept per process (data_cache), besides its bound in characters.
 SEARCH_PAGES_KEPT = 256
 
 
@@ -86,7 +86,10 @@ def search() -> str:
         abort(400, description=f"Search text is limited to {MAX_QUERY_LENGTH} characters.")
     if not query or current_app.jinja_env.auto_reload:  # templates being edited: rendered afresh
         return search_page(query)
-    # The page of the same text is the same until the data changes.
+    # The page of the same text is the same until the data changes. It is kept whole and
+    # served to everyone: the search page (base.html included) must depend only on the
+    # config, the text and the data, never on the request's cookies or headers (a test
+    # checks it). Something per visitor (a CSRF token, a name) would need a cache without it.
     cache = data_cache("search_pages", max_entries=SEARCH_PAGES_KEPT)
     return cache.get_or_make(queries.site_state(get_session()), query, lambda: search_page(query))
 
