@@ -210,6 +210,9 @@ class Stack:
         self.supervisor.shutdown(self.settings.stop_timeout * programs + 10)
         for instance in self.instances:
             instance.remove_files()
+        # `nginx -t` writes an empty pid file, which an nginx that never ran to a clean exit
+        # (a busy port) leaves behind; supervisord and its nginx are gone by now.
+        (self.nginx_dir / "nginx.pid").unlink(missing_ok=True)
 
     def leftovers(self) -> list[Path]:
         """Sockets, FIFOs and pid files in the run directory: none once the stack stopped."""

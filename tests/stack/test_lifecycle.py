@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy.stack import Stack, StackSettings
+from deploy.stack import Stack, StackError, StackSettings
 from deploy.stack.stack import NotRunning, Supervisor
 from tests.conftest import require_binary
 
@@ -260,3 +261,32 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
         check=False,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_a_start_on_a_taken_port_fails_and_leaves_nothing(
+    tmp_path: Path, site: Site, stack_binaries
+) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    stack = Stack(
+        StackSettings(
+            run_dir=tmp_path / "run",
+            build_dir=site.build_dir,
+            port=holder.getsockname()[1],
+            environment=site.environment,
+            nginx=stack_binaries["nginx"],
+            uwsgi=stack_binaries["uwsgi"],
+            uwsgi_options={"processes": "1"},
+            start_timeout=30,
+        )
+    )
+    try:
+        with pytest.raises(StackError, match="nginx"):
+            stack.start()
+    finally:
+        holder.close()
+    # start() stopped what it had started: no program, no pid file, socket or FIFO.
+    with pytest.raises(NotRunning):
+        Supervisor(stack.run_dir).call("getPID")
+    assert stack.leftovers() == []
