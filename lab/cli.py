@@ -18,7 +18,7 @@ import os
 import platform
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,9 +26,9 @@ from typing import Any
 
 import click
 
-from . import knobs
+from . import front, knobs
 from .command import run_command
-from .experiment import Experiment, ExperimentError, load_experiment
+from .experiment import Configuration, Experiment, ExperimentError, load_experiment
 from .loadgen import LoadError, find_tool
 from .report import write_report
 from .runner import LabError, LabOptions, run_lab
@@ -95,9 +95,44 @@ def _print_experiments(experiments: Sequence[Experiment]) -> None:
             f"{experiment.id}: {experiment.title} "
             f"({experiment.runs} runs, {len(experiment.targets)} targets)"
         )
+        if experiment.routes:
+            click.echo(f"  on each of: {', '.join(experiment.routes)}")
         for configuration in experiment.configurations:
             changes = knobs.describe(configuration.changes)
             click.echo(f"  {configuration.id:<18} {configuration.label}  [{changes}]")
+
+
+def leave_out(
+    experiments: Sequence[Experiment], needs: Callable[[Configuration], str | None], what: str
+) -> tuple[list[Experiment], list[str]]:
+    """The experiments less the configurations ``needs`` names a missing part for, and a line
+    for each left out (``needs`` returns why it is not measured and how to include it);
+    ``what`` describes those configurations in the line for a target left unchecked."""
+    kept, skipped = [], []
+    for experiment in experiments:
+        reasons = {c.id: reason for c in experiment.configurations if (reason := needs(c))}
+        if not reasons:
+            kept.append(experiment)
+            continue
+        if experiment.baseline.id in reasons:
+            skipped.append(
+                f"{experiment.id}: not measured: its baseline {reasons[experiment.baseline.id]}"
+            )
+            continue
+        kept.append(experiment.without(reasons))
+        for configuration in experiment.configurations:
+            if configuration.id in reasons:
+                skipped.append(
+                    f"{experiment.id}/{configuration.id} ({configuration.label}): not measured: "
+                    f"{reasons[configuration.id]}"
+                )
+        for target in experiment.targets:
+            if {target.numerator, target.denominator} & set(reasons):
+                skipped.append(
+                    f"{experiment.id}: target {target.expression!r} not checked: it compares "
+                    f"a configuration {what}"
+                )
+    return kept, skipped
 
 
 def without_postgresql(experiments: Sequence[Experiment]) -> tuple[list[Experiment], list[str]]:
@@ -106,31 +141,26 @@ def without_postgresql(experiments: Sequence[Experiment]) -> tuple[list[Experime
     A fresh machine has no PostgreSQL database for the lab: the rest is measured, and the
     report says what was not and how to include it.
     """
-    kept, skipped = [], []
-    for experiment in experiments:
-        needing = [
-            c for c in experiment.configurations if c.settings["app.database"] == "postgresql"
-        ]
-        needing_ids = {c.id for c in needing}
-        if not needing:
-            kept.append(experiment)
-            continue
-        if experiment.baseline in needing:
-            skipped.append(f"{experiment.id}: not measured: its baseline {POSTGRES_SKIPPED}")
-            continue
-        kept.append(experiment.without(needing_ids))
-        for configuration in needing:
-            skipped.append(
-                f"{experiment.id}/{configuration.id} ({configuration.label}): not measured: "
-                f"{POSTGRES_SKIPPED}"
-            )
-        for target in experiment.targets:
-            if {target.numerator, target.denominator} & needing_ids:
-                skipped.append(
-                    f"{experiment.id}: target {target.expression!r} not checked: it compares "
-                    "a configuration on PostgreSQL"
-                )
-    return kept, skipped
+    return leave_out(
+        experiments,
+        lambda c: POSTGRES_SKIPPED if c.settings["app.database"] == "postgresql" else None,
+        "on PostgreSQL",
+    )
+
+
+def without_missing_servers(
+    experiments: Sequence[Experiment],
+) -> tuple[list[Experiment], list[str]]:
+    """The experiments less the configurations whose app server (gunicorn, granian) is not
+    installed, and a line for each saying how to install it."""
+
+    def needs(configuration: Configuration) -> str | None:
+        server = configuration.settings["app.server"]
+        if server in ("gunicorn", "granian") and not front.installed(server):
+            return f"{server} is not installed; to include it: {front.INSTALL_HINT}"
+        return None
+
+    return leave_out(experiments, needs, "whose server is not installed")
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -203,18 +233,30 @@ def bench_command(
 ) -> int:
     """The command behind ``scripts/bench``; returns the exit status (see the module docstring)."""
     try:
-        loaded = [load_experiment(path) for path in find_experiments(experiments)]
+        files = [load_experiment(path) for path in find_experiments(experiments)]
     except ExperimentError as error:
         click.echo(f"bench: {error}", err=True)
         return 2
     if list_only:
-        _print_experiments(loaded)
+        _print_experiments(files)
         return 0
     skipped: list[str] = []
+    if quick:
+        # Named ones run even so: --quick on one experiment is how to try it out.
+        skipped += [
+            f"{e.id}: not measured: left out of --quick (its file says quick = false)"
+            for e in files
+            if not e.quick and not experiments
+        ]
+        files = [e for e in files if e.quick or experiments]
+    loaded = [per_route for experiment in files for per_route in experiment.per_route()]
+    loaded, missing = without_missing_servers(loaded)
+    skipped += missing
     if not postgres_url:
-        loaded, skipped = without_postgresql(loaded)
-        for line in skipped:
-            click.echo(f"bench: {line}", err=True)
+        loaded, missing = without_postgresql(loaded)
+        skipped += missing
+    for line in skipped:
+        click.echo(f"bench: {line}", err=True)
     if quick:
         loaded = [experiment.shortened(**QUICK) for experiment in loaded]
     options = RunOptions(

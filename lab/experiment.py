@@ -24,14 +24,30 @@ The format (TOML; knob names are listed in :mod:`lab.knobs`)::
     changes = ["cpus", "logging_off"]
 
     [[targets]]                           # checked in the report, never loosened
-    label = "tuned ≥ 2× the defaults"
-    require = "tuned / baseline >= 2"     # ratio of median requests/s
+    label = "processes = CPUs ahead of 1"
+    require = "cpus / baseline >= 1"      # ratio of median requests/s
+
+Optional, at the top level::
+
+    routes = ["/health", "/search?q=python"]   # every configuration on each: one experiment
+                                               # per route (request.path is set by it)
+    quick = false                              # left out of `scripts/bench --quick`
+    memory = true                              # the report shows the workers' memory
+
+    [sweep]                                    # every combination becomes a change
+    uwsgi.processes = [1, 2]                   # id "processes_1_threads_2", label
+    uwsgi.threads = [1, 2]                     # "processes 1, threads 2"
+
+    [[targets]]
+    require = "baseline within best"           # the fastest configuration's per-round
+                                               # ratios to it reach 1 (see results.py)
 
 Anything malformed raises :class:`ExperimentError` with the file and the key.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import tomllib
 from collections.abc import Collection, Mapping
@@ -46,7 +62,22 @@ _ID = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _REQUIRE = re.compile(
     r"\s*([a-z][a-z0-9_]*)\s*/\s*([a-z][a-z0-9_]*)\s*(>=|<=)\s*(\d+(?:\.\d+)?)\s*"
 )
-_TOP_LEVEL = {"title", "about", "runs", "baseline", "changes", "combined", "targets"}
+_WITHIN_BEST = re.compile(r"\s*([a-z][a-z0-9_]*)\s+within\s+best\s*")
+#: The target's name for the fastest configuration: no configuration may take it.
+BEST = "best"
+_TOP_LEVEL = {
+    "title",
+    "about",
+    "runs",
+    "baseline",
+    "changes",
+    "combined",
+    "targets",
+    "routes",
+    "sweep",
+    "quick",
+    "memory",
+}
 
 
 class ExperimentError(ValueError):
@@ -69,7 +100,9 @@ class Configuration:
 
 @dataclass(frozen=True)
 class Target:
-    """``numerator / denominator`` (ratio of median requests/s) ``>=`` or ``<=`` ``bound``."""
+    """``numerator / denominator`` (ratio of median requests/s) ``>=`` or ``<=`` ``bound``;
+    or, with ``operator`` "within" and ``denominator`` :data:`BEST`, ``numerator`` is within
+    the fastest configuration's per-round range."""
 
     label: str
     numerator: str
@@ -79,6 +112,8 @@ class Target:
 
     @property
     def expression(self) -> str:
+        if self.operator == "within":
+            return f"{self.numerator} within {BEST}"
         return f"{self.numerator} / {self.denominator} {self.operator} {self.bound:g}"
 
     def met_by(self, ratio: float) -> bool:
@@ -94,6 +129,12 @@ class Experiment:
     runs: int
     configurations: tuple[Configuration, ...]
     targets: tuple[Target, ...]
+    #: Run every configuration on each of these paths (see :meth:`per_route`).
+    routes: tuple[str, ...] = ()
+    #: False: left out of ``scripts/bench --quick``.
+    quick: bool = True
+    #: The report shows the workers' memory.
+    memory: bool = False
 
     @property
     def baseline(self) -> Configuration:
@@ -113,6 +154,24 @@ class Experiment:
             configurations=tuple(c for c in self.configurations if c.id not in ids),
             targets=tuple(t for t in self.targets if not {t.numerator, t.denominator} & set(ids)),
         )
+
+    def per_route(self) -> list[Experiment]:
+        """One experiment per route, each configuration loading it; itself without routes."""
+        if not self.routes:
+            return [self]
+        return [
+            replace(
+                self,
+                id=f"{self.id} {route}",
+                title=f"{self.title}: {route}",
+                routes=(),
+                configurations=tuple(
+                    replace(c, settings={**c.settings, "request.path": route})
+                    for c in self.configurations
+                ),
+            )
+            for route in self.routes
+        ]
 
     def shortened(self, runs: int, duration: int, warmup: int) -> Experiment:
         """The same experiment with at most ``runs`` runs, each at most ``duration`` seconds
@@ -160,8 +219,12 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
     if isinstance(runs, bool) or not isinstance(runs, int) or not 1 <= runs <= 50:
         raise ExperimentError("runs must be a whole number from 1 to 50")
 
+    routes = _routes(document)
+    quick, memory = _bool(document, "quick", True), _bool(document, "memory", False)
     baseline_table = _table(document, "baseline", "[baseline]", required=True)
     baseline_changes = _knob_values(baseline_table, "[baseline]", extra={"label"})
+    if routes and "request.path" in baseline_changes:
+        raise ExperimentError("[baseline] sets request.path, but routes sets it for every run")
     baseline = Configuration(
         "baseline",
         _string(baseline_table, "label", "[baseline] label") or "baseline",
@@ -191,6 +254,16 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
             )
         )
 
+    for id, label, values in _sweep(_table(document, "sweep", "[sweep]")):
+        if id in changes:
+            raise ExperimentError(f"[sweep]: the change {id} is already defined")
+        changes[id] = values
+        configurations.append(
+            Configuration(
+                id, label, "change", values, _resolve(values, baseline.settings, f"[sweep] {id}")
+            )
+        )
+
     for id, table in _table(document, "combined", "[combined]").items():
         where = f"[combined.{id}]"
         _check_id(id, where)
@@ -216,9 +289,68 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
             )
         )
 
+    if routes:
+        for configuration in configurations[1:]:
+            if "request.path" in configuration.changes:
+                raise ExperimentError(
+                    f"{configuration.id} sets request.path, but routes sets it for every run"
+                )
     ids = {configuration.id for configuration in configurations}
     targets = tuple(_target(entry, index, ids) for index, entry in enumerate(_targets(document), 1))
-    return Experiment(path.stem, path, title, about, runs, tuple(configurations), targets)
+    return Experiment(
+        path.stem,
+        path,
+        title,
+        about,
+        runs,
+        tuple(configurations),
+        targets,
+        routes=routes,
+        quick=quick,
+        memory=memory,
+    )
+
+
+def _bool(document: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = document.get(key, default)
+    if not isinstance(value, bool):
+        raise ExperimentError(f"{key} must be true or false")
+    return value
+
+
+def _routes(document: Mapping[str, Any]) -> tuple[str, ...]:
+    routes = document.get("routes", [])
+    if not isinstance(routes, list) or "routes" in document and not routes:
+        raise ExperimentError("routes must be a non-empty list of URL paths")
+    try:
+        checked = tuple(knobs.check("request.path", route) for route in routes)
+    except knobs.KnobError as error:
+        raise ExperimentError(f"routes: {error}") from None
+    if len(set(checked)) != len(checked):
+        raise ExperimentError("routes lists a path twice")
+    return checked
+
+
+def _sweep(table: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(id, label, knob values)`` for every combination of the ``[sweep]`` table's lists."""
+    values = _knob_values(table, "[sweep]", extra=set())
+    if not values:
+        return []
+    for knob, choices in values.items():
+        if not isinstance(choices, list) or not choices:
+            raise ExperimentError(f"[sweep] {knob} must be a non-empty list of values")
+    combinations = []
+    for combination in itertools.product(*values.values()):
+        chosen = dict(zip(values, combination, strict=True))
+        words = [(knob.rpartition(".")[2], knobs.describe({knob: v})) for knob, v in chosen.items()]
+        shown = [(name, text.partition("=")[2]) for name, text in words]
+        id = "_".join(
+            f"{name}_{re.sub(r'[^a-z0-9]+', 'x', value.lower())}" for name, value in shown
+        )
+        label = ", ".join(f"{name} {value}" for name, value in shown)
+        _check_id(id, f"[sweep] {label}")
+        combinations.append((id, label, chosen))
+    return combinations
 
 
 def _string(table: Mapping[str, Any], key: str, where: str, required: bool = False) -> str:
@@ -264,13 +396,13 @@ def _resolve(values: Mapping[str, Any], base: Mapping[str, Any], where: str) -> 
         settings = knobs.resolve(values, base)
     except knobs.KnobError as error:
         raise ExperimentError(f"{where}: {error}") from None
-    unused = knobs.unused_changes(values, settings)
+    unused, why = knobs.unused_changes(values, settings)
     if unused:
         # A change that cannot change anything would read as "no effect" in the report.
-        raise ExperimentError(
-            f"{where}: {', '.join(unused)} only affect(s) requests through nginx, "
-            f'but request.via = "uwsgi"'
-        )
+        raise ExperimentError(f"{where}: {', '.join(unused)} cannot change anything: {why}")
+    problem = knobs.conflict(settings)
+    if problem:
+        raise ExperimentError(f"{where}: {problem}")
     return settings
 
 
@@ -301,17 +433,26 @@ def _target(entry: Any, index: int, ids: set[str]) -> Target:
     where = f"[[targets]] #{index}"
     if not isinstance(entry, dict) or set(entry) - {"label", "require"}:
         raise ExperimentError(f"{where} takes only label and require")
+    if BEST in ids:
+        raise ExperimentError(f'"{BEST}" names the fastest configuration: give yours another id')
     require = entry.get("require")
+    within = _WITHIN_BEST.fullmatch(require) if isinstance(require, str) else None
     match = _REQUIRE.fullmatch(require) if isinstance(require, str) else None
-    if match is None:
+    if within is not None:
+        numerator, denominator, operator, bound = within.group(1), BEST, "within", "1"
+    elif match is not None:
+        numerator, denominator, operator, bound = match.groups()
+    else:
         raise ExperimentError(
-            f'{where}: require must read "<id> / <id> >= <number>" (or <=), got {require!r}'
+            f'{where}: require must read "<id> / <id> >= <number>" (or <=) or '
+            f'"<id> within best", got {require!r}'
         )
-    numerator, denominator, operator, bound = match.groups()
     for id in (numerator, denominator):
+        if id == BEST:
+            continue
         if id not in ids:
             raise ExperimentError(
                 f'{where}: no configuration "{id}" (known: {", ".join(sorted(ids))})'
             )
-    label = _string(entry, "label", f"{where} label") or match.string.strip()
+    label = _string(entry, "label", f"{where} label") or str(require).strip()
     return Target(label, numerator, denominator, operator, float(bound))

@@ -113,6 +113,9 @@ def process_count(value: int | str, cpus: int) -> int:
     return int(match.group(1) or 1) * cpus
 
 
+#: app.server values run behind the lab's minimal nginx (lab/front.py), not deploy/stack's.
+FRONTED_SERVERS = ("uwsgi", "gunicorn", "granian")
+
 #: The value of a server knob nobody set: whatever deploy/ configures (the lab never restates it).
 DEPLOYED = None
 
@@ -137,6 +140,12 @@ _KNOBS = [
         DEPLOYED,
         _integer(0, 86_400),
         "recycle a worker after this many seconds (0: never)",
+    ),
+    Knob(
+        "uwsgi.lazy_apps",
+        DEPLOYED,
+        _flag,
+        "true: each worker imports the app itself after the fork (deploy/uwsgi: loaded before it)",
     ),
     # nginx: settings of the deploy/nginx templates.
     Knob(
@@ -165,7 +174,20 @@ _KNOBS = [
     ),
     Knob("nginx.access_log", DEPLOYED, _flag, "nginx's buffered access log"),
     Knob("nginx.microcache", DEPLOYED, _flag, "the 1 s micro-cache of /api/ and /search"),
-    # The application.
+    # The application and the server that runs it.
+    Knob(
+        "app.server",
+        "stack",
+        _choice("stack", *FRONTED_SERVERS),
+        '"stack": deploy/stack\'s nginx and uWSGI; "uwsgi", "gunicorn" or "granian": that '
+        "server behind the lab's minimal nginx (lab/front.py)",
+    ),
+    Knob(
+        "app.wsgi",
+        "site",
+        _choice("site", "hello"),
+        '"site": the podcast site; "hello": a bare WSGI "hello" (lab/hello.py), the ceiling',
+    ),
     Knob("app.database", "sqlite", _choice("sqlite", "postgresql"), "the database backend"),
     Knob(
         "app.gc_freeze",
@@ -237,14 +259,36 @@ def resolve(changes: Mapping[str, Any], base: Mapping[str, Any] = DEFAULTS) -> d
     return settings
 
 
-def unused_changes(changes: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
-    """Knobs in ``changes`` that cannot affect what ``settings`` load.
+def unused_changes(
+    changes: Mapping[str, Any], settings: Mapping[str, Any]
+) -> tuple[list[str], str]:
+    """Knobs in ``changes`` that cannot affect what ``settings`` load, and why.
 
-    That is nginx's knobs when the load goes straight to uWSGI.
+    That is nginx's knobs when the load goes straight to uWSGI or when the lab's minimal nginx
+    fronts the app server (it has none of deploy/nginx's settings), and uWSGI's knobs when
+    another server runs the app.
     """
-    if settings["request.via"] != "uwsgi":
-        return []
-    return [name for name in changes if name.startswith("nginx.") or name == "app.frozen"]
+    nginx = [name for name in changes if name.startswith("nginx.") or name == "app.frozen"]
+    server = settings["app.server"]
+    if server in ("gunicorn", "granian"):
+        uwsgi = [name for name in changes if name.startswith("uwsgi.")]
+        if uwsgi:
+            return uwsgi, f'uWSGI does not run the app when app.server = "{server}"'
+    if server != "stack" and nginx:
+        return nginx, "the lab's minimal nginx has none of deploy/nginx's settings"
+    if settings["request.via"] == "uwsgi" and nginx:
+        return nginx, 'they only affect requests through nginx, but request.via = "uwsgi"'
+    return [], ""
+
+
+def conflict(settings: Mapping[str, Any]) -> str | None:
+    """Why ``settings`` cannot be run together, or None."""
+    if settings["app.server"] != "stack" and settings["request.via"] != "nginx":
+        return (
+            f'app.server = "{settings["app.server"]}" is loaded through nginx only '
+            '(request.via = "nginx")'
+        )
+    return None
 
 
 def describe(changes: Mapping[str, Any]) -> str:

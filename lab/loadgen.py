@@ -27,6 +27,9 @@ from typing import Any
 GRACE_SECONDS = 15.0
 #: CPU used / (wall time × generator threads) at or above which the generator was the bottleneck.
 SATURATION = 0.9
+#: p99 above this multiple of p50 marks a run's tail as long (issue 14: workers recycling
+#: together stalled every request for up to a second; a healthy run stays well under it).
+TAIL_RATIO = 3.0
 
 TOOLS = ("wrk", "ab")
 
@@ -101,12 +104,23 @@ class LoadResult:
     def generator_saturated(self) -> bool:
         return self.generator_cpu_share >= SATURATION
 
+    @property
+    def tail_ratio(self) -> float:
+        """p99 over p50: how far the slowest 1% are from the typical request."""
+        return self.p99_ms / self.p50_ms if self.p50_ms else 0.0
+
+    @property
+    def long_tail(self) -> bool:
+        return self.tail_ratio > TAIL_RATIO
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(
             requests_per_second=self.requests_per_second,
             generator_cpu_share=self.generator_cpu_share,
             generator_saturated=self.generator_saturated,
+            tail_ratio=self.tail_ratio,
+            long_tail=self.long_tail,
         )
         return data
 

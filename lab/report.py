@@ -10,14 +10,19 @@ so and everything else is written.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import knobs
+from .loadgen import TAIL_RATIO
 from .results import ExperimentResult
 
 CHART_NAME = "ratios.png"
+#: The cheap dynamic routes, where a p99 beyond TAIL_RATIO × p50 is a stall, not the work:
+#: issue 14's target is that no run on them has one.
+LIGHT_ROUTES = ("/health", "/api/episodes/10", "/api/episodes")
 
 
 def write_report(
@@ -71,9 +76,11 @@ def markdown(
         "connect/read/write/timeout errors; *bad status* counts responses the tool rejects "
         "by status (wrk: not 2xx/3xx; ab: not 2xx). "
         "⚠ marks runs where the load generator used ≥90% of its CPU: there the figure is the "
-        "generator's ceiling, not the server's.",
+        "generator's ceiling, not the server's. *p99/p50* is the median of the runs' ratios; "
+        f"⚠ k/n there marks the runs whose p99 was more than {TAIL_RATIO:g}× their p50.",
         "",
     ]
+    lines += tail_summary(results)
     if skipped:
         lines += ["## Not measured", "", *(f"- {line}" for line in skipped), ""]
     outcomes = [(result, outcome) for result in results for outcome in result.outcomes()]
@@ -117,9 +124,9 @@ def _experiment_section(result: ExperimentResult) -> list[str]:
         "",
     ]
     lines += [
-        "| configuration | changes | req/s | range | × baseline | p50 ms | p99 ms | errors "
-        "| bad status | body |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | changes | req/s | range | × baseline | p50 ms | p99 ms | p99/p50 "
+        "| errors | bad status | body |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for configuration in experiment.configurations:
         measured = result.configurations[configuration.id]
@@ -130,20 +137,90 @@ def _experiment_section(result: ExperimentResult) -> list[str]:
             else f"`{knobs.describe(configuration.changes)}`"
         )
         if summary is None:
-            lines.append(f"| {configuration.label} | {changes} | not measured | | | | | | | |")
+            lines.append(f"| {configuration.label} | {changes} | not measured | | | | | | | | |")
             continue
         warning = f" ⚠ {summary.saturated_runs}/{summary.runs}" if summary.saturated_runs else ""
         ratios = result.paired_ratios(configuration.id)
         ratio = f"{result.ratio(configuration.id):.2f}×"
         if configuration.kind != "baseline" and len(ratios) > 1:
             ratio += f" ({min(ratios):.2f}–{max(ratios):.2f})"
+        tail = f"{summary.tail_ratio:.1f}"
+        if summary.long_tail_runs:
+            tail += f" ⚠ {summary.long_tail_runs}/{summary.runs}"
         lines.append(
             f"| {configuration.label} | {changes} | {summary.rps_median:,.0f}{warning} | "
             f"{summary.spread:.0%} | {ratio} | {summary.p50_ms:.2f} | {summary.p99_ms:.2f} | "
-            f"{summary.errors} | {summary.bad_status} | {_size(measured.response_bytes)} |"
+            f"{tail} | {summary.errors} | {summary.bad_status} | {_size(measured.response_bytes)} |"
+        )
+    lines.append("")
+    fastest = result.fastest()
+    if fastest is not None and len(experiment.configurations) > 2:
+        lines += [
+            f"Fastest: {experiment.configuration(fastest).label} "
+            f"({result.ratio(fastest):.2f}× the baseline).",
+            "",
+        ]
+    if experiment.memory:
+        lines += _memory_table(result)
+    return lines
+
+
+def _memory_table(result: ExperimentResult) -> list[str]:
+    """Each configuration's workers: RSS, the private part of it, and the shared rest."""
+    lines = [
+        "Memory of each worker after each measured run (from /proc/<pid>/smaps_rollup: private "
+        "= Private_Clean + Private_Dirty, pages no other process maps; the rest of the RSS is "
+        "shared with the master and the other workers). Medians over workers and runs, "
+        "lowest–highest in brackets.",
+        "",
+        "| configuration | workers | RSS MB | private MB | private / RSS |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for configuration in result.experiment.configurations:
+        runs = result.configurations[configuration.id].memory
+        workers = [worker for run in runs for worker in run]
+        if not workers:
+            lines.append(f"| {configuration.label} | not measured | | | |")
+            continue
+
+        def spread(values: list[float], form: str) -> str:
+            median = statistics.median(values)
+            return f"{median:{form}} ({min(values):{form}}–{max(values):{form}})"
+
+        megabytes = 1024 * 1024
+        lines.append(
+            f"| {configuration.label} | {statistics.median(len(run) for run in runs):g} | "
+            f"{spread([w.rss_bytes / megabytes for w in workers], '.1f')} | "
+            f"{spread([w.private_bytes / megabytes for w in workers], '.1f')} | "
+            f"{spread([w.private_share for w in workers], '.0%')} |"
         )
     lines.append("")
     return lines
+
+
+def tail_summary(results: Sequence[ExperimentResult]) -> list[str]:
+    """How many runs had a long tail, overall and on the light routes (say which)."""
+    total = flagged = light_total = light = 0
+    light_flagged: list[str] = []
+    for result in results:
+        for configuration in result.experiment.configurations:
+            runs = result.configurations[configuration.id].runs
+            long = sum(run.long_tail for run in runs)
+            total, flagged = total + len(runs), flagged + long
+            if configuration.settings["request.path"] in LIGHT_ROUTES:
+                light_total, light = light_total + len(runs), light + long
+                if long:
+                    light_flagged.append(
+                        f"{result.experiment.id}/{configuration.id} ({long}/{len(runs)})"
+                    )
+    if not total:
+        return []
+    line = (
+        f"**Tail latency**: p99 > {TAIL_RATIO:g}× p50 in {flagged} of {total} runs; on the "
+        f"light routes ({', '.join(LIGHT_ROUTES)}) in {light} of {light_total}"
+    )
+    line += f": {', '.join(light_flagged)}." if light_flagged else "."
+    return [line, ""]
 
 
 def _size(count: int) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 from . import knobs
 from .experiment import Experiment, Target
 from .loadgen import LoadResult
+from .memory import WorkerMemory
 from .stats import Summary, summarize
 
 
@@ -30,6 +31,8 @@ class ConfigurationResult:
     runs: list[LoadResult] = field(default_factory=list)
     #: Size of one response body, from the check made before loading.
     response_bytes: int = 0
+    #: Each worker's memory after each measured run (experiments with ``memory = true``).
+    memory: list[list[WorkerMemory]] = field(default_factory=list)
 
     @property
     def summary(self) -> Summary | None:
@@ -38,9 +41,18 @@ class ConfigurationResult:
 
 @dataclass(frozen=True)
 class TargetOutcome:
+    """How a target fared.
+
+    For ``<id> within best`` the ratios are the fastest configuration's requests/s over
+    ``<id>``'s, round by round, and ``winner`` is its label: ``<id>`` is within the
+    winner's per-round range when in some round it was at least as fast (the lowest ratio
+    ≤ 1); on a shared machine the two cannot then be told apart.
+    """
+
     target: Target
     #: The per-round ratios (empty when a configuration it compares was not measured).
     ratios: tuple[float, ...]
+    winner: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -48,15 +60,23 @@ class TargetOutcome:
 
     @property
     def met(self) -> bool:
-        return self.ratio is not None and self.target.met_by(self.ratio)
+        if self.ratio is None:
+            return False
+        if self.target.operator == "within":
+            return min(self.ratios) <= 1
+        return self.target.met_by(self.ratio)
 
     @property
     def inconclusive(self) -> bool:
         """The bound lies between the lowest and highest per-round ratio: a run could flip it."""
+        if self.target.operator == "within":
+            return False  # the range is the criterion itself
         return len(self.ratios) > 1 and min(self.ratios) <= self.target.bound <= max(self.ratios)
 
     @property
     def verdict(self) -> str:
+        if self.target.operator == "within":
+            return self._within_verdict()
         bound = f"{self.target.operator} {self.target.bound:g}"
         if self.ratio is None:
             return f"not measured (needs {bound})"
@@ -71,6 +91,18 @@ class TargetOutcome:
                 f" (inconclusive: per-round ratios {min(self.ratios):.2f}–{max(self.ratios):.2f})"
             )
         return verdict
+
+    def _within_verdict(self) -> str:
+        if self.ratio is None:
+            return "not measured"
+        if set(self.ratios) == {1.0}:  # paired with itself
+            return f"met: it is the fastest ({self.winner})"
+        by_round = f"{min(self.ratios):.2f}–{max(self.ratios):.2f} by round"
+        verdict = f"the fastest, {self.winner}, is {self.ratio:.2f}× it ({by_round})"
+        if self.met:
+            return f"met: {verdict}"
+        off = min(self.ratios) - 1
+        return f"missed by {off:.0%}: {verdict}: slower in every round"
 
 
 @dataclass
@@ -102,11 +134,25 @@ class ExperimentResult:
         ratios = self.paired_ratios(id, against)
         return statistics.median(ratios) if ratios else None
 
+    def fastest(self) -> str | None:
+        """The id of the configuration with the highest ratio to the baseline (None: none run)."""
+        measured = {
+            c.id: ratio for c in self.experiment.configurations if (ratio := self.ratio(c.id))
+        }
+        return max(measured, key=measured.__getitem__) if measured else None
+
     def outcomes(self) -> list[TargetOutcome]:
-        return [
-            TargetOutcome(target, self.paired_ratios(target.numerator, target.denominator))
-            for target in self.experiment.targets
-        ]
+        outcomes = []
+        for target in self.experiment.targets:
+            if target.operator == "within":
+                winner = self.fastest()
+                ratios = self.paired_ratios(winner, target.numerator) if winner else ()
+                label = self.experiment.configuration(winner).label if winner else ""
+                outcomes.append(TargetOutcome(target, ratios, label))
+            else:
+                ratios = self.paired_ratios(target.numerator, target.denominator)
+                outcomes.append(TargetOutcome(target, ratios))
+        return outcomes
 
     def as_dict(self) -> dict[str, Any]:
         experiment = self.experiment
@@ -125,6 +171,10 @@ class ExperimentResult:
                     "settings": dict(configuration.settings),
                     "response_bytes": self.configurations[configuration.id].response_bytes,
                     "runs": [run.as_dict() for run in self.configurations[configuration.id].runs],
+                    "worker_memory": [
+                        [worker.as_dict() for worker in workers]
+                        for workers in self.configurations[configuration.id].memory
+                    ],
                     "summary": summary.as_dict()
                     if (summary := self.summary(configuration.id))
                     else None,

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TextIO
 
 from .experiment import Configuration, Experiment
 from .loadgen import LoadError, LoadSpec, run_load
+from .memory import WorkerMemory
 from .results import ExperimentResult
 
 #: Seconds the check before loading may take.
@@ -43,6 +44,9 @@ class RunningStack(Protocol):
 
     def stop(self) -> None:
         """Stop every process of the stack (idempotent)."""
+
+    def worker_memory(self) -> list[WorkerMemory]:
+        """The app server's workers' memory, now (asked only by experiments with memory)."""
 
 
 #: Starts the servers for a configuration's settings; raises LabError if they do not come up.
@@ -177,8 +181,12 @@ def run_lab(
                         check, load = _measure(current[1], settings, options.tool, workdir)
                     except (LabError, LoadError) as error:
                         raise LabError(f"{experiment.id}/{configuration.id}: {error}") from None
-                    result.configurations[configuration.id].response_bytes = check.response_bytes
+                    measured = result.configurations[configuration.id]
+                    measured.response_bytes = check.response_bytes
                     result.add_run(configuration.id, load)
+                    if experiment.memory:
+                        # After the load, so the workers hold what serving made them touch.
+                        measured.memory.append(current[1].worker_memory())
                     progress.report(
                         experiment,
                         round,

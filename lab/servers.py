@@ -36,7 +36,9 @@ from webapp.db.seed import seed
 from webapp.freeze import FreezeError, freeze
 
 from .experiment import Experiment
+from .front import FrontedServer, ServerSpec
 from .knobs import DEPLOYED, process_count
+from .memory import WorkerMemory, worker_memory
 from .runner import LabError
 
 #: Episodes in the lab's database: the site's default seed.
@@ -46,7 +48,9 @@ SITE_URL = "http://podcast.lab"
 #: The PostgreSQL schema the lab seeds and reuses across runs.
 POSTGRES_SCHEMA = "lab_bench"
 PROFILER_SAMPLED_RATE = "0.01"
+SITE_WSGI_MODULE = "webapp.wsgi:application"
 LAB_WSGI_MODULE = "lab.wsgi:application"
+HELLO_WSGI_MODULE = "lab.hello:application"
 #: app.profiler values that lab.wsgi installs (the others are request_profiler's settings).
 LAB_PROFILERS = {"pyinstrument_recipe", "werkzeug"}
 
@@ -80,18 +84,29 @@ def check_port_free(port: int) -> None:
 class LabStack:
     """One started stack, and where to load it.
 
-    :param stack: the running nginx and uWSGI.
+    :param stack: the running nginx and uWSGI (deploy/stack), or an app server behind the
+        lab's minimal nginx.
     :param http_port: uWSGI's HTTP socket, for requests that skip nginx.
     :param running: the list of running stacks this one adds itself to, and leaves when
         stopped, so that :class:`LabStacks` stops whatever is left.
     """
 
-    def __init__(self, stack: Stack, http_port: int, running: list[LabStack]) -> None:
+    def __init__(
+        self, stack: Stack | FrontedServer, http_port: int, running: list[LabStack]
+    ) -> None:
         self.stack, self.http_port, self._running = stack, http_port, running
         running.append(self)
 
     def url(self, via: str) -> str:
+        if isinstance(self.stack, FrontedServer):
+            return self.stack.url(via)
         return self.stack.settings.url if via == "nginx" else f"http://127.0.0.1:{self.http_port}"
+
+    def worker_memory(self) -> list[WorkerMemory]:
+        """The app server's workers' memory (uWSGI's first instance under deploy/stack)."""
+        if isinstance(self.stack, FrontedServer):
+            return self.stack.worker_memory()
+        return worker_memory(self.stack.pids()["uwsgi-1"])
 
     def stop(self) -> None:
         self.stack.stop()
@@ -244,21 +259,20 @@ class LabStacks:
             "uWSGI": first_line([self.uwsgi, "--version"]),
         }
 
-    def stack_settings(
-        self, settings: Mapping[str, Any], port: int, http_port: int
-    ) -> StackSettings:
-        """The launcher's settings for one configuration's knobs."""
-        uwsgi = {"http-socket": f"127.0.0.1:{http_port}", "add-header": "Connection: close"}
+    def uwsgi_options(self, settings: Mapping[str, Any]) -> dict[str, str]:
+        """uWSGI options for the uwsgi.* knobs that are set (the rest keep uwsgi.ini's)."""
+        uwsgi = {}
         if settings["uwsgi.processes"] is not DEPLOYED:
             uwsgi["processes"] = str(process_count(settings["uwsgi.processes"], self.cpus))
-        if settings["uwsgi.threads"] is not DEPLOYED:
-            uwsgi["threads"] = str(settings["uwsgi.threads"])
         for knob, option in (
+            ("uwsgi.threads", "threads"),
             ("uwsgi.max_requests", "max-requests"),
             ("uwsgi.max_worker_lifetime", "max-worker-lifetime"),
         ):
             if settings[knob] is not DEPLOYED:
                 uwsgi[option] = str(settings[knob])
+        if settings["uwsgi.lazy_apps"] is not DEPLOYED:
+            uwsgi["lazy-apps"] = "true" if settings["uwsgi.lazy_apps"] else "false"
         logging = settings["uwsgi.logging"]
         if logging is not DEPLOYED:
             uwsgi["disable-logging"] = "true" if logging == "off" else "false"
@@ -266,6 +280,11 @@ class LabStacks:
             assert self.syslog is not None
             host, port_ = self.syslog.getsockname()
             uwsgi["req-logger"] = f"rsyslog:{host}:{port_},podcast-uwsgi"
+        return uwsgi
+
+    def app(self, settings: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+        """The WSGI callable for a configuration's app.* knobs, and the environment it reads."""
+        module = SITE_WSGI_MODULE
         environment = {
             "DATABASE_URL": self.database_urls[settings["app.database"]],
             "SITE_URL": SITE_URL,
@@ -277,7 +296,7 @@ class LabStacks:
         profiler = settings["app.profiler"]
         if profiler in LAB_PROFILERS:
             # Another profiler in place of request_profiler, wrapped around the app by lab.wsgi.
-            uwsgi["module"] = LAB_WSGI_MODULE
+            module = LAB_WSGI_MODULE
             environment["LAB_PROFILER"] = profiler
             environment["LAB_PROFILE_DIR"] = str(self.workdir / "lab-profiles")
         elif profiler != "none":
@@ -288,8 +307,21 @@ class LabStacks:
                 "on": "1",
             }[profiler]
         if settings["app.feed"] != "cached":
-            uwsgi["module"] = LAB_WSGI_MODULE
+            module = LAB_WSGI_MODULE
             environment["LAB_FEED"] = settings["app.feed"]
+        if settings["app.wsgi"] == "hello":
+            module = HELLO_WSGI_MODULE
+        return module, environment
+
+    def stack_settings(
+        self, settings: Mapping[str, Any], port: int, http_port: int
+    ) -> StackSettings:
+        """The launcher's settings for one configuration's knobs."""
+        uwsgi = {"http-socket": f"127.0.0.1:{http_port}", "add-header": "Connection: close"}
+        uwsgi.update(self.uwsgi_options(settings))
+        module, environment = self.app(settings)
+        if module != SITE_WSGI_MODULE:
+            uwsgi["module"] = module
 
         stack_settings = StackSettings(
             run_dir=self.workdir / "run",
@@ -315,6 +347,26 @@ class LabStacks:
                 setattr(stack_settings, attribute, settings[knob])
         return stack_settings
 
+    def server_spec(self, settings: Mapping[str, Any], port: int, app_port: int) -> ServerSpec:
+        """What to run behind the lab's minimal nginx for ``app.server`` uwsgi/gunicorn/granian.
+
+        Each gets as many workers as uWSGI would: deploy/uwsgi's one per CPU unless
+        ``uwsgi.processes`` says otherwise (for uWSGI only).
+        """
+        module, environment = self.app(settings)
+        options = self.uwsgi_options(settings)
+        workers = int(options.pop("processes", self.cpus))
+        return ServerSpec(
+            server=settings["app.server"],
+            module=module,
+            workers=workers,
+            run_dir=self.workdir / "front",
+            port=port,
+            app_port=app_port,
+            environment=environment,
+            uwsgi_options=options,
+        )
+
     def start(self, settings: Mapping[str, Any]) -> LabStack:
         """Start nginx and uWSGI for ``settings``; wait until they answer, or raise ServerError."""
         if self.fixed_port:
@@ -323,6 +375,16 @@ class LabStacks:
             port, http_port = free_port(), free_port()
         for number in (port, http_port):
             check_port_free(number)
+        if settings["app.server"] != "stack":
+            assert self.nginx is not None, "__enter__ checked it is installed"
+            front = FrontedServer(
+                self.server_spec(settings, port, http_port), self.nginx, self.uwsgi
+            )
+            try:
+                front.start()  # stops whatever it started if it fails
+            except LabError as error:
+                raise ServerError(f"{settings['app.server']} did not start: {error}") from None
+            return LabStack(front, http_port, self.running)
         stack = Stack(self.stack_settings(settings, port, http_port))
         try:
             stack.start()  # stops whatever it started if it fails

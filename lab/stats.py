@@ -29,6 +29,10 @@ class Summary:
     bad_status: int
     #: In how many runs the load generator used (nearly) all the CPU it could.
     saturated_runs: int
+    #: Median of the runs' p99 / p50.
+    tail_ratio: float = 0.0
+    #: In how many runs p99 was more than TAIL_RATIO × p50.
+    long_tail_runs: int = 0
 
     @property
     def spread(self) -> float:
@@ -53,4 +57,6 @@ def summarize(results: Sequence[LoadResult]) -> Summary:
         errors=sum(result.errors for result in results),
         bad_status=sum(result.bad_status for result in results),
         saturated_runs=sum(result.generator_saturated for result in results),
+        tail_ratio=statistics.median(result.tail_ratio for result in results),
+        long_tail_runs=sum(result.long_tail for result in results),
     )
