@@ -41,7 +41,7 @@ POSTGRES_SKIPPED = (
     "needs PostgreSQL and no database was given; to include it, pass --postgres-url or set "
     "BENCH_DATABASE_URL (a database the lab may create a schema in)"
 )
-#: --quick: each configuration once, for 1 s, no warm-up.
+#: --quick: each configuration once, for 1 s, no warm-up (and on an experiment's first route).
 QUICK = {"runs": 1, "duration": 1, "warmup": 0}
 
 
@@ -249,7 +249,12 @@ def bench_command(
             if not e.quick and not experiments
         ]
         files = [e for e in files if e.quick or experiments]
-    loaded = [per_route for experiment in files for per_route in experiment.per_route()]
+    # --quick proves each configuration starts and answers: on the first route only.
+    loaded = [
+        per_route
+        for experiment in files
+        for per_route in experiment.per_route()[: 1 if quick else None]
+    ]
     loaded, missing = without_missing_servers(loaded)
     skipped += missing
     if not postgres_url:

@@ -1149,7 +1149,9 @@ def test_a_server_that_is_not_installed_is_left_out_with_how_to_install_it(tmp_p
     )
 
 
-def test_quick_leaves_out_the_experiments_that_say_so_unless_named(tmp_path, monkeypatch, capsys):
+def test_quick_leaves_out_the_files_that_say_so_unless_named_and_runs_the_first_route(
+    tmp_path, monkeypatch, capsys
+):
     write(tmp_path, MINIMAL, "short.toml")
     write(tmp_path, "quick = false\n" + ROUTES, "long.toml")
     monkeypatch.setattr(cli, "EXPERIMENTS_DIR", tmp_path)
@@ -1161,8 +1163,9 @@ def test_quick_leaves_out_the_experiments_that_say_so_unless_named(tmp_path, mon
         capsys.readouterr().err
     )
     assert main(["--quick", "long"]) == 0
+    assert [(e.id, e.runs) for e in ran[-1]] == [("long /health", 1)]  # its first route only
+    assert main(["long"]) == 0
     assert [e.id for e in ran[-1]] == ["long /health", "long /search?q=python"]
-    assert {e.runs for e in ran[-1]} == {1}
 
 
 def test_the_bare_hello_answers_any_path_without_flask():
