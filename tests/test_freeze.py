@@ -22,7 +22,8 @@ from flask import Flask
 
 from tests.conftest import SMALL_SEED, make_app
 from webapp import create_app
-from webapp.blueprints.pages import LATEST_COUNT
+from webapp.blueprints.feed import FEED
+from webapp.blueprints.pages import CATALOGUE, LATEST_COUNT
 from webapp.db import get_database, get_session, queries
 from webapp.db.seed import seed
 from webapp.freeze import SiteBuild, freeze
@@ -215,6 +216,34 @@ def test_an_edited_episode_rerenders_it_the_lists_and_the_feed_only(app, dest):
     assert_matches_live(dest, app)
 
 
+def test_an_edit_plans_and_renders_only_what_it_touches(app, dest, monkeypatch):
+    """An incremental build considers the edited episode's page and the pages that list
+    it; of the catalogue and the feed it renders that episode's fragment alone."""
+    freeze(app, dest)
+    edited = episodes_of(app)[-5]
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited", edited.number))
+    fragments: list[int] = []
+    for listing in (CATALOGUE, FEED):
+        real = listing.fragments.render
+        monkeypatch.setattr(
+            listing.fragments,
+            "render",
+            lambda episodes, real=real: (
+                fragments.extend(e.number for e in episodes) or real(episodes)
+            ),
+        )
+
+    with SiteBuild(app, dest) as build:
+        assert build.incremental
+        assert [page.url for page in build.pages if page.number is not None] == [edited.path]
+        for page in build.pending:
+            build.render(page)
+        build.commit()
+
+    assert fragments == [edited.number, edited.number]
+    assert_matches_live(dest, app)
+
+
 def test_an_episode_on_the_home_page_rerenders_it_too(app, dest):
     freeze(app, dest)
     edited = episodes_of(app)[1]
@@ -304,7 +333,8 @@ def test_layouts_that_do_not_fit_their_files_are_not_trusted(empty_app, dest, tm
                 json.loads(page[4]) | {"before": json.loads(page[4])["before"] + 1}
             )
             chunks = json.loads(gz[4])["chunks"]
-            gz[4] = json.dumps({"chunks": [[chunks[0][0], chunks[0][1] + 1], *chunks[1:]]})
+            key, digest, deflated, *rest = chunks[0]
+            gz[4] = json.dumps({"chunks": [[key, digest, deflated + 1, *rest], *chunks[1:]]})
         else:
             page[4] = gz[4] = "not JSON"
     state_file.write_text(json.dumps(state))

@@ -75,6 +75,19 @@ def episode_revisions(session: Session) -> list[EpisodeRevision]:
     return _revisions(session.fetch_all(f"{REVISION_FROM} ORDER BY e.number DESC"))
 
 
+def episode_table(session: Session) -> tuple[list[int], list[int | None]]:
+    """Every episode's number and revision, newest number first: what a build compares.
+
+    Not the slug: that would read every episode's row, where the number's
+    index and the revisions' primary key are enough.
+    """
+    rows = session.fetch_all(
+        "SELECT e.number, r.revision FROM episodes e"
+        " LEFT JOIN episode_revisions r ON r.episode_id = e.id ORDER BY e.number DESC"
+    )
+    return [row["number"] for row in rows], [row["revision"] for row in rows]
+
+
 def _revisions(rows: list[dict]) -> list[EpisodeRevision]:
     return [EpisodeRevision(row["number"], row["slug"], row["revision"]) for row in rows]
 
