@@ -148,8 +148,8 @@ class SiteBuild:
         self.up_to_date = False
         self._records: dict[str, FileRecord] = {}
         self._rendered: list[str] = []
-        #: Each .gz file to write: its path, its inputs, its content, how to get its
-        #: pieces; None for an episode page's (of which the state keeps no record).
+        #: Each .gz file to write: its path, its record's inputs and content (None for
+        #: an episode page's, of which the state keeps no record), how to get its pieces.
         self._compressed: list[tuple[str, tuple[str, str] | None, Compressed]] = []
         self._mtime_ns = time.time_ns()
         #: The episodes this build renders a page or a fragment of, by number.
@@ -158,7 +158,7 @@ class SiteBuild:
         self._changed: set[int] = set()
         self._gone: set[int] = set()
         self._live_table: EpisodeTable | None = None
-        #: Episode pages of the new build: how many, their bytes and their .gz's bytes.
+        #: The bytes of the new build's episode pages, and of their .gz files.
         self._episode_bytes = [0, 0]
         #: Files whose modification time is not the build's (see webapp.listing.Listing).
         self._mtimes: dict[str, int] = {}

@@ -14,10 +14,10 @@ bytes and 32 KiB window hold none of the new bytes is copied from the live
 ``.gz`` the same way, so an edit deflates a few chunks, not the whole file,
 and the trailer's CRC comes from the chunks' (``chunked_gzip.crc32_combine``)::
 
-    splice = Splice.plan(live, numbers, {300: b"<li>…</li>"}, before, after)
-    splice.pieces                                  # [b"<!doctype…", Range(812, 30410), b"<li>…", …]
-    compressed = splice.gzip(chunk_every, read, deflate)
-    compressed.pieces                              # [HEADER, Range(10, 40127), b"\\x…", …]
+    splice = Splice.plan(live, numbers, {300: b"<li>…</li>"}, (), before, after)
+    splice.pieces       # [b"<!doctype…", Range(812, 30410), b"<li>…", Range(31507, …), b"</ol>…"]
+    pieces, layout = splice.gzip(chunk_every, deflate).finish()
+    pieces              # [HEADER, Range(10, 40127), b"\\x…", Range(…), FINAL_BLOCK, trailer]
 
 A build from scratch is the same with no live file: every piece is new.
 Nothing of the live files is trusted unless their layouts tile them exactly.
