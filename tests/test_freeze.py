@@ -27,6 +27,7 @@ from webapp.blueprints.pages import CATALOGUE, LATEST_COUNT
 from webapp.db import get_database, get_session, queries
 from webapp.db.seed import seed
 from webapp.freeze import SiteBuild, freeze
+from webapp.freeze.site import site_freezer
 from webapp.models import Episode
 from webapp.settings import SETTINGS
 
@@ -459,6 +460,29 @@ def test_a_new_slug_moves_the_page_and_its_redirect(app, dest):
     assert {new, f"{new}.gz", "nginx/episodes.map"} <= set(report.changed)
     assert redirect_map(dest)[episode.number] == f"/episodes/{episode.number}/a-better-slug"
     assert_matches_live(dest, app)
+
+
+def test_another_page_frozen_in_an_episodes_directory_is_not_taken_for_an_old_page(app, dest):
+    """A site that also freezes transcripts (episodes/<n>/transcript.html, beside the page):
+    an edit or a new slug of the episode removes its old page, not the transcript."""
+    episode = episodes_of(app)[-3]
+    number = episode.number
+    site_freezer(app).register_generator(lambda: [("podcast.transcript", {"number": number})])
+    transcript = f"episodes/{number}/transcript.html"
+    freeze(app, dest)
+    assert (dest / transcript).is_file()
+
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited", number))
+    edited = freeze(app, dest)
+    execute(app, "UPDATE episodes SET slug = %s WHERE number = %s", ("new-slug", number))
+    moved = freeze(app, dest)
+
+    assert edited.removed == ()
+    old = f"{episode.path[1:]}.html"
+    assert set(moved.removed) == {old, f"{old}.gz"}
+    assert (dest / transcript).read_bytes() == app.test_client().get(f"/{transcript}").data
+    assert (dest / f"{transcript}.gz").is_file()
+    assert (dest / f"episodes/{number}/new-slug.html").is_file()
 
 
 def test_a_settings_change_rerenders_every_page_but_keeps_identical_files(

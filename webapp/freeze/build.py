@@ -158,6 +158,8 @@ class SiteBuild:
         self._changed: set[int] = set()
         self._gone: set[int] = set()
         self._live_table: EpisodeTable | None = None
+        #: The files of the pages this build considers but episodes' (see _plan_changes).
+        self._other_files: set[str] = set()
         #: The bytes of the new build's episode pages, and of their .gz files.
         self._episode_bytes = [0, 0]
         #: Files whose modification time is not the build's (see webapp.listing.Listing).
@@ -242,6 +244,7 @@ class SiteBuild:
         ]
         self._generated = {REDIRECTS: redirect_rules(self.app, self.pages)}
         keep = {path for page in self.pages if page.number is None for path in page.files}
+        self._other_files = keep
         self.up_to_date = (
             not self.pending
             and not self._gone
@@ -390,6 +393,8 @@ class SiteBuild:
     def _remove_old_episode_files(self) -> bool:
         """Remove the pages of deleted episodes, and the old ones of episodes at a new URL.
 
+        Found in the episode's directory; a file there that is another page's (an
+        episode's transcript frozen beside its page, say) is that page's to keep or remove.
         Returns True if an episode's URL came, went or moved.
         """
         pages = {page.number: page for page in self.pages if page.number is not None}
@@ -400,7 +405,7 @@ class SiteBuild:
             if page is not None and page.path not in self.trees.live_files(directory):
                 moved = True
             for path in self.trees.listdir(directory):
-                if page is None or path not in page.files:
+                if path not in self._other_files and (page is None or path not in page.files):
                     self._episode_bytes[path.endswith(".gz")] -= self.trees.size(path)
                     self.trees.remove(path)
         return moved
