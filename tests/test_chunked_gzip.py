@@ -58,8 +58,8 @@ def feed_xml(size: int, seed: int = 7) -> bytes:
             f"<item><title>Episode {number}: {text(rng, 60).decode()}</title>"
             f"<link>https://podcast.test/episodes/{number}/</link>"
             f'<guid isPermaLink="false">{rng.getrandbits(128):032x}</guid>'
-            f"<pubDate>Mon, {rng.randint(1, 28):02d} Jan {rng.randint(2015, 2025)} "
-            "14:00:00 +0000</pubDate>"
+            f"<pubDate>Mon, {rng.randint(1, 28):02d} Jan {rng.randint(2015, 2025)}"
+            " 14:00:00 +0000</pubDate>"
             f"<description><![CDATA[<p>{text(rng, rng.randint(300, 900)).decode()}</p>]]>"
             "</description>"
             f'<enclosure url="https://media.example.com/audio/{number:04d}.mp3"'
@@ -273,23 +273,29 @@ def test_reusable_maps_each_digest_to_that_chunks_deflated_bytes_as_laid_out():
     reusable = gz.reusable()
     split_chunks = split(chunks)
 
-    assert [digest for digest, _ in gz.chunks] == [chunk.digest for chunk in split_chunks]
-    assert list(reusable) == [digest for digest, _ in gz.chunks]
-    assert [len(reusable[digest]) for digest, _ in gz.chunks] == [length for _, length in gz.chunks]
-    for chunk in split_chunks:
+    assert [record.digest for record in gz.chunks] == [chunk.digest for chunk in split_chunks]
+    assert list(reusable) == [record.digest for record in gz.chunks]
+    assert [len(reusable[record.digest]) for record in gz.chunks] == [
+        record.deflated for record in gz.chunks
+    ]
+    for chunk, record in zip(split_chunks, gz.chunks, strict=True):
         assert reusable[chunk.digest] == chunked_gzip.deflate(chunk)
+        assert (record.size, record.crc) == (len(chunk.data), zlib.crc32(chunk.data))
     # Header, the chunks' bytes in order, the final block, the trailer: nothing else.
     assert gz.data == HEADER + b"".join(reusable.values()) + FINAL_BLOCK + gz.data[-8:]
     assert (
-        len(gz.data) == len(HEADER) + sum(length for _, length in gz.chunks) + len(FINAL_BLOCK) + 8
+        len(gz.data)
+        == len(HEADER) + sum(record.deflated for record in gz.chunks) + len(FINAL_BLOCK) + 8
     )
 
 
 @pytest.mark.parametrize("change", [+1, -1])
 def test_reusable_refuses_a_layout_that_does_not_tile_the_file(change):
     gz = compress(pieces(feed_xml(200_000), CHUNK))
-    (digest, length), *rest = gz.chunks
-    wrong = chunked_gzip.GzipChunks(gz.data, [(digest, length + change), *rest])
+    first, *rest = gz.chunks
+    wrong = chunked_gzip.GzipChunks(
+        gz.data, [first._replace(deflated=first.deflated + change), *rest]
+    )
     with pytest.raises(ValueError, match="does not describe"):
         wrong.reusable()
 
@@ -298,7 +304,7 @@ def test_reusable_of_repeated_chunks_keeps_one_entry_per_distinct_digest():
     # Identical chunks after identical windows: the same digest, the same bytes.
     chunks = [b"a" * WINDOW] * 4
     gz = compress(chunks)
-    digests = [digest for digest, _ in gz.chunks]
+    digests = [record.digest for record in gz.chunks]
     assert len(set(digests)) == 2  # the first chunk has an empty window, the rest "a" * WINDOW
     assert set(gz.reusable()) == set(digests)
     assert compress(chunks, gz.reusable()) == gz
@@ -323,3 +329,16 @@ def test_a_digest_tells_where_the_window_ends_and_the_chunk_begins():
     assert one.digest != other.digest
     rebuilt = compress([b"a", b"bc"], compress([b"ab", b"c"]).reusable())
     assert gzip.decompress(rebuilt.data) == b"abc"
+
+
+def test_crc32_combine_is_the_crc_of_the_pieces_end_to_end():
+    rng = random.Random(11)
+    for _ in range(50):
+        first, second = rng.randbytes(rng.randrange(3000)), rng.randbytes(rng.randrange(3000))
+        whole = zlib.crc32(first + second)
+        crc1, crc2 = zlib.crc32(first), zlib.crc32(second)
+        assert chunked_gzip.crc32_combine(crc1, crc2, len(second)) == whole
+        # The arithmetic in Python, used where zlib's own cannot be loaded, agrees.
+        if second:
+            python = chunked_gzip._multiply(chunked_gzip._x_to_8_times(len(second)), crc1) ^ crc2
+            assert python == whole

@@ -22,10 +22,12 @@ from flask import Flask
 
 from tests.conftest import SMALL_SEED, make_app
 from webapp import create_app
-from webapp.blueprints.pages import LATEST_COUNT
+from webapp.blueprints.feed import FEED
+from webapp.blueprints.pages import CATALOGUE, LATEST_COUNT
 from webapp.db import get_database, get_session, queries
 from webapp.db.seed import seed
 from webapp.freeze import SiteBuild, freeze
+from webapp.freeze.site import site_freezer
 from webapp.models import Episode
 from webapp.settings import SETTINGS
 
@@ -215,6 +217,34 @@ def test_an_edited_episode_rerenders_it_the_lists_and_the_feed_only(app, dest):
     assert_matches_live(dest, app)
 
 
+def test_an_edit_plans_and_renders_only_what_it_touches(app, dest, monkeypatch):
+    """An incremental build considers the edited episode's page and the pages that list
+    it; of the catalogue and the feed it renders that episode's fragment alone."""
+    freeze(app, dest)
+    edited = episodes_of(app)[-5]
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited", edited.number))
+    fragments: list[int] = []
+    for listing in (CATALOGUE, FEED):
+        real = listing.fragments.render
+        monkeypatch.setattr(
+            listing.fragments,
+            "render",
+            lambda episodes, real=real: (
+                fragments.extend(e.number for e in episodes) or real(episodes)
+            ),
+        )
+
+    with SiteBuild(app, dest) as build:
+        assert build.incremental
+        assert [page.url for page in build.pages if page.number is not None] == [edited.path]
+        for page in build.pending:
+            build.render(page)
+        build.commit()
+
+    assert fragments == [edited.number, edited.number]
+    assert_matches_live(dest, app)
+
+
 def test_an_episode_on_the_home_page_rerenders_it_too(app, dest):
     freeze(app, dest)
     edited = episodes_of(app)[1]
@@ -304,7 +334,8 @@ def test_layouts_that_do_not_fit_their_files_are_not_trusted(empty_app, dest, tm
                 json.loads(page[4]) | {"before": json.loads(page[4])["before"] + 1}
             )
             chunks = json.loads(gz[4])["chunks"]
-            gz[4] = json.dumps({"chunks": [[chunks[0][0], chunks[0][1] + 1], *chunks[1:]]})
+            key, digest, deflated, *rest = chunks[0]
+            gz[4] = json.dumps({"chunks": [[key, digest, deflated + 1, *rest], *chunks[1:]]})
         else:
             page[4] = gz[4] = "not JSON"
     state_file.write_text(json.dumps(state))
@@ -429,6 +460,29 @@ def test_a_new_slug_moves_the_page_and_its_redirect(app, dest):
     assert {new, f"{new}.gz", "nginx/episodes.map"} <= set(report.changed)
     assert redirect_map(dest)[episode.number] == f"/episodes/{episode.number}/a-better-slug"
     assert_matches_live(dest, app)
+
+
+def test_another_page_frozen_in_an_episodes_directory_is_not_taken_for_an_old_page(app, dest):
+    """A site that also freezes transcripts (episodes/<n>/transcript.html, beside the page):
+    an edit or a new slug of the episode removes its old page, not the transcript."""
+    episode = episodes_of(app)[-3]
+    number = episode.number
+    site_freezer(app).register_generator(lambda: [("podcast.transcript", {"number": number})])
+    transcript = f"episodes/{number}/transcript.html"
+    freeze(app, dest)
+    assert (dest / transcript).is_file()
+
+    execute(app, "UPDATE episodes SET title = %s WHERE number = %s", ("Edited", number))
+    edited = freeze(app, dest)
+    execute(app, "UPDATE episodes SET slug = %s WHERE number = %s", ("new-slug", number))
+    moved = freeze(app, dest)
+
+    assert edited.removed == ()
+    old = f"{episode.path[1:]}.html"
+    assert set(moved.removed) == {old, f"{old}.gz"}
+    assert (dest / transcript).read_bytes() == app.test_client().get(f"/{transcript}").data
+    assert (dest / f"{transcript}.gz").is_file()
+    assert (dest / f"episodes/{number}/new-slug.html").is_file()
 
 
 def test_a_settings_change_rerenders_every_page_but_keeps_identical_files(

@@ -19,9 +19,12 @@ The source is the build's ``<dest>`` symlink there, in any form rsync takes.
    hard-linked from the live tree with ``--link-dest``), changed ones are
    written under temporary names and renamed, and modification times are
    kept, so nginx's ETag and Last-Modified are the source's.
-3. Every file is checked against the build's own state file (its list of
-   files with their sizes and modification times): nothing missing, nothing
-   extra, nothing half-copied. A build that does not match is not used.
+3. Every file is checked against the build's own state file: the files it
+   records (the listings, static files, nginx's maps) by size and modification
+   time, and the whole tree by its digest (``output.TreeDigest``: the count of
+   files and a sum over each one's path, size and modification time, which the
+   build keeps up to date as it writes): nothing missing, nothing extra, nothing
+   half-copied. A build that does not match is not used.
 4. ``<dest>`` is replaced by a symlink to the spare tree in one ``rename(2)``,
    as ``flask freeze`` does: a request gets the old build or the new one.
 
@@ -38,7 +41,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .output import MANIFEST_FILE, STATE_FILE, TREE_NAMES, BuildTrees, FreezeError, read_records
+from .output import STATE_FILE, TREE_NAMES, BuildTrees, FreezeError, TreeDigest, read_state
 
 #: What nginx reads only when it starts or reloads.
 NGINX_INCLUDES = ("nginx/episodes.map", "nginx/redirects.conf")
@@ -122,25 +125,27 @@ def _source_tree(rsync: str, source: str) -> str:
 
 
 def _check_against_state(tree: Path) -> int:
-    """The number of files in ``tree``, if they are exactly those its state file lists."""
-    records = read_records(tree)
-    if records is None:
+    """The number of files in ``tree``, if they are exactly those its state file describes."""
+    state = read_state(tree)
+    if state is None:
         raise FreezeError(f"the copy in {tree} has no readable state file: not a finished build")
-    found = {}
-    for directory, _, names in os.walk(tree):
-        for name in names:
-            path = os.path.join(directory, name)
-            found[os.path.relpath(path, tree)] = os.stat(path)
-    for extra in (STATE_FILE, MANIFEST_FILE):
-        found.pop(extra, None)
-    if found.keys() != records.keys():
-        differ = sorted(found.keys() ^ records.keys())
-        raise FreezeError(f"the copy in {tree} differs from its build: {differ[:5]}")
+    records, digest = state
     for path, record in records.items():
-        stat = found[path]
+        try:
+            stat = os.lstat(tree / path)
+        except FileNotFoundError:
+            raise FreezeError(
+                f"the copy in {tree} differs from its build: {path} is missing"
+            ) from None
         if (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
             raise FreezeError(f"the copy in {tree} has another {path} than its build")
-    return len(records)
+    found = TreeDigest.of(tree)
+    if found != digest:
+        raise FreezeError(
+            f"the copy in {tree} differs from its build: {found.files} files where the build"
+            f" has {digest.files}, or another path, size or modification time among them"
+        )
+    return found.files
 
 
 def _same_file(a: Path, b: Path) -> bool:

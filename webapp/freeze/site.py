@@ -1,13 +1,13 @@
 """What a build holds: every page's URL, file and inputs, found by Frozen-Flask.
 
-Frozen-Flask's URL generators list the URLs: the ones registered here read
-every episode's number, slug and revision from the database, once;
-Frozen-Flask's own walks ``webapp/static``. Nothing is found by crawling.
-Each URL becomes a :class:`Page`::
+Frozen-Flask's URL generators list the URLs: the ones registered here list
+the episodes a build considers (every one, or those that changed since the
+live build: see build.py); Frozen-Flask's own walks ``webapp/static``.
+Nothing is found by crawling. Each URL becomes a :class:`Page`::
 
     with app.app_context():
         pages = plan_pages(app)
-    pages[0]  # Page(url='/404.html', path='404.html', status=404, inputs='5d0c…', files=(…))
+    pages[0]  # Page(url='/404.html', path='404.html', status=404, inputs='5d0c…', files=…)
 
 A page's ``inputs`` digests everything its bytes depend on, so a rebuild
 renders a page only when its inputs changed:
@@ -16,7 +16,8 @@ renders a page only when its inputs changed:
   has loaded: the app and the freezer, not tools such as the tuning lab), the
   templates and static files, the versions of the libraries that render
   them, the ``SITE_*`` settings;
-* an episode page: that episode's revision;
+* an episode page: that episode's revision (kept in the :class:`EpisodeTable`
+  of the build, not one record per page);
 * the home page: the revisions of the episodes it lists;
 * the catalogue: every episode's revision; the feed: those and
   ``site_state.changed_at``, its lastBuildDate; any page added later, until
@@ -27,7 +28,7 @@ An episode's revision is a random token the database's triggers draw anew
 for any write to the episode or its guests (see ``episode_revisions`` in the
 schemas): renaming a guest, or an edit that
 forgets ``updated_at``, still reaches the page, and an unchanged episode costs
-the build one row of three numbers. The catalogue and the feed are
+the build one row of two numbers. The catalogue and the feed are
 :class:`~webapp.listing.Listing` pages, one fragment per episode, which
 their views register for the freezer (``webapp.listing.register_page``), as
 the episode's view registers how its page renders; a rebuild renders the
@@ -36,14 +37,18 @@ fragments of changed episodes only (see build.py).
 
 from __future__ import annotations
 
+import base64
+import bisect
 import functools
 import hashlib
+import operator
 import re
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from flask import Flask, current_app, g
@@ -53,6 +58,7 @@ from werkzeug.routing import RequestRedirect
 
 from ..blueprints import pages
 from ..db import get_session, queries
+from ..db.backends import Session
 from ..listing import Listing, page_renderer
 from ..models import Episode, EpisodeRevision, SiteState
 from .output import FreezeError, content_digest
@@ -75,25 +81,101 @@ def digest(*parts: str) -> str:
     return content_digest("\0".join(parts).encode())
 
 
-@dataclass(frozen=True)
+class EpisodeTable(Sequence[EpisodeRevision]):
+    """Every episode's number and revision, newest number first: what a build compares.
+
+    Two arrays of 64-bit integers: a build reads one row per episode and
+    compares the table with the live build's in C, not a Python object per
+    episode; the state file holds each array as base64. As a sequence, its
+    items have no slug (the table does not hold them): lists need none.
+    """
+
+    def __init__(self, numbers: array, revisions: array) -> None:
+        self.numbers = numbers
+        self.revisions = revisions
+
+    @classmethod
+    def read(cls, session: Session) -> EpisodeTable:
+        try:
+            return cls(*queries.episode_table(session))
+        except ValueError as unrevised:
+            raise FreezeError(
+                f"episode(s) {unrevised} have no revision, so a build cannot tell whether they"
+                " changed: run `flask --app webapp init-db`, which gives them one"
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __getitem__(self, index: int) -> EpisodeRevision:  # type: ignore[override]
+        return EpisodeRevision(self.numbers[index], "", self.revisions[index])
+
+    def revision(self, number: int) -> int:
+        """The revision of episode ``number``, which must be in the table."""
+        index = bisect.bisect_left(self.numbers, -number, key=operator.neg)
+        if index == len(self.numbers) or self.numbers[index] != number:
+            raise KeyError(number)
+        return self.revisions[index]
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A digest of every episode's revision: the catalogue's and the feed's inputs."""
+        return content_digest(self.numbers.tobytes() + self.revisions.tobytes())
+
+    def changes_since(self, old: EpisodeTable) -> tuple[set[int], set[int]]:
+        """The numbers of the episodes new or changed since ``old``, and of those gone."""
+        if self.numbers == old.numbers:  # no episode came or went: compare in place
+            indexes = _differences(memoryview(self.revisions), memoryview(old.revisions))
+            return {self.numbers[index] for index in indexes}, set()
+        new = dict(zip(self.numbers, self.revisions, strict=True))
+        before = dict(zip(old.numbers, old.revisions, strict=True))
+        changed = {number for number, _ in new.items() - before.items()}
+        return changed, before.keys() - new.keys()
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "numbers": base64.b64encode(self.numbers.tobytes()).decode(),
+            "revisions": base64.b64encode(self.revisions.tobytes()).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, table: Any) -> EpisodeTable | None:
+        """The table a state file holds; None if it holds none, or not one."""
+        try:
+            numbers, revisions = array("q"), array("q")
+            numbers.frombytes(base64.b64decode(table["numbers"], validate=True))
+            revisions.frombytes(base64.b64decode(table["revisions"], validate=True))
+        except (KeyError, TypeError, ValueError):
+            return None
+        return cls(numbers, revisions) if len(numbers) == len(revisions) else None
+
+
+def _differences(new: memoryview, old: memoryview, start: int = 0) -> list[int]:
+    """The indexes at which two equally long arrays differ, found by halving: a few
+    comparisons of whole slices (memcmp) per difference, not a Python step per item."""
+    if new == old:
+        return []
+    if len(new) == 1:
+        return [start]
+    half = len(new) // 2
+    return _differences(new[:half], old[:half], start) + _differences(
+        new[half:], old[half:], start + half
+    )
+
+
+@dataclass
 class SiteData:
     """The published data one build freezes, as far as telling changes apart needs."""
 
     state: SiteState
-    #: every episode, newest number first
-    episodes: list[EpisodeRevision]
+    table: EpisodeTable
     #: the episodes the home page lists
     latest: list[EpisodeRevision]
     #: see code_fingerprint
     code: str
-
-    def by_path(self) -> dict[str, EpisodeRevision]:
-        return {episode.path: episode for episode in self.episodes}
-
-    @functools.cached_property
-    def every_revision(self) -> str:
-        """A digest of every episode's revision: the catalogue's and the feed's inputs."""
-        return _revisions(self.episodes)
+    #: the episodes whose pages this build considers: every one, or the changed
+    #: ones (set by the build, once it knows which)
+    episodes: list[EpisodeRevision] = field(default_factory=list)
 
 
 def site_data() -> SiteData:
@@ -101,21 +183,14 @@ def site_data() -> SiteData:
     if "freeze_site_data" not in g:
         session = get_session()
         state = queries.site_state(session)
-        episodes = queries.episode_revisions(session)
-        if not episodes:
+        table = EpisodeTable.read(session)
+        if not table:
             raise FreezeError(
                 "the database has no episodes, so the build would be an empty site:"
                 " seed it (`flask --app webapp seed`) or point DATABASE_URL at the right database"
             )
-        unrevised = [str(episode.number) for episode in episodes if episode.revision is None]
-        if unrevised:
-            raise FreezeError(
-                f"episode(s) {', '.join(unrevised[:10])} have no revision, so a build cannot tell"
-                " whether they changed: run `flask --app webapp init-db`, which gives them one"
-            )
         latest = queries.latest_revisions(session, pages.LATEST_COUNT)
-        code = code_fingerprint(current_app)
-        g.freeze_site_data = SiteData(state, episodes, latest, code)
+        g.freeze_site_data = SiteData(state, table, latest, code_fingerprint(current_app))
     return g.freeze_site_data
 
 
@@ -158,7 +233,7 @@ def _show_files():
 
 
 def _episode_pages():
-    """Frozen-Flask URL generator: every episode's page, from the database."""
+    """Frozen-Flask URL generator: the page of each episode the build considers."""
     # Their canonical paths, where the view redirects every other URL of an
     # episode (and cheaper than 600 url_for calls).
     return [episode.path for episode in site_data().episodes]
@@ -211,7 +286,7 @@ def code_fingerprint(app: Flask) -> str:
 @functools.cache
 def _library_versions() -> str:
     # Once per process: it renders with the versions it imported, whatever
-    # pip has installed since (and reading package metadata costs 2 ms).
+    # pip has installed since (and reading package metadata is slow).
     return "".join(f"{library}={version(library)}\0" for library in RENDERING_LIBRARIES)
 
 
@@ -225,11 +300,12 @@ def _rendering_files(app: Flask) -> set[Path]:
 
 
 def plan_pages(app: Flask) -> list[Page]:
-    """Every page of the site, with the digest of its inputs. Needs an app context."""
+    """The pages of the site but those of episodes the build does not consider, each with
+    the digest of its inputs. Needs an app context."""
     data = site_data()
     freezer = site_freezer(app)
     adapter = app.url_map.bind("localhost")
-    episodes = data.by_path()
+    episodes = {episode.path: episode for episode in data.episodes}
     pages = [Page.at(NOT_FOUND_URL, FILE_NAMES[NOT_FOUND_URL], 404, digest(data.code))]
     seen = set()
     for url in freezer.all_urls():
@@ -239,8 +315,8 @@ def plan_pages(app: Flask) -> list[Page]:
         path = freezer.urlpath_to_filepath(url)
         episode = episodes.get(url)
         if episode is not None:
-            inputs = digest(data.code, f"{episode.number}.{episode.revision}")
-            pages.append(Page.at(url, path, 200, inputs, number=episode.number))
+            # Its inputs are its number and revision, which the table holds.
+            pages.append(Page.at(url, path, 200, "", number=episode.number))
             continue
         endpoint, _ = adapter.match(url, method="GET")
         inputs = digest(data.code, _data_inputs(endpoint, data))
@@ -255,17 +331,13 @@ def _data_inputs(endpoint: str, data: SiteData) -> str:
     if endpoint in ("static", "podcast.artwork"):
         return ""
     if endpoint == "pages.index":
-        return _revisions(data.latest)
-    every_episode = data.every_revision
+        return digest(*(f"{episode.number}.{episode.revision}" for episode in data.latest))
+    every_episode = data.table.digest
     if endpoint == "pages.catalogue":
         return every_episode
     if endpoint == "feed.rss":
         return digest(data.state.changed_at.isoformat(), every_episode)
     return digest(str(data.state.version), data.state.changed_at.isoformat(), every_episode)
-
-
-def _revisions(episodes: Sequence[EpisodeRevision]) -> str:
-    return digest(*(f"{episode.number}.{episode.revision}" for episode in episodes))
 
 
 def render_episode_page(app: Flask, episode: Episode) -> bytes:
@@ -282,17 +354,15 @@ def render_episode_page(app: Flask, episode: Episode) -> bytes:
     return render(episode).encode()
 
 
-def episodes_map(data: SiteData) -> bytes:
+def episodes_map(episodes: Sequence[EpisodeRevision]) -> bytes:
     """nginx ``map`` entries, episode number -> canonical path, for the 301s the live app makes.
 
     ``5 /episodes/5/command-line-tools-with-ines-haddad;`` — paths are
     percent-encoded, so no slug an editor types can break nginx's syntax
     (``;``, spaces, quotes) or be read as a variable (``$``).
     """
-    # data.episodes is newest number first.
-    lines = (
-        f"{episode.number} {_nginx_safe(episode.path)};\n" for episode in reversed(data.episodes)
-    )
+    # Newest number first, as the queries give them.
+    lines = (f"{episode.number} {_nginx_safe(episode.path)};\n" for episode in reversed(episodes))
     return "".join(lines).encode()
 
 
@@ -300,7 +370,7 @@ _NEEDS_NO_QUOTING = re.compile(r"[A-Za-z0-9/_.~-]*")
 
 
 def _nginx_safe(path: str) -> str:
-    # Most slugs need no quoting, and matching is 5 times cheaper than quote().
+    # Most slugs need no quoting, and a match is cheaper than quote().
     return path if _NEEDS_NO_QUOTING.fullmatch(path) else quote(path)
 
 
