@@ -166,7 +166,8 @@ class ProfilerMiddleware:
             recording.failed(error)
             self._finish(recording)
             raise
-        return _ProfiledBody(app_iter, recording, self._finish)
+        self.profiler.pause()
+        return _ProfiledBody(app_iter, recording, self.profiler, self._finish)
 
     def _inline(
         self, recording: _Recording, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -379,17 +380,23 @@ class _ProfiledBody:
         self,
         app_iter: Iterable[bytes],
         recording: _Recording,
+        profiler: Profiler,
         finish: Callable[[_Recording], object],
     ) -> None:
         self._app_iter = app_iter
         self._chunks: Iterator[bytes] = iter(app_iter)
         self._recording = recording
+        # A list's chunks are made already: the server has control while they are iterated.
+        self._profiler = None if isinstance(app_iter, list | tuple) else profiler
         self._finish = finish
 
     def __iter__(self) -> _ProfiledBody:
         return self
 
     def __next__(self) -> bytes:
+        # The application makes the chunk; the server writes it, unprofiled by a timer.
+        if self._profiler is not None:
+            self._profiler.resume()
         try:
             return next(self._chunks)
         except StopIteration:
@@ -398,6 +405,9 @@ class _ProfiledBody:
         except Exception as error:
             self._recording.failed(error)
             raise
+        finally:
+            if self._profiler is not None:
+                self._profiler.pause()
 
     def close(self) -> None:
         try:

@@ -25,14 +25,21 @@ import io
 import json
 import marshal
 import pstats
+import signal
+import sys
+import threading
+import time
+import timeit
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pyinstrument
 from pyinstrument.renderers import SpeedscopeRenderer
 from pyinstrument.renderers.html import JSONForHTMLRenderer
 from pyinstrument.session import Session
+from pyinstrument.stack_sampler import build_call_stack, get_stack_sampler
 
 from .pages import element, json_for_script, page, script_hash
 
@@ -69,6 +76,19 @@ class Profiler(abc.ABC):
         """
         data = self.stop()
         return lambda: data
+
+    def pause(self) -> None:
+        """The server has control until :meth:`resume` (it writes the response).
+
+        Between the application's call and each chunk of its body the server
+        runs its own code: an engine that interrupts the process (a timer
+        signal) must not do it then. Nothing by default.
+        """
+        return
+
+    def resume(self) -> None:
+        """The application has control again (it makes the next chunk)."""
+        return
 
     @abc.abstractmethod
     def render_html(self, data: bytes) -> str:
@@ -109,6 +129,25 @@ class PyinstrumentProfiler(Profiler):
     block (``type="application/json"``, never run) with ``<``, ``>`` and ``&``
     escaped, and the two scripts that do run never change, so the page's
     policy allows exactly them by hash.
+
+    pyinstrument samples from a hook on every Python and C call
+    (``sys.setprofile``), which on Python 3.11 also turns off the interpreter's
+    specialised instructions for as long as it is set: a request shorter than
+    one interval pays for the hook whole and gets no sample. So by default the
+    hook is set only once a request has run for one ``interval``: a one-shot
+    ``SIGALRM`` timer (``setitimer``) starts pyinstrument then, and its first
+    sample is weighed from the request's start, as pyinstrument weighs every
+    sample by the time since the one before. A shorter request is stored as
+    pyinstrument would record it: its duration and CPU time, no samples. The
+    timer runs only while the application has control (:meth:`pause`: not
+    while the server writes the response, whose ``poll`` a signal would
+    interrupt), on the main thread (where Python runs signal handlers), and
+    only when nothing else handles ``SIGALRM``; otherwise the hook is set when
+    the request starts.
+
+    :param interval: seconds between two samples.
+    :param timer_start: wait for the timer before setting the hook, as above;
+        False sets it when each request starts.
     """
 
     name = "pyinstrument"
@@ -117,25 +156,101 @@ class PyinstrumentProfiler(Profiler):
         "session": ExportFormat(".pyisession", "application/json"),
     }
 
-    def __init__(self, interval: float = 0.001) -> None:
+    def __init__(self, interval: float = 0.001, *, timer_start: bool = True) -> None:
         self.interval = interval
+        self.timer_start = timer_start
         self._running: pyinstrument.Profiler | None = None
+        self._waiting: _Waiting | None = None
+        self._armed = False
+        self._remaining = 0.0
 
     def start(self, description: str) -> None:
+        caller = sys._getframe(1)
+        if self.timer_start and _take_timer(self):
+            # The hook waits for the timer: see the class's documentation. The stack is
+            # taken now, not the frame: a frame keeps its callers' locals alive (the
+            # server's response, whose close() ends this profile).
+            self._waiting = _Waiting(
+                description,
+                build_call_stack(caller, "initial", None),
+                time.time(),
+                timeit.default_timer(),
+                time.process_time(),
+            )
+            self._armed = True
+            signal.setitimer(signal.ITIMER_REAL, self.interval)
+        else:
+            self._start_sampler(description, caller)
+
+    def _start_sampler(self, description: str, caller: types.FrameType | None) -> None:
         # A WSGI request runs on one thread with no event loop, so tracking
         # await points would only add cost.
         sampler = pyinstrument.Profiler(interval=self.interval, async_mode="disabled")
-        sampler.start(target_description=description)
+        sampler.start(caller_frame=caller, target_description=description)
         self._running = sampler
+
+    def _timer_fired(self, frame: types.FrameType | None) -> None:
+        waiting = self._waiting
+        if waiting is None or self._running is not None:  # a late signal: already stopped
+            return
+        stack_sampler = get_stack_sampler()
+        if not stack_sampler.subscribers:
+            # pyinstrument weighs each sample by the time since the one before: the first
+            # one counts from the request's start, as if the hook had been set then.
+            stack_sampler.last_profile_time = waiting.timer
+        self._armed = False
+        self._start_sampler(waiting.description, frame)
+
+    def pause(self) -> None:
+        if self._armed:
+            self._armed = False
+            self._remaining = signal.setitimer(signal.ITIMER_REAL, 0)[0]
+
+    def resume(self) -> None:
+        # Zero remaining: the signal is on its way (the handler starts the sampler).
+        if self._waiting is not None and self._running is None and self._remaining > 0:
+            self._armed = True
+            signal.setitimer(signal.ITIMER_REAL, self._remaining)
 
     def stop(self) -> bytes:
         return self.stop_deferred()()
 
     def stop_deferred(self) -> Callable[[], bytes]:
-        if self._running is None:
-            raise RuntimeError("stop() without start()")
-        session = self._running.stop()
-        self._running = None
+        waiting, self._waiting = self._waiting, None
+        self.pause()
+        end_time, end_cpu = time.time(), time.process_time()
+        running, self._running = self._running, None
+        if running is None:
+            if waiting is None:
+                raise RuntimeError("stop() without start()")
+            # Shorter than one interval: what pyinstrument records then, with no samples.
+            description, start_time, start_cpu = waiting.description, waiting.time, waiting.cpu
+            start_call_stack = waiting.start_call_stack
+
+            def empty_session() -> bytes:
+                session = Session(
+                    frame_records=[],
+                    start_time=start_time,
+                    duration=end_time - start_time,
+                    min_interval=self.interval,
+                    max_interval=self.interval,
+                    sample_count=0,
+                    start_call_stack=start_call_stack,
+                    target_description=description,
+                    cpu_time=end_cpu - start_cpu,
+                    sys_path=sys.path,
+                    sys_prefixes=Session.current_sys_prefixes(),
+                )
+                return json.dumps(session.to_json()).encode()
+
+            return empty_session
+        session = running.stop()
+        if waiting is not None:
+            # Started by the timer: the session covers the request from its start.
+            session.start_call_stack = waiting.start_call_stack
+            session.start_time = waiting.time
+            session.duration = end_time - waiting.time
+            session.cpu_time = end_cpu - waiting.cpu
         return lambda: json.dumps(session.to_json()).encode()
 
     def render_html(self, data: bytes) -> str:
@@ -165,6 +280,52 @@ class PyinstrumentProfiler(Profiler):
     @staticmethod
     def _session(data: bytes) -> Session:
         return Session.from_json(json.loads(data))
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A request whose sampler waits for the timer."""
+
+    description: str
+    start_call_stack: list[str]
+    time: float
+    timer: float
+    """``timeit.default_timer()``, pyinstrument's clock."""
+    cpu: float
+
+
+#: The profiler whose request the SIGALRM timer is for (one profile at a time per process).
+_timer_owner: PyinstrumentProfiler | None = None
+
+
+def _on_timer(signum: int, frame: types.FrameType | None) -> None:
+    if _timer_owner is not None:
+        _timer_owner._timer_fired(frame)
+
+
+def _take_timer(profiler: PyinstrumentProfiler) -> bool:
+    """Whether ``profiler`` may start on the SIGALRM timer; makes it the timer's owner.
+
+    Python runs signal handlers on the main thread only, so a request on another
+    thread (a threaded server) sets the hook at once. So does a process whose
+    SIGALRM someone else handles (``signal.alarm`` timeouts).
+    """
+    global _timer_owner
+    if (
+        not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return False
+    handler: Any = signal.getsignal(signal.SIGALRM)
+    if handler is not _on_timer:
+        if handler is not signal.SIG_DFL:
+            return False
+        signal.signal(signal.SIGALRM, _on_timer)
+        # Restart the system calls the signal interrupts rather than fail them with EINTR
+        # (Python retries its own; a C extension's might not).
+        signal.siginterrupt(signal.SIGALRM, False)
+    _timer_owner = profiler
+    return True
 
 
 _DATA_ID = "pyinstrument-session"

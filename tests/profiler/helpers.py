@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
 from collections.abc import Callable, Iterable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,6 +23,37 @@ OTHER_SECRET = "another-secret-2b7e15c9-a-32-byte-minimum"
 def hello_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"), ("X-App", "hello")])
     return [b"hello ", environ["PATH_INFO"].encode("latin-1")]
+
+
+#: How long busy_app's /busy and /stream keep the CPU busy.
+BUSY_SECONDS = 0.03
+
+
+def spin(seconds: float) -> int:
+    """Python work for ``seconds``: what a profile's samples must find."""
+    deadline = time.perf_counter() + seconds
+    turns = 0
+    while time.perf_counter() < deadline:
+        turns += sum(range(50))
+    return turns
+
+
+def busy_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """``/busy`` spins for BUSY_SECONDS, ``/stream`` streams three chunks spinning before
+    each, anything else answers at once."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    path = environ["PATH_INFO"]
+    if path == "/stream":
+        return _spun_chunks()
+    if path == "/busy":
+        spin(BUSY_SECONDS)
+    return [b"done ", path.encode("latin-1")]
+
+
+def _spun_chunks() -> Iterable[bytes]:
+    for chunk in (b"a", b"b", b"c"):
+        spin(BUSY_SECONDS / 3)
+        yield chunk
 
 
 class Result(NamedTuple):
