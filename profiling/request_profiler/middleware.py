@@ -249,7 +249,7 @@ class ProfilerMiddleware:
                 return meta, recording.redactor.data(make_data())
 
             self.writer.submit(recording.id, make_profile)
-            self.writer.store_one_if_behind()
+            self.writer.store_if_behind()
         return make_data
 
     def _failed(self, what: str) -> None:

@@ -25,11 +25,13 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 PROFILE_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{12}")
+#: ``<newest id>+<oldest id>+<count>.profiles``: several profiles saved as one file.
+_PACK_NAME = re.compile(rf"({PROFILE_ID.pattern})\+({PROFILE_ID.pattern})\+([1-9]\d*)\.profiles")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -55,6 +57,9 @@ class Store(Protocol):
     def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
         """Keep one profile; may drop older ones to stay within bounds."""
 
+    # Optional: ``save_many(profiles)`` keeps several (id, meta, data) at once; the writer
+    # uses it when the store has it.
+
     def recent(self) -> list[dict[str, Any]]:
         """The metadata of the stored profiles, newest first."""
 
@@ -79,6 +84,12 @@ class DirectoryStore:
     tenth of ``max_bytes``) beyond the bounds; each prune brings the directory
     back within them.
 
+    The writer hands over what it has queued at once (:meth:`save_many`): those
+    profiles go into one file, a pack, since creating a file costs far more
+    kernel CPU than writing a small profile into it (docs/tuning.md). A pack
+    counts as its profiles against ``max_profiles`` and is pruned whole; the
+    viewer reads its profiles one by one as any other.
+
     The directory is created on the first save, so a misconfigured path fails
     on profiled requests only (the middleware logs that) and not at startup.
 
@@ -90,6 +101,7 @@ class DirectoryStore:
     """
 
     suffix = ".profile"
+    pack_suffix = ".profiles"
     #: Temporary files older than this are left-overs, removed when pruning.
     stale_temp_seconds = 3600
 
@@ -116,13 +128,40 @@ class DirectoryStore:
         self._sizes: dict[str, int] = {}
 
     def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
+        self._save_one(profile_id, meta, data)
+
+    def _save_one(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
         if not is_profile_id(profile_id):
             raise ValueError(f"not a profile id: {profile_id!r}")
         # One line of JSON (json.dumps escapes newlines), then the raw data:
         # recent() reads only the first line of each file.
         content = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + data
+        self._write(profile_id + self.suffix, profile_id, content, count=1)
+
+    def save_many(self, profiles: Sequence[tuple[str, Mapping[str, Any], bytes]]) -> None:
+        """Keep several profiles as one file (a pack): one file created instead of one each.
+
+        The first line lists each profile's id, metadata and data size, newest first; the
+        data follow in that order. Packs are pruned whole.
+        """
+        if len(profiles) == 1:
+            self._save_one(*profiles[0])
+            return
+        ordered = sorted(profiles, key=lambda profile: profile[0], reverse=True)
+        for profile_id, _, _ in ordered:
+            if not is_profile_id(profile_id):
+                raise ValueError(f"not a profile id: {profile_id!r}")
+        newest, oldest = ordered[0][0], ordered[-1][0]
+        index = [[profile_id, meta, len(data)] for profile_id, meta, data in ordered]
+        content = b"".join(
+            [json.dumps(index, separators=(",", ":")).encode(), b"\n", *(p[2] for p in ordered)]
+        )
+        name = f"{newest}+{oldest}+{len(ordered)}{self.pack_suffix}"
+        self._write(name, newest, content, count=len(ordered))
+
+    def _write(self, name: str, temp_id: str, content: bytes, count: int) -> None:
         # The id is unique, so is this name: no random temporary name to find.
-        temp_path = os.path.join(self.directory, f".tmp-{profile_id}")
+        temp_path = os.path.join(self.directory, f".tmp-{temp_id}")
         try:
             fd = os.open(temp_path, _NEW_FILE, 0o600)
         except FileNotFoundError:  # the first save: the directory is made on demand
@@ -135,13 +174,13 @@ class DirectoryStore:
                     written += os.write(fd, content[written:])
             finally:
                 os.close(fd)
-            os.replace(temp_path, self._path(profile_id))
+            os.replace(temp_path, os.path.join(self.directory, name))
         except BaseException:
             _remove(temp_path)
             raise
         with self._counting:
-            self._sizes[profile_id + self.suffix] = len(content)
-            self._unpruned_count += 1
+            self._sizes[name] = len(content)
+            self._unpruned_count += count
             self._unpruned_bytes += len(content)
             due = (
                 self._unpruned_count >= self.prune_every
@@ -150,17 +189,22 @@ class DirectoryStore:
             if due:
                 self._unpruned_count = self._unpruned_bytes = 0
         if due:
-            self._prune(keep=profile_id)
+            self._prune(keep=name)
 
     def recent(self) -> list[dict[str, Any]]:
-        metas = []
-        for profile_id in self._ids():
+        metas: list[tuple[str, dict[str, Any]]] = []
+        for name in self._names():
             try:
-                with open(self._path(profile_id), "rb") as file:
-                    metas.append(json.loads(file.readline()))
+                with open(os.path.join(self.directory, name), "rb") as file:
+                    first_line = json.loads(file.readline())
             except FileNotFoundError:  # pruned by another process meanwhile
                 continue
-        return metas
+            if name.endswith(self.pack_suffix):
+                metas.extend((profile_id, meta) for profile_id, meta, _ in first_line)
+            else:
+                metas.append((name[: -len(self.suffix)], first_line))
+        metas.sort(key=lambda found: found[0], reverse=True)
+        return [meta for _, meta in metas]
 
     def load(self, profile_id: str) -> tuple[dict[str, Any], bytes] | None:
         if not is_profile_id(profile_id):
@@ -170,19 +214,41 @@ class DirectoryStore:
                 meta = json.loads(file.readline())
                 return meta, file.read()
         except FileNotFoundError:
-            return None
+            pass
+        for name in self._names():
+            match = _PACK_NAME.fullmatch(name)
+            if match is None or not match[2] <= profile_id <= match[1]:
+                continue
+            try:
+                with open(os.path.join(self.directory, name), "rb") as file:
+                    index = json.loads(file.readline())
+                    offset = file.tell()
+                    for stored_id, meta, size in index:
+                        if stored_id == profile_id:
+                            file.seek(offset)
+                            return meta, file.read(size)
+                        offset += size
+            except FileNotFoundError:  # pruned meanwhile
+                continue
+        return None
 
     def _path(self, profile_id: str) -> str:
         return os.path.join(self.directory, profile_id + self.suffix)
 
-    def _ids(self) -> list[str]:
-        """The stored ids, newest first."""
+    def _names(self) -> list[str]:
+        """The stored files (profiles and packs), newest first."""
         try:
             names = os.listdir(self.directory)
         except (FileNotFoundError, NotADirectoryError):  # nothing was ever saved there
             return []
-        ids = (name[: -len(self.suffix)] for name in names if name.endswith(self.suffix))
-        return sorted((i for i in ids if is_profile_id(i)), reverse=True)
+        return sorted(filter(self._count, names), reverse=True)
+
+    def _count(self, name: str) -> int:
+        """How many profiles the file ``name`` holds; 0 if it is not one of the store's."""
+        if name.endswith(self.suffix):
+            return int(is_profile_id(name[: -len(self.suffix)]))
+        match = _PACK_NAME.fullmatch(name)
+        return 0 if match is None else int(match[3])
 
     def _prune(self, keep: str) -> None:
         with open(os.path.join(self.directory, ".lock"), "a") as lock:
@@ -192,9 +258,7 @@ class DirectoryStore:
                 for entry in entries:
                     if entry.name.startswith(".tmp-"):
                         temps.append(entry)
-                    elif entry.name.endswith(self.suffix) and is_profile_id(
-                        entry.name[: -len(self.suffix)]
-                    ):
+                    elif self._count(entry.name):
                         profiles.append(entry)
             profiles.sort(key=lambda entry: entry.name, reverse=True)  # newest first
             with self._counting:
@@ -209,12 +273,13 @@ class DirectoryStore:
                     if stat is None:
                         continue
                     size = stat.st_size
-                if entry.name != keep + self.suffix and (
-                    count >= self.max_profiles or total + size > self.max_bytes
+                in_file = self._count(entry.name)
+                if entry.name != keep and (
+                    count + in_file > self.max_profiles or total + size > self.max_bytes
                 ):
                     _remove(entry.path)
                 else:
-                    count += 1
+                    count += in_file
                     total += size
                     sizes[entry.name] = size
             with self._counting:

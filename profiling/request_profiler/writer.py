@@ -14,8 +14,9 @@ all). What a killed process had queued is lost with it.
 
 The callable is run on the writer's thread: building the metadata and
 serialising the profile cost the request nothing, unless the thread is
-getting no turns (a saturated worker: see :meth:`ProfileWriter.store_one_if_behind`),
-when the request stores the oldest queued profile itself after its response.
+getting no turns (a saturated worker: see :meth:`ProfileWriter.store_if_behind`),
+when the request stores the queued batch itself after its response. A batch
+goes to the store as one file where it can (``DirectoryStore.save_many``).
 When the queue is full the profile is dropped and counted, with a warning at
 the first drop and at most one a minute after that (and the total at exit):
 no request waits for the thread, nor for a store stuck on one profile.
@@ -54,7 +55,7 @@ class ProfileWriter:
     ``delay`` seconds after it last looked, and stores all that are queued. Waking a
     thread and handing it the GIL costs more CPU than storing one small profile.
     A full batch still queued when another profile arrives means the thread is not
-    getting turns: see :meth:`store_one_if_behind`.
+    getting turns: see :meth:`store_if_behind`.
 
     :param store: where the profiles go.
     :param max_pending: profiles queued at most; more are dropped and counted in :attr:`dropped`.
@@ -126,15 +127,15 @@ class ProfileWriter:
                 self._ready.notify()
         return True
 
-    def store_one_if_behind(self) -> None:
-        """Store the oldest queued profile on this thread if a batch is waiting.
+    def store_if_behind(self) -> None:
+        """Store the queued profiles on this thread if a batch is waiting.
 
         A worker that is never idle (saturated) gives the thread almost no turns:
         CPython hands the GIL to a waiting thread only every switch interval (5 ms),
         and the thread gives it back at each file operation, so it falls behind until
         its queue drops profiles. The caller (after its response has gone) then
-        stores one itself: the queue stays short at the CPU cost the thread would
-        have had. Waiting for the thread instead measured slower (the worker sits
+        stores the batch itself: the queue stays short at the CPU cost the thread
+        would have had. Waiting for the thread instead measured slower (the worker sits
         idle while the scheduler runs the thread). A store stuck on one profile for
         over a second gets no help: its queue fills and drops, and no request waits.
         """
@@ -145,8 +146,9 @@ class ProfileWriter:
                 return
             if self._in_progress and time.monotonic() - self._busy_since > STUCK_SECONDS:
                 return
-            profile_id, make = self._pending.popleft()
-        self._store(profile_id, make)
+            work = list(self._pending)
+            self._pending.clear()
+        self._store(work)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every profile handed over so far in this process is stored (or failed)."""
@@ -201,9 +203,7 @@ class ProfileWriter:
                     self._in_progress = len(work)
                     self._busy_since = time.monotonic()
                 try:
-                    for profile_id, make in work:
-                        self._store(profile_id, make)
-                        self._busy_since = time.monotonic()
+                    self._store(work)
                 finally:
                     last_work = time.monotonic()
                     with self._ready:
@@ -217,22 +217,39 @@ class ProfileWriter:
                     self._thread = None
                 self._ready.notify_all()
 
-    def _store(self, profile_id: str, make: MakeProfile) -> None:
+    def _store(self, work: list[tuple[str, MakeProfile]]) -> None:
+        """Store ``work``: as one file when the store can (``save_many``), since creating a
+        file costs more than writing a small profile into it."""
+        profiles = []
+        for profile_id, make in work:
+            try:
+                profiles.append((profile_id, *make()))
+            except Exception:
+                self._failed()
+        save_many = getattr(self.store, "save_many", None)
         try:
-            meta, data = make()
-            self.store.save(profile_id, meta, data)
+            if save_many is not None and profiles:
+                save_many(profiles)
+            else:
+                for profile in profiles:
+                    self.store.save(*profile)
+                    self._busy_since = time.monotonic()
         except Exception:
-            # Once per run of failures: a full disk must not flood the log with a traceback
-            # per profile. The request was served long ago.
-            if not self._failing:
-                self._failing = True
-                logger.warning(
-                    "request_profiler: storing a profile failed; requests are still served. "
-                    "Further failures are not logged until it succeeds again.",
-                    exc_info=True,
-                )
+            self._failed()
         else:
-            self._failing = False
+            if len(profiles) == len(work):
+                self._failing = False
+
+    def _failed(self) -> None:
+        # Once per run of failures: a full disk must not flood the log with a traceback
+        # per profile. The request was served long ago.
+        if not self._failing:
+            self._failing = True
+            logger.warning(
+                "request_profiler: storing a profile failed; requests are still served. "
+                "Further failures are not logged until it succeeds again.",
+                exc_info=True,
+            )
 
 
 _live_writers: weakref.WeakSet[ProfileWriter] = weakref.WeakSet()

@@ -128,3 +128,58 @@ def test_the_byte_bound_counts_files_another_process_saved(tmp_path: Path) -> No
 
 def store_ids(directory: Path) -> list[str]:
     return [meta["id"] for meta in DirectoryStore(directory).recent()]
+
+
+# --- Packs: several profiles saved as one file ------------------------------------------
+
+
+def profiles_at(*times: float, size: int = 100) -> list[tuple[str, dict, bytes]]:
+    saved = []
+    for at in times:
+        profile_id = new_profile_id(at)
+        saved.append((profile_id, {"id": profile_id}, os.urandom(size)))
+    return saved
+
+
+def test_save_many_writes_one_file_whose_profiles_read_back_one_by_one(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    single = save(store, b"alone", at=500.0)
+    pack = profiles_at(1000.0, 1002.0, 1001.0)
+
+    store.save_many(pack)
+
+    newest, oldest = pack[1][0], pack[0][0]
+    assert files(tmp_path) == [f"{single}.profile", f"{newest}+{oldest}+3.profiles"]
+    assert store_ids(tmp_path) == [pack[1][0], pack[2][0], pack[0][0], single]
+    for profile_id, meta, data in pack:
+        assert store.load(profile_id) == (meta, data)
+    assert store.load(single) == ({"id": single}, b"alone")
+    assert store.load(new_profile_id(1001.5)) is None  # within the pack's range, not in it
+
+
+def test_packs_count_each_profile_and_are_pruned_whole_never_the_one_just_saved(
+    tmp_path: Path,
+) -> None:
+    store = DirectoryStore(tmp_path, max_profiles=4, prune_every=1)
+    store.save_many(profiles_at(1000.0, 1001.0, 1002.0))
+    store.save_many(profiles_at(2000.0, 2001.0))  # 5 profiles: the older pack goes whole
+
+    assert len(store.recent()) == 2 and len(files(tmp_path)) == 1
+    big = profiles_at(3000.0, 3001.0, 3002.0, 3003.0, 3004.0)
+    store.save_many(big)  # alone above the bound
+
+    assert store_ids(tmp_path) == sorted((profile_id for profile_id, _, _ in big), reverse=True)
+    assert len(files(tmp_path)) == 1
+
+
+def test_files_that_only_look_like_packs_are_neither_read_nor_pruned(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path, max_profiles=1, prune_every=1)
+    newest, oldest = new_profile_id(2.0), new_profile_id(1.0)
+    lookalikes = [f"{newest}+{oldest}+0.profiles", f"{newest}+..+1.profiles", "a+b+1.profiles"]
+    for name in lookalikes:
+        (tmp_path / name).write_bytes(b"[]\n")
+
+    store.save_many(profiles_at(3.0, 4.0))
+
+    assert len(store.recent()) == 2
+    assert set(lookalikes) <= set(files(tmp_path))

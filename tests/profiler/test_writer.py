@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from .helpers import environ_for, hello_app, stored
 
 
 class GatedStore(DirectoryStore):
-    """A DirectoryStore whose saves wait for ``gate``, and which notes the thread of each save."""
+    """A DirectoryStore whose saves wait for ``gate``, and which notes the thread that saved
+    each profile."""
 
     def __init__(self, directory: Path, **options: Any) -> None:
         super().__init__(directory, **options)
@@ -35,9 +36,12 @@ class GatedStore(DirectoryStore):
         self.threads: list[threading.Thread] = []
 
     def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
-        self.threads.append(threading.current_thread())
+        self.save_many([(profile_id, meta, data)])
+
+    def save_many(self, profiles: Sequence[tuple[str, Mapping[str, Any], bytes]]) -> None:
+        self.threads += [threading.current_thread()] * len(profiles)
         assert self.gate.wait(10), "the test never opened the gate"
-        super().save(profile_id, meta, data)
+        super().save_many(profiles)
 
 
 def serve(app, path: str = "/", **options) -> bytes:
@@ -102,29 +106,29 @@ def test_a_full_queue_drops_counts_and_warns_at_most_once_a_minute(
 class FirstSaveGated(GatedStore):
     """Only the first save waits at the gate: the writer's thread is held, the caller's is not."""
 
-    def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
+    def save_many(self, profiles: Sequence[tuple[str, Mapping[str, Any], bytes]]) -> None:
         if self.threads:
-            self.threads.append(threading.current_thread())
-            DirectoryStore.save(self, profile_id, meta, data)
+            self.threads += [threading.current_thread()] * len(profiles)
+            DirectoryStore.save_many(self, profiles)
         else:
-            super().save(profile_id, meta, data)
+            super().save_many(profiles)
 
 
-def test_a_caller_finding_a_batch_queued_stores_the_oldest_itself(store_dir: Path) -> None:
+def test_a_caller_finding_a_batch_queued_stores_it_itself(store_dir: Path) -> None:
     store = FirstSaveGated(store_dir)
     writer = ProfileWriter(store, batch=3, delay=0.01)
     writer.submit(*profile(0))
     assert _wait_for(lambda: store.threads)  # the thread holds profile 0 at the gate
     for n in (1, 2):
         writer.submit(*profile(n))
-        writer.store_one_if_behind()  # fewer than a batch queued: nothing to do
+        writer.store_if_behind()  # fewer than a batch queued: nothing to do
     assert store.threads == [store.threads[0]]
 
     writer.submit(*profile(3))
-    writer.store_one_if_behind()
+    writer.store_if_behind()
 
-    assert store.threads[1:] == [threading.current_thread()]
-    assert [meta["n"] for meta in DirectoryStore(store_dir).recent()] == [1]  # the oldest queued
+    assert store.threads[1:] == [threading.current_thread()] * 3
+    assert [meta["n"] for meta in DirectoryStore(store_dir).recent()] == [3, 2, 1]  # all queued
     store.gate.set()
     assert writer.flush()
 
@@ -142,7 +146,7 @@ def test_no_caller_helps_a_store_stuck_on_one_profile(
     accepted = []
     for n in range(1, 6):
         accepted.append(writer.submit(*profile(n)))
-        writer.store_one_if_behind()
+        writer.store_if_behind()
 
     assert store.threads == [store.threads[0]]  # nobody else saved
     assert accepted == [True, True, True, False, False] and writer.dropped == 2
