@@ -70,7 +70,7 @@ class ProfileWriter:
         store: Store,
         *,
         max_pending: int = 64,
-        batch: int = 8,
+        batch: int = 32,
         delay: float = 0.05,
         idle_seconds: float = 5.0,
     ) -> None:
