@@ -52,7 +52,11 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
     The engine: pyinstrument samples (cheap, call tree and timeline page,
     speedscope download); cProfile counts every call (slower, ``.pstats`` for snakeviz).
 ``interval`` (float seconds, default 0.001)
-    pyinstrument's sampling interval.
+    pyinstrument's sampling interval. Its hook on every call is set only once
+    a request has run this long (a one-shot ``SIGALRM`` timer, on the main
+    thread, while the application has control): a shorter request is stored
+    with its duration and no samples, as pyinstrument would record it, at
+    almost no cost. See :class:`PyinstrumentProfiler` (``timer_start``).
 ``store`` (a :class:`Store`) or ``directory`` (path)
     Where profiles are kept; ``directory`` makes a :class:`DirectoryStore`.
     Several app servers share one list with a :class:`PostgresStore`, whose
@@ -84,12 +88,13 @@ Options of :class:`ProfilerMiddleware` (all keyword-only):
 
 A profiled request only stops the sampler and hands the profile over: a
 writer thread per process builds its metadata, serialises it and saves it,
-in batches (:mod:`request_profiler.writer`), and what is queued is stored
-when the process exits (uWSGI: with ``enable-threads``). A worker too busy
-to give that thread a turn stores one queued profile per profiled request
-itself, after the response. The viewer waits for its own process's queue,
-so a profile just taken is listed; code that reads the store right after a
-request calls ``middleware.flush()`` first.
+in batches, each batch one file of a ``directory`` store
+(:mod:`request_profiler.writer`), and what is queued is stored
+when the process exits (uWSGI: with ``enable-threads``). In a worker too
+busy to give that thread a turn, the request that finds a full batch queued
+stores it itself, after its response. The viewer waits for its own process's
+queue, so a profile just taken is listed; code that reads the store right
+after a request calls ``middleware.flush()`` first.
 
 Stored metadata: method, path, redacted query string, status, duration, time
 to ``start_response``, time, endpoint (set ``environ[ENDPOINT_KEY]``), host

@@ -87,8 +87,9 @@ class DirectoryStore:
     The writer hands over what it has queued at once (:meth:`save_many`): those
     profiles go into one file, a pack, since creating a file costs far more
     kernel CPU than writing a small profile into it (docs/tuning.md). A pack
-    counts as its profiles against ``max_profiles`` and is pruned whole; the
-    viewer reads its profiles one by one as any other.
+    counts as its profiles against ``max_profiles`` and is pruned whole (so a
+    prune may keep up to one pack fewer than the bound); the viewer reads its
+    profiles one by one as any other.
 
     The directory is created on the first save, so a misconfigured path fails
     on profiled requests only (the middleware logs that) and not at startup.
