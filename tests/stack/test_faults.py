@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from request_profiler import make_token
+from request_profiler import DirectoryStore, make_token
 
 from deploy.stack import Stack
 
@@ -257,7 +257,8 @@ def test_a_reload_under_load_loses_no_profile(make_stack, tmp_path: Path) -> Non
     assert failures == []
     assert not old_workers & set(stack.instances[0].worker_pids())  # every worker was replaced
     # The new workers store theirs within their batch delay; wait for them, bounded.
-    stored = lambda: {path.stem for path in profiles.glob("*.profile")}  # noqa: E731
+    # Each writer's batch is one file: count profiles, not files.
+    stored = lambda: {meta["id"] for meta in DirectoryStore(profiles).recent()}  # noqa: E731
     assert wait_until(lambda: set(told) <= stored(), 30), len(set(told) - stored())
     assert len(told) > 400
 
