@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from request_profiler import DirectoryStore, PyinstrumentProfiler
 
-from deploy.stack.settings import find_uwsgi
+from deploy.stack.settings import UWSGI_INI, find_uwsgi
 from tests.conftest import require_service
 from tests.stack.support import free_port
 
@@ -187,8 +187,6 @@ def test_without_timer_start_the_hook_is_set_at_once(
 
 
 # --- On uWSGI, as deployed ------------------------------------------------------------------
-
-UWSGI_INI = Path(__file__).parents[2] / "deploy" / "uwsgi" / "uwsgi.ini"
 
 
 @pytest.fixture
