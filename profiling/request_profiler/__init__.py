@@ -37,54 +37,7 @@ response body, streamed chunk by chunk; it ends in the body's ``close()``.
 ``Server-Timing`` covers only the time until ``start_response()``, as headers
 are sent before the body.
 
-Options of :class:`ProfilerMiddleware` (all keyword-only):
-
-``secret`` (str or bytes, default None)
-    Signs and checks tokens; at least 32 bytes (a shorter one is a ValueError).
-    Without it, on-demand profiling and the viewer are off.
-``sample_rate`` (float, default 0)
-    Fraction of all other requests to profile (0 to 1). Sampled responses get
-    no profiling headers.
-``slow_ms`` (float, default 0)
-    Keep a sampled profile only if its request took at least this long, so
-    sampling can run continuously at a known cost. Token profiles are always kept.
-``profiler`` (``"pyinstrument"``, ``"cprofile"`` or a :class:`Profiler`, default ``"pyinstrument"``)
-    The engine: pyinstrument samples (cheap, call tree and timeline page,
-    speedscope download); cProfile counts every call (slower, ``.pstats`` for snakeviz).
-``interval`` (float seconds, default 0.001)
-    pyinstrument's sampling interval. Its hook on every call is set only once
-    a request has run this long (a one-shot ``SIGALRM`` timer, on the main
-    thread, while the application has control): a shorter request is stored
-    with its duration and no samples, as pyinstrument would record it, at
-    almost no cost. See :class:`PyinstrumentProfiler` (``timer_start``).
-``store`` (a :class:`Store`) or ``directory`` (path)
-    Where profiles are kept; ``directory`` makes a :class:`DirectoryStore`.
-    Several app servers share one list with a :class:`PostgresStore`, whose
-    calls are bounded by a timeout. Required when ``secret`` or ``sample_rate`` is set.
-``max_profiles`` (int, default 200), ``max_bytes`` (int, default 100 MiB)
-    Bounds of the ``directory`` store; the oldest profiles go first.
-``max_pending`` (int, default 64)
-    Profiles each process may hold for its writer thread; beyond, they are
-    dropped and counted (``middleware.writer.dropped``), with a warning.
-``viewer_prefix`` (str, default ``"/_profiler"``; None or "" for no viewer)
-    Where the viewer answers, token holders only.
-``token_ttl`` (float seconds, default an hour, or ``max_token_ttl`` if shorter)
-    Lifetime of tokens minted by the middleware's ``make_token()``.
-``max_token_ttl`` (float seconds, default 86400)
-    The longest lifetime a token may have: one that expires further away than
-    this is refused, however it was minted.
-``secret_params`` (names, default ``DEFAULT_SECRET_PARAMS``)
-    Query parameters redacted in stored metadata, besides ``_profile``.
-``accel_redirect_key`` (str, default ``"REQUEST_PROFILER_ACCEL_REDIRECT"``; None: off)
-    A front server that sends every request carrying a token to the
-    application (past its static files and caches, since it cannot check a
-    signature) sets this WSGI variable on them to a location of its own.
-    When the token turns out invalid, a GET or HEAD is answered at once with
-    ``X-Accel-Redirect`` to it, and the front server serves the request as it
-    would have without the token: a bogus cookie costs a signature check, not
-    a page render. Clients cannot set such a variable, only the server.
-``clock`` (callable, default ``time.time``)
-    The current Unix time, for checking token expiry.
+The options are documented on :class:`ProfilerMiddleware` (``help(ProfilerMiddleware)``).
 
 A profiled request only stops the sampler and hands the profile over: a
 writer thread per process builds its metadata, serialises it and saves it,

@@ -53,8 +53,51 @@ class ProfilerMiddleware:
     """Profile the requests that carry a valid token, and a sample of the others.
 
     ``ProfilerMiddleware(app)`` alone passes every request straight through.
-    The options are described in the package documentation
-    (``help(request_profiler)``).
+    How requests carry tokens, what is stored and what the viewer shows: the
+    package documentation (``help(request_profiler)``).
+
+    :param app: the WSGI application to wrap.
+    :param secret: Signs and checks tokens; at least 32 bytes (a shorter one is a ValueError).
+        Without it, on-demand profiling and the viewer are off. (str or bytes, default None)
+    :param sample_rate: Fraction of all other requests to profile (0 to 1). Sampled responses
+        get no profiling headers. (float, default 0)
+    :param slow_ms: Keep a sampled profile only if its request took at least this long, so
+        sampling can run continuously at a known cost. Token profiles are always kept. (float,
+        default 0)
+    :param profiler: The engine: pyinstrument samples (cheap, call tree and timeline page,
+        speedscope download); cProfile counts every call (slower, ``.pstats`` for snakeviz).
+        (``"pyinstrument"``, ``"cprofile"`` or a :class:`Profiler`, default ``"pyinstrument"``)
+    :param interval: pyinstrument's sampling interval. Its hook on every call is set only once a
+        request has run this long (a one-shot ``SIGALRM`` timer, on the main thread, while the
+        application has control): a shorter request is stored with its duration and no samples, as
+        pyinstrument would record it, at almost no cost. See :class:`PyinstrumentProfiler`
+        (``timer_start``). (float seconds, default 0.001)
+    :param store: where profiles are kept (a :class:`Store`). Several app servers share one list
+        with a :class:`PostgresStore`, whose calls are bounded by a timeout. This or ``directory``
+        is required when ``secret`` or ``sample_rate`` is set.
+    :param directory: a directory for a :class:`DirectoryStore`, instead of ``store``.
+    :param max_profiles: bound of the ``directory`` store (default 200); the oldest profiles go
+        first.
+    :param max_bytes: bound of the ``directory`` store in bytes (default 100 MiB).
+    :param max_pending: Profiles each process may hold for its writer thread; beyond, they are
+        dropped and counted (``middleware.writer.dropped``), with a warning. (int, default 64)
+    :param viewer_prefix: Where the viewer answers, token holders only. (str, default
+        ``"/_profiler"``; None or "" for no viewer)
+    :param token_ttl: Lifetime of tokens minted by the middleware's ``make_token()``. (float
+        seconds, default an hour, or ``max_token_ttl`` if shorter)
+    :param max_token_ttl: The longest lifetime a token may have: one that expires further away
+        than this is refused, however it was minted. (float seconds, default 86400)
+    :param secret_params: Query parameters redacted in stored metadata, besides ``_profile``.
+        (names, default ``DEFAULT_SECRET_PARAMS``)
+    :param accel_redirect_key: A front server that sends every request carrying a token to the
+        application (past its static files and caches, since it cannot check a signature) sets this
+        WSGI variable on them to a location of its own. When the token turns out invalid, a GET or
+        HEAD is answered at once with ``X-Accel-Redirect`` to it, and the front server serves the
+        request as it would have without the token: a bogus cookie costs a signature check, not a
+        page render. Clients cannot set such a variable, only the server. (str, default
+        ``"REQUEST_PROFILER_ACCEL_REDIRECT"``; None: off)
+    :param clock: The current Unix time, for checking token expiry. (callable, default
+        ``time.time``)
     """
 
     def __init__(
