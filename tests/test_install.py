@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+
+from tests.stack.support import free_port, uwsgi_alone_environment
 
 pytestmark = pytest.mark.slow
 
@@ -109,12 +110,6 @@ def python(bin_dir: Path, code: str, cwd: Path, env: Mapping[str, str]) -> str:
     return run(bin_dir, "python", "-c", code, cwd=cwd, env=env).strip()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def fetch(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -173,15 +168,7 @@ def test_a_regular_install_inits_seeds_freezes_and_serves_under_uwsgi(tmp_path: 
     run_dir.mkdir()
     port = free_port()
     log = run_dir / "uwsgi.log"
-    uwsgi_env = {
-        **env,
-        "UWSGI_PROCESSES": "1",
-        "UWSGI_SOCKET": str(run_dir / "uwsgi.sock"),
-        "UWSGI_HTTP_SOCKET": f"127.0.0.1:{port}",
-        "UWSGI_MASTER_FIFO": str(run_dir / "uwsgi.fifo"),
-        "UWSGI_SAFE_PIDFILE": str(run_dir / "uwsgi.pid"),
-        "UWSGI_STATS": str(run_dir / "uwsgi-stats.sock"),
-    }
+    uwsgi_env = {**env, **uwsgi_alone_environment(run_dir, port)}
     with log.open("wb") as log_file:
         server = subprocess.Popen(
             [str(bin_dir / "uwsgi"), "--ini", str(PROJECT_ROOT / "deploy/uwsgi/uwsgi.ini")],

@@ -26,7 +26,7 @@ from request_profiler import DirectoryStore, PyinstrumentProfiler
 
 from deploy.stack.settings import UWSGI_INI, find_uwsgi
 from tests.conftest import require_service
-from tests.stack.support import free_port
+from tests.stack.support import free_port, uwsgi_alone_environment
 
 from .helpers import BUSY_SECONDS, busy_app, run, spin
 
@@ -195,17 +195,15 @@ def uwsgi_busy_app(tmp_path: Path, store_dir: Path) -> Iterator[str]:
     uwsgi = find_uwsgi()
     require_service(uwsgi, "uWSGI is not installed in this environment (pip install uWSGI)")
     port = free_port()
-    environment = os.environ | {
-        "UWSGI_MODULE": "tests.profiler.uwsgi_busy_app:application",
-        "UWSGI_PROCESSES": "1",
-        "UWSGI_SOCKET": str(tmp_path / "uwsgi.sock"),
-        "UWSGI_HTTP_SOCKET": f"127.0.0.1:{port}",
-        "UWSGI_SAFE_PIDFILE": str(tmp_path / "uwsgi.pid"),
-        "UWSGI_MASTER_FIFO": str(tmp_path / "uwsgi.fifo"),
-        "UWSGI_STATS": str(tmp_path / "uwsgi-stats.sock"),
-        "PROFILER_TEST_DIR": str(store_dir),
-        "PYTHONPATH": str(UWSGI_INI.parents[2]),
-    }
+    environment = (
+        os.environ
+        | uwsgi_alone_environment(tmp_path, port)
+        | {
+            "UWSGI_MODULE": "tests.profiler.uwsgi_busy_app:application",
+            "PROFILER_TEST_DIR": str(store_dir),
+            "PYTHONPATH": str(UWSGI_INI.parents[2]),
+        }
+    )
     with open(tmp_path / "uwsgi.log", "wb") as log:
         server = subprocess.Popen(
             [str(uwsgi), "--ini", str(UWSGI_INI)], env=environment, stdout=log, stderr=log

@@ -45,6 +45,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def uwsgi_alone_environment(run_dir: Path, port: int) -> dict[str, str]:
+    """deploy/uwsgi/uwsgi.ini's ``UWSGI_*`` variables for one process of a uWSGI started by hand:
+    its files in ``run_dir`` and HTTP on ``port``, as the stack would give it."""
+    return {
+        "UWSGI_PROCESSES": "1",
+        "UWSGI_SOCKET": str(run_dir / "uwsgi.sock"),
+        "UWSGI_HTTP_SOCKET": f"127.0.0.1:{port}",
+        "UWSGI_MASTER_FIFO": str(run_dir / "uwsgi.fifo"),
+        "UWSGI_SAFE_PIDFILE": str(run_dir / "uwsgi.pid"),
+        "UWSGI_STATS": str(run_dir / "uwsgi-stats.sock"),
+    }
+
+
 def _connection(
     url: str, timeout: float, context: ssl.SSLContext | None
 ) -> http.client.HTTPConnection:
