@@ -204,10 +204,14 @@ class PyinstrumentProfiler(Profiler):
     def pause(self) -> None:
         if self._armed:
             self._armed = False
-            self._remaining = signal.setitimer(signal.ITIMER_REAL, 0)[0]
+            # An application that took SIGALRM during the request also took the timer
+            # (alarm() and setitimer share it): it is the application's now, left alone.
+            timer_taken = signal.getsignal(signal.SIGALRM) is not _on_timer
+            self._remaining = 0.0 if timer_taken else signal.setitimer(signal.ITIMER_REAL, 0)[0]
 
     def resume(self) -> None:
-        # Zero remaining: the signal is on its way (the handler starts the sampler).
+        # Zero remaining: the signal is on its way (the handler starts the sampler), or the
+        # application took the timer.
         if self._waiting is not None and self._running is None and self._remaining > 0:
             self._armed = True
             signal.setitimer(signal.ITIMER_REAL, self._remaining)

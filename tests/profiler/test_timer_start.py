@@ -159,6 +159,24 @@ def test_an_application_handling_sigalrm_keeps_its_handler_and_is_profiled_anywa
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_an_application_that_takes_sigalrm_during_a_request_keeps_its_timer(
+    no_alarm_handler, make_middleware, store_dir: Path, token: str
+) -> None:
+    def arms_its_own_alarm(environ, start_response):
+        # What a library's timeout does (signal.alarm and setitimer share one timer).
+        signal.signal(signal.SIGALRM, lambda signum, frame: None)
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"armed"]
+
+    result = run(make_middleware(arms_its_own_alarm), "/", headers={"X-Profile-Token": token})
+
+    assert result.body == b"armed"
+    assert session_of(store_dir, result)["duration"] > 0
+    # The middleware's pause and stop left the application's timer running.
+    assert signal.getitimer(signal.ITIMER_REAL)[0] > 25
+
+
 def test_a_request_on_another_thread_is_sampled_from_its_start(
     no_alarm_handler, make_middleware, store_dir: Path, token: str
 ) -> None:
