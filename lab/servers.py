@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from deploy.stack import Stack, StackError, StackSettings, find_nginx, find_uwsgi
+from deploy.stack import Stack, StackError, StackSettings
+from deploy.stack.settings import find_nginx, find_uwsgi
 from webapp import create_app
 from webapp.db import get_database
 from webapp.db.backends import DatabaseUnavailable, redact_url
@@ -332,19 +333,15 @@ class LabStacks:
             nginx=self.nginx,
             uwsgi=self.uwsgi,
         )
+        if settings["nginx.access_log"] is not DEPLOYED:
+            stack_settings.access_log = settings["nginx.access_log"]
         if settings["nginx.worker_processes"] is not DEPLOYED:
-            stack_settings.worker_processes = str(
+            stack_settings.nginx_options["worker_processes"] = str(
                 process_count(settings["nginx.worker_processes"], self.cpus)
             )
-        for knob, attribute in (
-            ("nginx.access_log", "access_log"),
-            ("nginx.microcache", "microcache"),
-            ("nginx.gzip", "gzip"),
-            ("nginx.open_file_cache", "open_file_cache"),
-            ("nginx.worker_connections", "worker_connections"),
-        ):
-            if settings[knob] is not DEPLOYED:
-                setattr(stack_settings, attribute, settings[knob])
+        for knob in ("microcache", "gzip", "open_file_cache", "worker_connections"):
+            if settings[f"nginx.{knob}"] is not DEPLOYED:
+                stack_settings.nginx_options[knob] = settings[f"nginx.{knob}"]
         return stack_settings
 
     def server_spec(self, settings: Mapping[str, Any], port: int, app_port: int) -> ServerSpec:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stack import find_uwsgi
+from deploy.stack.settings import find_uwsgi
 from lab import cli, compare, front, hello, knobs, loadgen, memory, runner, servers
 from lab.cli import (
     EXPERIMENTS_DIR,

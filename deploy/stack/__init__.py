@@ -10,21 +10,7 @@
 the same class. deploy/README.md says what runs where, and why.
 """
 
-from .cli import make_self_signed_certificate
-from .render import NginxConfig, render_nginx
-from .settings import PROJECT_ROOT, StackError, StackSettings, find_nginx, find_uwsgi
+from .settings import StackError, StackSettings
 from .stack import Stack
-from .uwsgi import UwsgiInstance
 
-__all__ = [
-    "PROJECT_ROOT",
-    "NginxConfig",
-    "Stack",
-    "StackError",
-    "StackSettings",
-    "UwsgiInstance",
-    "find_nginx",
-    "find_uwsgi",
-    "make_self_signed_certificate",
-    "render_nginx",
-]
+__all__ = ["Stack", "StackError", "StackSettings"]

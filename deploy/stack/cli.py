@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,15 +11,9 @@ from typing import Any
 
 import click
 
-from .render import NginxConfig, render_nginx
-from .settings import (
-    DEFAULT_HARAKIRI,
-    StackError,
-    StackSettings,
-    default_run_dir,
-    find_nginx,
-)
-from .stack import NotRunning, Stack, Supervisor
+from .render import render_nginx
+from .settings import StackError, StackSettings, default_run_dir, find_nginx
+from .stack import NotRunning, Stack
 
 #: A throwaway certificate for localhost and 127.0.0.1: an ECDSA P-256 key, 30 days.
 OPENSSL_REQ = (
@@ -99,7 +94,7 @@ def start(processes: int | None, freeze: bool, no_nginx: bool, detach: bool, **f
     what = "uWSGI alone" if nginx is None else f"nginx + {len(stack.instances)} uWSGI instance(s)"
     where = settings.url + (f" and {settings.https_url}" if settings.https_url else "")
     say(f"{what} serving {where}; `scripts/serve stop` stops it (logs in {stack.run_dir})")
-    supervisord = stack.supervisor.popen
+    supervisord = stack.supervisord
     if detach or supervisord is None:
         return
     # Until supervisord exits. Ctrl-C, SIGTERM or a hang-up shut it down (SIGTERM is its own
@@ -132,13 +127,13 @@ def stop(run_dir: Path) -> None:
 @run_dir_option
 def status(run_dir: Path) -> None:
     """supervisorctl's status of each program; exit status 3 when nothing runs."""
-    supervisor = Supervisor(run_dir)
     try:
-        click.echo(supervisor.call("getIdentification"))
+        stack = Stack.attach(run_dir)
     except NotRunning as error:
         click.echo(error)
         sys.exit(3)
-    ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(supervisor.config)]
+    click.echo(stack.call("getIdentification"))
+    ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(stack.supervisord_conf)]
     sys.exit(subprocess.run([*ctl, "status"]).returncode)
 
 
@@ -170,22 +165,19 @@ def reload(run_dir: Path, chain: bool) -> None:
 # Per client address on /api/ (bursts of twice that): far more than an app paging the catalogue
 # needs, far less than a scraper would take.
 @click.option("--api-rate-limit", type=click.IntRange(0), default=20, help="Per second; 0: none.")
-@click.option("--harakiri", type=int, default=DEFAULT_HARAKIRI, help="uWSGI's on the app servers.")
-def render(no_https: bool, api_rate_limit: int, **fields: Any) -> None:
+@click.option("--harakiri", type=int, help="uWSGI's on the app servers; default uwsgi.ini's (30).")
+def render(conf_dir: Path, build_dir: Path, no_https: bool, **variables: Any) -> None:
     """Render the nginx config for a real server (deploy/README.md).
 
     Each --upstream is a uWSGI socket: unix:/run/podcast/uwsgi-1.sock or 10.0.0.5:3031. Port 80
     only redirects to HTTPS, and HSTS is sent, unless --no-https.
     """
     if no_https:
-        fields["https_listen"] = None
-    conf = render_nginx(
-        NginxConfig(
-            **fields,
-            https_only=not no_https,
-            hsts=not no_https,
-            open_file_cache_valid="10s",
-            api_rate_limit=api_rate_limit or None,
-        )
-    )
+        variables["https_listen"] = None
+    elif not (variables["certificate"] and variables["certificate_key"]):
+        raise click.UsageError("HTTPS needs --certificate and --certificate-key (or --no-https)")
+    # Absolute, but never resolved: the build is a symlink that each freeze swaps.
+    build_dir = Path(os.path.abspath(build_dir))
+    options = {"https_only": not no_https, "open_file_cache_valid": "10s"}
+    conf = render_nginx(conf_dir, build_dir=build_dir, **options, **variables)
     click.echo(f"rendered {conf}; check it with: nginx -t -c {conf}")

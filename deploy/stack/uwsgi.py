@@ -11,8 +11,8 @@ from typing import Any
 
 
 class UwsgiInstance:
-    """uWSGI master number ``number`` and its workers: ``uwsgi:uwsgi-<number>`` in supervisord,
-    with its socket, master FIFO, stats socket, pid file and log in ``run_dir``.
+    """uWSGI master number ``number`` and its workers, ``uwsgi:uwsgi-<number>`` in supervisord
+    (its ``program``), with its socket, master FIFO, stats socket, pid file and log in ``run_dir``.
 
     :param number: 1, 2 ... (each instance is one server of nginx's upstream).
     :param run_dir: the stack's run directory.
@@ -20,12 +20,11 @@ class UwsgiInstance:
 
     def __init__(self, number: int, run_dir: Path) -> None:
         self.name = f"uwsgi-{number}"
+        self.program = f"uwsgi:{self.name}"
         self.socket, self.fifo, self.stats_socket, self.pid_file, self.log = (
             run_dir / f"{self.name}{suffix}"
             for suffix in (".sock", ".fifo", "-stats.sock", ".pid", ".log")
         )
-        #: Program uwsgi-<number> of group uwsgi: `supervisorctl status uwsgi:uwsgi-1`.
-        self.program = f"uwsgi:{self.name}"
 
     def options(self) -> dict[str, str]:
         """The per-instance options, as the ``UWSGI_*`` variables uwsgi.ini reads."""
@@ -55,12 +54,9 @@ class UwsgiInstance:
 
     def command(self, letters: str) -> None:
         """Write to the master FIFO: ``r`` graceful reload, ``c`` chain reload, ``q`` graceful
-        stop (uWSGI's Master FIFO)."""
-        descriptor = os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            os.write(descriptor, letters.encode())
-        finally:
-            os.close(descriptor)
+        stop (uWSGI's Master FIFO). Never blocks: OSError if no master reads it."""
+        with open(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK), "w") as fifo:
+            fifo.write(letters)
 
     def ready(self, *, not_pids: Collection[int] = ()) -> bool:
         """Every worker is up and accepting (and, after a reload, none of ``not_pids``)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stack import find_uwsgi
+from deploy.stack.settings import find_uwsgi
 from tests.conftest import require_binary, require_service
 from tests.stack.support import postgres_bindir
 

@@ -25,13 +25,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from deploy.stack import (
-    PROJECT_ROOT,
-    Stack,
-    StackSettings,
-    find_uwsgi,
-    make_self_signed_certificate,
-)
+from deploy.stack import Stack, StackSettings
+from deploy.stack.cli import make_self_signed_certificate
+from deploy.stack.settings import PROJECT_ROOT, find_uwsgi
 from tests.conftest import require_binary, require_service
 from webapp import create_app
 from webapp.db import get_database

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.stack import PROJECT_ROOT, Stack
+from deploy.stack import Stack
+from deploy.stack.settings import PROJECT_ROOT
 from tests.conftest import require_binary, require_service
 
 from .conftest import Site

@@ -72,7 +72,7 @@ def test_the_apps_own_problems_pass_through_once(site_stack: Stack) -> None:
 
 def test_no_app_server_is_a_502_problem(make_stack) -> None:
     stack = make_stack()
-    stack.stop_uwsgi(*stack.instances)
+    stack.call("stopProcessGroup", "uwsgi")
     # A URL never asked before: nothing of it in the micro-cache to fall back on.
     assert_problem(get(stack.settings.url + "/api/episodes?page=2&per_page=3", ORIGIN), 502)
 
@@ -86,7 +86,7 @@ def test_an_app_server_too_slow_is_a_504_problem(make_stack) -> None:
 
 
 def test_past_the_rate_limit_is_a_429_problem_with_retry_after(make_stack) -> None:
-    stack = make_stack(api_rate_limit=1)  # one a second, bursts of two
+    stack = make_stack(nginx_options={"api_rate_limit": 1})  # one a second, bursts of two
     url = stack.settings.url
     answers = [get(url + f"/api/episodes/{n}", ORIGIN) for n in range(1, 9)]
     limited = [answer for answer in answers if answer[0] == 429]

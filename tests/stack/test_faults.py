@@ -62,7 +62,7 @@ def test_frozen_pages_keep_being_served_with_uwsgi_stopped(make_stack, site: Sit
     stack = make_stack()
     url = stack.settings.url
     episode = (site.build_dir / "nginx" / "episodes.map").read_text().split(";")[0].split()[1]
-    stack.stop_uwsgi(*stack.instances)
+    stack.call("stopProcessGroup", "uwsgi")  # supervisorctl stop uwsgi:*
     assert set(stack.pids()) == {"nginx"}
     for path in ["/", "/episodes/", episode, "/episodes/rss", "/static/style.css", "/episodes/2"]:
         status, _, _ = get(url + path)
@@ -71,8 +71,8 @@ def test_frozen_pages_keep_being_served_with_uwsgi_stopped(make_stack, site: Sit
     # What needs Python is unavailable: a 502 from nginx, at once.
     for path in ["/api/episodes/1", "/health", "/search?q=anything"]:
         assert get(url + path)[0] == 502, path
-    for instance in stack.instances:
-        stack.start_uwsgi(instance)
+    stack.call("startProcessGroup", "uwsgi")
+    assert wait_until(lambda: all(instance.ready() for instance in stack.instances), 60)
     assert get(url + "/api/episodes/1")[0] == 200
 
 
@@ -278,7 +278,7 @@ def test_reload_picks_up_a_new_build_map(make_stack, site: Site, tmp_path: Path)
     freeze(fresh.app, fresh.build_dir)
     stack.reload()
     # With uWSGI stopped only nginx can answer: the redirect and the page come from the new build.
-    stack.stop_uwsgi(*stack.instances)
+    stack.call("stopProcessGroup", "uwsgi")
     status, headers, _ = get(stack.settings.url + f"/episodes/{number}")
     assert status == 301 and headers["Location"].startswith(f"/episodes/{number}/")
     assert get(stack.settings.url + headers["Location"])[0] == 200

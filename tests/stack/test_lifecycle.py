@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from deploy.stack import Stack, StackError, StackSettings
-from deploy.stack.stack import NotRunning, Supervisor
+from deploy.stack.stack import NotRunning
 from tests.conftest import require_binary
 
 from .conftest import Site
@@ -41,9 +41,9 @@ def serve(*args: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
 
 def running_pids(run_dir: Path) -> list[int]:
     """The pids of supervisord and of every program it runs (uWSGI masters, nginx)."""
-    supervisor = Supervisor(run_dir)
     try:
-        return [supervisor.call("getPID"), *supervisor.pids().values()]
+        stack = Stack.attach(run_dir)
+        return [stack.call("getPID"), *stack.pids().values()]
     except NotRunning:
         return []
 
@@ -288,5 +288,5 @@ def test_a_start_on_a_taken_port_fails_and_leaves_nothing(
         holder.close()
     # start() stopped what it had started: no program, no pid file, socket or FIFO.
     with pytest.raises(NotRunning):
-        Supervisor(stack.run_dir).call("getPID")
+        stack.call("getPID")
     assert stack.leftovers() == []

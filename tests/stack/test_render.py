@@ -9,10 +9,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from supervisor.options import ServerOptions
 
-from deploy.stack import NginxConfig, Stack, StackError, StackSettings, render_nginx
-from deploy.stack.render import supervisor_value
+from deploy.stack import Stack, StackError, StackSettings
+from deploy.stack.cli import cli
+from deploy.stack.render import render_nginx, supervisor_value
 from tests.conftest import require_binary
 
 from .support import free_port
@@ -21,7 +23,7 @@ from .support import free_port
 def read_back(stack: Stack) -> dict[str, object]:
     """Each program's command (split as supervisord splits it), environment and log, by name."""
     options = ServerOptions()
-    options.realize(args=["-c", str(stack.supervisor.config)])
+    options.realize(args=["-c", str(stack.supervisord_conf)])
     return {
         f"{group.name}:{program.name}": (
             shlex.split(program.command),
@@ -64,7 +66,7 @@ def test_uwsgi_starts_first_and_nginx_stops_first_in_the_foreground(tmp_path: Pa
     assert command[command.index("-c") + 1] == str(stack.nginx_dir / "nginx.conf")
     assert command[-2:] == ["-g", "daemon off;"]  # supervisord runs it, never a daemon
     options = ServerOptions()
-    options.realize(args=["-c", str(stack.supervisor.config)])
+    options.realize(args=["-c", str(stack.supervisord_conf)])
     # supervisord starts groups by ascending priority and stops them in the reverse order.
     order = sorted(options.process_group_configs)
     assert [group.name for group in order] == ["uwsgi", "nginx"]
@@ -76,18 +78,17 @@ def test_values_supervisord_would_misread_are_refused(text: str) -> None:
         supervisor_value(text)
 
 
-def base_nginx_config(tmp_path: Path, **fields: object) -> NginxConfig:
-    conf = tmp_path / "conf"
-    (conf / "tmp").mkdir(parents=True)
+def base_nginx_variables(tmp_path: Path, **variables: object) -> dict[str, object]:
+    """What the templates need, with every knob at its default."""
     values: dict = {
-        "conf_dir": conf,
         "build_dir": tmp_path / "build",
         "upstreams": ["unix:/run/podcast/uwsgi-1.sock", "10.0.0.5:3031"],
         "http_listen": f"127.0.0.1:{free_port()}",
-        "access_log": conf / "access.log",
+        "https_listen": None,
+        "access_log": "access.log",
         "user": "root" if os.geteuid() == 0 else None,
     }
-    return NginxConfig(**values | fields)
+    return values | variables
 
 
 @pytest.mark.parametrize(
@@ -98,6 +99,8 @@ def base_nginx_config(tmp_path: Path, **fields: object) -> NginxConfig:
         ("access_log", None, "nginx.conf", "\n    access_log off;", " redacted buffer=64k"),
         ("open_file_cache", False, "nginx.conf", "open_file_cache off;", "max=2000"),
         ("upstreams", ["10.0.0.9:3031"], "nginx.conf", "server 10.0.0.9:3031 max", "unix:"),
+        ("api_rate_limit", 5, "site.conf", "podcast_api burst=10 nodelay;", "No rate limit"),
+        ("harakiri", "7", "nginx.conf", "uwsgi_read_timeout 12s;", "uwsgi_read_timeout 35s;"),
     ],
 )
 def test_each_switch_of_the_nginx_templates_renders_a_valid_config(
@@ -106,12 +109,12 @@ def test_each_switch_of_the_nginx_templates_renders_a_valid_config(
     """Every {% if %} of deploy/nginx/*.j2 both ways: nginx -t accepts it, and it says what the
     switch asks (the deployed side is checked by the stack tests and the production render)."""
     nginx = require_binary("nginx")
-    config = base_nginx_config(tmp_path, **{field: value})
-    conf = render_nginx(config)
-    text = (config.conf_dir / file).read_text()
+    (tmp_path / "tmp").mkdir()
+    conf = render_nginx(tmp_path, **base_nginx_variables(tmp_path, **{field: value}))
+    text = (tmp_path / file).read_text()
     assert present in text and absent not in text
     checked = subprocess.run(
-        [nginx, "-t", "-q", "-p", f"{config.conf_dir}/", "-c", str(conf), "-e", "/dev/null"],
+        [nginx, "-t", "-q", "-p", f"{tmp_path}/", "-c", str(conf), "-e", "/dev/null"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -119,10 +122,18 @@ def test_each_switch_of_the_nginx_templates_renders_a_valid_config(
     assert checked.returncode == 0, checked.stderr
 
 
-def test_an_nginx_config_that_cannot_work_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(StackError, match="upstream"):
-        NginxConfig(conf_dir=tmp_path, build_dir=tmp_path, upstreams=[])
-    with pytest.raises(StackError, match="certificate"):
-        NginxConfig(conf_dir=tmp_path, build_dir=tmp_path, upstreams=["a:1"], https_listen="443")
-    with pytest.raises(StackError, match="HTTPS listen"):
-        NginxConfig(conf_dir=tmp_path, build_dir=tmp_path, upstreams=["a:1"], https_only=True)
+@pytest.mark.parametrize(
+    "arguments, error",
+    [
+        (["--upstream", "a:1"], "HTTPS needs --certificate and --certificate-key"),
+        (["--upstream", "a:1", "--certificate", "cert.pem"], "HTTPS needs --certificate"),
+        (["--no-https"], "Missing option '--upstream'"),
+    ],
+)
+def test_a_production_render_that_cannot_work_is_refused(
+    tmp_path: Path, arguments: list[str], error: str
+) -> None:
+    command = ["render", "--out", str(tmp_path / "conf"), "--build-dir", str(tmp_path)]
+    result = CliRunner().invoke(cli, [*command, *arguments])
+    assert result.exit_code == 2 and error in result.output
+    assert not (tmp_path / "conf").exists()

@@ -51,7 +51,7 @@ def test_workers_collect_garbage_but_never_scan_the_masters_objects(make_stack) 
             state["frozen"] > 10_000
         )  # Flask, Jinja, psycopg2, the app: all built before the fork
     # Workers forked later (a chain reload, recycling, a respawn) get the same treatment.
-    stack.reload_uwsgi(stack.instances[0], chain=True)
+    stack.reload(chain=True)
     for state in gc_state_of_every_worker(stack).values():
         assert state["enabled"] is True and state["frozen"] > 10_000
 
