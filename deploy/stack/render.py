@@ -4,12 +4,13 @@ are in the templates; this module only fills them in."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import shutil
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, meta
 
 from .settings import DEPLOY_DIR, PROJECT_ROOT, UWSGI_INI, StackError
 
@@ -40,14 +41,29 @@ TEMPLATES.filters["command"] = lambda words: supervisor_value(shlex.join(map(str
 TEMPLATES.globals.update(uwsgi_ini=UWSGI_INI, directory=PROJECT_ROOT)
 
 
+NGINX_TEMPLATES = ("nginx.conf", "site.conf", "microcache.conf")
+
+
+@functools.cache
+def nginx_variables() -> frozenset[str]:
+    """Every name the nginx templates read: a value under any other name would be ignored."""
+    # Each template, those the rendered ones include too (server-http.conf.j2 ...).
+    names = sorted((DEPLOY_DIR / "nginx").glob("*.j2"))
+    sources = (TEMPLATES.loader.get_source(TEMPLATES, path.name)[0] for path in names)  # type: ignore[union-attr]
+    return frozenset().union(*(meta.find_undeclared_variables(TEMPLATES.parse(s)) for s in sources))
+
+
 def render_nginx(conf_dir: Path, **variables: object) -> Path:
     """Write nginx.conf and what it includes into ``conf_dir``; returns nginx.conf.
 
-    ``variables`` are the templates': nginx.conf.j2's header says which they need.
+    ``variables`` are the templates': nginx.conf.j2's header says which they need. A name no
+    template reads (a misspelt knob) is a StackError.
     """
+    if unknown := sorted(set(variables) - nginx_variables()):
+        raise StackError(f"the nginx templates have no {', '.join(unknown)}")
     conf_dir.mkdir(parents=True, exist_ok=True)
     backlog = int(Path("/proc/sys/net/core/somaxconn").read_text())  # the kernel's cap
-    for name in ("nginx.conf", "site.conf", "microcache.conf"):
+    for name in NGINX_TEMPLATES:
         text = TEMPLATES.get_template(f"{name}.j2").render(variables, backlog=backlog)
         (conf_dir / name).write_text(text)
     for name in ("headers.conf", "uwsgi_params"):  # included as they are

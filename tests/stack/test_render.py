@@ -137,3 +137,14 @@ def test_a_production_render_that_cannot_work_is_refused(
     result = CliRunner().invoke(cli, [*command, *arguments])
     assert result.exit_code == 2 and error in result.output
     assert not (tmp_path / "conf").exists()
+
+
+def test_a_value_no_nginx_template_reads_is_refused(tmp_path: Path) -> None:
+    """A misspelt knob (StackSettings.nginx_options, the lab's settings) would otherwise leave
+    the deployed default in place and measure nothing."""
+    with pytest.raises(StackError, match="the nginx templates have no gzip_static"):
+        render_nginx(tmp_path / "conf", **base_nginx_variables(tmp_path, gzip_static=False))
+    assert not (tmp_path / "conf").exists()
+    # Every knob the templates read is accepted, those of the included server blocks too.
+    render_nginx(tmp_path / "conf", **base_nginx_variables(tmp_path, server_name="example.org"))
+    assert "server_name example.org;" in (tmp_path / "conf" / "nginx.conf").read_text()
