@@ -27,6 +27,7 @@ from webapp.blueprints.pages import CATALOGUE, LATEST_COUNT
 from webapp.db import get_database, get_session, queries
 from webapp.db.seed import seed
 from webapp.freeze import SiteBuild, freeze
+from webapp.freeze.output import TreeDigest, read_state
 from webapp.freeze.site import site_freezer
 from webapp.models import Episode
 from webapp.settings import SETTINGS
@@ -350,6 +351,8 @@ def test_a_listing_is_patched_in_place_in_the_file_of_the_build_before(empty_app
         for path, stat in listing_files(dest).items():
             assert stat.st_nlink == 1, path
             inodes.setdefault(path, set()).add(stat.st_ino)
+        state = read_state(dest.resolve())
+        assert state is not None and state[1] == TreeDigest.of(dest.resolve())  # what pulls check
         fresh = freeze(app, tmp_path / f"fresh-{step}" / "build").destination
         assert contents(dest) == contents(fresh), title
     assert set(inodes) == {*LISTING_FILES, *(f"{path}.gz" for path in LISTING_FILES)}
