@@ -51,9 +51,9 @@ MakeProfile = Callable[[], tuple[Mapping[str, Any], bytes]]
 class ProfileWriter:
     """A bounded queue of profiles per process, saved to ``store`` by one thread.
 
-    The thread works in batches: it is woken when ``batch`` profiles are queued, or
-    ``delay`` seconds after it last looked, and stores all that are queued. Waking a
-    thread and handing it the GIL costs more CPU than storing one small profile.
+    The thread works in batches: the first profile queued wakes it, and it stores all that
+    are queued ``delay`` seconds later, or at once when ``batch`` are. Waking a thread and
+    handing it the GIL costs more CPU than storing one small profile.
     A full batch still queued when another profile arrives means the thread is not
     getting turns: see :meth:`store_if_behind`.
 
@@ -123,8 +123,10 @@ class ProfileWriter:
                     target=self._run, name="request_profiler writer", daemon=True
                 )
                 self._thread.start()
-            elif len(self._pending) >= self.batch:
-                self._ready.notify()
+            elif len(self._pending) == 1 or len(self._pending) >= self.batch:
+                # The first wakes a thread waiting for work (for up to idle_seconds), which then
+                # gives a batch ``delay`` to fill; all: flush() may be waiting on it too.
+                self._ready.notify_all()
         return True
 
     def store_if_behind(self) -> None:
@@ -189,8 +191,10 @@ class ProfileWriter:
         try:
             while True:
                 with self._ready:
-                    if len(self._pending) < self.batch and not self._closed:
-                        self._ready.wait(self.delay if self._pending else self.idle_seconds)
+                    if not self._pending and not self._closed:
+                        self._ready.wait(self.idle_seconds)  # until submit() queues one
+                    if 0 < len(self._pending) < self.batch and not self._closed:
+                        self._ready.wait(self.delay)
                     if not self._pending:
                         if self._closed or time.monotonic() - last_work >= self.idle_seconds:
                             # Under the lock: submit() then starts another thread.

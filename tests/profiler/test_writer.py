@@ -180,6 +180,23 @@ def test_the_thread_ends_when_idle_and_the_next_profile_starts_another(store_dir
     assert len(DirectoryStore(store_dir).recent()) == 2
 
 
+def test_a_profile_handed_to_a_waiting_thread_is_stored_within_the_delay(store_dir: Path) -> None:
+    """The thread waits for work for up to ``idle_seconds``; a profile must not wait that long.
+    (It did: one queued while the thread waited sat there until the wait timed out, so another
+    host's viewer listed it seconds late, up to idle_seconds.)"""
+    writer = ProfileWriter(DirectoryStore(store_dir), delay=0.01, idle_seconds=60)
+    writer.submit(*profile(0))
+    assert _wait_for(lambda: len(DirectoryStore(store_dir).recent()) == 1)
+    # The queue is empty: the thread now waits for work.
+
+    writer.submit(*profile(1))
+
+    # Not flush(): a viewer on another host cannot flush this process's queue.
+    assert _wait_for(lambda: len(DirectoryStore(store_dir).recent()) == 2, timeout=10)
+    assert writer._thread is not None  # the same thread, still waiting for work
+    writer.close()
+
+
 def _submit_in_child(writer: ProfileWriter, done: Any) -> None:
     writer.submit(*profile(1))
     done.put(writer.flush())
