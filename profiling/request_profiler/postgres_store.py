@@ -43,8 +43,10 @@ class PostgresStore:
     Nothing it does can hold a request for long: connecting, waiting for the
     lock and running a statement are each bounded by ``timeout``, and after a
     failure every call fails at once, without touching the network, for
-    ``retry_after`` seconds. Failures raise :class:`StoreUnavailable`, whose
-    message never holds the URL.
+    ``retry_after`` seconds. A connection that a call finds closed (the server
+    restarted, PgBouncer or a firewall dropped it) is no such failure: the call
+    is tried once more, on a new connection. Failures raise
+    :class:`StoreUnavailable`, whose message never holds the URL.
 
     :param url: a libpq URL or key=value string. Use the application's role,
         through PgBouncer if the site has one; the table is created on first use,
@@ -181,23 +183,37 @@ class PostgresStore:
                         f"the profile store failed {waited:.1f} s ago; "
                         f"trying again {self.retry_after:g} s after the failure"
                     )
-            try:
-                if self._connection is None:
-                    self._connection = self._psycopg2.connect(**self._parameters)
-                    # Each execute() below is then its own implicit transaction.
-                    self._connection.autocommit = True
-                with self._connection.cursor() as cursor:
-                    if not self._table_ready:
-                        cursor.execute(self._limits + self._create_table())
-                        self._table_ready = True
-                    cursor.execute(self._limits + statements, params)
-                    result = cursor.fetchall() if fetch else None
-            except self._psycopg2.Error as error:
-                self._discard()
-                self._failed_at = time.monotonic()
-                raise StoreUnavailable(f"the profile store failed: {_first_line(error)}") from None
+            for _ in range(2):
+                reused = self._connection is not None
+                try:
+                    result = self._execute(statements, params, fetch=fetch)
+                    break
+                except self._psycopg2.Error as error:
+                    # A connection open since an earlier call may have been closed meanwhile
+                    # (the server restarted, PgBouncer or a firewall dropped it): that says
+                    # nothing of the database now, so the call is tried once more on a new one.
+                    # Anything else, or a new connection failing, is a failure.
+                    stale = reused and bool(self._connection.closed)
+                    self._discard()
+                    if not stale:
+                        self._failed_at = time.monotonic()
+                        raise StoreUnavailable(
+                            f"the profile store failed: {_first_line(error)}"
+                        ) from None
             self._failed_at = None
             return result
+
+    def _execute(self, statements: str, params: Mapping[str, Any], *, fetch: bool) -> Any:
+        if self._connection is None:
+            self._connection = self._psycopg2.connect(**self._parameters)
+            # Each execute() below is then its own implicit transaction.
+            self._connection.autocommit = True
+        with self._connection.cursor() as cursor:
+            if not self._table_ready:
+                cursor.execute(self._limits + self._create_table())
+                self._table_ready = True
+            cursor.execute(self._limits + statements, params)
+            return cursor.fetchall() if fetch else None
 
     def _create_table(self) -> str:
         table = self.table

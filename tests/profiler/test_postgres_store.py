@@ -151,6 +151,26 @@ def test_a_table_locked_by_someone_else_costs_the_lock_timeout(postgres_url: str
     store.close()
 
 
+def test_a_connection_the_server_closed_is_replaced_and_the_profile_kept(postgres_url: str) -> None:
+    """A restart of PostgreSQL or PgBouncer closes every store's connection unseen. The next
+    save failed on it and was lost, and so was every call in the retry_after after it, with the
+    database up all along."""
+    store = PostgresStore(postgres_url, timeout=TIMEOUT, retry_after=60)
+    save(store, path="/before")
+    backend = store._connection.get_backend_pid()
+    with psycopg2.connect(postgres_url) as admin, admin.cursor() as cursor:
+        # What a restart does to the store's session, and to no one else's.
+        cursor.execute("SELECT pg_terminate_backend(%s, 5000)", (backend,))
+        assert cursor.fetchone() == (True,)
+    admin.close()
+
+    save(store, path="/after")
+
+    assert [meta["path"] for meta in store.recent()] == ["/after", "/before"]
+    assert store._connection.get_backend_pid() != backend
+    store.close()
+
+
 def test_invalid_urls_and_table_names_are_refused_without_echoing_them() -> None:
     with pytest.raises(ValueError) as failure:
         # libpq's own message would quote it: missing "=" after "mysql://u:s3cret-pw@h/db"
