@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -200,11 +201,21 @@ class AppHost:
         master = self.master_pid()
         return sorted([master, *self.instance.worker_pids()]) if master else []
 
-    def requests_served(self) -> int:
-        try:
-            return sum(worker["requests"] for worker in self.instance.stats()["workers"])
-        except OSError:  # not running
-            return 0
+    def requests_served(self, timeout: float = 10) -> int:
+        """Requests this host's workers have served; 0 while nothing listens on its stats
+        socket (not running). A stats server slow to answer (a loaded machine) is asked again
+        until ``timeout``, never taken for 0: the next request would look served by this host,
+        and a test would then look for what that request left under the wrong host's name."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return sum(worker["requests"] for worker in self.instance.stats()["workers"])
+            except (FileNotFoundError, ConnectionRefusedError):
+                return 0
+            except (OSError, ValueError):  # timed out, or a cut-short answer
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def stop(self) -> None:
         """`systemctl stop`: a graceful stop (q), then SIGKILL for whatever is left."""
@@ -473,6 +484,22 @@ class Cluster:
             yield connection
         finally:
             connection.close()
+
+    def diagnostics(self, lines: int = 40) -> str:
+        """What a failed test prints: the profiles stored, and every server's log tail."""
+        try:
+            with self.admin() as admin, admin.cursor() as cursor:
+                cursor.execute(
+                    "SELECT id, meta->>'host', meta->>'pid' FROM request_profiles ORDER BY id"
+                )
+                stored = "\n".join(" ".join(map(str, row)) for row in cursor.fetchall())
+        except Exception as error:  # the store's table may be missing: say so, go on
+            stored = f"(cannot read: {error})"
+        logs = {app.name: app.instance.log for app in self.apps}
+        logs["pgbouncer"] = self.postgres.root / "pgbouncer" / "pgbouncer.log"
+        logs["postgresql"] = self.postgres.log
+        tails = "".join(f"\n--- {name}:\n{log_tail(log, lines)}" for name, log in logs.items())
+        return f"\n--- request_profiles:\n{stored}{tails}"
 
     def app_pids(self) -> dict[str, list[int]]:
         return {app.name: app.pids() for app in self.apps}

@@ -223,6 +223,8 @@ def test_the_viewer_on_every_host_lists_the_profiles_of_every_host(cluster: Clus
             listed_by.add(host)
         else:
             time.sleep(0.2)
+    if listed_by != set(APP_HOSTS):
+        print(cluster.diagnostics())  # in full under "Captured stdout", which pytest never cuts
     assert listed_by == set(APP_HOSTS), missing
 
 
