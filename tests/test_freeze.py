@@ -27,7 +27,6 @@ from webapp.blueprints.pages import CATALOGUE, LATEST_COUNT
 from webapp.db import get_database, get_session, queries
 from webapp.db.seed import seed
 from webapp.freeze import SiteBuild, freeze
-from webapp.freeze.output import TreeDigest, read_state
 from webapp.freeze.site import site_freezer
 from webapp.models import Episode
 from webapp.settings import SETTINGS
@@ -316,81 +315,6 @@ def test_incremental_rebuilds_are_byte_for_byte_a_fresh_build(empty_app, dest, t
         fresh = freeze(app, tmp_path / f"fresh-{step}" / "build").destination
         assert report.rendered and contents(dest) == contents(fresh), change
     assert_matches_live(dest, app)
-
-
-def listing_files(dest: Path) -> dict[str, os.stat_result]:
-    """The live build's listings and their .gz, by path."""
-    return {
-        path: stat
-        for path, stat in files_of(dest).items()
-        if path.removesuffix(".gz") in LISTING_FILES
-    }
-
-
-TITLE_EDITS = [
-    ("Same length A", 130),
-    ("Same length B", 130),
-    ("A title long enough to move every later byte of the listings", 250),
-    ("Short", 20),
-    ("Short again", 299),
-]
-
-
-def test_a_listing_is_patched_in_place_in_the_file_of_the_build_before(empty_app, dest, tmp_path):
-    """A rebuild writes each listing and its .gz over the spare tree's own file (the one
-    the build before the live one wrote), not into a new one: over rebuilds each keeps
-    two inodes, one per tree, and its bytes are a fresh build's whatever moved."""
-    app = empty_app
-    with get_database(app).session() as session:
-        seed(session, CHUNKED_SEED)
-    freeze(app, dest)
-    inodes: dict[str, set[int]] = {}
-    for step, (title, number) in enumerate(TITLE_EDITS):
-        execute(app, "UPDATE episodes SET title = %s WHERE number = %s", (title, number))
-        freeze(app, dest)
-        for path, stat in listing_files(dest).items():
-            assert stat.st_nlink == 1, path
-            inodes.setdefault(path, set()).add(stat.st_ino)
-        state = read_state(dest.resolve())
-        assert state is not None and state[1] == TreeDigest.of(dest.resolve())  # what pulls check
-        fresh = freeze(app, tmp_path / f"fresh-{step}" / "build").destination
-        assert contents(dest) == contents(fresh), title
-    assert set(inodes) == {*LISTING_FILES, *(f"{path}.gz" for path in LISTING_FILES)}
-    assert all(len(numbers) == 2 for numbers in inodes.values()), inodes
-
-
-def test_a_listing_still_open_is_replaced_never_written_over(empty_app, dest, tmp_path):
-    """A file the build before the live one wrote may still be open (nginx sending the
-    feed to a slow client from the tree just replaced, or caching it open): the next
-    build writes a new file then, and the reader reads on the bytes it opened."""
-    app = empty_app
-    with get_database(app).session() as session:
-        seed(session, CHUNKED_SEED)
-    freeze(app, dest)
-    for title, number in TITLE_EDITS[:2]:
-        execute(app, "UPDATE episodes SET title = %s WHERE number = %s", (title, number))
-        freeze(app, dest)  # patching in place from here on
-    spare = dest.resolve().with_name("a" if dest.resolve().name == "b" else "b")
-    files = {path: (spare / path).open("rb") for path in listing_files(dest)}
-    try:
-        opened = {
-            path: (file.read(), os.fstat(file.fileno()).st_ino) for path, file in files.items()
-        }
-        execute(app, "UPDATE episodes SET title = %s WHERE number = %s", TITLE_EDITS[2])
-
-        freeze(app, dest)
-
-        assert dest.resolve() == spare
-        for path, file in files.items():
-            data, inode = opened[path]
-            file.seek(0)
-            assert file.read() == data, path
-            assert (spare / path).stat().st_ino != inode, path
-        fresh = freeze(app, tmp_path / "fresh" / "build").destination
-        assert contents(dest) == contents(fresh)
-    finally:
-        for file in files.values():
-            file.close()
 
 
 @pytest.mark.parametrize("damage", ["shifted", "not JSON"])

@@ -198,8 +198,7 @@ def test_one_edit_by_size(benchmark, sites, episodes):
 
 
 @pytest.mark.xfail(
-    reason="missed: reading the episode table and the splice's per-chunk bookkeeping"
-    " still grow with the site (docs/tuning.md)",
+    reason="missed on ext4: ~2.3x, copying the listings into new files (docs/tuning.md)",
     strict=True,
 )
 def test_an_edit_costs_the_same_at_any_size(benchmark, sites):

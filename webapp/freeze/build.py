@@ -14,12 +14,10 @@ database's triggers draw a new revision at every change of an episode or its
 guests, so comparing the two tables names the episodes published, edited or
 deleted since, and only their pages are planned, rendered, written or
 removed: an edit costs the same at any size of the site, but for reading
-the table (one row of two numbers per episode) and writing the listings'
-bytes after the first one whose offset moved (output.py patches them in
-place where nothing has them open). A change of the code, templates or
-settings, or a live build whose state cannot be trusted, makes a full
-build: every page is rendered (a file whose bytes did not change is kept,
-with its inode and mtime).
+the table (one row of two numbers per episode) and copying the listings. A
+change of the code, templates or settings, or a live build whose state
+cannot be trusted, makes a full build: every page is rendered (a file whose
+bytes did not change is kept, with its inode and mtime).
 
 A page is rendered in a request context for its URL, so its bytes are the
 body the live app returns there. The home page, the 404 page and static

@@ -19,22 +19,6 @@ per file changed in the last build, not one per file of the site: the live
 build's state says which files those are, and which state file the spare
 had then, so the spare's own is not read.
 
-A listing (the feed, the catalogue, their ``.gz``) is written as pieces of
-the live file and new bytes (``Range``); as a new file, it would copy all of
-it, the whole feed for one edit. The spare holds that file as the build
-before the live one wrote it, in an inode of its own, which requests stopped
-being given when that build stopped being live: so prepare sets it aside
-rather than linking the live one over it, and ``write`` patches it in
-place, writing only the bytes that differ from it at the same offset (what
-this build changes, and what the live build changed, which its record's
-``changes`` says). Only if nothing has it open: the build takes a write
-lease on it (``F_SETLEASE``), which Linux grants only to the sole holder of
-a file, and which makes any open of it meanwhile wait until the lease is
-released (or fail, for a non-blocking open). nginx sending it to a slow
-client, an ``open_file_cache`` holding it, or anything else, and the build
-writes a new file as for any other, as it does when the file is not the one
-the record describes (size, mtime, a single link).
-
 Each tree records its build in ``.freeze-state.json``, written last: the
 files it keeps records of (:class:`FileRecord`), what the build chose to
 keep about the site (``site``, opaque here), the files it changed, and a
@@ -53,12 +37,9 @@ trusted, and the next build starts from nothing.
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import hashlib
-import itertools
 import json
-import operator
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -86,10 +67,6 @@ def content_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-#: See FileRecord.changes.
-Changes = tuple[int, int, list[list[int]]]
-
-
 class FileRecord(NamedTuple):
     """One file of a build: the digest of the inputs it was made from, and of its bytes.
 
@@ -105,10 +82,6 @@ class FileRecord(NamedTuple):
     #: How the file is made of parts the next build may reuse, as JSON (see
     #: build.py), if it is: decoded only by a build that reuses them.
     layout: str | None = None
-    #: For a file written from pieces of the live one: the size and mtime of the
-    #: file it replaced, and the byte ranges ``[start, end]`` of this one that are
-    #: not that file's bytes at the same offsets (see BuildTrees.write).
-    changes: Changes | None = None
 
 
 class TreeDigest(NamedTuple):
@@ -179,10 +152,6 @@ class BuildTrees:
         self._live_previous: list[int] | None = None
         self._written: set[str] = set()
         self._removed: set[str] = set()
-        #: Files the spare still holds as the build before the live one wrote them,
-        #: for ``write`` to patch in place (see prepare); the digest counts the
-        #: live build's file there, which the spare gets if they are not written.
-        self._set_aside: set[str] = set()
         self._open: dict[str, int] = {}
         self._lock: int | None = None
         # Per-file work uses plain strings: pathlib costs more than the syscalls here.
@@ -259,12 +228,10 @@ class BuildTrees:
             # the live build in the files the live build changed, no others.
             (self.spare / STATE_FILE).unlink()
             for path in self._live_changed:
-                if not os.path.lexists(os.path.join(self.live, path)):  # type: ignore[arg-type]
-                    self._remove(path)
-                elif self._patchable(path):
-                    self._set_aside.add(path)
-                else:
+                if os.path.lexists(os.path.join(self.live, path)):  # type: ignore[arg-type]
                     self._link(path)
+                else:
+                    self._remove(path)
             return
         if self.spare.exists():
             shutil.rmtree(self.spare)
@@ -277,21 +244,6 @@ class BuildTrees:
                     path = os.path.normpath(os.path.join(relative, name))
                     if path not in (STATE_FILE, MANIFEST_FILE):
                         self._link(path)
-
-    def _patchable(self, path: str) -> bool:
-        """True if the live build's ``path`` says how it differs from the spare's."""
-        record = self.live_records.get(path)
-        return (
-            record is not None
-            and record.changes is not None
-            and os.path.isfile(os.path.join(self.spare, path))
-        )
-
-    def _settle(self, path: str) -> None:
-        """Give the spare the live build's ``path``, if it was set aside (see prepare)."""
-        if path in self._set_aside:
-            self._set_aside.discard(path)
-            self._link(path)
 
     def _spare_is_previous(self) -> bool:
         """True if the spare's state file is the one the live build recorded as before it."""
@@ -348,30 +300,16 @@ class BuildTrees:
         """Write a new file into the spare tree: ``data``, or the pieces of it.
 
         A :class:`Range` piece is copied from the live build's ``path`` by the
-        kernel (``copy_file_range``), without passing through Python. A file
-        set aside (see prepare) is patched in place if it can be (``_patch``).
+        kernel (``copy_file_range``), without passing through Python.
         """
         target = self._target(path)
+        # It may be a hard link to the live build's file: never write through
+        # it ("x" below makes sure of that).
         self._forget(path, target)
+        _unlink(target)
         self._written.add(path)
         self._removed.discard(path)
         pieces = [data] if isinstance(data, bytes) else data
-        changes = self._changes(path, pieces)
-        size = None
-        if path in self._set_aside:
-            self._set_aside.discard(path)
-            size = self._patch(path, target, pieces, mtime_ns)
-        if size is None:
-            size = self._write_new(path, target, pieces, mtime_ns)
-        self._tree = self._tree.plus(path, size, mtime_ns)
-        return FileRecord(inputs, content, mtime_ns, size, layout, changes)
-
-    def _write_new(
-        self, path: str, target: str, pieces: Sequence[bytes | Range], mtime_ns: int
-    ) -> int:
-        # The spare's file may be a hard link to the live build's: never write
-        # through it ("x" below makes sure of that).
-        _unlink(target)
         size = 0
         with open(target, "xb") as file:
             for piece in pieces:
@@ -385,88 +323,11 @@ class BuildTrees:
                     size += len(piece)
             file.flush()
             os.utime(file.fileno(), ns=(mtime_ns, mtime_ns))
-        return size
-
-    def _changes(self, path: str, pieces: Sequence[bytes | Range]) -> Changes | None:
-        """``changes`` of the record of ``path`` made of ``pieces`` (None without a Range)."""
-        record = self.live_records.get(path)
-        if record is None or not any(isinstance(piece, Range) for piece in pieces):
-            return None
-        ranges: list[list[int]] = []
-        at = 0
-        for piece in pieces:
-            size = _size(piece)
-            if (not isinstance(piece, Range) or piece.offset != at) and size:
-                if ranges and ranges[-1][1] == at:
-                    ranges[-1][1] = at + size
-                else:
-                    ranges.append([at, at + size])
-            at += size
-        return (record.size, record.mtime_ns, ranges)
-
-    def _patch(
-        self, path: str, target: str, pieces: Sequence[bytes | Range], mtime_ns: int
-    ) -> int | None:
-        """Make the spare's file set aside at ``target`` the file of ``pieces``, in place:
-        its size, or None (nothing written) if it is not the file the live build
-        replaced or something else has it open."""
-        record = self.live_records[path]
-        assert record.changes is not None, "only a file with changes is set aside"
-        old_size, old_mtime_ns, live_changes = record.changes
-        try:
-            descriptor = os.open(target, os.O_RDWR | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        try:
-            stat = os.fstat(descriptor)
-            if (stat.st_nlink, stat.st_size, stat.st_mtime_ns) != (1, old_size, old_mtime_ns):
-                return None
-            try:
-                fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-            except OSError:
-                return None  # open elsewhere (EAGAIN), or no leases on this file system
-            try:
-                # No owner: an open meanwhile waits for the release, and sends no
-                # SIGIO (whose default action would end this process).
-                fcntl.fcntl(descriptor, fcntl.F_SETOWN, 0)
-                return self._write_in_place(path, descriptor, pieces, live_changes, mtime_ns)
-            finally:
-                fcntl.fcntl(descriptor, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        finally:
-            os.close(descriptor)
-
-    def _write_in_place(
-        self,
-        path: str,
-        descriptor: int,
-        pieces: Sequence[bytes | Range],
-        live_changes: list[list[int]],
-        mtime_ns: int,
-    ) -> int:
-        """Write ``pieces`` over the file the live build replaced: a Range at its own
-        offset only where the live build changed it, everything else whole."""
-        at = 0
-        for piece in pieces:
-            if isinstance(piece, Range) and piece.offset == at:
-                for start, end in _overlaps(live_changes, at, at + piece.size):
-                    self._copy_range(path, descriptor, Range(start, end - start), start)
-                at += piece.size
-            elif isinstance(piece, Range):
-                self._copy_range(path, descriptor, piece, at)
-                at += piece.size
-            else:
-                view = memoryview(piece)
-                while view:
-                    written = os.pwrite(descriptor, view, at)
-                    view, at = view[written:], at + written
-        os.ftruncate(descriptor, at)
-        os.utime(descriptor, ns=(mtime_ns, mtime_ns))
-        return at
+        self._tree = self._tree.plus(path, size, mtime_ns)
+        return FileRecord(inputs, content, mtime_ns, size, layout)
 
     def _forget(self, path: str, target: str) -> None:
         """Take the spare's ``path`` (at ``target``), if it has one, out of its digest."""
-        if path in self._set_aside:  # counted as the live build's file
-            target = os.path.join(self.live, path)  # type: ignore[arg-type]
         try:
             stat = os.lstat(target)
         except FileNotFoundError:
@@ -517,7 +378,6 @@ class BuildTrees:
 
     def remove(self, path: str) -> None:
         """Remove ``path`` from the spare tree (it is a copy of the live one: see prepare)."""
-        self._settle(path)
         if path in self._written:
             self._written.discard(path)
         self._removed.add(path)
@@ -528,7 +388,6 @@ class BuildTrees:
         """The size of the spare tree's ``path``; 0 if it has none."""
         if not self.trusted:
             return 0  # the spare was made empty
-        self._settle(path)
         try:
             return os.stat(os.path.join(self.spare, path)).st_size
         except FileNotFoundError:
@@ -563,8 +422,6 @@ class BuildTrees:
 
         Returns what the build changed: the files written or removed.
         """
-        for path in list(self._set_aside):
-            self._settle(path)  # the live build's file, kept
         self._replace_file(MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
         changed = self.changed
         # None if there is no live build or its state is gone: the next build
@@ -649,21 +506,6 @@ def read_state(tree: Path) -> tuple[dict[str, FileRecord], TreeDigest] | None:
     None for an unfinished or foreign tree."""
     state = _read_state(tree)
     return (state["files"], state["tree"]) if state is not None else None
-
-
-def _size(piece: bytes | Range) -> int:
-    return piece.size if isinstance(piece, Range) else len(piece)
-
-
-def _overlaps(ranges: list[list[int]], start: int, end: int) -> list[tuple[int, int]]:
-    """The parts of ``start`` to ``end`` that the sorted, disjoint ``ranges`` cover."""
-    found = []
-    index = bisect.bisect_right(ranges, start, key=operator.itemgetter(1))
-    for range_start, range_end in itertools.islice(ranges, index, None):
-        if range_start >= end:
-            break
-        found.append((max(start, range_start), min(end, range_end)))
-    return found
 
 
 def _state_file_id(tree: Path) -> list[int] | None:
