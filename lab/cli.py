@@ -248,8 +248,9 @@ def bench_command(
             for e in files
             if not e.quick and not experiments
         ]
-        files = [e for e in files if e.quick or experiments]
-    # --quick proves each configuration starts and answers: on the first route only.
+        files = [e.for_quick() for e in files if e.quick or experiments]
+    # --quick proves each configuration starts and answers: on the first route only (and
+    # only those its file's `quick` list names, if it has one).
     loaded = [
         per_route
         for experiment in files

@@ -25,13 +25,17 @@ The format (TOML; knob names are listed in :mod:`lab.knobs`)::
 
     [[targets]]                           # checked in the report, never loosened
     label = "processes = CPUs ahead of 1"
-    require = "cpus / baseline >= 1"      # ratio of median requests/s
+    require = "cpus / baseline >= 1"      # ratio of requests/s (median of the rounds')
+
+    [[targets]]
+    require = "cpu(cpus) / cpu(baseline) <= 1.1"   # ratio of the app's CPU per request
 
 Optional, at the top level::
 
     routes = ["/health", "/search?q=python"]   # every configuration on each: one experiment
                                                # per route (request.path is set by it)
     quick = false                              # left out of `scripts/bench --quick`
+    quick = ["search"]                         # ... or only the baseline and these in it
     memory = true                              # the report shows the workers' memory
 
     [sweep]                                    # every combination becomes a change
@@ -61,6 +65,10 @@ DEFAULT_RUNS = 3
 _ID = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _REQUIRE = re.compile(
     r"\s*([a-z][a-z0-9_]*)\s*/\s*([a-z][a-z0-9_]*)\s*(>=|<=)\s*(\d+(?:\.\d+)?)\s*"
+)
+_CPU_REQUIRE = re.compile(
+    r"\s*cpu\(\s*([a-z][a-z0-9_]*)\s*\)\s*/\s*cpu\(\s*([a-z][a-z0-9_]*)\s*\)"
+    r"\s*(>=|<=)\s*(\d+(?:\.\d+)?)\s*"
 )
 _WITHIN_BEST = re.compile(r"\s*([a-z][a-z0-9_]*)\s+within\s+best\s*")
 #: The target's name for the fastest configuration: no configuration may take it.
@@ -101,19 +109,24 @@ class Configuration:
 @dataclass(frozen=True)
 class Target:
     """``numerator / denominator`` (ratio of median requests/s) ``>=`` or ``<=`` ``bound``;
-    or, with ``operator`` "within" and ``denominator`` :data:`BEST`, ``numerator`` is within
-    the fastest configuration's per-round range."""
+    with ``measure`` "cpu", the ratio of the app's CPU per request instead; or, with
+    ``operator`` "within" and ``denominator`` :data:`BEST`, ``numerator`` is within the
+    fastest configuration's per-round range."""
 
     label: str
     numerator: str
     denominator: str
     operator: str
     bound: float
+    #: "rps": requests/s; "cpu": the app's CPU per request (lab.app_cpu).
+    measure: str = "rps"
 
     @property
     def expression(self) -> str:
         if self.operator == "within":
             return f"{self.numerator} within {BEST}"
+        if self.measure == "cpu":
+            return f"cpu({self.numerator}) / cpu({self.denominator}) {self.operator} {self.bound:g}"
         return f"{self.numerator} / {self.denominator} {self.operator} {self.bound:g}"
 
     def met_by(self, ratio: float) -> bool:
@@ -133,6 +146,8 @@ class Experiment:
     routes: tuple[str, ...] = ()
     #: False: left out of ``scripts/bench --quick``.
     quick: bool = True
+    #: In ``--quick``, only the baseline and these (empty: every configuration).
+    quick_only: tuple[str, ...] = ()
     #: The report shows the workers' memory.
     memory: bool = False
 
@@ -172,6 +187,12 @@ class Experiment:
             )
             for route in self.routes
         ]
+
+    def for_quick(self) -> Experiment:
+        """The experiment as ``--quick`` runs it: less what ``quick`` leaves out."""
+        if not self.quick_only:
+            return self
+        return self.without([c.id for c in self.configurations[1:] if c.id not in self.quick_only])
 
     def shortened(self, runs: int, duration: int, warmup: int) -> Experiment:
         """The same experiment with at most ``runs`` runs, each at most ``duration`` seconds
@@ -220,7 +241,12 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
         raise ExperimentError("runs must be a whole number from 1 to 50")
 
     routes = _routes(document)
-    quick, memory = _bool(document, "quick", True), _bool(document, "memory", False)
+    quick_only: tuple[str, ...] = ()
+    if isinstance(document.get("quick"), list):
+        quick, quick_only = True, _quick_only(document["quick"])
+    else:
+        quick = _bool(document, "quick", True)
+    memory = _bool(document, "memory", False)
     baseline_table = _table(document, "baseline", "[baseline]", required=True)
     baseline_changes = _knob_values(baseline_table, "[baseline]", extra={"label"})
     if routes and "request.path" in baseline_changes:
@@ -296,6 +322,11 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
                     f"{configuration.id} sets request.path, but routes sets it for every run"
                 )
     ids = {configuration.id for configuration in configurations}
+    unknown_quick = [id for id in quick_only if id not in ids]
+    if unknown_quick:
+        raise ExperimentError(
+            f'quick names no configuration "{unknown_quick[0]}" (known: {", ".join(sorted(ids))})'
+        )
     targets = tuple(_target(entry, index, ids) for index, entry in enumerate(_targets(document), 1))
     return Experiment(
         path.stem,
@@ -307,8 +338,17 @@ def parse_experiment(document: Mapping[str, Any], path: Path) -> Experiment:
         targets,
         routes=routes,
         quick=quick,
+        quick_only=quick_only,
         memory=memory,
     )
+
+
+def _quick_only(ids: list[Any]) -> tuple[str, ...]:
+    if not ids or not all(isinstance(id, str) for id in ids) or "baseline" in ids:
+        raise ExperimentError(
+            "quick must be true, false or a non-empty list of change ids (the baseline always runs)"
+        )
+    return tuple(ids)
 
 
 def _bool(document: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -436,16 +476,20 @@ def _target(entry: Any, index: int, ids: set[str]) -> Target:
     if BEST in ids:
         raise ExperimentError(f'"{BEST}" names the fastest configuration: give yours another id')
     require = entry.get("require")
-    within = _WITHIN_BEST.fullmatch(require) if isinstance(require, str) else None
-    match = _REQUIRE.fullmatch(require) if isinstance(require, str) else None
-    if within is not None:
+    text = require if isinstance(require, str) else ""
+    measure = "rps"
+    if within := _WITHIN_BEST.fullmatch(text):
         numerator, denominator, operator, bound = within.group(1), BEST, "within", "1"
-    elif match is not None:
+    elif match := _REQUIRE.fullmatch(text):
         numerator, denominator, operator, bound = match.groups()
+    elif match := _CPU_REQUIRE.fullmatch(text):
+        numerator, denominator, operator, bound = match.groups()
+        measure = "cpu"
     else:
         raise ExperimentError(
-            f'{where}: require must read "<id> / <id> >= <number>" (or <=) or '
-            f'"<id> within best", got {require!r}'
+            f'{where}: require must read "<id> / <id> >= <number>" (or <=), '
+            f'"cpu(<id>) / cpu(<id>) <= <number>" (or >=) or "<id> within best", '
+            f"got {require!r}"
         )
     for id in (numerator, denominator):
         if id == BEST:
@@ -455,4 +499,4 @@ def _target(entry: Any, index: int, ids: set[str]) -> Target:
                 f'{where}: no configuration "{id}" (known: {", ".join(sorted(ids))})'
             )
     label = _string(entry, "label", f"{where} label") or str(require).strip()
-    return Target(label, numerator, denominator, operator, float(bound))
+    return Target(label, numerator, denominator, operator, float(bound), measure)

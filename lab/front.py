@@ -31,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from .app_cpu import process_tree_cpu_seconds
 from .memory import WorkerMemory, worker_memory
 from .runner import LabError
 
@@ -287,6 +288,9 @@ class FrontedServer:
 
     def worker_memory(self) -> list[WorkerMemory]:
         return worker_memory(self.app.pid) if self.app else []
+
+    def app_cpu_seconds(self) -> float:
+        return process_tree_cpu_seconds(self.app.pid) if self.app else 0.0
 
     def stop(self) -> None:
         """nginx, then the app server, gracefully (SIGQUIT, SIGTERM); killed after a timeout."""

@@ -185,8 +185,9 @@ _KNOBS = [
     Knob(
         "app.wsgi",
         "site",
-        _choice("site", "hello"),
-        '"site": the podcast site; "hello": a bare WSGI "hello" (lab/hello.py), the ceiling',
+        _choice("site", "hello", "flask_hello"),
+        '"site": the podcast site; "hello": a bare WSGI "hello" (lab/hello.py), the ceiling; '
+        '"flask_hello": a minimal Flask app answering "hello" (lab/flask_hello.py)',
     ),
     Knob("app.database", "sqlite", _choice("sqlite", "postgresql"), "the database backend"),
     Knob(
@@ -222,6 +223,13 @@ _KNOBS = [
     ),
     Knob("request.conditional", False, _flag, "send If-None-Match with the ETag of a first GET"),
     Knob("request.gzip", False, _flag, "send Accept-Encoding: gzip"),
+    Knob(
+        "request.search_texts",
+        False,
+        _flag,
+        "each request adds ?q= with another of the lab's search texts (lab/search_texts.py) "
+        "to the path, never one the site has cached (wrk only)",
+    ),
     Knob(
         "request.expect",
         None,
@@ -283,6 +291,8 @@ def unused_changes(
 
 def conflict(settings: Mapping[str, Any]) -> str | None:
     """Why ``settings`` cannot be run together, or None."""
+    if settings["request.search_texts"] and "?" in settings["request.path"]:
+        return "request.search_texts adds the query string: request.path must have none"
     if settings["app.server"] != "stack" and settings["request.via"] != "nginx":
         return (
             f'app.server = "{settings["app.server"]}" is loaded through nginx only '

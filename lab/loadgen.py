@@ -22,6 +22,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 #: Seconds a tool may run past its duration before it is killed.
 GRACE_SECONDS = 15.0
@@ -49,6 +50,59 @@ end
 """
 
 
+# Appended to the report script when each request searches another text: the texts in
+# turn, each pass over them spelled differently (pass p upper-cases the letters whose bit
+# is set in p). The search is the same words, the text is one the site has not been asked
+# since it started, so it is never answered from its cache, however many workers share the
+# load. Each thread takes its own passes.
+_WRK_SEARCH_TEXTS = """\
+local texts = {%(texts)s}
+local prefix = "%(prefix)s"
+local pass, index = 0, 0
+local threads = {}
+
+-- In wrk's own state: thread k of n starts on pass k and takes every n-th.
+setup = function(thread)
+  table.insert(threads, thread)
+  thread:set("first_pass", #threads - 1)
+  for _, each in ipairs(threads) do each:set("passes_apart", #threads) end
+end
+
+init = function(args)
+  pass = first_pass or 0
+end
+
+local function spelled(text, pass)
+  local letters, bit = {}, 1
+  for i = 1, #text do
+    local letter = text:sub(i, i)
+    if letter ~= " " then
+      if math.floor(pass / bit) %% 2 == 1 then letter = letter:upper() end
+      bit = bit * 2
+    end
+    letters[i] = letter
+  end
+  return (table.concat(letters):gsub(" ", "+"))
+end
+
+request = function()
+  index = index + 1
+  if index > #texts then
+    index, pass = 1, pass + (passes_apart or 1)
+  end
+  return wrk.format(nil, prefix .. spelled(texts[index], pass))
+end
+"""
+
+#: What a search text may hold: the Lua script quotes them without escaping.
+_SEARCH_TEXT = re.compile(r"[a-z0-9]+(?: [a-z0-9]+)*")
+
+
+def search_query(text: str) -> str:
+    """The query string the load script sends for ``text`` on its first pass."""
+    return "q=" + text.replace(" ", "+")
+
+
 class LoadError(RuntimeError):
     """The load generator could not run or its output could not be read."""
 
@@ -66,6 +120,9 @@ class LoadSpec:
     :param threads: the generator's threads (wrk's ``-t``; ab has one).
     :param duration: whole seconds.
     :param headers: sent with every request (conditional requests, gzip).
+    :param search_texts: if given, each request adds ``?q=`` and the next of these to the
+        URL's path instead (lower-case words and spaces; wrk only), spelled differently
+        on each pass over them so that none is answered from the site's cache.
     """
 
     url: str
@@ -73,6 +130,7 @@ class LoadSpec:
     threads: int
     duration: int
     headers: dict[str, str] = field(default_factory=dict)
+    search_texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,8 +197,7 @@ def run_load(tool: str, spec: LoadSpec, workdir: Path) -> LoadResult:
     """Load ``spec.url`` for ``spec.duration`` s with ``tool``; ``workdir`` holds its script."""
     if tool == "wrk":
         script = workdir / "lab-report.lua"
-        if not script.exists():
-            script.write_text(_WRK_REPORT)
+        script.write_text(_WRK_REPORT + _search_script(spec))
         command = [
             "wrk",
             "--latency",
@@ -160,6 +217,8 @@ def run_load(tool: str, spec: LoadSpec, workdir: Path) -> LoadResult:
         output, cpu_seconds = _run(command + [spec.url], spec.duration)
         return parse_wrk(output, cpu_seconds, spec.threads)
     if tool == "ab":
+        if spec.search_texts:
+            raise LoadError("each request searching another text needs wrk (ab sends one URL)")
         # -n caps the count; -t is what bounds the run. -k keeps connections alive, as wrk does.
         command = [
             "ab",
@@ -180,6 +239,20 @@ def run_load(tool: str, spec: LoadSpec, workdir: Path) -> LoadResult:
         output, cpu_seconds = _run(command + [spec.url], spec.duration)
         return parse_ab(output, cpu_seconds)
     raise LoadError(f"unknown load tool {tool!r} (known: {', '.join(TOOLS)})")
+
+
+def _search_script(spec: LoadSpec) -> str:
+    """The part of wrk's script that makes each request search another text ("" if none)."""
+    if not spec.search_texts:
+        return ""
+    bad = [text for text in spec.search_texts if not _SEARCH_TEXT.fullmatch(text)]
+    if bad:
+        raise LoadError(f"search texts are lower-case words and single spaces, not {bad[0]!r}")
+    path = urlsplit(spec.url).path
+    return _WRK_SEARCH_TEXTS % {
+        "texts": ", ".join(f'"{text}"' for text in spec.search_texts),
+        "prefix": f"{path}?q=",
+    }
 
 
 def _run(command: list[str], duration: float) -> tuple[str, float]:

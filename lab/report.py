@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import knobs
+from .experiment import Configuration
 from .loadgen import TAIL_RATIO
 from .results import ExperimentResult
 
@@ -75,6 +76,10 @@ def markdown(
         "p50/p99 are medians of the runs' latency percentiles. *errors* are "
         "connect/read/write/timeout errors; *bad status* counts responses the tool rejects "
         "by status (wrk: not 2xx/3xx; ab: not 2xx). "
+        "*app CPU/req* is the app server's CPU time (master and workers) over a run divided "
+        "by the requests it served, median of the runs, with the median and range of its "
+        "per-round ratios to the baseline's in brackets: other load on the machine moves it "
+        "far less than requests/s. "
         "⚠ marks runs where the load generator used ≥90% of its CPU: there the figure is the "
         "generator's ceiling, not the server's. *p99/p50* is the median of the runs' ratios; "
         f"⚠ k/n there marks the runs whose p99 was more than {TAIL_RATIO:g}× their p50.",
@@ -124,9 +129,9 @@ def _experiment_section(result: ExperimentResult) -> list[str]:
         "",
     ]
     lines += [
-        "| configuration | changes | req/s | range | × baseline | p50 ms | p99 ms | p99/p50 "
-        "| errors | bad status | body |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | changes | req/s | range | × baseline | app CPU/req | p50 ms | p99 ms "
+        "| p99/p50 | errors | bad status | body |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for configuration in experiment.configurations:
         measured = result.configurations[configuration.id]
@@ -137,7 +142,7 @@ def _experiment_section(result: ExperimentResult) -> list[str]:
             else f"`{knobs.describe(configuration.changes)}`"
         )
         if summary is None:
-            lines.append(f"| {configuration.label} | {changes} | not measured | | | | | | | | |")
+            lines.append(f"| {configuration.label} | {changes} | not measured | | | | | | | | | |")
             continue
         warning = f" ⚠ {summary.saturated_runs}/{summary.runs}" if summary.saturated_runs else ""
         ratios = result.paired_ratios(configuration.id)
@@ -149,7 +154,8 @@ def _experiment_section(result: ExperimentResult) -> list[str]:
             tail += f" ⚠ {summary.long_tail_runs}/{summary.runs}"
         lines.append(
             f"| {configuration.label} | {changes} | {summary.rps_median:,.0f}{warning} | "
-            f"{summary.spread:.0%} | {ratio} | {summary.p50_ms:.2f} | {summary.p99_ms:.2f} | "
+            f"{summary.spread:.0%} | {ratio} | {_app_cpu(result, configuration)} | "
+            f"{summary.p50_ms:.2f} | {summary.p99_ms:.2f} | "
             f"{tail} | {summary.errors} | {summary.bad_status} | {_size(measured.response_bytes)} |"
         )
     lines.append("")
@@ -196,6 +202,19 @@ def _memory_table(result: ExperimentResult) -> list[str]:
         )
     lines.append("")
     return lines
+
+
+def _app_cpu(result: ExperimentResult, configuration: Configuration) -> str:
+    """The median app CPU per request, and its per-round ratios to the baseline's."""
+    median = result.configurations[configuration.id].cpu_per_request_median
+    if median is None:
+        return "—"
+    text = f"{median * 1e6:,.0f} µs"
+    ratios = result.paired_ratios(configuration.id, measure="cpu")
+    if configuration.kind != "baseline" and ratios:
+        text += f" ({statistics.median(ratios):.2f}×"
+        text += f", {min(ratios):.2f}–{max(ratios):.2f})" if len(ratios) > 1 else ")"
+    return text
 
 
 def tail_summary(results: Sequence[ExperimentResult]) -> list[str]:

@@ -6,6 +6,9 @@
     [outcome.verdict for outcome in result.outcomes()]
     # ['met: 6.10 >= 5', 'missed by 12%: 4.40, needs >= 5']
 
+With ``measure="cpu"`` the ratios are of the app's CPU per request (the app
+server's CPU time over a run / the requests it served) instead of requests/s.
+
 Ratios are paired by round: the runner measures every configuration once per
 round, so run *i* of a configuration and run *i* of the baseline were taken a
 minute apart at most, under the same disturbances. The median of those
@@ -33,10 +36,24 @@ class ConfigurationResult:
     response_bytes: int = 0
     #: Each worker's memory after each measured run (experiments with ``memory = true``).
     memory: list[list[WorkerMemory]] = field(default_factory=list)
+    #: The app server's CPU seconds over each measured run (None: not read), as ``runs``.
+    app_cpu_seconds: list[float | None] = field(default_factory=list)
 
     @property
     def summary(self) -> Summary | None:
         return summarize(self.runs) if self.runs else None
+
+    def cpu_per_request(self) -> list[float | None]:
+        """The app's CPU seconds per request served, run by run (None: not known)."""
+        return [
+            cpu / run.requests if cpu is not None and run.requests else None
+            for run, cpu in zip(self.runs, self.app_cpu_seconds, strict=True)
+        ]
+
+    @property
+    def cpu_per_request_median(self) -> float | None:
+        known = [cpu for cpu in self.cpu_per_request() if cpu is not None]
+        return statistics.median(known) if known else None
 
 
 @dataclass(frozen=True)
@@ -114,24 +131,36 @@ class ExperimentResult:
         for configuration in self.experiment.configurations:
             self.configurations.setdefault(configuration.id, ConfigurationResult())
 
-    def add_run(self, id: str, result: LoadResult) -> None:
+    def add_run(self, id: str, result: LoadResult, app_cpu_seconds: float | None = None) -> None:
+        """One measured run of ``id``, and the app server's CPU seconds over it if read."""
         self.configurations[id].runs.append(result)
+        self.configurations[id].app_cpu_seconds.append(app_cpu_seconds)
 
     def summary(self, id: str) -> Summary | None:
         return self.configurations[id].summary
 
-    def paired_ratios(self, id: str, against: str = "baseline") -> tuple[float, ...]:
-        """Requests/s of ``id`` over ``against``'s, round by round."""
+    def paired_ratios(
+        self, id: str, against: str = "baseline", measure: str = "rps"
+    ) -> tuple[float, ...]:
+        """Requests/s of ``id`` over ``against``'s, round by round; with ``measure="cpu"``,
+        the app's CPU per request of ``id`` over ``against``'s."""
+
+        def per_round(of: str) -> list[float | None]:
+            measured = self.configurations[of]
+            if measure == "cpu":
+                return measured.cpu_per_request()
+            return [run.requests_per_second for run in measured.runs]
+
+        values, bases = per_round(id), per_round(against)
         # An interrupted lab may have measured one more round of one than of the other.
-        pairs = zip(self.configurations[id].runs, self.configurations[against].runs, strict=False)
         return tuple(
-            run.requests_per_second / base.requests_per_second
-            for run, base in pairs
-            if base.requests_per_second
+            value / base
+            for value, base in zip(values, bases, strict=False)
+            if value is not None and base
         )
 
-    def ratio(self, id: str, against: str = "baseline") -> float | None:
-        ratios = self.paired_ratios(id, against)
+    def ratio(self, id: str, against: str = "baseline", measure: str = "rps") -> float | None:
+        ratios = self.paired_ratios(id, against, measure)
         return statistics.median(ratios) if ratios else None
 
     def fastest(self) -> str | None:
@@ -150,7 +179,7 @@ class ExperimentResult:
                 label = self.experiment.configuration(winner).label if winner else ""
                 outcomes.append(TargetOutcome(target, ratios, label))
             else:
-                ratios = self.paired_ratios(target.numerator, target.denominator)
+                ratios = self.paired_ratios(target.numerator, target.denominator, target.measure)
                 outcomes.append(TargetOutcome(target, ratios))
         return outcomes
 
@@ -180,6 +209,14 @@ class ExperimentResult:
                     else None,
                     "ratio_to_baseline": self.ratio(configuration.id),
                     "ratios_by_round": list(self.paired_ratios(configuration.id)),
+                    "app_cpu_seconds": self.configurations[configuration.id].app_cpu_seconds,
+                    "app_cpu_per_request_us": [
+                        None if cpu is None else cpu * 1e6
+                        for cpu in self.configurations[configuration.id].cpu_per_request()
+                    ],
+                    "app_cpu_ratios_by_round": list(
+                        self.paired_ratios(configuration.id, measure="cpu")
+                    ),
                 }
                 for configuration in experiment.configurations
             ],

@@ -11,6 +11,10 @@ settings; a configuration that differs only in its request reuses it.
 Before any load, one request checks the configuration answers what it should
 (its status, an ETag for conditional requests): a mistake in an experiment
 fails loudly instead of measuring error pages.
+
+Around each measured run the app server's CPU time is read (its master and workers,
+lab.app_cpu): over the requests the run served, it is the app's CPU per request, which
+other load on the machine disturbs far less than requests/s.
 """
 
 from __future__ import annotations
@@ -20,15 +24,16 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from .experiment import Configuration, Experiment
-from .loadgen import LoadError, LoadSpec, run_load
+from .loadgen import LoadError, LoadResult, LoadSpec, run_load, search_query
 from .memory import WorkerMemory
 from .results import ExperimentResult
+from .search_texts import SEARCH_TEXTS
 
 #: Seconds the check before loading may take.
 CHECK_TIMEOUT = 10.0
@@ -47,6 +52,9 @@ class RunningStack(Protocol):
 
     def worker_memory(self) -> list[WorkerMemory]:
         """The app server's workers' memory, now (asked only by experiments with memory)."""
+
+    def app_cpu_seconds(self) -> float:
+        """CPU seconds the app server's processes have used so far (lab.app_cpu)."""
 
 
 #: Starts the servers for a configuration's settings; raises LabError if they do not come up.
@@ -89,6 +97,8 @@ class Check:
 def check_configuration(base_url: str, settings: Mapping[str, Any]) -> Check:
     """Make one request as the load will; raise LabError unless it gets the expected status."""
     url = base_url + settings["request.path"]
+    if settings["request.search_texts"]:
+        url += "?" + search_query(SEARCH_TEXTS[0])
     headers = {"Accept-Encoding": "gzip"} if settings["request.gzip"] else {}
     if settings["request.conditional"]:
         status, response_headers, _ = _fetch(url, headers)
@@ -178,12 +188,12 @@ def run_lab(
                                 current[1].stop()
                                 current = None
                             current = (stack_key(settings), start_stack(settings))
-                        check, load = _measure(current[1], settings, options.tool, workdir)
+                        check, load, app_cpu = _measure(current[1], settings, options.tool, workdir)
                     except (LabError, LoadError) as error:
                         raise LabError(f"{experiment.id}/{configuration.id}: {error}") from None
                     measured = result.configurations[configuration.id]
                     measured.response_bytes = check.response_bytes
-                    result.add_run(configuration.id, load)
+                    result.add_run(configuration.id, load, app_cpu)
                     if experiment.memory:
                         # After the load, so the workers hold what serving made them touch.
                         measured.memory.append(current[1].worker_memory())
@@ -203,7 +213,10 @@ def run_lab(
     return results
 
 
-def _measure(stack: RunningStack, settings: Mapping[str, Any], tool: str, workdir: Path):
+def _measure(
+    stack: RunningStack, settings: Mapping[str, Any], tool: str, workdir: Path
+) -> tuple[Check, LoadResult, float]:
+    """The check, the measured run, and the app server's CPU seconds over that run."""
     base_url = stack.url(settings["request.via"])
     check = check_configuration(base_url, settings)
     spec = LoadSpec(
@@ -212,13 +225,10 @@ def _measure(stack: RunningStack, settings: Mapping[str, Any], tool: str, workdi
         settings["load.threads"],
         settings["load.duration"],
         check.headers,
+        SEARCH_TEXTS if settings["request.search_texts"] else (),
     )
     if settings["load.warmup"] > 0:
-        run_load(
-            tool,
-            LoadSpec(
-                spec.url, spec.connections, spec.threads, settings["load.warmup"], spec.headers
-            ),
-            workdir,
-        )
-    return check, run_load(tool, spec, workdir)
+        run_load(tool, replace(spec, duration=settings["load.warmup"]), workdir)
+    cpu_before = stack.app_cpu_seconds()
+    load = run_load(tool, spec, workdir)
+    return check, load, stack.app_cpu_seconds() - cpu_before

@@ -36,6 +36,7 @@ from webapp.db.backends import DatabaseUnavailable, redact_url
 from webapp.db.seed import seed
 from webapp.freeze import FreezeError, freeze
 
+from .app_cpu import process_tree_cpu_seconds
 from .experiment import Experiment
 from .front import FrontedServer, ServerSpec
 from .knobs import DEPLOYED, process_count
@@ -51,7 +52,11 @@ POSTGRES_SCHEMA = "lab_bench"
 PROFILER_SAMPLED_RATE = "0.01"
 SITE_WSGI_MODULE = "webapp.wsgi:application"
 LAB_WSGI_MODULE = "lab.wsgi:application"
-HELLO_WSGI_MODULE = "lab.hello:application"
+#: The app.wsgi knob's other values: the module uWSGI runs instead of the site.
+OTHER_WSGI_MODULES = {
+    "hello": "lab.hello:application",
+    "flask_hello": "lab.flask_hello:application",
+}
 #: app.profiler values that lab.wsgi installs (the others are request_profiler's settings).
 LAB_PROFILERS = {"pyinstrument_recipe", "werkzeug"}
 
@@ -108,6 +113,17 @@ class LabStack:
         if isinstance(self.stack, FrontedServer):
             return self.stack.worker_memory()
         return worker_memory(self.stack.pids()["uwsgi-1"])
+
+    def app_cpu_seconds(self) -> float:
+        """CPU seconds the app server has used so far (every uWSGI instance under
+        deploy/stack: master, workers, reaped workers)."""
+        if isinstance(self.stack, FrontedServer):
+            return self.stack.app_cpu_seconds()
+        return sum(
+            process_tree_cpu_seconds(pid)
+            for name, pid in self.stack.pids().items()
+            if name.startswith("uwsgi-")
+        )
 
     def stop(self) -> None:
         self.stack.stop()
@@ -310,8 +326,8 @@ class LabStacks:
         if settings["app.feed"] != "cached":
             module = LAB_WSGI_MODULE
             environment["LAB_FEED"] = settings["app.feed"]
-        if settings["app.wsgi"] == "hello":
-            module = HELLO_WSGI_MODULE
+        if settings["app.wsgi"] != "site":
+            module = OTHER_WSGI_MODULES[settings["app.wsgi"]]
         return module, environment
 
     def stack_settings(

@@ -19,12 +19,27 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from deploy.stack.settings import find_uwsgi
-from lab import cli, compare, front, hello, knobs, loadgen, memory, runner, servers
+from lab import (
+    app_cpu,
+    cli,
+    compare,
+    flask_hello,
+    front,
+    hello,
+    knobs,
+    loadgen,
+    memory,
+    runner,
+    search_texts,
+    servers,
+)
 from lab.cli import (
     EXPERIMENTS_DIR,
     POSTGRES_SKIPPED,
@@ -39,6 +54,9 @@ from lab.results import ExperimentResult
 from lab.runner import LabError, LabOptions, run_lab
 from lab.stats import summarize
 from tests.conftest import require_binary, require_service
+from webapp.blueprints.pages import SEARCH_PAGES_KEPT
+
+T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -545,6 +563,8 @@ class StandInStacks:
 
     def __init__(self, url: str, fail_on: str | None = None) -> None:
         self.url, self.fail_on, self.events = url, fail_on, []
+        #: What the stand-in app server's CPU clock reads (tests move it).
+        self.app_cpu_seconds = 0.0
 
     def start(self, settings):
         if settings["uwsgi.threads"] == self.fail_on:
@@ -559,6 +579,10 @@ class StandInStacks:
             def stop(self):
                 events.append(("stop", settings["uwsgi.threads"]))
 
+            def app_cpu_seconds(self):
+                return stand_in.app_cpu_seconds
+
+        stand_in = self
         return Running()
 
 
@@ -1065,6 +1089,20 @@ def test_the_report_flags_long_tails_and_counts_them_on_the_light_routes(tmp_pat
     assert "Fastest: uwsgi.processes=2 (1.50× the baseline)." in text
 
 
+def read_from_master(script: str, read: Callable[[int], T]) -> T:
+    """``read(pid)`` of a real master running ``script`` once it prints "ready"; then it
+    and its children are killed."""
+    master = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        assert master.stdout is not None and master.stdout.readline() == b"ready\n"
+        return read(master.pid)
+    finally:
+        os.killpg(master.pid, signal.SIGKILL)
+        master.wait()
+
+
 def test_memory_is_read_for_each_child_of_a_master(tmp_path):
     # A real master with two children that each write 8 MB of their own.
     script = (
@@ -1077,15 +1115,7 @@ def test_memory_is_read_for_each_child_of_a_master(tmp_path):
         "print('ready', flush=True)\n"
         "time.sleep(30)\n"
     )
-    master = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        assert master.stdout.readline() == b"ready\n"
-        workers = memory.worker_memory(master.pid)
-    finally:
-        os.killpg(master.pid, signal.SIGKILL)
-        master.wait()
+    workers = read_from_master(script, memory.worker_memory)
     assert len(workers) == 2 and workers == sorted(workers, key=lambda w: w.pid)
     for worker in workers:
         assert 8 << 20 < worker.private_bytes < worker.rss_bytes
@@ -1229,3 +1259,178 @@ def test_a_server_that_cannot_import_the_app_says_why_and_leaves_nothing(tmp_pat
         front.FrontedServer(spec, nginx, uwsgi).start()
     assert "no_such_module" in str(raised.value)
     assert processes_mentioning(str(tmp_path)) == []
+
+
+# --- app CPU per request (issue 14: every dynamic route within 5× a Flask "hello") -------------
+
+
+def cpu_result(tmp_path: Path, target: str) -> ExperimentResult:
+    """Two rounds: the baseline serves 1000 requests a run on 0.1 and 0.2 s of app CPU
+    (100 and 200 µs each); "two" serves 500 on 0.2 and 0.5 s (400 and 1000 µs)."""
+    experiment = load_experiment(write(tmp_path, MINIMAL + f'[[targets]]\nrequire = "{target}"\n'))
+    measured = ExperimentResult(experiment)
+    for cpu in (0.1, 0.2):
+        measured.add_run("baseline", result(1000), cpu)
+    for cpu in (0.2, 0.5):
+        measured.add_run("two", result(500), cpu)
+    return measured
+
+
+def test_a_cpu_target_compares_the_apps_cpu_per_request_round_by_round(tmp_path):
+    measured = cpu_result(tmp_path, "cpu(two) / cpu(baseline) <= 5")
+    (target,) = measured.experiment.targets
+    assert (target.measure, target.operator, target.bound) == ("cpu", "<=", 5)
+    assert target.expression == "cpu(two) / cpu(baseline) <= 5"
+    assert measured.paired_ratios("two", measure="cpu") == pytest.approx((4.0, 5.0))
+    assert measured.paired_ratios("two") == (0.5, 0.5)  # requests/s is another measure
+    (outcome,) = measured.outcomes()
+    assert outcome.met and outcome.inconclusive
+    assert outcome.verdict.startswith("met: 4.50 <= 5 (inconclusive: per-round ratios 4.00–5.00)")
+    (missed,) = cpu_result(tmp_path, "cpu(two) / cpu(baseline) <= 3").outcomes()
+    assert not missed.met and missed.verdict.startswith("missed by 50%: 4.50, needs <= 3")
+
+
+def test_a_run_without_its_app_cpu_is_left_out_of_the_cpu_ratios(tmp_path):
+    measured = cpu_result(tmp_path, "cpu(two) / cpu(baseline) <= 5")
+    measured.add_run("baseline", result(1000))  # round 3: the app's CPU was not read
+    measured.add_run("two", result(500), 0.4)
+    assert measured.paired_ratios("two", measure="cpu") == pytest.approx((4.0, 5.0))
+    assert measured.configurations["two"].cpu_per_request_median == pytest.approx(0.0008)
+
+
+@pytest.mark.parametrize(
+    "require",
+    ["cpu(two) / baseline <= 5", "cpu(two) within best", "cpu(two) / cpu(nope) <= 5"],
+)
+def test_a_malformed_cpu_target_is_refused(tmp_path, require):
+    path = write(tmp_path, MINIMAL + f'[[targets]]\nrequire = "{require}"\n')
+    with pytest.raises(ExperimentError, match=r'require must read|no configuration "nope"'):
+        load_experiment(path)
+
+
+def test_the_report_shows_the_apps_cpu_per_request_and_its_ratio(tmp_path):
+    measured = cpu_result(tmp_path, "cpu(two) / cpu(baseline) <= 5")
+    paths = write_report(tmp_path / "out", [measured], {})
+    text = paths["markdown"].read_text()
+    assert "| `cpu(two) / cpu(baseline) <= 5` | ✅ met: 4.50 <= 5" in text
+    assert "| 150 µs |" in text  # the baseline: median of 100 and 200 µs
+    assert "| 700 µs (4.50×, 4.00–5.00) |" in text
+    (experiment,) = json.loads(paths["json"].read_text())["experiments"]
+    two = experiment["configurations"][1]
+    assert two["app_cpu_per_request_us"] == pytest.approx([400, 1000])
+    assert two["app_cpu_ratios_by_round"] == pytest.approx([4.0, 5.0])
+
+
+def test_the_runner_reads_the_apps_cpu_around_the_measured_run_only(tmp_path, site, monkeypatch):
+    stacks = StandInStacks(site)
+
+    def run_load(tool, spec, workdir):
+        # The warm-up (2 s) burns 10 s of app CPU, the measured run (5 s) 0.25 s.
+        stacks.app_cpu_seconds += 10 if spec.duration == 2 else 0.25
+        return result(1000)
+
+    monkeypatch.setattr(runner, "run_load", run_load)
+    experiment = load_experiment(
+        write(tmp_path, RUNNER_EXPERIMENT.replace("load.warmup = 0", "load.warmup = 2"))
+    )
+    (measured,) = run_lab([experiment], LabOptions(tmp_path, "wrk", None), stacks.start)
+    assert measured.configurations["threads"].app_cpu_seconds == [0.25, 0.25]
+    assert measured.configurations["threads"].cpu_per_request() == [0.00025, 0.00025]
+
+
+def test_the_apps_cpu_counts_the_master_its_workers_and_the_workers_it_reaped():
+    # A master whose first child burns CPU and exits (reaped), the second burns and stays.
+    burn = (
+        "import time\\nend = time.process_time() + 0.3\\nwhile time.process_time() < end: pass\\n"
+    )
+    script = (
+        "import subprocess, sys, time\n"
+        f"code = '{burn}'\n"
+        "subprocess.run([sys.executable, '-c', code], check=True)\n"
+        "stay = subprocess.Popen([sys.executable, '-c', code + 'print(1, flush=True)\\n"
+        "time.sleep(30)'], stdout=subprocess.PIPE)\n"
+        "stay.stdout.readline()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    seconds = read_from_master(script, app_cpu.process_tree_cpu_seconds)
+    assert 0.6 <= seconds < 5
+
+
+def test_quick_can_name_the_configurations_it_runs(tmp_path):
+    text = MINIMAL + (
+        '[changes.three]\nuwsgi.processes = 3\n[[targets]]\nrequire = "three / baseline >= 1"\n'
+        '[[targets]]\nrequire = "two / baseline >= 1"\n'
+    )
+    experiment = load_experiment(write(tmp_path, 'quick = ["two"]\n' + text))
+    quick = experiment.for_quick()
+    assert [c.id for c in quick.configurations] == ["baseline", "two"]
+    assert [t.expression for t in quick.targets] == ["two / baseline >= 1"]
+    assert load_experiment(write(tmp_path, text)).for_quick().configurations == (
+        load_experiment(write(tmp_path, text)).configurations
+    )
+    for bad in ('quick = ["four"]\n', "quick = []\n", 'quick = ["baseline"]\n'):
+        with pytest.raises(ExperimentError, match="quick"):
+            load_experiment(write(tmp_path, bad + text))
+
+
+def test_the_flask_hello_answers_hello_on_every_path():
+    client = flask_hello.application.test_client()
+    for path in ("/", "/health"):
+        response = client.get(path)
+        assert response.status_code == 200 and response.get_data() == b"hello"
+
+
+# --- a search made afresh on every request -------------------------------------------------------
+
+
+def test_the_search_texts_outnumber_what_the_workers_keep_and_are_plain_words():
+    assert len(search_texts.SEARCH_TEXTS) > 2 * SEARCH_PAGES_KEPT
+    assert len(set(search_texts.SEARCH_TEXTS)) == len(search_texts.SEARCH_TEXTS)
+    assert "python" in search_texts.SEARCH_TEXTS and "flask in production" in (
+        search_texts.SEARCH_TEXTS
+    )
+
+
+def test_search_texts_need_a_path_without_a_query_string(tmp_path):
+    text = 'title = "t"\n[baseline]\nrequest.path = "/search?q=x"\nrequest.search_texts = true\n'
+    with pytest.raises(ExperimentError, match="request.path must have none"):
+        load_experiment(write(tmp_path, text))
+
+
+def test_each_request_searches_another_text_never_the_same_twice(tmp_path):
+    require_binary("wrk")
+    paths: list[str] = []
+
+    class Recording(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}).start()
+    texts = ("ab", "c d")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/search"
+        loaded = loadgen.run_load("wrk", LoadSpec(url, 1, 1, 1, search_texts=texts), tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert loaded.requests >= 8 and len(paths) >= loaded.requests
+    # The texts in turn, each pass spelling them differently (pass p upper-cases the letters
+    # of p's bits): 4 spellings of each here, so the first 8 requests are 8 different texts.
+    first = paths[:8]
+    assert len(first) == 8 and len(set(first)) == 8
+    assert {path.lower() for path in first} == {"/search?q=ab", "/search?q=c+d"}
+    assert [path.lower() for path in first[:2]] != [first[0].lower()] * 2
+    with pytest.raises(LoadError, match="needs wrk"):
+        loadgen.run_load("ab", LoadSpec(url, 1, 1, 1, search_texts=texts), tmp_path)
+    with pytest.raises(LoadError, match="lower-case words"):
+        loadgen.run_load("wrk", LoadSpec(url, 1, 1, 1, search_texts=('a"b',)), tmp_path)
