@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import make_app
 from webapp.db import get_database, queries
 from webapp.db.seed import generate_episode, seed
 from webapp.settings import SettingsError, load_settings
@@ -37,6 +38,26 @@ def test_seeding_twice_changes_nothing(app):
         assert seed(session, 30) == 0
         after = queries.site_state(session)
     assert after == before
+
+
+def test_seeding_leaves_the_search_index_merged(tmp_path):
+    app = make_app(f"sqlite:///{tmp_path}/merged.sqlite3", tmp_path)
+    database = get_database(app)
+
+    def index_pages() -> tuple:
+        with database.session() as session:
+            row = session.fetch_one(
+                "SELECT count(*) AS n, sum(length(block)) AS size FROM episodes_fts_data"
+            )
+        return row["n"], row["size"]
+
+    with database.session() as session:
+        seed(session, 300)
+    seeded = index_pages()
+    with database.session() as session:
+        queries.merge_search_index(session)  # merging a merged index changes nothing
+    assert index_pages() == seeded
+    database.close()
 
 
 def test_seeding_more_adds_only_the_missing(app):

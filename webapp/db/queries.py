@@ -213,6 +213,19 @@ def search(session: Session, query: str, limit: int = 50) -> list[EpisodeRevisio
     return _revisions(rows)
 
 
+def merge_search_index(session: Session) -> None:
+    """Merge SQLite's full-text index into one b-tree, after writes to episodes.
+
+    FTS5 writes each change as a new segment of its index and merges them only
+    step by step (its automerge), so an index built episode by episode, or by
+    the seed, is read as many segments, and a ranked search walks each one. Its
+    'optimize' merges them all. Call it after a batch of writes (the seed does);
+    PostgreSQL's GIN index needs nothing.
+    """
+    if session.database.dialect == "sqlite":
+        session.execute("INSERT INTO episodes_fts (episodes_fts) VALUES ('optimize')")
+
+
 def _with_related(session: Session, rows: list[dict], every_episode: bool = False) -> list[Episode]:
     """The episodes of ``rows`` with their guests (one query, whatever the count)."""
     if not rows:

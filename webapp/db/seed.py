@@ -18,7 +18,7 @@ from html import escape
 
 from ..models import slugify, sqlite_timestamp
 from .backends import Session
-from .queries import site_state
+from .queries import merge_search_index, site_state
 
 FIRST_EPISODE_AT = datetime(2015, 1, 5, 14, 0, tzinfo=UTC)
 AUDIO_BASE_URL = "https://media.example.com/audio"
@@ -289,4 +289,6 @@ def seed(session: Session, episodes: int, progress: Callable[[int], None] | None
         )
         if progress is not None:
             progress(len(numbers))
+    if inserted:
+        merge_search_index(session)
     return inserted
