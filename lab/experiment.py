@@ -35,7 +35,7 @@ Optional, at the top level::
     routes = ["/health", "/search?q=python"]   # every configuration on each: one experiment
                                                # per route (request.path is set by it)
     quick = false                              # left out of `scripts/bench --quick`
-    quick = ["search"]                         # ... or only the baseline and these in it
+    # quick = ["search"]                       # ... or only the baseline and these in it
     memory = true                              # the report shows the workers' memory
 
     [sweep]                                    # every combination becomes a change
