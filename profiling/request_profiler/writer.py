@@ -71,7 +71,7 @@ class ProfileWriter:
         *,
         max_pending: int = 64,
         batch: int = 32,
-        delay: float = 0.05,
+        delay: float = 0.5,
         idle_seconds: float = 5.0,
     ) -> None:
         if max_pending < 1 or batch < 1:
