@@ -350,7 +350,9 @@ class LabStacks:
             uwsgi=self.uwsgi,
         )
         if settings["nginx.access_log"] is not DEPLOYED:
-            stack_settings.access_log = settings["nginx.access_log"]
+            stack_settings.nginx_options["access_log"] = (
+                settings["nginx.access_log"] and "access.log"
+            )
         if settings["nginx.worker_processes"] is not DEPLOYED:
             stack_settings.nginx_options["worker_processes"] = str(
                 process_count(settings["nginx.worker_processes"], self.cpus)

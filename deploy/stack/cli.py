@@ -6,8 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
@@ -15,13 +16,6 @@ from .render import render_nginx
 from .settings import StackError, StackSettings, default_run_dir, find_nginx
 from .stack import NotRunning, Stack
 
-#: A throwaway certificate for localhost and 127.0.0.1: an ECDSA P-256 key, 30 days.
-OPENSSL_REQ = (
-    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30"
-    " -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1"
-).split()
-
-File = click.Path(path_type=Path, dir_okay=False)
 Directory = click.Path(path_type=Path, file_okay=False)
 run_dir_option = click.option(
     "--run-dir", type=Directory, default=default_run_dir, help="Default: var/run."
@@ -30,19 +24,6 @@ run_dir_option = click.option(
 
 def say(message: str) -> None:
     click.echo(f"==> {message}", err=True)
-
-
-def make_self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """``openssl req`` writes a certificate and its key (mode 0600) into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    certificate, key = directory / "cert.pem", directory / "key.pem"
-    try:
-        subprocess.run(
-            [*OPENSSL_REQ, "-keyout", key, "-out", certificate], check=True, capture_output=True
-        )
-    except FileNotFoundError:
-        raise StackError("openssl is not installed: it makes the self-signed certificate") from None
-    return certificate, key
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,18 +39,22 @@ def cli(ctx: click.Context) -> None:
 @run_dir_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, envvar="PORT", show_default=True)
-@click.option("--https-port", type=int, help="Also HTTPS (HTTP/2), self-signed by default.")
-@click.option("--certificate", type=File)
-@click.option("--certificate-key", type=File)
 @click.option("--uwsgi-instances", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--processes", type=click.IntRange(1), help="Workers per instance (default: CPUs).")
 @click.option("--build-dir", type=Directory, help="The frozen site (default: FREEZE_DIR).")
 @click.option("--freeze/--no-freeze", default=True, help="Freeze the site first (incremental).")
 @click.option("--no-nginx", is_flag=True, help="uWSGI alone, serving the frozen files itself.")
-@click.option("--access-log/--no-access-log", default=True, help="nginx's access log.")
+@click.option("--no-access-log", is_flag=True, help="No nginx access log (var/run/nginx/).")
 @click.option("--detach", is_flag=True, help="Return once the site answers; `stop` stops it.")
-def start(processes: int | None, freeze: bool, no_nginx: bool, detach: bool, **fields: Any) -> None:
-    """Start the stack and serve until Ctrl-C or `stop`.
+def start(
+    processes: int | None,
+    freeze: bool,
+    no_nginx: bool,
+    no_access_log: bool,
+    detach: bool,
+    **fields: Any,
+) -> None:
+    """Start the stack and serve until Ctrl-C, SIGTERM, a hang-up or `stop`.
 
     supervisord restarts a uWSGI instance that dies while nginx goes on serving the frozen
     pages; its log (spawned, exited ...) is printed here.
@@ -80,9 +65,8 @@ def start(processes: int | None, freeze: bool, no_nginx: bool, detach: bool, **f
     settings = StackSettings(nginx=nginx, **{k: v for k, v in fields.items() if v is not None})
     if processes is not None:
         settings.uwsgi_options["processes"] = str(processes)
-    if settings.https_port is not None and not (settings.certificate and settings.certificate_key):
-        tls = make_self_signed_certificate(settings.run_dir / "tls")
-        settings.certificate, settings.certificate_key = tls
+    if no_access_log:
+        settings.nginx_options["access_log"] = None
     if freeze:  # only what changed is written; if it fails, the app serves every page
         command = [sys.executable, "-m", "flask", "--app", "webapp", "freeze", "--dest"]
         if subprocess.run([*command, str(settings.build_dir)]).returncode:
@@ -92,17 +76,14 @@ def start(processes: int | None, freeze: bool, no_nginx: bool, detach: bool, **f
         signal.signal(signum, signal.default_int_handler)
     stack.start(show_log=not detach)
     what = "uWSGI alone" if nginx is None else f"nginx + {len(stack.instances)} uWSGI instance(s)"
-    where = settings.url + (f" and {settings.https_url}" if settings.https_url else "")
-    say(f"{what} serving {where}; `scripts/serve stop` stops it (logs in {stack.run_dir})")
-    supervisord = stack.supervisord
-    if detach or supervisord is None:
+    say(f"{what} serving {settings.url}; `scripts/serve stop` stops it (logs in {stack.run_dir})")
+    if detach:
         return
-    # Until supervisord exits. Ctrl-C, SIGTERM or a hang-up shut it down (SIGTERM is its own
-    # orderly shutdown), as `scripts/serve stop` from another shell does.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda signum, frame: supervisord.terminate())
-    status = supervisord.wait()
-    stack.stop()  # removes what the programs left
+    try:  # until supervisord exits (`scripts/serve stop`) or this process is told to stop
+        status = stack.supervisord.wait()  # type: ignore[union-attr]
+    except KeyboardInterrupt:
+        status = 0
+    stack.stop()  # nginx first, then uWSGI, gracefully; then what the programs left
     left = stack.leftovers()
     say(f"left behind: {left}" if left else "stopped; nothing left running")
     sys.exit(1 if status or left else 0)
@@ -126,15 +107,11 @@ def stop(run_dir: Path) -> None:
 @cli.command()
 @run_dir_option
 def status(run_dir: Path) -> None:
-    """supervisorctl's status of each program; exit status 3 when nothing runs."""
-    try:
-        stack = Stack.attach(run_dir)
-    except NotRunning as error:
-        click.echo(error)
-        sys.exit(3)
-    click.echo(stack.call("getIdentification"))
-    ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(stack.supervisord_conf)]
-    sys.exit(subprocess.run([*ctl, "status"]).returncode)
+    """supervisorctl's status of each program: exit status 3 if one is not running, 4 if no
+    stack runs."""
+    server = f"unix://{os.path.abspath(run_dir / 'supervisor.sock')}"
+    ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-s", server, "status"]
+    os.execv(sys.executable, ctl)
 
 
 @cli.command()
@@ -147,37 +124,14 @@ def reload(run_dir: Path, chain: bool) -> None:
 
 
 @cli.command()
+@click.argument("values", type=click.File("rb"))
 @click.option("--out", "conf_dir", type=Directory, required=True, help="For nginx.conf & co.")
-@click.option("--build-dir", type=Directory, required=True, help="/srv/podcast/var/build")
-@click.option("--upstream", "upstreams", multiple=True, required=True, help="Each uWSGI socket.")
-@click.option("--server-name", default="_", show_default=True)
-@click.option("--http-listen", default="80", show_default=True)
-@click.option("--https-listen", default="443", show_default=True)
-@click.option("--certificate", type=File)
-@click.option("--certificate-key", type=File)
-@click.option("--no-https", is_flag=True, help="HTTP only (TLS ends in front of this nginx).")
-@click.option("--user", default="www-data", show_default=True, help="nginx's workers' user.")
-@click.option("--pid-file", type=File, default="/run/nginx.pid", show_default=True)
-@click.option("--error-log", type=File, default="/var/log/nginx/error.log", show_default=True)
-@click.option("--access-log", type=File, default="/var/log/nginx/access.log", show_default=True)
-@click.option("--temp-dir", type=Directory, default="/var/lib/nginx", show_default=True)
-@click.option("--cache-dir", type=Directory, default="/var/cache/nginx/podcast", show_default=True)
-# Per client address on /api/ (bursts of twice that): far more than an app paging the catalogue
-# needs, far less than a scraper would take.
-@click.option("--api-rate-limit", type=click.IntRange(0), default=20, help="Per second; 0: none.")
-@click.option("--harakiri", type=int, help="uWSGI's on the app servers; default uwsgi.ini's (30).")
-def render(conf_dir: Path, build_dir: Path, no_https: bool, **variables: Any) -> None:
-    """Render the nginx config for a real server (deploy/README.md).
-
-    Each --upstream is a uWSGI socket: unix:/run/podcast/uwsgi-1.sock or 10.0.0.5:3031. Port 80
-    only redirects to HTTPS, and HSTS is sent, unless --no-https.
-    """
-    if no_https:
-        variables["https_listen"] = None
-    elif not (variables["certificate"] and variables["certificate_key"]):
-        raise click.UsageError("HTTPS needs --certificate and --certificate-key (or --no-https)")
-    # Absolute, but never resolved: the build is a symlink that each freeze swaps.
-    build_dir = Path(os.path.abspath(build_dir))
-    options = {"https_only": not no_https, "open_file_cache_valid": "10s"}
-    conf = render_nginx(conf_dir, build_dir=build_dir, **options, **variables)
+def render(values: BinaryIO, conf_dir: Path) -> None:
+    """Render the nginx config for a real server from VALUES, a TOML file of the templates'
+    values: a copy of deploy/nginx/production.toml, edited (deploy/README.md)."""
+    try:
+        variables = tomllib.load(values)
+    except tomllib.TOMLDecodeError as error:
+        raise StackError(f"{values.name}: {error}") from None
+    conf = render_nginx(conf_dir, **variables)
     click.echo(f"rendered {conf}; check it with: nginx -t -c {conf}")

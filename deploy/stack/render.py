@@ -10,7 +10,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, meta
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, UndefinedError, meta
 
 from .settings import DEPLOY_DIR, PROJECT_ROOT, UWSGI_INI, StackError
 
@@ -56,15 +56,21 @@ def nginx_variables() -> frozenset[str]:
 def render_nginx(conf_dir: Path, **variables: object) -> Path:
     """Write nginx.conf and what it includes into ``conf_dir``; returns nginx.conf.
 
-    ``variables`` are the templates': nginx.conf.j2's header says which they need. A name no
-    template reads (a misspelt knob) is a StackError.
+    ``variables`` are the templates': nginx.conf.j2's header says which they need. A missing
+    one, or a name no template reads (a misspelt knob), is a StackError.
     """
     if unknown := sorted(set(variables) - nginx_variables()):
         raise StackError(f"the nginx templates have no {', '.join(unknown)}")
-    conf_dir.mkdir(parents=True, exist_ok=True)
     backlog = int(Path("/proc/sys/net/core/somaxconn").read_text())  # the kernel's cap
-    for name in NGINX_TEMPLATES:
-        text = TEMPLATES.get_template(f"{name}.j2").render(variables, backlog=backlog)
+    try:
+        texts = {
+            n: TEMPLATES.get_template(f"{n}.j2").render(variables, backlog=backlog)
+            for n in NGINX_TEMPLATES
+        }
+    except UndefinedError as error:  # StrictUndefined: a required value is missing
+        raise StackError(f"the nginx templates need a value: {error.message}") from None
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
         (conf_dir / name).write_text(text)
     for name in ("headers.conf", "uwsgi_params"):  # included as they are
         shutil.copyfile(DEPLOY_DIR / "nginx" / name, conf_dir / name)

@@ -52,18 +52,16 @@ class StackSettings:
     :param build_dir: the frozen site nginx serves (``FREEZE_DIR``).
     :param host: the address nginx (or uWSGI alone) listens on.
     :param port: the HTTP port.
-    :param https_port: an HTTPS server (HTTP/2) on this port too, with ``certificate`` and
-        ``certificate_key``.
     :param uwsgi_instances: uWSGI masters behind nginx's upstream, each with its own socket.
     :param uwsgi_options: uWSGI options for every instance instead of uwsgi.ini's defaults:
         ``{"processes": "2", "harakiri": "5"}``.
     :param nginx_options: values for deploy/nginx/*.j2 instead of the deployed defaults
-        written there: ``{"gzip": False, "worker_processes": 1, "api_rate_limit": 20}``.
+        written there: ``{"gzip": False, "worker_processes": 1}``; HTTPS (HTTP/2) too with
+        ``https_listen`` (``"127.0.0.1:8443"``), ``certificate`` and ``certificate_key``.
     :param environment: the app's settings (``DATABASE_URL`` ...) on top of this process's
         environment. They reach uWSGI through supervisord's environment, never a file.
     :param nginx: the nginx binary; None: uWSGI alone serves HTTP and the frozen files.
     :param uwsgi: the uWSGI binary.
-    :param access_log: nginx's access log (``nginx/access.log``) on, or off.
     :param start_timeout: seconds for the site to answer at start, and for a reload.
     :param stop_timeout: seconds a program gets to stop gracefully before supervisord kills it.
     """
@@ -72,23 +70,15 @@ class StackSettings:
     build_dir: Path = field(default_factory=lambda: site_path("FREEZE_DIR"))
     host: str = "127.0.0.1"
     port: int = 8000
-    https_port: int | None = None
-    certificate: Path | None = None
-    certificate_key: Path | None = None
     uwsgi_instances: int = 1
     uwsgi_options: dict[str, str] = field(default_factory=dict)
     nginx_options: dict[str, Any] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     nginx: str | None = field(default_factory=find_nginx)
     uwsgi: str | None = field(default_factory=find_uwsgi)
-    access_log: bool = True
     start_timeout: float = 60.0
     stop_timeout: float = 40.0
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def https_url(self) -> str | None:
-        return f"https://{self.host}:{self.https_port}" if self.https_port else None

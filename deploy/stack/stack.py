@@ -49,9 +49,9 @@ class Stack:
         self.instances = [
             UwsgiInstance(n + 1, self.run_dir) for n in range(settings.uwsgi_instances)
         ]
+        self.standalone = settings.nginx is None
         self.nginx_dir = self.run_dir / "nginx"
         self.nginx_log = self.nginx_dir / "error.log"
-        self.supervisord_conf = self.run_dir / "supervisord.conf"
         self.supervisord_log = self.run_dir / "supervisord.log"
         #: supervisord, when this process started it.
         self.supervisord: subprocess.Popen | None = None
@@ -65,10 +65,6 @@ class Stack:
         settings.uwsgi_instances = sum(name.startswith("uwsgi-") for name in names)
         settings.nginx = settings.nginx if "nginx" in names else None
         return cls(settings)
-
-    @property
-    def standalone(self) -> bool:
-        return self.settings.nginx is None
 
     def call(self, method: str, *arguments: object) -> Any:
         """supervisord's ``supervisor.<method>(*arguments)``, over XML-RPC on its unix socket with
@@ -100,25 +96,20 @@ class Stack:
         settings = self.settings
         if not self.standalone:
             (self.nginx_dir / "tmp").mkdir(parents=True, exist_ok=True)
-            render_nginx(
-                self.nginx_dir,
+            variables = dict(
                 build_dir=self.build_dir,
                 upstreams=[f"unix:{instance.socket}" for instance in self.instances],
                 http_listen=f"{settings.host}:{settings.port}",
-                https_listen=settings.https_port and f"{settings.host}:{settings.https_port}",
-                certificate=settings.certificate,
-                certificate_key=settings.certificate_key,
-                access_log="access.log" if settings.access_log else None,
                 # Started as root, nginx would run its workers as `nobody`, who can neither read a
                 # build in the user's tree (pytest's 0700 tmp dirs) nor connect to 0660 sockets.
                 user="root" if os.geteuid() == 0 else None,
                 harakiri=settings.uwsgi_options.get("harakiri") or os.environ.get("UWSGI_HARAKIRI"),
-                **settings.nginx_options,
             )
+            render_nginx(self.nginx_dir, **{**variables, **settings.nginx_options})
             self.check_nginx()
-        template = TEMPLATES.get_template("supervisord.conf.j2")
+        conf = TEMPLATES.get_template("supervisord.conf.j2")
         user = pwd.getpwuid(os.getuid()).pw_name
-        self.supervisord_conf.write_text(template.render(stack=self, user=user))
+        (self.run_dir / "supervisord.conf").write_text(conf.render(stack=self, user=user))
 
     def start(self, *, show_log: bool = False) -> None:
         """Render the configs, start supervisord (its log on stdout too if ``show_log``) and
@@ -140,9 +131,15 @@ class Stack:
         try:
             # Never a daemon (-n) but in a session of its own: it outlives this process, and a
             # Ctrl-C in the terminal reaches scripts/serve only, which shuts it down in order.
-            command = [sys.executable, "-m", "supervisor.supervisord", "-n", "-c"]
             self.supervisord = subprocess.Popen(
-                [*command, str(self.supervisord_conf)],
+                [
+                    sys.executable,
+                    "-m",
+                    "supervisor.supervisord",
+                    "-n",
+                    "-c",
+                    self.run_dir / "supervisord.conf",
+                ],
                 env={**os.environ, **self.settings.environment, **uwsgi},
                 stdin=subprocess.DEVNULL,
                 stdout=None if show_log else subprocess.DEVNULL,
@@ -181,29 +178,25 @@ class Stack:
         """Sockets, FIFOs and pid files in the run directory: none once the stack stopped."""
         return [p for p in self.run_dir.rglob("*") if p.suffix in (".sock", ".fifo", ".pid")]
 
-    def wait(self, program: str, log: Path, ready: Callable[[], bool]) -> int:
-        """Until ``ready()``; returns ``program``'s pid. StackError if it exits (or is restarted)
-        meanwhile, or after ``start_timeout``, with the end of its ``log``."""
+    def wait(self, program: str, log: Path, ready: Callable[[], bool]) -> None:
+        """Until ``ready()``. StackError if ``program`` exits (or is restarted) meanwhile, or
+        after ``start_timeout``, with the end of its ``log`` (or supervisord's)."""
         pid, deadline = 0, time.monotonic() + self.settings.start_timeout
         while time.monotonic() < deadline:
             time.sleep(0.05)
-            try:
+            if self.supervisord is not None and self.supervisord.poll() is not None:
+                status, log = f"status {self.supervisord.returncode}", self.supervisord_log
+                raise StackError(f"supervisord exited with {status}; {log} ends:\n{log_tail(log)}")
+            with contextlib.suppress(NotRunning):  # supervisord is not listening yet
                 info = self.call("getProcessInfo", program)
-            except NotRunning:  # supervisord is not listening yet, or has exited
-                if self.supervisord is not None and self.supervisord.poll() is not None:
+                if info["statename"] not in ("STARTING", "RUNNING") or pid not in (0, info["pid"]):
+                    how = f"{info['exitstatus']} ({info['statename']}: {info['description']})"
                     raise StackError(
-                        f"supervisord exited with status {self.supervisord.returncode}; "
-                        f"{self.supervisord_log} ends:\n{log_tail(self.supervisord_log)}"
-                    ) from None
-                continue
-            if info["statename"] not in ("STARTING", "RUNNING") or pid not in (0, info["pid"]):
-                how = (
-                    f"with status {info['exitstatus']} ({info['statename']}: {info['description']})"
-                )
-                raise StackError(f"{program} exited {how}; {log} ends:\n{log_tail(log)}")
-            pid = info["pid"]
-            if ready():
-                return pid
+                        f"{program} exited with status {how}; {log} ends:\n{log_tail(log)}"
+                    )
+                pid = info["pid"]
+                if ready():
+                    return
         raise StackError(f"{program} not ready; {log} ends:\n{log_tail(log)}")
 
     def answers(self) -> bool:
@@ -234,7 +227,7 @@ class Stack:
         # nginx -t, then a graceful reload (it reads a new build's episodes.map), done once the
         # old workers have finished their requests and exited.
         self.check_nginx()
-        old_workers = psutil.Process(self.wait("nginx", self.nginx_log, lambda: True)).children()
+        old_workers = psutil.Process(self.pids()["nginx"]).children()
         self.call("signalProcess", "nginx", "HUP")
         if psutil.wait_procs(old_workers, timeout=self.settings.start_timeout)[1]:
             raise StackError(f"nginx's old workers are still running; see {self.nginx_log}")

@@ -26,15 +26,6 @@ class UwsgiInstance:
             for suffix in (".sock", ".fifo", "-stats.sock", ".pid", ".log")
         )
 
-    def options(self) -> dict[str, str]:
-        """The per-instance options, as the ``UWSGI_*`` variables uwsgi.ini reads."""
-        return {
-            "UWSGI_SOCKET": str(self.socket),
-            "UWSGI_SAFE_PIDFILE": str(self.pid_file),
-            "UWSGI_MASTER_FIFO": str(self.fifo),
-            "UWSGI_STATS": str(self.stats_socket),
-        }
-
     def remove_files(self) -> None:
         """What a stopped instance leaves: the FIFO (``vacuum`` removes the rest), and every file
         of a killed master. Only call it when the instance is not running."""

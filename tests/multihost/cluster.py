@@ -18,7 +18,7 @@ Each step is the documented one, with the shipped files:
    profiles say which host served them. DATABASE_URL and PROFILER_STORE point at PgBouncer.
 4. app1 freezes the site (``flask freeze``) and serves its var/ read-only with an rsync
    daemon; the nginx host runs ``flask pull-build rsync://10.77.0.11/podcast/build``.
-5. The nginx host's config comes from ``python -m deploy.stack render --upstream …`` with
+5. The nginx host's config comes from ``python -m deploy.stack render`` of production.toml with
    the three app hosts, HTTP only (TLS would end in front of it).
 
 ``Cluster.stop()`` stops everything by pid, then deletes the namespaces, killing by pid
@@ -28,6 +28,7 @@ whatever is still in them: it runs whatever failed before it.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import secrets
 import shutil
@@ -36,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -155,7 +157,9 @@ class AppHost:
     def uwsgi_environment(self) -> dict[str, str]:
         """What /etc/podcast/env and the systemd unit give uWSGI on an app server."""
         return {
-            **self.instance.options(),
+            "UWSGI_MASTER_FIFO": str(self.instance.fifo),
+            "UWSGI_STATS": str(self.instance.stats_socket),
+            "UWSGI_SAFE_PIDFILE": str(self.instance.pid_file),
             "UWSGI_SOCKET": f"{self.host.address}:{UWSGI_PORT}",
             # The unit's podcast:www-data, here root's: it changes nothing for a TCP socket.
             "UWSGI_CHOWN_SOCKET": "root:root",
@@ -255,20 +259,29 @@ class NginxHost:
         """deploy/README.md's command with this host's paths, then ``nginx -t`` on the host."""
         for directory in ("tmp", "cache", "log"):
             (self.root / directory).mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "deploy.stack", "render",
-            "--out", str(self.conf.parent), "--build-dir", str(self.build),
-            *[argument for upstream in upstreams for argument in ("--upstream", upstream)],
-            "--no-https", "--http-listen", f"{self.host.address}:{HTTP_PORT}",
-            "--server-name", "podcast.test",
+        values = tomllib.loads((DEPLOY_DIR / "nginx" / "production.toml").read_text())
+        for name in ("https_listen", "certificate", "certificate_key"):  # TLS ends in front
+            del values[name]
+        values.update(
+            https_only=False,
+            build_dir=str(self.build),
+            upstreams=upstreams,
+            http_listen=f"{self.host.address}:{HTTP_PORT}",
+            server_name="podcast.test",
             # The load comes from one client address on purpose: no per-address API limit.
-            "--api-rate-limit", "0",
+            api_rate_limit=0,
             # Its workers read the build in pytest's 0700 directories; production: www-data.
-            "--user", "root",
-            "--pid-file", str(self.pid_file), "--error-log", str(self.root / "log" / "error.log"),
-            "--access-log", str(self.root / "log" / "access.log"),
-            "--temp-dir", str(self.root / "tmp"), "--cache-dir", str(self.root / "cache"),
-        ]  # fmt: skip
+            user="root",
+            pid_file=str(self.pid_file),
+            error_log=str(self.root / "log" / "error.log"),
+            access_log=str(self.root / "log" / "access.log"),
+            temp_dir=str(self.root / "tmp"),
+            cache_dir=str(self.root / "cache"),
+        )
+        toml = self.root / "nginx.toml"
+        toml.write_text("".join(f"{name} = {json.dumps(v)}\n" for name, v in values.items()))
+        command = [sys.executable, "-m", "deploy.stack", "render", str(toml)]
+        command += ["--out", str(self.conf.parent)]
         subprocess.run(command, cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=60)
         network.run(self.host, [self.nginx, "-t", "-q", "-c", str(self.conf)])
 

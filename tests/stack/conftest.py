@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,6 @@ import pytest
 from flask import Flask
 
 from deploy.stack import Stack, StackSettings
-from deploy.stack.cli import make_self_signed_certificate
 from deploy.stack.settings import PROJECT_ROOT, find_uwsgi
 from tests.conftest import require_binary, require_service
 from webapp import create_app
@@ -105,8 +105,15 @@ def site(
 
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    require_binary("openssl")
-    return make_self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    """A throwaway certificate for localhost and 127.0.0.1 (ECDSA P-256, a day) and its key."""
+    openssl = require_binary("openssl")
+    directory = tmp_path_factory.mktemp("tls")
+    certificate, key = directory / "cert.pem", directory / "key.pem"
+    request = "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1"
+    names = "-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1"
+    arguments = [*f"{request} {names}".split(), "-keyout", key, "-out", certificate]
+    subprocess.run([openssl, *arguments], check=True, capture_output=True, timeout=60)
+    return certificate, key
 
 
 @pytest.fixture(scope="session")
@@ -152,9 +159,11 @@ def site_stack(
         site,
         stack_binaries,
         uwsgi_instances=2,
-        https_port=free_port(),
-        certificate=certificate[0],
-        certificate_key=certificate[1],
+        nginx_options={
+            "https_listen": f"127.0.0.1:{free_port()}",
+            "certificate": certificate[0],
+            "certificate_key": certificate[1],
+        },
     )
     yield stack
     stack.stop()

@@ -7,20 +7,22 @@ by ``scripts/serve stop`` from another shell.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import psutil
 import pytest
 
 from deploy.stack import Stack, StackError, StackSettings
+from deploy.stack.settings import DEPLOY_DIR
 from deploy.stack.stack import NotRunning
-from tests.conftest import require_binary
 
 from .conftest import Site
 from .support import free_port, get, wait_until
@@ -131,8 +133,7 @@ def test_serve_detached_then_stop_from_another_shell(
         status = serve("status", *common, env={})
         assert status.wait(30) == 0
         lines = status.stdout.read().splitlines()
-        assert lines[0] == f"podcast stack at http://127.0.0.1:{port}"
-        states = dict(line.split()[:2] for line in lines[1:])  # supervisorctl's table
+        states = dict(line.split()[:2] for line in lines)  # supervisorctl's table
         assert states.keys() == {"nginx", "uwsgi:uwsgi-1"}
         assert set(states.values()) <= {"STARTING", "RUNNING"}  # RUNNING once up for 1 s
         # A second start on the same run directory refuses instead of clobbering the running one.
@@ -152,7 +153,7 @@ def test_serve_detached_then_stop_from_another_shell(
         stop_output, _ = stop.communicate(timeout=90)
     assert stop.returncode == 0, stop_output
     assert_nothing_left(run_dir, pids)
-    assert serve("status", *common, env={}).wait(30) == 3
+    assert serve("status", *common, env={}).wait(30) == 4  # LSB's "unknown": no supervisord
 
 
 def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(
@@ -186,52 +187,36 @@ def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(
 
 
 def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_binaries) -> None:
-    """`scripts/serve render` output is a complete, valid nginx config (with production-like
-    paths moved to tmp)."""
-    require_binary("nginx")
+    """`scripts/serve render` of deploy/nginx/production.toml, its paths moved to tmp, is a
+    complete, valid nginx config."""
     out, var = tmp_path / "etc-nginx", tmp_path / "var"
-    var.mkdir()
+    (var / "tmp").mkdir(parents=True)
     # The build is a symlink each freeze (or pull-build) swaps: nginx's root must stay the link.
     build = tmp_path / "build"
     (tmp_path / "build-1").mkdir()
     build.symlink_to(tmp_path / "build-1")
-    user = [] if os.geteuid() != 0 else ["--user", "root"]
+    values = tomllib.loads((DEPLOY_DIR / "nginx" / "production.toml").read_text())
+    assert values["user"] == "www-data" and values["pid_file"] == "/run/nginx.pid"
+    values.update(
+        build_dir=str(build),
+        upstreams=["unix:/run/podcast/uwsgi.sock", "10.0.0.6:3031"],
+        http_listen=f"127.0.0.1:{free_port()}",
+        https_listen=f"127.0.0.1:{free_port()}",
+        certificate=str(certificate[0]),
+        certificate_key=str(certificate[1]),
+        pid_file=str(var / "nginx.pid"),
+        error_log=str(var / "error.log"),
+        access_log=str(var / "access.log"),
+        temp_dir=str(var / "tmp"),
+        cache_dir=str(var / "cache"),
+    )
+    if os.geteuid() == 0:  # nginx -t as root checks that its workers' user exists
+        values["user"] = "root"
+    (tmp_path / "nginx.toml").write_text(
+        "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    )
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deploy.stack",
-            "render",
-            "--out",
-            str(out),
-            "--build-dir",
-            str(build),
-            "--upstream",
-            "unix:/run/podcast/uwsgi.sock",
-            "--upstream",
-            "10.0.0.6:3031",
-            "--server-name",
-            "podcast.example.org",
-            "--http-listen",
-            f"127.0.0.1:{free_port()}",
-            "--https-listen",
-            f"127.0.0.1:{free_port()}",
-            "--certificate",
-            str(certificate[0]),
-            "--certificate-key",
-            str(certificate[1]),
-            "--pid-file",
-            str(var / "nginx.pid"),
-            "--error-log",
-            str(var / "error.log"),
-            "--access-log",
-            str(var / "access.log"),
-            "--temp-dir",
-            str(var / "tmp"),
-            "--cache-dir",
-            str(var / "cache"),
-            *user,
-        ],
+        [sys.executable, "-m", "deploy.stack", "render", tmp_path / "nginx.toml", "--out", out],
         capture_output=True,
         text=True,
         timeout=60,
@@ -242,23 +227,11 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
     assert "server unix:/run/podcast/uwsgi.sock" in conf and "server 10.0.0.6:3031" in conf
     assert "max-age=63072000" in conf  # HSTS in production
     assert "return 301 https://$host$request_uri;" in conf
+    assert "open_file_cache_valid 10s;" in conf and "rate=20r/s" in conf
     assert f"\nroot {build};" in (out / "site.conf").read_text()
-    (var / "tmp").mkdir()
+    nginx = [stack_binaries["nginx"], "-t", "-p", f"{out}/", "-c", out / "nginx.conf"]
     check = subprocess.run(
-        [
-            stack_binaries["nginx"],
-            "-t",
-            "-p",
-            f"{out}/",
-            "-c",
-            str(out / "nginx.conf"),
-            "-e",
-            str(var / "error.log"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+        [*nginx, "-e", var / "error.log"], capture_output=True, text=True, timeout=30, check=False
     )
     assert check.returncode == 0, check.stderr
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,18 @@ from supervisor.options import ServerOptions
 from deploy.stack import Stack, StackError, StackSettings
 from deploy.stack.cli import cli
 from deploy.stack.render import render_nginx, supervisor_value
+from deploy.stack.settings import DEPLOY_DIR
 from tests.conftest import require_binary
 
 from .support import free_port
+
+PRODUCTION_VALUES = DEPLOY_DIR / "nginx" / "production.toml"
 
 
 def read_back(stack: Stack) -> dict[str, object]:
     """Each program's command (split as supervisord splits it), environment and log, by name."""
     options = ServerOptions()
-    options.realize(args=["-c", str(stack.supervisord_conf)])
+    options.realize(args=["-c", str(stack.run_dir / "supervisord.conf")])
     return {
         f"{group.name}:{program.name}": (
             shlex.split(program.command),
@@ -47,7 +51,10 @@ def test_supervisord_reads_every_value_back_as_written(tmp_path: Path) -> None:
     assert list(programs) == ["uwsgi:uwsgi-1"]
     assert command[0] == "uwsgi" and Path(command[2]).name == "uwsgi.ini"
     assert environment == {
-        **instance.options(),
+        "UWSGI_SOCKET": str(instance.socket),
+        "UWSGI_STATS": str(instance.stats_socket),
+        "UWSGI_MASTER_FIFO": str(instance.fifo),
+        "UWSGI_SAFE_PIDFILE": str(instance.pid_file),
         # No nginx: uWSGI serves the port, and the frozen files, itself.
         "UWSGI_HTTP_SOCKET": stack.settings.url.removeprefix("http://"),
         "UWSGI_CHECK_STATIC": str(tmp_path),
@@ -66,7 +73,7 @@ def test_uwsgi_starts_first_and_nginx_stops_first_in_the_foreground(tmp_path: Pa
     assert command[command.index("-c") + 1] == str(stack.nginx_dir / "nginx.conf")
     assert command[-2:] == ["-g", "daemon off;"]  # supervisord runs it, never a daemon
     options = ServerOptions()
-    options.realize(args=["-c", str(stack.supervisord_conf)])
+    options.realize(args=["-c", str(stack.run_dir / "supervisord.conf")])
     # supervisord starts groups by ascending priority and stops them in the reverse order.
     order = sorted(options.process_group_configs)
     assert [group.name for group in order] == ["uwsgi", "nginx"]
@@ -84,8 +91,6 @@ def base_nginx_variables(tmp_path: Path, **variables: object) -> dict[str, objec
         "build_dir": tmp_path / "build",
         "upstreams": ["unix:/run/podcast/uwsgi-1.sock", "10.0.0.5:3031"],
         "http_listen": f"127.0.0.1:{free_port()}",
-        "https_listen": None,
-        "access_log": "access.log",
         "user": "root" if os.geteuid() == 0 else None,
     }
     return values | variables
@@ -123,19 +128,24 @@ def test_each_switch_of_the_nginx_templates_renders_a_valid_config(
 
 
 @pytest.mark.parametrize(
-    "arguments, error",
+    "edit, error",
     [
-        (["--upstream", "a:1"], "HTTPS needs --certificate and --certificate-key"),
-        (["--upstream", "a:1", "--certificate", "cert.pem"], "HTTPS needs --certificate"),
-        (["--no-https"], "Missing option '--upstream'"),
+        # HTTPS without its certificate: nginx would refuse to start.
+        (lambda text: text.replace("certificate_key =", "# certificate_key ="), "certificate_key"),
+        (lambda text: text.replace("upstreams =", "# upstreams ="), "upstreams"),
+        (lambda text: text.replace("server_name =", "server_nam ="), "have no server_nam"),
+        (lambda text: text.replace("api_rate_limit = 20", "api_rate_limit = "), "Invalid value"),
     ],
+    ids=["no-certificate-key", "no-upstreams", "misspelt", "not-toml"],
 )
 def test_a_production_render_that_cannot_work_is_refused(
-    tmp_path: Path, arguments: list[str], error: str
+    tmp_path: Path, edit: Callable[[str], str], error: str
 ) -> None:
-    command = ["render", "--out", str(tmp_path / "conf"), "--build-dir", str(tmp_path)]
-    result = CliRunner().invoke(cli, [*command, *arguments])
-    assert result.exit_code == 2 and error in result.output
+    values = tmp_path / "nginx.toml"
+    values.write_text(edit(PRODUCTION_VALUES.read_text()))
+    result = CliRunner().invoke(cli, ["render", str(values), "--out", str(tmp_path / "conf")])
+    assert result.exit_code == 1 and error in result.output, result.output
+    assert "Traceback" not in result.output
     assert not (tmp_path / "conf").exists()
 
 

@@ -319,12 +319,16 @@ def test_large_request_headers_reach_the_app(site_stack: Stack) -> None:
 # --- HTTPS ------------------------------------------------------------------------
 
 
+def https_address(stack: Stack) -> tuple[str, int]:
+    host, port = stack.settings.nginx_options["https_listen"].rsplit(":", 1)
+    return host, int(port)
+
+
 def test_https_with_http2_and_modern_tls(site_stack: Stack, certificate: tuple[Path, Path]) -> None:
     context = ssl.create_default_context(cafile=str(certificate[0]))
     context.set_alpn_protocols(["h2", "http/1.1"])
-    port = site_stack.settings.https_port
     with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        socket.create_connection(https_address(site_stack), timeout=10) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as tls,
     ):
         assert tls.selected_alpn_protocol() == "h2"
@@ -334,7 +338,7 @@ def test_https_with_http2_and_modern_tls(site_stack: Stack, certificate: tuple[P
 def test_https_serves_the_same_site(
     site_stack: Stack, site: Site, tls_context: ssl.SSLContext
 ) -> None:
-    base = site_stack.settings.https_url
+    base = "https://{}:{}".format(*https_address(site_stack))
     for path, expected in [
         ("/", frozen(site, "index.html")),
         ("/api/episodes/3", app_get(site, "/api/episodes/3").data),
@@ -358,7 +362,7 @@ def test_tls_below_1_2_is_refused(site_stack: Stack, certificate: tuple[Path, Pa
     except (ValueError, ssl.SSLError):
         pytest.skip("this OpenSSL cannot even offer TLS 1.1")
     with (
-        socket.create_connection(("127.0.0.1", site_stack.settings.https_port), timeout=10) as raw,
+        socket.create_connection(https_address(site_stack), timeout=10) as raw,
         pytest.raises(ssl.SSLError),
     ):
         context.wrap_socket(raw, server_hostname="localhost")
