@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from .app_cpu import process_tree_cpu_seconds
 from .memory import WorkerMemory, worker_memory
@@ -42,47 +43,13 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 #: How to get the servers that are not a dependency of the site.
 INSTALL_HINT = "pip install -e '.[lab]' (scripts/bench installs the lab extra)"
-
-_NGINX_CONF = """\
-# The lab's minimal front (lab/front.py): one location, every request to the app server.
-{user}worker_processes auto;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/tmp/body;
-    proxy_temp_path {dir}/tmp/proxy;
-    uwsgi_temp_path {dir}/tmp/uwsgi;
-    fastcgi_temp_path {dir}/tmp/fastcgi;
-    scgi_temp_path {dir}/tmp/scgi;
-    upstream app {{ server {upstream}; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-{location}
-        }}
-    }}
-}}
-"""
-_UWSGI_LOCATION = """\
-            uwsgi_param QUERY_STRING $query_string;
-            uwsgi_param REQUEST_METHOD $request_method;
-            uwsgi_param CONTENT_TYPE $content_type;
-            uwsgi_param CONTENT_LENGTH $content_length;
-            uwsgi_param REQUEST_URI $request_uri;
-            uwsgi_param PATH_INFO $document_uri;
-            uwsgi_param SERVER_PROTOCOL $server_protocol;
-            uwsgi_param REQUEST_SCHEME $scheme;
-            uwsgi_param REMOTE_ADDR $remote_addr;
-            uwsgi_param REMOTE_PORT $remote_port;
-            uwsgi_param SERVER_PORT $server_port;
-            uwsgi_param SERVER_NAME $server_name;
-            uwsgi_pass app;"""
-_PROXY_LOCATION = """\
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_pass http://app;"""
+#: Config files: no HTML escaping, an unknown name is an error, a ``{% tag %}`` line leaves nothing.
+_TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def installed(server: str) -> bool:
@@ -216,23 +183,20 @@ class FrontedServer:
         raise LabError(f"unknown app server {spec.server!r}")
 
     def nginx_conf(self) -> str:
-        upstream = (
-            f"unix:{self.run_dir / 'uwsgi.sock'}"
-            if self.spec.server == "uwsgi"
-            else f"127.0.0.1:{self.spec.app_port}"
-        )
-        user = ""
+        """front.conf.j2 for this server: its upstream, and uwsgi_pass or proxy_pass."""
+        uwsgi = self.spec.server == "uwsgi"
+        user = None
         if os.geteuid() == 0:
-            # As root nginx would hand its workers to `nobody`, who cannot reach the 0660 socket.
-            user = (
-                f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};\n"
-            )
-        return _NGINX_CONF.format(
+            user = f"{pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name}"
+        return _TEMPLATES.get_template("front.conf.j2").render(
             user=user,
-            dir=self.run_dir,
-            upstream=upstream,
+            run_dir=self.run_dir,
             port=self.spec.port,
-            location=_UWSGI_LOCATION if self.spec.server == "uwsgi" else _PROXY_LOCATION,
+            uwsgi=uwsgi,
+            upstream=f"unix:{self.run_dir / 'uwsgi.sock'}"
+            if uwsgi
+            else f"127.0.0.1:{self.spec.app_port}",
+            uwsgi_params=PROJECT_ROOT / "deploy" / "nginx" / "uwsgi_params",
         )
 
     def start(self) -> None:
