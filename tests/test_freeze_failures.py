@@ -82,6 +82,98 @@ def test_an_episode_without_a_revision_stops_the_build_and_init_db_mends_it(app,
     assert_matches_live(dest, app)
 
 
+NUMBER_FIX = "set each such number to an integer (UPDATE episodes SET number = ... WHERE id = ...)"
+REVISION_FIX = (
+    "delete each such revision (DELETE FROM episode_revisions WHERE episode_id = ...)"
+    " and run `flask --app webapp init-db`, which draws a new one"
+)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("statement", "found", "fix", "mend"),
+    [
+        (
+            "UPDATE episodes SET number = 1.5 WHERE number = 4",
+            "episodes.number holds 1.5 (REAL) for episode id 4",
+            NUMBER_FIX,
+            "UPDATE episodes SET number = 4 WHERE id = 4",
+        ),
+        (
+            "UPDATE episode_revisions SET revision = 'abc' WHERE episode_id = 4",
+            "episode_revisions.revision holds 'abc' (TEXT) for episode id 4",
+            REVISION_FIX,
+            "DELETE FROM episode_revisions WHERE episode_id = 4",
+        ),
+        (  # SQLite stores an integer literal beyond 64 bits as a REAL
+            "UPDATE episode_revisions SET revision = 9223372036854775808 WHERE episode_id = 4",
+            "episode_revisions.revision holds 9.223372036854776e+18 (REAL) for episode id 4",
+            REVISION_FIX,
+            "DELETE FROM episode_revisions WHERE episode_id = 4",
+        ),
+        (  # joined as its bytes: an integer JSON reads, beyond 64 bits
+            "UPDATE episode_revisions SET revision = CAST('99999999999999999999' AS BLOB)"
+            " WHERE episode_id = 4",
+            "episode_revisions.revision holds b'99999999999999999999' (BLOB) for episode id 4",
+            REVISION_FIX,
+            "DELETE FROM episode_revisions WHERE episode_id = 4",
+        ),
+        (  # JSON would read it as 1
+            "UPDATE episode_revisions SET revision = 'true' WHERE episode_id = 4",
+            "episode_revisions.revision holds 'true' (TEXT) for episode id 4",
+            REVISION_FIX,
+            "DELETE FROM episode_revisions WHERE episode_id = 4",
+        ),
+        (  # one value, two items
+            "UPDATE episode_revisions SET revision = '1,2' WHERE episode_id = 4",
+            "episode_revisions.revision holds '1,2' (TEXT) for episode id 4",
+            REVISION_FIX,
+            "DELETE FROM episode_revisions WHERE episode_id = 4",
+        ),
+    ],
+    ids=["real-number", "text", "beyond-64-bits", "blob-beyond-64-bits", "true", "comma"],
+)
+def test_a_number_or_revision_that_is_not_a_64_bit_integer_is_named_and_its_fix_works(
+    app, dest, statement, found, fix, mend
+):
+    """SQLite keeps any value in any column (its tables are not STRICT): a build says which
+    column of which episode holds what, and what to do, instead of a traceback or blaming
+    a missing revision."""
+    freeze(app, dest)
+    before = everything_under(dest)
+    execute(app, statement)
+
+    result = freeze_cli(app, dest)
+
+    assert result.exit_code == 1
+    assert f"Error: {found}: a build reads every number and revision" in result.output
+    assert fix in result.output
+    assert "no revision" not in result.output and "Traceback" not in result.output
+    assert everything_under(dest) == before
+    execute(app, mend)
+    get_database(app).init_schema()
+    assert freeze_cli(app, dest).exit_code == 0
+    assert_matches_live(dest, app)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_bad_value_is_named_with_each_column_s_fix(app, dest):
+    freeze(app, dest)
+    before = everything_under(dest)
+    execute(app, "UPDATE episodes SET number = 'five' WHERE number = 5")
+    execute(app, "UPDATE episode_revisions SET revision = 0.5 WHERE episode_id = 2")
+
+    result = freeze_cli(app, dest)
+
+    assert result.exit_code == 1
+    assert (
+        "Error: episode_revisions.revision holds 0.5 (REAL) for episode id 2;"
+        " episodes.number holds 'five' (TEXT) for episode id 5: " in result.output
+    )
+    assert f"{NUMBER_FIX}; {REVISION_FIX}" in result.output
+    assert everything_under(dest) == before
+
+
 def test_a_postgresql_database_from_before_revisions_asks_for_init_db(app, dest):
     if get_database(app).dialect != "postgresql":
         pytest.skip("SQLite upgrades itself when the app opens it (tests/test_revisions.py)")

@@ -77,6 +77,40 @@ def episode_revisions(session: Session) -> list[EpisodeRevision]:
     return _revisions(session.fetch_all(f"{REVISION_FROM} ORDER BY e.number DESC"))
 
 
+class UnrevisedEpisodes(ValueError):
+    """Episodes without a revision (written while the triggers were off): a build cannot
+    tell whether they changed. ``numbers``: the first ten, lowest first."""
+
+    def __init__(self, numbers: list[int]) -> None:
+        super().__init__(", ".join(str(number) for number in numbers))
+        self.numbers = numbers
+
+
+class NotInt64(ValueError):
+    """Numbers or revisions that are not 64-bit integers, which a build's table holds.
+
+    SQLite keeps whatever a column is given (its tables are not STRICT): a REAL
+    (an integer literal beyond 64 bits becomes one), TEXT or a BLOB. ``found``:
+    (episode id, column, value) of the first ten, for the message to name.
+    """
+
+    def __init__(self, found: list[tuple[int, str, object]]) -> None:
+        super().__init__(
+            "; ".join(
+                f"{column} holds {_sql_value(value)} for episode id {episode_id}"
+                for episode_id, column, value in found
+            )
+            or "none left when looked for: the table changed while read, so build again"
+        )
+        self.found = found
+
+
+def _sql_value(value: object) -> str:
+    """A value and its SQLite storage class, as in ``1.5 (REAL)``."""
+    kinds = {float: "REAL", str: "TEXT", bytes: "BLOB", type(None): "NULL", int: "INTEGER"}
+    return f"{value!r} ({kinds.get(type(value), type(value).__name__)})"
+
+
 def episode_table(session: Session) -> tuple[array, array]:
     """Every episode's number and revision, newest number first, as two arrays of int64.
 
@@ -85,8 +119,8 @@ def episode_table(session: Session) -> tuple[array, array]:
     revisions into two strings (one Python object each), which become arrays
     without a row, dict or int object per episode on the way. Not the slug:
     the number's index and the revisions' primary key are enough. Raises
-    ValueError, naming them, if episodes have no revision (written while the
-    triggers were off).
+    UnrevisedEpisodes if episodes have no revision (written while the triggers
+    were off), and NotInt64 if a number or revision is not a 64-bit integer.
     """
     joined = (
         "string_agg({}::text, ',')"
@@ -95,7 +129,7 @@ def episode_table(session: Session) -> tuple[array, array]:
     )
     row = session.fetch_one(
         f"SELECT {joined.format('number')} AS numbers, {joined.format('revision')} AS revisions,"
-        " count(*) - count(revision) AS unrevised"
+        " count(*) AS episodes, count(*) - count(revision) AS unrevised"
         " FROM (SELECT e.number, r.revision FROM episodes e"
         " LEFT JOIN episode_revisions r ON r.episode_id = e.id ORDER BY e.number DESC) t"
     )
@@ -105,10 +139,21 @@ def episode_table(session: Session) -> tuple[array, array]:
             "SELECT e.number FROM episodes e LEFT JOIN episode_revisions r"
             " ON r.episode_id = e.id WHERE r.revision IS NULL ORDER BY e.number LIMIT 10"
         )
-        raise ValueError(", ".join(str(found["number"]) for found in unrevised))
-    # Parsed as a JSON array: its C parser makes the ints, twice as fast as int() per item.
-    numbers = array("q", json.loads(f"[{row['numbers'] or ''}]"))
-    revisions = array("q", json.loads(f"[{row['revisions']}]")) if numbers else array("q")
+        raise UnrevisedEpisodes([found["number"] for found in unrevised])
+    numbers_text, revisions_text = row["numbers"] or "", row["revisions"] or ""
+    try:
+        # Parsed as a JSON array: its C parser makes the ints, twice as fast as int() per item.
+        numbers = array("q", json.loads(f"[{numbers_text}]"))
+        revisions = array("q", json.loads(f"[{revisions_text}]"))
+    except (ValueError, TypeError, OverflowError):  # a REAL, TEXT, BLOB or beyond 64 bits
+        numbers = revisions = array("q")
+    # A value with a comma is more than one item; JSON reads a TEXT true or false as 1 or 0.
+    if (
+        not len(numbers) == len(revisions) == row["episodes"]
+        or "e" in numbers_text
+        or "e" in revisions_text
+    ):
+        raise NotInt64(_not_int64(session))
     # An aggregate's order is the subquery's in both databases, though neither promises it
     # (SQLite before 3.44 cannot be told): checked, and put right if it ever is not.
     if list(numbers) != sorted(numbers, reverse=True):
@@ -116,6 +161,25 @@ def episode_table(session: Session) -> tuple[array, array]:
         numbers = array("q", (numbers[i] for i in order))
         revisions = array("q", (revisions[i] for i in order))
     return numbers, revisions
+
+
+def _not_int64(session: Session) -> list[tuple[int, str, object]]:
+    """The first ten numbers or revisions that are not 64-bit integers, with their episode's id.
+
+    Read row by row, as the driver gives them: only when a build's table cannot be read.
+    """
+    found: list[tuple[int, str, object]] = []
+    for row in session.fetch_all(
+        "SELECT e.id, e.number, r.revision FROM episodes e"
+        " JOIN episode_revisions r ON r.episode_id = e.id ORDER BY e.id"
+    ):
+        for column, value in (
+            ("episodes.number", row["number"]),
+            ("episode_revisions.revision", row["revision"]),
+        ):
+            if type(value) is not int or not -(2**63) <= value < 2**63:
+                found.append((row["id"], column, value))
+    return found[:10]
 
 
 def _revisions(rows: list[dict]) -> list[EpisodeRevision]:

@@ -81,6 +81,16 @@ def digest(*parts: str) -> str:
     return content_digest("\0".join(parts).encode())
 
 
+#: What to do about a column that holds what is not a 64-bit integer.
+NOT_INT64_FIXES = {
+    "episodes.number": "set each such number to an integer"
+    " (UPDATE episodes SET number = ... WHERE id = ...)",
+    "episode_revisions.revision": "delete each such revision"
+    " (DELETE FROM episode_revisions WHERE episode_id = ...) and run"
+    " `flask --app webapp init-db`, which draws a new one",
+}
+
+
 class EpisodeTable(Sequence[EpisodeRevision]):
     """Every episode's number and revision, newest number first: what a build compares.
 
@@ -98,10 +108,19 @@ class EpisodeTable(Sequence[EpisodeRevision]):
     def read(cls, session: Session) -> EpisodeTable:
         try:
             return cls(*queries.episode_table(session))
-        except ValueError as unrevised:
+        except queries.UnrevisedEpisodes as unrevised:
             raise FreezeError(
                 f"episode(s) {unrevised} have no revision, so a build cannot tell whether they"
                 " changed: run `flask --app webapp init-db`, which gives them one"
+            ) from None
+        except queries.NotInt64 as unreadable:
+            columns = {column for _, column, _ in unreadable.found}
+            fixes = [
+                fix for column, fix in NOT_INT64_FIXES.items() if column in columns or not columns
+            ]
+            raise FreezeError(
+                f"{unreadable}: a build reads every number and revision as a 64-bit integer"
+                f" (SQLite keeps any value in any column): {'; '.join(fixes)}"
             ) from None
 
     def __len__(self) -> int:
