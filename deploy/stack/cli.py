@@ -12,7 +12,7 @@ from typing import Any, BinaryIO
 
 import click
 
-from .render import render_nginx
+from .render import check_server_values, render_nginx
 from .settings import StackError, StackSettings, default_run_dir, find_nginx
 from .stack import NotRunning, Stack
 
@@ -83,7 +83,10 @@ def start(
         status = stack.supervisord.wait()  # type: ignore[union-attr]
     except KeyboardInterrupt:
         status = 0
-    stack.stop()  # nginx first, then uWSGI, gracefully; then what the programs left
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second one: stop all the same
+        signal.signal(signum, signal.SIG_IGN)
+    say("stopping: nginx, then uWSGI, each gracefully")
+    stack.stop()  # then removes what the programs left
     left = stack.leftovers()
     say(f"left behind: {left}" if left else "stopped; nothing left running")
     sys.exit(1 if status or left else 0)
@@ -107,10 +110,13 @@ def stop(run_dir: Path) -> None:
 @cli.command()
 @run_dir_option
 def status(run_dir: Path) -> None:
-    """supervisorctl's status of each program: exit status 3 if one is not running, 4 if no
-    stack runs."""
-    server = f"unix://{os.path.abspath(run_dir / 'supervisor.sock')}"
-    ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-s", server, "status"]
+    """supervisorctl's status of each program: exit status 3 if one is stopped or has exited,
+    4 if no stack runs."""
+    conf = run_dir / "supervisord.conf"
+    if not conf.exists():  # else supervisorctl would look for one in the current directory
+        click.echo(f"no stack has run in {run_dir}")
+        sys.exit(4)
+    ctl = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "status"]
     os.execv(sys.executable, ctl)
 
 
@@ -133,5 +139,6 @@ def render(values: BinaryIO, conf_dir: Path) -> None:
         variables = tomllib.load(values)
     except tomllib.TOMLDecodeError as error:
         raise StackError(f"{values.name}: {error}") from None
+    check_server_values(variables)
     conf = render_nginx(conf_dir, **variables)
     click.echo(f"rendered {conf}; check it with: nginx -t -c {conf}")

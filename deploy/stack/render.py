@@ -8,7 +8,9 @@ import functools
 import re
 import shlex
 import shutil
+import tomllib
 from pathlib import Path
+from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, UndefinedError, meta
 
@@ -42,15 +44,46 @@ TEMPLATES.globals.update(uwsgi_ini=UWSGI_INI, directory=PROJECT_ROOT)
 
 
 NGINX_TEMPLATES = ("nginx.conf", "site.conf", "microcache.conf")
+#: What would end an nginx directive, or start a comment or a quoted word, in a value the
+#: templates print bare: a server_name of "a.org; return 200" would add a directive.
+_NOT_NGINX = re.compile(r"[;{}#\"'\\\x00-\x1f]")
+#: A server's values file (deploy/README.md): every name it must set, and each one's type.
+PRODUCTION_VALUES = DEPLOY_DIR / "nginx" / "production.toml"
+_TLS = frozenset({"https_listen", "certificate", "certificate_key"})
 
 
 @functools.cache
 def nginx_variables() -> frozenset[str]:
-    """Every name the nginx templates read: a value under any other name would be ignored."""
+    """Every name the nginx templates read (but ``backlog``, the kernel's): a value under any
+    other name would be ignored."""
     # Each template, those the rendered ones include too (server-http.conf.j2 ...).
-    names = sorted((DEPLOY_DIR / "nginx").glob("*.j2"))
-    sources = (TEMPLATES.loader.get_source(TEMPLATES, path.name)[0] for path in names)  # type: ignore[union-attr]
-    return frozenset().union(*(meta.find_undeclared_variables(TEMPLATES.parse(s)) for s in sources))
+    paths = sorted((DEPLOY_DIR / "nginx").glob("*.j2"))
+    sources = (TEMPLATES.loader.get_source(TEMPLATES, path.name)[0] for path in paths)  # type: ignore[union-attr]
+    names = (meta.find_undeclared_variables(TEMPLATES.parse(source)) for source in sources)
+    return frozenset().union(*names) - {"backlog"}
+
+
+def check_server_values(values: dict[str, Any]) -> None:
+    """A server's values (a copy of production.toml) hold every name production.toml sets (the
+    TLS three all or none), each of its type; paths absolute, at least one upstream, counts not
+    negative, and HTTPS only with an HTTPS server. StackError naming each problem otherwise:
+    a template's default is the local stack's (a relative pid file, no rate limit ...)."""
+    model = tomllib.loads(PRODUCTION_VALUES.read_text())
+    required = model.keys() - (set() if _TLS & values.keys() else _TLS)
+    problems = [f"{name} is missing" for name in sorted(required - values.keys())]
+    problems += [f"no template reads {name}" for name in sorted(values.keys() - nginx_variables())]
+    for name, value in values.items():
+        like = model.get(name)
+        if like is not None and type(value) is not type(like):
+            problems.append(f"{name} must be {type(like).__name__}, like {like!r}")
+        elif isinstance(like, str) and like.startswith("/") and not value.startswith("/"):
+            problems.append(f"{name} must be an absolute path, not {value!r}")
+        elif isinstance(like, int) and value < 0 or isinstance(like, list) and not value:
+            problems.append(f"{name} cannot be {value!r}")
+    if values.get("https_only") and not values.get("https_listen"):
+        problems.append("https_only = true needs https_listen (else: https_only = false)")
+    if problems:
+        raise StackError(f"{PRODUCTION_VALUES.name} says: " + "; ".join(problems))
 
 
 def render_nginx(conf_dir: Path, **variables: object) -> Path:
@@ -61,6 +94,10 @@ def render_nginx(conf_dir: Path, **variables: object) -> Path:
     """
     if unknown := sorted(set(variables) - nginx_variables()):
         raise StackError(f"the nginx templates have no {', '.join(unknown)}")
+    for name, value in variables.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str | Path) and _NOT_NGINX.search(str(item)):
+                raise StackError(f"{name}: nginx would misread {str(item)!r}")
     backlog = int(Path("/proc/sys/net/core/somaxconn").read_text())  # the kernel's cap
     try:
         texts = {

@@ -227,7 +227,11 @@ class Stack:
         # nginx -t, then a graceful reload (it reads a new build's episodes.map), done once the
         # old workers have finished their requests and exited.
         self.check_nginx()
-        old_workers = psutil.Process(self.pids()["nginx"]).children()
+        if "nginx" not in (pids := self.pids()):
+            raise StackError(
+                f"nginx is not running; {self.nginx_log} ends:\n{log_tail(self.nginx_log)}"
+            )
+        old_workers = psutil.Process(pids["nginx"]).children()
         self.call("signalProcess", "nginx", "HUP")
         if psutil.wait_procs(old_workers, timeout=self.settings.start_timeout)[1]:
             raise StackError(f"nginx's old workers are still running; see {self.nginx_log}")

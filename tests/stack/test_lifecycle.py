@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -63,8 +64,13 @@ def assert_nothing_left(run_dir: Path, pids: list[int]) -> None:
     assert left == []
 
 
+@pytest.mark.parametrize(
+    "signals",
+    [(signal.SIGINT,), (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)],
+    ids=["ctrl-c", "sigterm-then-impatient"],
+)
 def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
-    tmp_path: Path, site: Site, stack_binaries
+    tmp_path: Path, site: Site, stack_binaries, signals: tuple[signal.Signals, ...]
 ) -> None:
     run_dir, port = tmp_path / "run", free_port()
     process = serve(
@@ -96,7 +102,11 @@ def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
         assert get(f"http://127.0.0.1:{port}/api/episodes/1")[0] == 200
         # What a terminal's Ctrl-C does: SIGINT to scripts/serve (supervisord and its programs are
         # in sessions of their own: scripts/serve shuts them down in order).
-        process.send_signal(signal.SIGINT)
+        # A second signal while it stops (an impatient Ctrl-C) changes nothing: it still stops
+        # everything, in order, and leaves nothing behind.
+        for signum in signals:
+            process.send_signal(signum)
+            time.sleep(0.3)
         process.wait(timeout=60)
         reader.join(10)
     finally:

@@ -24,6 +24,11 @@ from .support import free_port
 PRODUCTION_VALUES = DEPLOY_DIR / "nginx" / "production.toml"
 
 
+def without_tls(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    return "".join(line for line in lines if not line.startswith(("https_listen", "certificate")))
+
+
 def read_back(stack: Stack) -> dict[str, object]:
     """Each program's command (split as supervisord splits it), environment and log, by name."""
     options = ServerOptions()
@@ -127,16 +132,79 @@ def test_each_switch_of_the_nginx_templates_renders_a_valid_config(
     assert checked.returncode == 0, checked.stderr
 
 
+def test_production_values_render_and_their_tls_lines_may_go_together(tmp_path: Path) -> None:
+    """production.toml renders as it is; without its three TLS lines, with https_only = false,
+    it renders plain HTTP that serves the site (TLS ends in front)."""
+    for name, text in [
+        ("https", PRODUCTION_VALUES.read_text()),
+        (
+            "http",
+            without_tls(PRODUCTION_VALUES.read_text()).replace(
+                "https_only = true", "https_only = false"
+            ),
+        ),
+    ]:
+        (tmp_path / f"{name}.toml").write_text(text)
+        out = tmp_path / name
+        result = CliRunner().invoke(
+            cli, ["render", str(tmp_path / f"{name}.toml"), "--out", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        conf = (out / "nginx.conf").read_text()
+        assert ("listen 443 ssl http2" in conf) == (name == "https")
+        assert ("return 301 https://" in conf) == (name == "https")
+
+
+def test_status_where_no_stack_has_run_says_so(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["status", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 4 and "no stack has run" in result.output
+
+
 @pytest.mark.parametrize(
     "edit, error",
     [
         # HTTPS without its certificate: nginx would refuse to start.
         (lambda text: text.replace("certificate_key =", "# certificate_key ="), "certificate_key"),
         (lambda text: text.replace("upstreams =", "# upstreams ="), "upstreams"),
-        (lambda text: text.replace("server_name =", "server_nam ="), "have no server_nam"),
+        (
+            lambda text: text.replace("server_name =", "server_nam ="),
+            "no template reads server_nam",
+        ),
         (lambda text: text.replace("api_rate_limit = 20", "api_rate_limit = "), "Invalid value"),
+        # A value left out would be the local stack's default (pid nginx.pid, no rate limit).
+        (lambda text: text.replace("pid_file =", "# pid_file ="), "pid_file is missing"),
+        (lambda text: text.replace('"/srv/podcast/var/build"', '"var/build"'), "absolute path"),
+        # A string where a list belongs would be iterated: `server u; server n; ...`.
+        (
+            lambda text: text.replace('["unix:/run/podcast/uwsgi-1.sock"]', '"unix:/x"'),
+            "must be list",
+        ),
+        (lambda text: text.replace('["unix:/run/podcast/uwsgi-1.sock"]', "[]"), "cannot be []"),
+        (lambda text: text.replace("api_rate_limit = 20", 'api_rate_limit = "20"'), "must be int"),
+        (lambda text: text.replace("api_rate_limit = 20", "api_rate_limit = -1"), "cannot be -1"),
+        (lambda text: text.replace("https_only = true", 'https_only = "false"'), "must be bool"),
+        # TLS ends in front, but the redirect to HTTPS stayed: a redirect loop.
+        (without_tls, "https_only = true needs https_listen"),
+        # A value holding nginx syntax would add directives of its own.
+        (lambda text: text.replace('"podcast.example.org"', '"a.org; return 200"'), "misread"),
+        (lambda text: text.replace('"podcast.example.org"', '"a.org\\nlisten 1"'), "misread"),
     ],
-    ids=["no-certificate-key", "no-upstreams", "misspelt", "not-toml"],
+    ids=[
+        "no-certificate-key",
+        "no-upstreams",
+        "misspelt",
+        "not-toml",
+        "no-pid-file",
+        "relative-build-dir",
+        "upstreams-a-string",
+        "no-upstream",
+        "rate-a-string",
+        "rate-negative",
+        "switch-a-string",
+        "https-only-without-https",
+        "directive-in-a-value",
+        "newline-in-a-value",
+    ],
 )
 def test_a_production_render_that_cannot_work_is_refused(
     tmp_path: Path, edit: Callable[[str], str], error: str
