@@ -12,15 +12,14 @@ PROFILER_STORE=postgresql://… to one PostgreSQL table that every app server sh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from flask import Flask, current_app, request
+from flask import Flask, current_app
 from flask.cli import with_appcontext
 from request_profiler import (
-    ENDPOINT_KEY,
     DirectoryStore,
     PostgresStore,
     ProfilerMiddleware,
@@ -30,6 +29,7 @@ from request_profiler import (
     record_sql,
     sql_capture_active,
 )
+from werkzeug.exceptions import HTTPException
 
 from .db import get_database
 from .db.backends import QueryHook
@@ -52,9 +52,9 @@ def install_profiler(app: Flask) -> None:
             profiler=config["PROFILER_ENGINE"],
             store=open_profile_store(config),
             max_token_ttl=config["PROFILER_TOKEN_MAX_TTL"],
+            endpoint=endpoint_finder(app),
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
-        app.before_request(_name_endpoint)
         # The data layer knows nothing of the profiler: the profiler asks to see its queries.
         get_database(app).query_hook = QueryHook(active=sql_capture_active, record=record_sql)
     app.extensions["request_profiler"] = middleware
@@ -79,9 +79,19 @@ def open_profile_store(config: Mapping[str, Any]) -> Store:
         raise SettingsError(f"PROFILER_STORE: {error}") from None
 
 
-def _name_endpoint() -> None:
-    # The viewer groups profiles by endpoint, which only Flask knows.
-    request.environ[ENDPOINT_KEY] = request.endpoint
+def endpoint_finder(app: Flask) -> Callable[[dict[str, Any]], str | None]:
+    """The endpoint of a request's environ, as ``app`` routes it: the viewer groups profiles by
+    it. The middleware asks after the response, for profiled requests only; a before_request
+    hook recording it would cost every request several microseconds."""
+
+    def endpoint(environ: dict[str, Any]) -> str | None:
+        request = app.request_class(environ, populate_request=False, shallow=True)
+        try:
+            return app.create_url_adapter(request).match()[0]  # type: ignore[union-attr]
+        except HTTPException:  # not found, method not allowed, or a redirect to the canonical URL
+            return None
+
+    return endpoint
 
 
 def _ttl_seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:

@@ -375,6 +375,35 @@ def test_the_endpoint_named_by_the_app_is_recorded(make_middleware, store_dir, t
     assert stored(store_dir)[0]["endpoint"] == "episodes.show"
 
 
+def test_the_endpoint_option_names_profiled_requests_only(
+    make_middleware, store_dir, token
+) -> None:
+    asked: list[str] = []
+
+    def endpoint(environ: dict) -> str:
+        asked.append(environ["PATH_INFO"])
+        return "episodes.show"
+
+    middleware = make_middleware(endpoint=endpoint)
+    for _ in range(20):  # unprofiled: the function is never called
+        assert run(middleware, "/plain")[0] == "200 OK"
+    run(middleware, "/profiled", headers={"X-Profile-Token": token})
+
+    assert asked == ["/profiled"]
+    assert stored(store_dir)[0]["endpoint"] == "episodes.show"
+
+
+def test_a_failing_endpoint_function_costs_only_the_name(make_middleware, store_dir, token) -> None:
+    def endpoint(environ: dict) -> str:
+        raise RuntimeError("no such view")
+
+    status, _, body = run(make_middleware(endpoint=endpoint), headers={"X-Profile-Token": token})
+
+    assert status == "200 OK" and body == b"hello /"
+    [meta] = stored(store_dir)
+    assert meta["endpoint"] is None
+
+
 def test_one_profile_at_a_time_holds_across_middlewares(
     make_middleware, store_dir, tmp_path
 ) -> None:

@@ -51,6 +51,24 @@ def test_a_token_request_lists_the_flask_endpoint_and_the_sites_queries(tmp_path
     assert meta["sql_count"] >= 1 and "episodes" in meta["sql"][0][0].lower()
 
 
+def test_each_profile_names_the_endpoint_flask_routed_it_to(tmp_path: Path) -> None:
+    app = site(tmp_path, PROFILER_SECRET=SECRET)
+    with get_database(app).session() as session:
+        seed(session, 5)
+    token = {"X-Profile-Token": make_token(SECRET, 60)}
+    for path in ("/api/episodes/3", "/no/such/page", "/search?q=python"):
+        run(app, path, headers=token)
+
+    endpoints = {meta["path"]: meta["endpoint"] for meta in stored(tmp_path / "profiles")}
+    assert endpoints == {
+        "/api/episodes/3": "api.episode_detail",
+        "/no/such/page": None,  # the 404 page: no endpoint served it
+        "/search": "pages.search",
+    }
+    # Named after the response, for profiled requests only: no hook runs in every request.
+    assert app.before_request_funcs == site(tmp_path / "plain").before_request_funcs
+
+
 def test_the_engine_and_sampling_settings_reach_the_middleware(tmp_path: Path) -> None:
     app = site(
         tmp_path, PROFILER_SAMPLE_RATE=1.0, PROFILER_ENGINE="cprofile", PROFILER_MAX_PROFILES=1
