@@ -130,8 +130,29 @@ REVISION_FIX = (
             REVISION_FIX,
             "DELETE FROM episode_revisions WHERE episode_id = 4",
         ),
+        (  # joined as its bytes, it would read as an integer in range
+            "UPDATE episodes SET number = CAST('4' AS BLOB) WHERE number = 4",
+            "episodes.number holds b'4' (BLOB) for episode id 4",
+            NUMBER_FIX,
+            "UPDATE episodes SET number = 4 WHERE id = 4",
+        ),
+        (  # not UTF-8: Python's sqlite3 would raise reading it as text
+            "UPDATE episode_revisions SET revision = CAST(x'ff' AS TEXT) WHERE episode_id = 4",
+            "episode_revisions.revision holds '\ufffd' (TEXT) for episode id 4",
+            REVISION_FIX,
+            "DELETE FROM episode_revisions WHERE episode_id = 4",
+        ),
     ],
-    ids=["real-number", "text", "beyond-64-bits", "blob-beyond-64-bits", "true", "comma"],
+    ids=[
+        "real-number",
+        "text",
+        "beyond-64-bits",
+        "blob-beyond-64-bits",
+        "true",
+        "comma",
+        "blob-in-range",
+        "not-utf-8",
+    ],
 )
 def test_a_number_or_revision_that_is_not_a_64_bit_integer_is_named_and_its_fix_works(
     app, dest, statement, found, fix, mend

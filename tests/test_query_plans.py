@@ -26,7 +26,8 @@ WHOLE_TABLE_READS = {
     " ORDER BY eg.episode_id, eg.position",
     # A build compares every episode's revision with the last build's: every row is wanted,
     # read in the subquery through the number's index, joined into one row (the scan of t).
-    "SELECT group_concat(number, ',') AS numbers, group_concat(revision, ',') AS revisions,"
+    "SELECT group_concat(CASE WHEN typeof(number) = 'integer' THEN number END, ',') AS numbers,"
+    " group_concat(CASE WHEN typeof(revision) = 'integer' THEN revision END, ',') AS revisions,"
     " count(*) AS episodes, count(*) - count(revision) AS unrevised"
     " FROM (SELECT e.number, r.revision FROM episodes e"
     " LEFT JOIN episode_revisions r ON r.episode_id = e.id ORDER BY e.number DESC) t",

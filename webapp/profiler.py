@@ -80,9 +80,10 @@ def open_profile_store(config: Mapping[str, Any]) -> Store:
 
 
 def endpoint_finder(app: Flask) -> Callable[[dict[str, Any]], str | None]:
-    """The endpoint of a request's environ, as ``app`` routes it: the viewer groups profiles by
-    it. The middleware asks after the response, for profiled requests only; a before_request
-    hook recording it would cost every request several microseconds."""
+    """The endpoint a request's environ routes to in ``app``: the viewer groups profiles by it
+    (a CORS preflight or a 400 for an undecodable query string counts under the route its URL
+    matches). The middleware asks after the response, for profiled requests only; a
+    before_request hook recording it would cost every request several microseconds."""
 
     def endpoint(environ: dict[str, Any]) -> str | None:
         request = app.request_class(environ, populate_request=False, shallow=True)

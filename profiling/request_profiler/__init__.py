@@ -50,7 +50,7 @@ queue, so a profile just taken is listed; code that reads the store right
 after a request calls ``middleware.flush()`` first.
 
 Stored metadata: method, path, redacted query string, status, duration, time
-to ``start_response``, time, endpoint (set ``environ[ENDPOINT_KEY]``), host
+to ``start_response``, time, endpoint (the ``endpoint`` option, or ``environ[ENDPOINT_KEY]``), host
 name and process id, request headers (``Cookie``, ``Authorization``, ``Proxy-Authorization``
 and ``X-Profile-Token`` redacted), error, and the SQL queries reported through
 :func:`record_sql`. Besides those redacted by name, the token the request was

@@ -91,24 +91,18 @@ class NotInt64(ValueError):
 
     SQLite keeps whatever a column is given (its tables are not STRICT): a REAL
     (an integer literal beyond 64 bits becomes one), TEXT or a BLOB. ``found``:
-    (episode id, column, value) of the first ten, for the message to name.
+    (episode id, column, the value as shown) of the first ten, for the message.
     """
 
-    def __init__(self, found: list[tuple[int, str, object]]) -> None:
+    def __init__(self, found: list[tuple[int, str, str]]) -> None:
         super().__init__(
             "; ".join(
-                f"{column} holds {_sql_value(value)} for episode id {episode_id}"
-                for episode_id, column, value in found
+                f"{column} holds {shown} for episode id {episode_id}"
+                for episode_id, column, shown in found
             )
             or "none left when looked for: the table changed while read, so build again"
         )
         self.found = found
-
-
-def _sql_value(value: object) -> str:
-    """A value and its SQLite storage class, as in ``1.5 (REAL)``."""
-    kinds = {float: "REAL", str: "TEXT", bytes: "BLOB", type(None): "NULL", int: "INTEGER"}
-    return f"{value!r} ({kinds.get(type(value), type(value).__name__)})"
 
 
 def episode_table(session: Session) -> tuple[array, array]:
@@ -122,11 +116,12 @@ def episode_table(session: Session) -> tuple[array, array]:
     UnrevisedEpisodes if episodes have no revision (written while the triggers
     were off), and NotInt64 if a number or revision is not a 64-bit integer.
     """
-    joined = (
-        "string_agg({}::text, ',')"
-        if session.database.dialect == "postgresql"
-        else ("group_concat({}, ',')")
-    )
+    if session.database.dialect == "postgresql":
+        joined = "string_agg({0}::text, ',')"  # bigint columns: nothing else can be in them
+    else:
+        # SQLite keeps any value in any column (its tables are not STRICT): only integers are
+        # joined, so a REAL, TEXT or BLOB leaves a list short, which the count below catches.
+        joined = "group_concat(CASE WHEN typeof({0}) = 'integer' THEN {0} END, ',')"
     row = session.fetch_one(
         f"SELECT {joined.format('number')} AS numbers, {joined.format('revision')} AS revisions,"
         " count(*) AS episodes, count(*) - count(revision) AS unrevised"
@@ -140,19 +135,10 @@ def episode_table(session: Session) -> tuple[array, array]:
             " ON r.episode_id = e.id WHERE r.revision IS NULL ORDER BY e.number LIMIT 10"
         )
         raise UnrevisedEpisodes([found["number"] for found in unrevised])
-    numbers_text, revisions_text = row["numbers"] or "", row["revisions"] or ""
-    try:
-        # Parsed as a JSON array: its C parser makes the ints, twice as fast as int() per item.
-        numbers = array("q", json.loads(f"[{numbers_text}]"))
-        revisions = array("q", json.loads(f"[{revisions_text}]"))
-    except (ValueError, TypeError, OverflowError):  # a REAL, TEXT, BLOB or beyond 64 bits
-        numbers = revisions = array("q")
-    # A value with a comma is more than one item; JSON reads a TEXT true or false as 1 or 0.
-    if (
-        not len(numbers) == len(revisions) == row["episodes"]
-        or "e" in numbers_text
-        or "e" in revisions_text
-    ):
+    # Parsed as a JSON array: its C parser makes the ints, twice as fast as int() per item.
+    numbers = array("q", json.loads(f"[{row['numbers'] or ''}]"))
+    revisions = array("q", json.loads(f"[{row['revisions'] or ''}]"))
+    if not len(numbers) == len(revisions) == row["episodes"]:
         raise NotInt64(_not_int64(session))
     # An aggregate's order is the subquery's in both databases, though neither promises it
     # (SQLite before 3.44 cannot be told): checked, and put right if it ever is not.
@@ -163,22 +149,29 @@ def episode_table(session: Session) -> tuple[array, array]:
     return numbers, revisions
 
 
-def _not_int64(session: Session) -> list[tuple[int, str, object]]:
-    """The first ten numbers or revisions that are not 64-bit integers, with their episode's id.
-
-    Read row by row, as the driver gives them: only when a build's table cannot be read.
-    """
-    found: list[tuple[int, str, object]] = []
+def _not_int64(session: Session) -> list[tuple[int, str, str]]:
+    """The first ten numbers or revisions that are not integers, with their episode's id and
+    the value as the message shows it. SQLite only: PostgreSQL's bigint columns hold nothing
+    else. A TEXT is read as its bytes, which may not even be UTF-8 (the driver would raise)."""
+    found: list[tuple[int, str, str]] = []
+    as_read = "CASE WHEN typeof({0}) IN ('text', 'blob') THEN CAST({0} AS BLOB) ELSE {0} END"
     for row in session.fetch_all(
-        "SELECT e.id, e.number, r.revision FROM episodes e"
-        " JOIN episode_revisions r ON r.episode_id = e.id ORDER BY e.id"
+        f"SELECT e.id, typeof(e.number) AS number_type, {as_read.format('e.number')} AS number,"
+        f" typeof(r.revision) AS revision_type, {as_read.format('r.revision')} AS revision"
+        " FROM episodes e JOIN episode_revisions r ON r.episode_id = e.id"
+        " WHERE typeof(e.number) != 'integer' OR typeof(r.revision) != 'integer'"
+        " ORDER BY e.id LIMIT 10"
     ):
-        for column, value in (
-            ("episodes.number", row["number"]),
-            ("episode_revisions.revision", row["revision"]),
+        for column, name in (
+            ("episodes.number", "number"),
+            ("episode_revisions.revision", "revision"),
         ):
-            if type(value) is not int or not -(2**63) <= value < 2**63:
-                found.append((row["id"], column, value))
+            kind, value = row[f"{name}_type"], row[name]
+            if kind != "integer":
+                if kind == "text":
+                    value = value.decode(errors="replace")
+                shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
+                found.append((row["id"], column, f"{shown} ({kind.upper()})"))
     return found[:10]
 
 
