@@ -30,26 +30,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import FileSystemLoader
+
+from deploy.stack.render import TEMPLATES
+from deploy.stack.settings import DEPLOY_DIR, PROJECT_ROOT, UWSGI_INI
 
 from .app_cpu import process_tree_cpu_seconds
 from .memory import WorkerMemory, worker_memory
 from .runner import LabError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-UWSGI_INI = PROJECT_ROOT / "deploy" / "uwsgi" / "uwsgi.ini"
 #: Seconds to come up (the app imports, the workers fork) and to stop gracefully.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 #: How to get the servers that are not a dependency of the site.
 INSTALL_HINT = "pip install -e '.[lab]' (scripts/bench installs the lab extra)"
-#: Config files: no HTML escaping, an unknown name is an error, a ``{% tag %}`` line leaves nothing.
-_TEMPLATES = Environment(
-    loader=FileSystemLoader(Path(__file__).parent),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+#: deploy/stack's settings for config files (no HTML escaping, an unknown name is an error),
+#: with the lab's own templates.
+_TEMPLATES = TEMPLATES.overlay(loader=FileSystemLoader(Path(__file__).parent))
 
 
 def installed(server: str) -> bool:
@@ -196,7 +193,7 @@ class FrontedServer:
             upstream=f"unix:{self.run_dir / 'uwsgi.sock'}"
             if uwsgi
             else f"127.0.0.1:{self.spec.app_port}",
-            uwsgi_params=PROJECT_ROOT / "deploy" / "nginx" / "uwsgi_params",
+            uwsgi_params=DEPLOY_DIR / "nginx" / "uwsgi_params",
         )
 
     def start(self) -> None:

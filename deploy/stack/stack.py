@@ -49,9 +49,9 @@ class Stack:
         self.instances = [
             UwsgiInstance(n + 1, self.run_dir) for n in range(settings.uwsgi_instances)
         ]
-        self.standalone = settings.nginx is None
         self.nginx_dir = self.run_dir / "nginx"
         self.nginx_log = self.nginx_dir / "error.log"
+        self.supervisord_conf = self.run_dir / "supervisord.conf"
         self.supervisord_log = self.run_dir / "supervisord.log"
         #: supervisord, when this process started it.
         self.supervisord: subprocess.Popen | None = None
@@ -65,6 +65,10 @@ class Stack:
         settings.uwsgi_instances = sum(name.startswith("uwsgi-") for name in names)
         settings.nginx = settings.nginx if "nginx" in names else None
         return cls(settings)
+
+    @property
+    def standalone(self) -> bool:
+        return self.settings.nginx is None
 
     def call(self, method: str, *arguments: object) -> Any:
         """supervisord's ``supervisor.<method>(*arguments)``, over XML-RPC on its unix socket with
@@ -109,7 +113,7 @@ class Stack:
             self.check_nginx()
         conf = TEMPLATES.get_template("supervisord.conf.j2")
         user = pwd.getpwuid(os.getuid()).pw_name
-        (self.run_dir / "supervisord.conf").write_text(conf.render(stack=self, user=user))
+        self.supervisord_conf.write_text(conf.render(stack=self, user=user))
 
     def start(self, *, show_log: bool = False) -> None:
         """Render the configs, start supervisord (its log on stdout too if ``show_log``) and
@@ -132,14 +136,7 @@ class Stack:
             # Never a daemon (-n) but in a session of its own: it outlives this process, and a
             # Ctrl-C in the terminal reaches scripts/serve only, which shuts it down in order.
             self.supervisord = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "supervisor.supervisord",
-                    "-n",
-                    "-c",
-                    self.run_dir / "supervisord.conf",
-                ],
+                [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", self.supervisord_conf],
                 env={**os.environ, **self.settings.environment, **uwsgi},
                 stdin=subprocess.DEVNULL,
                 stdout=None if show_log else subprocess.DEVNULL,

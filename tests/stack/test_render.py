@@ -32,7 +32,7 @@ def without_tls(text: str) -> str:
 def read_back(stack: Stack) -> dict[str, object]:
     """Each program's command (split as supervisord splits it), environment and log, by name."""
     options = ServerOptions()
-    options.realize(args=["-c", str(stack.run_dir / "supervisord.conf")])
+    options.realize(args=["-c", str(stack.supervisord_conf)])
     return {
         f"{group.name}:{program.name}": (
             shlex.split(program.command),
@@ -78,7 +78,7 @@ def test_uwsgi_starts_first_and_nginx_stops_first_in_the_foreground(tmp_path: Pa
     assert command[command.index("-c") + 1] == str(stack.nginx_dir / "nginx.conf")
     assert command[-2:] == ["-g", "daemon off;"]  # supervisord runs it, never a daemon
     options = ServerOptions()
-    options.realize(args=["-c", str(stack.run_dir / "supervisord.conf")])
+    options.realize(args=["-c", str(stack.supervisord_conf)])
     # supervisord starts groups by ascending priority and stops them in the reverse order.
     order = sorted(options.process_group_configs)
     assert [group.name for group in order] == ["uwsgi", "nginx"]

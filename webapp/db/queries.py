@@ -170,7 +170,8 @@ def _not_int64(session: Session) -> list[tuple[int, str, str]]:
             if kind != "integer":
                 if kind == "text":
                     value = value.decode(errors="replace")
-                shown = repr(value) if len(repr(value)) <= 60 else f"{repr(value)[:57]}..."
+                shown = repr(value)
+                shown = shown if len(shown) <= 60 else f"{shown[:57]}..."
                 found.append((row["id"], column, f"{shown} ({kind.upper()})"))
     return found[:10]
 
