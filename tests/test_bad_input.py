@@ -89,3 +89,19 @@ def test_nothing_changes_after_a_barrage(app, client):
         client.get("/api/episodes", query_string={"page": query, "per_page": query})
         client.get("/search", query_string={"q": query})
     assert data_version(app) == before
+
+
+@pytest.mark.parametrize("host", ["a" * 64 + ".example", "podcast..test", "."])
+@pytest.mark.parametrize("path", ["/", "/nope", "/episodes/1"])
+def test_a_host_that_is_not_a_domain_name_is_a_400_page(client, host, path):
+    # Werkzeug cannot route a Host it cannot IDNA-encode (a label over 63 bytes; nginx passes
+    # those), so the request has no URL adapter and the error page cannot build its links.
+    response = client.get(path, headers={"Host": host})
+    assert response.status_code == 400
+    assert b"Bad Request" in response.data and b"Traceback" not in response.data
+
+
+def test_a_host_that_is_not_a_domain_name_is_a_400_problem_on_the_api(client):
+    response = client.get("/api/episodes", headers={"Host": "a" * 64 + ".example"})
+    assert response.status_code == 400
+    assert response.get_json()["status"] == 400

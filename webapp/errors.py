@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 
 from flask import Flask, Response, current_app, render_template, request
+from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -55,6 +56,13 @@ def error_response(error: HTTPException) -> Response:
     code = error.code or 500
     if wants_problem_details():
         response = problem(code, error.description or STATUS_PHRASES[code])
+    elif request_ctx.url_adapter is None:
+        # Werkzeug could not bind the URL map: a Host it cannot IDNA-encode (a label over
+        # 63 bytes, which nginx passes on) is a BadHost 400. The page's url_for calls would
+        # fail on it and turn the 400 into an unhandled exception: the reason as text instead.
+        response = Response(
+            f"{STATUS_PHRASES[code]}\n{error.description or ''}\n", mimetype="text/plain"
+        )
     else:
         response = Response(
             render_template("error.html", code=code, name=error.name, message=error.description),
