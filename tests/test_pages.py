@@ -146,3 +146,16 @@ def test_unexpected_errors_are_a_500_page_without_a_traceback(app, caplog):
     api = client.get("/api/broken")
     assert api.status_code == 500 and api.get_json()["status"] == 500
     assert "secret internals" in caplog.text  # logged for us, not shown to them
+
+
+def test_a_500_is_logged_on_one_line_whatever_the_path(app, caplog):
+    @app.before_request
+    def broken() -> None:  # before routing: no route matches a line break
+        raise RuntimeError("secret internals")
+
+    response = app.test_client().get("/broken/x%0d%0aFORGED%1b[31m")
+
+    assert response.status_code == 500
+    (record,) = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert record.getMessage() == "Exception on /broken/x%0D%0AFORGED%1B%5B31m [GET]"
+    assert record.exc_info is not None  # the traceback follows, as Flask logs it

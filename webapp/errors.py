@@ -18,6 +18,7 @@ logged here with its traceback.
 from __future__ import annotations
 
 import sys
+from urllib.parse import quote
 
 from flask import Flask, Response, current_app, render_template, request
 from flask.globals import request_ctx
@@ -32,6 +33,8 @@ RETRY_AFTER_SECONDS = 5
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 #: RFC 9110's phrases where they are newer than Werkzeug's.
 STATUS_PHRASES = HTTP_STATUS_CODES | {413: "Content Too Large", 414: "URI Too Long"}
+#: What a path may hold unencoded (RFC 3986's pchar and "/"): the rest is %-encoded in logs.
+_URL_PATH_CHARACTERS = "/:@!$&'()*+,;=-._~"
 
 
 def problem(status: int, detail: str) -> Response:
@@ -86,7 +89,10 @@ def database_unavailable(error: DatabaseUnavailable) -> Response:
 
 
 def internal_error(error: Exception) -> Response:
-    current_app.log_exception(sys.exc_info())
+    # Flask's log_exception, with the path percent-encoded as the client sent it: decoded, a
+    # %0a in it would end the log line and start one the client wrote.
+    path = quote(request.path, safe=_URL_PATH_CHARACTERS)
+    current_app.logger.error("Exception on %s [%s]", path, request.method, exc_info=sys.exc_info())
     return error_response(
         InternalServerError("Something went wrong on our side. It has been logged.")
     )

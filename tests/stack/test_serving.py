@@ -488,6 +488,22 @@ def test_profiler_viewer_through_nginx_keeps_its_own_csp(site_stack: Stack) -> N
     assert "X-Cache-Status" not in headers
 
 
+def test_a_request_cannot_write_a_line_into_uwsgis_log(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    url = stack.settings.url
+    # 4xx from the app, so uWSGI logs each (log-4xx): its path decoded would hold a line break
+    # and a terminal escape; nginx refuses them raw.
+    get(url + "/api/x%0d%0aFORGED-LINE%1b[31m")
+    get(url + "/api/episodes?page=x%0aFORGED-QUERY")
+    stack.stop()
+    log = stack.instances[0].log.read_text()
+
+    assert "GET /api/x%0d%0aFORGED-LINE%1b[31m => generated" in log  # as the client sent it
+    assert "GET /api/episodes => generated" in log  # no query string, encoded or not
+    assert "\x1b" not in log and "\r" not in log
+    assert not [line for line in log.splitlines() if line.startswith("FORGED")]
+
+
 def test_profiling_tokens_never_reach_the_logs(
     make_stack: Callable[..., Stack], site: Site
 ) -> None:
