@@ -11,7 +11,7 @@ on different server sessions, and it sets nothing outside that transaction
 (``SET LOCAL``).
 
 psycopg2 is imported when a store is made, so the middleware and the
-directory store never need it (``pip install 'request-profiler[postgres]'``).
+directory store never need it (the ``postgres`` extra: ``pip install './profiling[postgres]'``).
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ class PostgresStore:
             from psycopg2.extensions import parse_dsn
         except ImportError:
             raise ImportError(
-                "PostgresStore needs psycopg2: pip install 'request-profiler[postgres]'"
+                "PostgresStore needs psycopg2: pip install psycopg2-binary "
+                "(request-profiler's postgres extra)"
             ) from None
         try:
             parameters = parse_dsn(url)

@@ -69,7 +69,7 @@ def test_without_psycopg2_the_middleware_profiles_and_only_postgres_store_needs_
     ok, missing = completed.stdout.splitlines()
     assert ok == "ok 200 OK"
     assert len(list(tmp_path.glob("*.profile"))) == 1
-    assert "pip install 'request-profiler[postgres]'" in missing
+    assert "pip install psycopg2-binary" in missing
 
 
 def test_the_source_folder_is_not_a_package_named_profiling() -> None:

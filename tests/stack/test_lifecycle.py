@@ -119,10 +119,12 @@ def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
 
 
 def test_serve_detached_then_stop_from_another_shell(
-    tmp_path: Path, site: Site, stack_binaries
+    tmp_path: Path, site: Site, stack_binaries, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("SITE_URL", raising=False)  # serve() passes this environment on
     run_dir, port = tmp_path / "run", free_port()
     common = ["--run-dir", str(run_dir)]
+    environment = {name: value for name, value in site.environment.items() if name != "SITE_URL"}
     started = serve(
         "start",
         "--port",
@@ -132,7 +134,7 @@ def test_serve_detached_then_stop_from_another_shell(
         str(site.build_dir),
         "--no-freeze",
         *common,
-        env=site.environment,
+        env=environment,
     )
     output, _ = started.communicate(timeout=90)
     assert started.returncode == 0, output
@@ -140,6 +142,9 @@ def test_serve_detached_then_stop_from_another_shell(
     try:
         assert len(pids) == 3  # supervisord, a uWSGI master, nginx
         assert get(f"http://127.0.0.1:{port}/health")[0] == 200
+        # No SITE_URL set: the API's absolute links are this server's, on the port it was given.
+        _, _, body = get(f"http://127.0.0.1:{port}/api/episodes?per_page=1")
+        assert json.loads(body)["links"]["next"].startswith(f"http://127.0.0.1:{port}/api/")
         status = serve("status", *common, env={})
         assert status.wait(30) == 0
         lines = status.stdout.read().splitlines()

@@ -21,7 +21,7 @@ LISTED_CHANGES = 20
 dest_option = click.option(
     "--dest",
     type=click.Path(path_type=Path),
-    help="Where nginx serves the site from; default: the FREEZE_DIR setting (var/build).",
+    help="Where nginx serves the site from; default: the FREEZE_DIR setting ($VAR_DIR/build).",
 )
 
 
