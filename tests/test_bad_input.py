@@ -68,10 +68,22 @@ def test_query_strings_that_are_not_utf8_are_400s(client, raw):
         "/episodes/%00",
         "/api/episodes/-5",
         "/episodes/../../etc/passwd",
+        # A number as the site never writes it: one resource would have many URLs.
+        "/api/episodes/010",
+        "/api/episodes/\uff11\uff10",  # full-width 10
+        "/api/episodes/\u0661\u0660",  # Arabic-Indic 10
+        "/episodes/\uff11\uff10/transcript.html",
+        "/episodes/01/chapters.json",
+        "/episodes/\uff11",
     ],
 )
 def test_odd_paths_are_404s(client, path):
     assert client.get(path).status_code == 404
+
+
+def test_numbers_in_paths_as_the_site_writes_them_still_match(client):
+    assert client.get("/api/episodes/1").status_code == 200
+    assert client.get("/api/episodes/0").status_code == 404  # no episode 0, by the database
 
 
 @settings(

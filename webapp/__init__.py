@@ -18,6 +18,7 @@ from flask.json.provider import DefaultJSONProvider
 from . import cors, db, errors
 from .blueprints import api, feed, pages, podcast
 from .freeze import freeze_command, pull_build_command
+from .params import CanonicalInteger
 from .profiler import install_profiler
 from .settings import load_settings
 
@@ -31,6 +32,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     json_provider.compact = True
     app.json = json_provider
 
+    # Before any route is added: the rules take their converters when they are.
+    app.url_map.converters["int"] = CanonicalInteger
     db.init_app(app)
     errors.init_app(app)
     cors.init_app(app)

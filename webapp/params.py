@@ -1,4 +1,5 @@
-"""Reading request parameters strictly: a malformed value is a 400 with a reason.
+"""Reading request parameters strictly: a malformed value is a 400 with a reason; a path
+holds a number only as the site writes it (:class:`CanonicalInteger`).
 
 page = int_arg("page", default=1, minimum=1, maximum=10_000)
 """
@@ -9,8 +10,18 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from flask import abort, request
+from werkzeug.routing import IntegerConverter
 
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+class CanonicalInteger(IntegerConverter):
+    """``<int:...>`` in the site's routes: ASCII digits without a leading zero, as ``url_for``
+    writes them. Werkzeug's matches any Unicode digit and leading zeros, so /api/episodes/010
+    and /api/episodes/１０ (full-width) answered as /api/episodes/10: one resource under many
+    URLs, each cached apart. Those are 404s now."""
+
+    regex = r"0|[1-9][0-9]*"
 
 
 def single_arg(name: str) -> str | None:
