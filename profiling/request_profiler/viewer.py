@@ -226,7 +226,8 @@ class Viewer:
                 _TEXT_HEADERS,
             )
         try:
-            length = min(int(environ.get("CONTENT_LENGTH") or 0), _MAX_FORM_BYTES)
+            # Negative, read() would take the whole body: a server facing clients may pass it on.
+            length = max(0, min(int(environ.get("CONTENT_LENGTH") or 0), _MAX_FORM_BYTES))
         except ValueError:
             length = 0
         form = parse_qs(environ["wsgi.input"].read(length).decode("latin-1"))
