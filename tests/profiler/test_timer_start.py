@@ -159,6 +159,18 @@ def test_an_application_handling_sigalrm_keeps_its_handler_and_is_profiled_anywa
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_an_application_ignoring_sigalrm_keeps_it_ignored_and_is_profiled_anyway(
+    no_alarm_handler, make_middleware, store_dir: Path, token: str
+) -> None:
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+
+    result = run(make_middleware(busy_app), "/busy", headers={"X-Profile-Token": token})
+
+    assert "spin" in frame_names(session_of(store_dir, result))  # sampled by the hook instead
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_IGN
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
 def test_an_application_that_takes_sigalrm_during_a_request_keeps_its_timer(
     no_alarm_handler, make_middleware, store_dir: Path, token: str
 ) -> None:
