@@ -78,13 +78,21 @@ def test_the_accepted_token_is_removed_from_every_field_that_carried_it(
     assert meta["query"].count("_profile=[redacted]") == query.count("_profile=")
 
 
-def test_profile_values_are_redacted_in_sampled_requests_too(tmp_path) -> None:
-    # No valid token: nothing to redact by value, but every _profile= value goes.
+SPELLINGS = ["_profile={}", "%5Fprofile={}", "_profile%3D{}", "%5fPROFILE%3d{}", "x=1;_profile={}"]
+
+
+@pytest.fixture
+def sampled(tmp_path) -> Served:
+    """Every request profiled, none with a token: the profiles of 1% sampling."""
     store_dir = tmp_path / "sampled"
     middleware = ProfilerMiddleware(
         echoing_app, secret=SECRET, sample_rate=1.0, directory=store_dir
     )
-    sampled = Served(middleware, make_token(SECRET, 600), store_dir)
+    return Served(middleware, make_token(SECRET, 600), store_dir)
+
+
+def test_profile_values_are_redacted_in_sampled_requests_too(sampled: Served) -> None:
+    # No valid token: nothing to redact by value, but every _profile= value goes.
     forged = "1999999999.forged-signature"
 
     meta = profile_request(
@@ -98,14 +106,26 @@ def test_profile_values_are_redacted_in_sampled_requests_too(tmp_path) -> None:
     assert_nowhere(sampled, forged, OTHER)
 
 
-@pytest.mark.parametrize(
-    "spelling",
-    ["_profile={}", "%5Fprofile={}", "_profile%3D{}", "%5fPROFILE%3d{}", "x=1;_profile={}"],
-)
+@pytest.mark.parametrize("spelling", SPELLINGS)
 def test_profile_values_are_redacted_however_spelled(served: Served, spelling: str) -> None:
     profile_request(served, headers={"Referer": "https://x.test/?" + spelling.format(OTHER)})
 
     assert_nowhere(served, OTHER)
+
+
+@pytest.mark.parametrize("field", ["Referer", "X-Sql", "X-Error", "X-Endpoint"])
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_sampled_profiles_lose_profile_values_however_spelled(
+    sampled: Served, spelling: str, field: str
+) -> None:
+    # A sampled profile is stored as it is unless some string in it may hold a _profile=
+    # value: each spelling, in each part of the profile, must be found.
+    text = "https://x.test/?" + spelling.format(OTHER)
+
+    meta = profile_request(sampled, carry_token=False, headers={field: text})
+
+    assert meta["trigger"] == "sample"
+    assert_nowhere(sampled, OTHER)
 
 
 @settings(
