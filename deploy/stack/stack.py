@@ -186,7 +186,11 @@ class Stack:
                 raise StackError(f"supervisord exited with {status}; {log} ends:\n{log_tail(log)}")
             with contextlib.suppress(NotRunning):  # supervisord is not listening yet
                 info = self.call("getProcessInfo", program)
-                if info["statename"] not in ("STARTING", "RUNNING") or pid not in (0, info["pid"]):
+                if pid not in (0, info["pid"]):  # the new one's status says nothing yet
+                    raise StackError(
+                        f"{program} exited and was restarted; {log} ends:\n{log_tail(log)}"
+                    )
+                if info["statename"] not in ("STARTING", "RUNNING"):
                     how = f"{info['exitstatus']} ({info['statename']}: {info['description']})"
                     raise StackError(
                         f"{program} exited with status {how}; {log} ends:\n{log_tail(log)}"
