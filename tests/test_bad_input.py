@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import Map, Rule
 
 from webapp.db import get_database, queries
+from webapp.params import CanonicalInteger
 
 
 def data_version(app) -> tuple[int, int]:
@@ -73,7 +76,8 @@ def test_query_strings_that_are_not_utf8_are_400s(client, raw):
         "/api/episodes/\uff11\uff10",  # full-width 10
         "/api/episodes/\u0661\u0660",  # Arabic-Indic 10
         "/episodes/\uff11\uff10/transcript.html",
-        "/episodes/01/chapters.json",
+        "/episodes/01/transcript.html",  # episode 1 has one: 200 as /episodes/1/transcript.html
+        "/episodes/01",
         "/episodes/\uff11",
     ],
 )
@@ -84,6 +88,20 @@ def test_odd_paths_are_404s(client, path):
 def test_numbers_in_paths_as_the_site_writes_them_still_match(client):
     assert client.get("/api/episodes/1").status_code == 200
     assert client.get("/api/episodes/0").status_code == 404  # no episode 0, by the database
+
+
+@pytest.mark.parametrize(
+    ("path", "number"), [("/5", 5), ("/-5", -5), ("/0", 0), ("/-05", None), ("/\uff15", None)]
+)
+def test_a_signed_number_in_a_route_matches_as_written(path, number):
+    # The app's int converter replaces Werkzeug's for every route: int(signed=True) included.
+    rules = Map([Rule("/<int(signed=True):n>", endpoint="n")], converters={"int": CanonicalInteger})
+    adapter = rules.bind("podcast.test")
+    if number is None:
+        with pytest.raises(NotFound):
+            adapter.match(path)
+    else:
+        assert adapter.match(path) == ("n", {"n": number})
 
 
 @settings(

@@ -21,7 +21,8 @@ class CanonicalInteger(IntegerConverter):
     and /api/episodes/１０ (full-width) answered as /api/episodes/10: one resource under many
     URLs, each cached apart. Those are 404s now."""
 
-    regex = r"0|[1-9][0-9]*"
+    # Grouped: Werkzeug writes ``signed=True`` as "-?" + regex, which must cover both branches.
+    regex = r"(?:0|[1-9][0-9]*)"
 
 
 def single_arg(name: str) -> str | None:
