@@ -89,8 +89,8 @@ def database_unavailable(error: DatabaseUnavailable) -> Response:
 
 
 def internal_error(error: Exception) -> Response:
-    # Flask's log_exception, with the path percent-encoded as the client sent it: decoded, a
-    # %0a in it would end the log line and start one the client wrote.
+    # Flask's log_exception, with the path percent-encoded again: decoded, a %0a in it would
+    # end the log line and start one the client wrote.
     path = quote(request.path, safe=_URL_PATH_CHARACTERS)
     current_app.logger.error("Exception on %s [%s]", path, request.method, exc_info=sys.exc_info())
     return error_response(

@@ -67,8 +67,10 @@ def start(
         settings.uwsgi_options["processes"] = str(processes)
     if no_access_log:
         settings.nginx_options["access_log"] = None
-    # The feed's and the API's absolute links: this server's, unless they are set on purpose.
-    os.environ.setdefault("SITE_URL", settings.url)
+    # The feed's and the API's absolute links: this server's (on loopback if it listens on every
+    # address), unless they are set on purpose. scripts/freeze does the same with PORT.
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host)
+    os.environ.setdefault("SITE_URL", f"http://{host}:{settings.port}")
     if freeze:  # only what changed is written; if it fails, the app serves every page
         command = [sys.executable, "-m", "flask", "--app", "webapp", "freeze", "--dest"]
         if subprocess.run([*command, str(settings.build_dir)]).returncode:

@@ -326,7 +326,7 @@ def _take_timer(profiler: PyinstrumentProfiler) -> bool:
         return False
     handler: Any = _signal.getsignal(signal.SIGALRM)  # as in pause(): no enum
     if handler is not _on_timer:
-        if handler != signal.SIG_DFL:
+        if handler is not _signal.SIG_DFL:  # the raw value, not signal's enum
             return False
         signal.signal(signal.SIGALRM, _on_timer)
         # Restart the system calls the signal interrupts rather than fail them with EINTR

@@ -495,13 +495,20 @@ def test_a_request_cannot_write_a_line_into_uwsgis_log(make_stack: Callable[...,
     # and a terminal escape; nginx refuses them raw.
     get(url + "/api/x%0d%0aFORGED-LINE%1b[31m")
     get(url + "/api/episodes?page=x%0aFORGED-QUERY")
+    # Raw, nginx takes bytes from 0x80: U+009B, a terminal's control sequence introducer.
+    with socket.create_connection((stack.settings.host, stack.settings.port), timeout=10) as raw:
+        raw.sendall(
+            b"GET /api/x\xc2\x9b31m HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        assert raw.makefile("rb").readline().split()[1] == b"404"
     stack.stop()
-    log = stack.instances[0].log.read_text()
+    log = stack.instances[0].log.read_text(errors="surrogateescape")
 
     assert "GET /api/x%0d%0aFORGED-LINE%1b[31m => generated" in log  # as the client sent it
     assert "GET /api/episodes => generated" in log  # no query string, encoded or not
     assert "\x1b" not in log and "\r" not in log
     assert not [line for line in log.splitlines() if line.startswith("FORGED")]
+    assert "\x9b" not in log and "GET - => generated" in log  # that path is not written at all
 
 
 def test_profiling_tokens_never_reach_the_logs(
