@@ -189,6 +189,47 @@ def test_show_notes_carry_only_apples_tags_whatever_an_editor_wrote(app, client)
     assert not feedparser.parse(body).bozo
 
 
+def test_characters_xml_forbids_in_any_field_leave_the_feed_well_formed(app, client, tmp_path):
+    """One editor's vertical tab (a word processor's line break) must not make the whole
+    feed unreadable to every podcast app: what XML 1.0 forbids becomes a space."""
+    with get_database(app).session() as session:
+        session.execute(
+            "UPDATE episodes SET title = %s, show_notes = %s, audio_url = %s, guid = %s"
+            " WHERE number = 3",
+            (
+                "Line\x0bbreak\x0cpage\x01",
+                "<p>Notes\x0bwith\x1fcontrols\x08 and \ufffe\uffff</p>",
+                "https://cdn.podcast.test/3\x0b.mp3",
+                "guid-3\x1f",
+            ),
+        )
+        session.execute(
+            "UPDATE guests SET name = %s WHERE id = (SELECT guest_id FROM episode_guests"
+            " WHERE position = 0 AND episode_id = (SELECT id FROM episodes WHERE number = 3))",
+            ("Guest\x0bName",),
+        )
+    build = freeze(app, tmp_path / "build").destination
+    feeds = {
+        "served": client.get("/episodes/rss").data,
+        "frozen": (build / "episodes/rss.xml").read_bytes(),
+        "frozen .gz": gzip.decompress((build / "episodes/rss.xml.gz").read_bytes()),
+    }
+    for name, body in feeds.items():
+        parsed = feedparser.parse(body)
+        assert not parsed.bozo, (name, parsed.get("bozo_exception"))
+        item = next(
+            item
+            for item in ElementTree.fromstring(body).iter("item")
+            if item.findtext(f"{ITUNES}episode") == "3"
+        )
+        assert item.findtext("title") == "Line break page ", name
+        assert item.findtext("description") == "<p>Notes with controls  and   </p>", name
+        assert item.find("enclosure").get("url") == "https://cdn.podcast.test/3 .mp3", name
+        assert item.findtext("guid") == "guid-3 ", name
+        guests = [person.text for person in item.iter(f"{PODCAST}person")]
+        assert "Guest Name" in guests, name
+
+
 def test_feed_has_what_apple_podcasts_requires(client):
     root = ElementTree.fromstring(client.get("/episodes/rss").data)
     channel = root.find("channel")

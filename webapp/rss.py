@@ -54,6 +54,12 @@ _APPLE_CLEANER = nh3.Cleaner(
     link_rel=None,
     strip_comments=True,
 )
+#: What XML 1.0 forbids in a document, escaped or not (its Char production): the
+#: C0 controls but tab, newline and carriage return, U+FFFE, U+FFFF, and lone
+#: surrogates. One in any item makes the whole feed not well-formed, and podcast
+#: apps then drop every episode; a vertical tab (a word processor's line break,
+#: pasted in) is the usual one. Each becomes a space: they separate words.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 @dataclass(frozen=True)
@@ -152,11 +158,18 @@ def _host(channel: FeedChannel) -> str:
     return f'<podcast:person role="host">{escape(channel.host)}</podcast:person>'
 
 
+def _xml_text(value: str) -> str:
+    """``value`` escaped for XML text or an attribute value, without what XML forbids."""
+    # isprintable() is false for every character _NOT_XML matches, and runs in C: most
+    # values skip the regular expression, which would scan the feed several times slower.
+    return escape(value if value.isprintable() else _NOT_XML.sub(" ", value))
+
+
 def _item(episode: Episode, site: str, host: str) -> str:
-    title = escape(episode.title)
+    title = _xml_text(episode.title)
     # An item's people replace the channel's: the host is named again beside the guests.
     people = "".join(
-        f'<podcast:person role="guest">{escape(guest.name)}</podcast:person>\n'
+        f'<podcast:person role="guest">{_xml_text(guest.name)}</podcast:person>\n'
         for guest in episode.guests
     )
     transcript = (
@@ -173,10 +186,10 @@ def _item(episode: Episode, site: str, host: str) -> str:
     )
     return (
         f"<item>\n<title>{title}</title>\n<itunes:title>{title}</itunes:title>\n"
-        f"<link>{site}{escape(episode.path)}</link>\n"
-        f'<guid isPermaLink="false">{escape(episode.guid)}</guid>\n'
+        f"<link>{site}{_xml_text(episode.path)}</link>\n"
+        f'<guid isPermaLink="false">{_xml_text(episode.guid)}</guid>\n'
         f"<pubDate>{rfc2822(episode.published_at)}</pubDate>\n"
-        f'<enclosure url="{escape(episode.audio_url)}" length="{episode.audio_bytes}"'
+        f'<enclosure url="{_xml_text(episode.audio_url)}" length="{episode.audio_bytes}"'
         ' type="audio/mpeg"/>\n'
         f"<itunes:duration>{episode.duration_seconds}</itunes:duration>\n"
         f"<itunes:episode>{episode.number}</itunes:episode>\n"
@@ -196,6 +209,7 @@ def apple_show_notes(html: str) -> str:
     would, so what editors wrote, however broken, comes out well-formed; it
     escapes ``>`` in text, so the result cannot close the CDATA section around
     it. Cached by the notes themselves: a feed rendered again after an edit
-    sanitizes only the edited episode's, not every episode's.
+    sanitizes only the edited episode's, not every episode's, and cleans
+    what XML forbids (``_NOT_XML``) once per edit too.
     """
-    return _APPLE_CLEANER.clean(_HEADING.sub(r"<\1p", html))
+    return _NOT_XML.sub(" ", _APPLE_CLEANER.clean(_HEADING.sub(r"<\1p", html)))
