@@ -195,6 +195,32 @@ def test_every_bad_value_is_named_with_each_column_s_fix(app, dest):
     assert everything_under(dest) == before
 
 
+SLUG_FIX = (
+    "set each such slug to one URL segment (UPDATE episodes SET slug = ... WHERE number = ...)"
+)
+
+
+@pytest.mark.parametrize("slug", ["../../../escape", "a/b", ".", "..", "", "a%2Fb", "a?b"])
+def test_a_slug_that_is_not_one_url_segment_is_named_and_nothing_is_written(app, dest, slug):
+    """A page's file is episodes/<number>/<slug>.html: an editor's ``../../x`` wrote a file
+    outside the build, ``.`` failed on a directory, ``%2F`` with a traceback."""
+    freeze(app, dest)
+    before = everything_under(dest)
+    around = sorted(dest.parent.parent.rglob("*"))
+    execute(app, "UPDATE episodes SET slug = %s WHERE number = 3", (slug,))
+
+    result = freeze_cli(app, dest)
+
+    assert result.exit_code == 1
+    assert f"Error: episodes.slug holds {slug!r} for episode 3: " in result.output
+    assert SLUG_FIX in result.output and "Traceback" not in result.output
+    assert everything_under(dest) == before
+    assert sorted(dest.parent.parent.rglob("*")) == around
+    execute(app, "UPDATE episodes SET slug = 'a-good-slug' WHERE number = 3")
+    assert freeze_cli(app, dest).exit_code == 0
+    assert_matches_live(dest, app)
+
+
 def test_a_postgresql_database_from_before_revisions_asks_for_init_db(app, dest):
     if get_database(app).dialect != "postgresql":
         pytest.skip("SQLite upgrades itself when the app opens it (tests/test_revisions.py)")

@@ -65,6 +65,7 @@ from .output import BuildTrees, FileRecord, FreezeError, Range, content_digest
 from .site import (
     EpisodeTable,
     Page,
+    check_slugs,
     episodes_map,
     plan_pages,
     redirect_rules,
@@ -221,6 +222,7 @@ class SiteBuild:
             for episode in self._episodes.values()
             if episode.number in self._changed
         ]
+        check_slugs(data.episodes)
 
     def _read_episodes(self, numbers: set[int] | None) -> None:
         """Read the episodes with these numbers (every one if None), in one query."""

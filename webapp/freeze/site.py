@@ -197,6 +197,35 @@ class SiteData:
     episodes: list[EpisodeRevision] = field(default_factory=list)
 
 
+#: What a slug must not hold: its page's file would be written elsewhere (``/``, and
+#: ``\\``, which browsers read as ``/``), or its link would name another URL (``%``
+#: decodes, ``?`` and ``#`` end the path), so the page could not be served as itself.
+_NOT_IN_SLUG = re.compile(r"[/\\%?#]")
+SLUG_FIX = (
+    "set each such slug to one URL segment (UPDATE episodes SET slug = ... WHERE number = ...)"
+)
+
+
+def check_slugs(episodes: Sequence[EpisodeRevision]) -> None:
+    """Raise FreezeError naming every episode whose slug cannot be its page's file name.
+
+    Slugs come from whatever tool the editors use, and a page's file is
+    ``episodes/<number>/<slug>.html``: a slug ``../../x`` would write outside the
+    build, and ``a/b`` or ``.`` a page that the link to it never reaches.
+    """
+    bad = [
+        f"{episode.slug!r} for episode {episode.number}"
+        for episode in episodes
+        if episode.slug in ("", ".", "..") or _NOT_IN_SLUG.search(episode.slug)
+    ]
+    if bad:
+        raise FreezeError(
+            f"episodes.slug holds {'; '.join(bad)}: a slug is the last segment of its page's"
+            " URL and its file's name, so it is not empty, '.' or '..', and holds none of"
+            f" / \\ % ? #: {SLUG_FIX}"
+        )
+
+
 def site_data() -> SiteData:
     """The data of this build, read once per app context (a build runs in one)."""
     if "freeze_site_data" not in g:
