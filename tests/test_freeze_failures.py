@@ -221,6 +221,38 @@ def test_a_slug_that_is_not_one_url_segment_is_named_and_nothing_is_written(app,
     assert_matches_live(dest, app)
 
 
+@pytest.mark.parametrize(
+    "chapters, shown",
+    [
+        ('[{"startTime": "abc", "title": "s"}]', "{'startTime': 'abc', 'title': 's'}"),
+        ('[{"title": "no start"}]', "{'title': 'no start'}"),
+        ('[{"startTime": 0, "title": "ok"}, 7]', "7 as chapter 2"),
+        ('[{"startTime": -5, "title": "before the start"}]', "'startTime': -5"),
+        ('[{"startTime": 0, "title": ["a list"]}]', "'title': ['a list']"),
+    ],
+)
+def test_chapters_that_are_not_the_json_chapters_format_are_named(app, dest, chapters, shown):
+    """The schema checks only that chapters are a JSON array: a build said KeyError:
+    'startTime' or TypeError: 'int' object is not subscriptable, naming neither."""
+    freeze(app, dest)
+    before = live_build(dest)
+    # Episode 12 has chapters in the seed.
+    execute(
+        app,
+        "UPDATE episode_chapters SET chapters = %s"
+        " WHERE episode_id = (SELECT id FROM episodes WHERE number = 12)",
+        (chapters,),
+    )
+
+    result = freeze_cli(app, dest)
+
+    assert result.exit_code == 1
+    assert "BadChapters: episode_chapters.chapters of episode 12 holds " in result.output
+    assert shown in result.output and "a startTime (seconds, a number at least 0)" in result.output
+    assert "Traceback" not in result.output
+    assert live_build(dest) == before
+
+
 def test_a_postgresql_database_from_before_revisions_asks_for_init_db(app, dest):
     if get_database(app).dialect != "postgresql":
         pytest.skip("SQLite upgrades itself when the app opens it (tests/test_revisions.py)")

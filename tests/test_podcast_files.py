@@ -130,6 +130,25 @@ def test_an_edit_changes_the_chapters_and_their_etag(app, client):
     ]
 
 
+def test_chapters_without_a_title_or_at_a_fraction_of_a_second_are_served(app, client):
+    """The JSON chapters format makes ``title`` optional and ``startTime`` a float:
+    such chapters made the chapters file and the episode's page answer 500."""
+    with get_database(app).session() as session:
+        session.execute(
+            "UPDATE episode_chapters SET chapters = %s"
+            " WHERE episode_id = (SELECT id FROM episodes WHERE number = %s)",
+            ('[{"startTime": 0}, {"startTime": 61.75, "title": "Later"}]', WITH_CHAPTERS),
+        )
+    response = client.get(f"/episodes/{WITH_CHAPTERS}/chapters.json")
+    assert response.status_code == 200
+    assert json.loads(response.data)["chapters"] == [
+        {"startTime": 0, "title": ""},
+        {"startTime": 61, "title": "Later"},
+    ]
+    page = client.get(episode(app, WITH_CHAPTERS).path)
+    assert page.status_code == 200 and b'<time datetime="PT61S">1:01</time> Later' in page.data
+
+
 def test_the_artwork_follows_the_show_title(app, tmp_path):
     renamed = make_app(app.config["DATABASE_URL"], tmp_path / "renamed", SITE_TITLE="Another Show")
     assert renamed.test_client().get("/artwork.png").data == cover_art("Another Show")

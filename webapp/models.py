@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
+import reprlib
 import unicodedata
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -132,10 +134,41 @@ class Episode(_Listed):
         """The chapter markers, in order (parsed on each call: an episode page shows them)."""
         if self.chapters_json is None:
             return ()
-        return tuple(
-            Chapter(int(chapter["startTime"]), chapter["title"])
-            for chapter in json.loads(self.chapters_json)
-        )
+        return parse_chapters(self.number, self.chapters_json)
+
+
+class BadChapters(ValueError):
+    """An episode's chapters are not in the JSON chapters format: which, and what is wrong."""
+
+
+def parse_chapters(number: int, chapters_json: str) -> tuple[Chapter, ...]:
+    """Episode ``number``'s chapter markers from its JSON array; BadChapters if one is not
+    a chapter of the JSON chapters format.
+
+    The schema checks only that the column holds a JSON array: whatever the editors' tool
+    wrote in it reaches this, and a KeyError or a TypeError would name neither the episode
+    nor the column. As the format has it, ``title`` is optional and ``startTime`` a number
+    of seconds (a float too: shown to the second).
+    """
+    chapters = []
+    for position, chapter in enumerate(json.loads(chapters_json), start=1):
+        start = chapter.get("startTime") if isinstance(chapter, dict) else None
+        title = chapter.get("title", "") if isinstance(chapter, dict) else ""
+        if (
+            not isinstance(start, int | float)
+            or isinstance(start, bool)
+            or not math.isfinite(start)
+            or start < 0
+            or not isinstance(title, str)
+        ):
+            raise BadChapters(
+                f"episode_chapters.chapters of episode {number} holds"
+                f" {reprlib.repr(chapter)} as chapter {position}: each is an object with a"
+                " startTime (seconds, a number at least 0) and, if any, a title (a string),"
+                " as the JSON chapters format has it"
+            )
+        chapters.append(Chapter(int(start), title))
+    return tuple(chapters)
 
 
 @dataclass(frozen=True, slots=True)
