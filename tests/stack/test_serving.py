@@ -237,6 +237,17 @@ def test_cache_lifetimes(site_stack: Stack, site: Site) -> None:
     assert "Cache-Control" not in get(url + "/health")[1]
 
 
+def test_a_micro_cache_hit_keeps_the_apps_one_cache_control(site_stack: Stack, site: Site) -> None:
+    """A hit has no upstream address, as a frozen file has none: nginx must still not add a
+    frozen page's lifetime to the app's (two max-ages, which a cache may take as stale)."""
+    path = "/episodes/12/transcript.html"
+    expected = app_get(site, path).headers["Cache-Control"]
+    answers = [get(site_stack.settings.url + path)[1] for _ in range(4)]
+    assert "HIT" in {headers.get("X-Cache-Status") for headers in answers}
+    for headers in answers:
+        assert headers.get_all("Cache-Control") == [expected], headers.get("X-Cache-Status")
+
+
 # --- Redirects ------------------------------------------------------------
 
 
