@@ -90,6 +90,17 @@ def get(
         connection.close()
 
 
+def raw_request(
+    host: str, port: int, data: bytes, *, timeout: float = 15.0
+) -> tuple[int, Message, bytes]:
+    """``data`` sent as it is, which no client library would write: (status, headers, body)."""
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        raw.sendall(data)
+        response = http.client.HTTPResponse(raw)
+        response.begin()
+        return response.status, response.headers, response.read()
+
+
 def timed_requests(
     base_url: str, path: str, headers: Mapping[str, str], *, count: int, timeout: float = 15.0
 ) -> float:

@@ -20,7 +20,7 @@ from webapp.errors import STATUS_PHRASES
 
 from .conftest import PROFILER_SECRET
 from .probe_wsgi import GC_PATH, SLEEP_PATH
-from .support import get
+from .support import get, raw_request
 
 pytestmark = pytest.mark.stack
 
@@ -61,6 +61,46 @@ def test_a_uri_over_the_limit_is_a_414_problem_on_the_api_and_nginxs_page_elsewh
     assert_problem(get(site_stack.settings.url + f"/api/episodes?{long_query}", ORIGIN), 414)
     status, headers, body = get(site_stack.settings.url + f"/search?{long_query}", ORIGIN)
     assert status == 414 and headers["Content-Type"].startswith("text/html")
+    assert "Access-Control-Allow-Origin" not in headers
+
+
+#: Requests nginx refuses itself, most before choosing a location: (what is wrong, the request after
+#: its request line, the status).
+MALFORMED = [
+    ("two Content-Lengths", b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}x", 400),
+    ("no Host", b"\r\n", 400),
+    ("a header too large", b"X-Big: " + b"x" * 9_000 + b"\r\n\r\n", 400),
+    ("a cookie too large", b"Cookie: a=" + b"x" * 9_000 + b"\r\n\r\n", 400),
+    ("a malformed chunk", b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400),
+    ("a Transfer-Encoding nginx lacks", b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+]
+
+
+@pytest.mark.parametrize(
+    ("headers_and_body", "status"),
+    [case[1:] for case in MALFORMED],
+    ids=[case[0] for case in MALFORMED],
+)
+def test_a_request_nginx_refuses_is_a_problem_on_the_api_and_nginxs_page_elsewhere(
+    site_stack: Stack, headers_and_body: bytes, status: int
+) -> None:
+    host, port = site_stack.settings.host, site_stack.settings.port
+    # ORIGIN first, and Host but for the request without one.
+    head = b"Origin: https://player.example\r\n"
+    if not headers_and_body.startswith(b"\r\n"):
+        head += b"Host: localhost\r\n"
+    answer = raw_request(host, port, b"POST /api/episodes HTTP/1.1\r\n" + head + headers_and_body)
+    assert_problem(answer, status)
+    # A profiling token sends a request to the app, but not one nginx refused.
+    token = b"X-Profile-Token: " + make_token(PROFILER_SECRET, 300).encode() + b"\r\n"
+    answer = raw_request(
+        host, port, b"POST /api/episodes HTTP/1.1\r\n" + head + token + headers_and_body
+    )
+    assert_problem(answer, status)
+    got, headers, _ = raw_request(
+        host, port, b"POST /search HTTP/1.1\r\n" + head + headers_and_body
+    )
+    assert got == status and headers["Content-Type"].startswith("text/html")
     assert "Access-Control-Allow-Origin" not in headers
 
 
