@@ -115,6 +115,12 @@ def test_no_app_server_is_a_502_problem(make_stack) -> None:
     stack.call("stopProcessGroup", "uwsgi")
     # A URL never asked before: nothing of it in the micro-cache to fall back on.
     assert_problem(get(stack.settings.url + "/api/episodes?page=2&per_page=3", ORIGIN), 502)
+    # /health's errors are problem details too (webapp/errors.py), for the monitors that read it;
+    # not readable from other origins, as the app's own answers there are not.
+    status, headers, body = get(stack.settings.url + "/health", ORIGIN)
+    assert (status, headers["Content-Type"]) == (502, "application/problem+json")
+    assert json.loads(body)["status"] == 502
+    assert "Access-Control-Allow-Origin" not in headers
 
 
 def test_an_app_server_too_slow_is_a_504_problem(make_stack) -> None:
