@@ -104,6 +104,14 @@ def test_a_request_nginx_refuses_is_a_problem_on_the_api_and_nginxs_page_elsewhe
     assert "Access-Control-Allow-Origin" not in headers
 
 
+def test_a_request_line_nginx_cannot_parse_gets_its_400_page(site_stack: Stack) -> None:
+    """No URI to route on (a TLS hello on the HTTP port): nginx's own page, not a 500."""
+    host, port = site_stack.settings.host, site_stack.settings.port
+    status, headers, _ = raw_request(host, port, b"\x16\x03\x01\x00\xa5\x01\x00\r\n\r\n")
+    assert status == 400 and headers["Content-Type"].startswith("text/html")
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
 def test_the_apps_own_problems_pass_through_once(site_stack: Stack) -> None:
     problem = assert_problem(get(site_stack.settings.url + "/api/episodes/99999", ORIGIN), 404)
     assert problem["detail"] == "There is no episode 99999."
