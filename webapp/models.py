@@ -152,8 +152,8 @@ def parse_chapters(number: int, chapters_json: str) -> tuple[Chapter, ...]:
     """
     chapters = []
     for position, chapter in enumerate(json.loads(chapters_json), start=1):
-        start = chapter.get("startTime") if isinstance(chapter, dict) else None
-        title = chapter.get("title", "") if isinstance(chapter, dict) else ""
+        given = chapter if isinstance(chapter, dict) else {}  # not an object: no startTime
+        start, title = given.get("startTime"), given.get("title", "")
         if (
             not isinstance(start, int | float)
             or isinstance(start, bool)

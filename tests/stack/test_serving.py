@@ -24,7 +24,7 @@ from werkzeug.routing import Rule
 from deploy.stack import Stack
 
 from .conftest import PROFILER_SECRET, Site
-from .support import get, timed_requests
+from .support import get, raw_request, timed_requests
 
 pytestmark = pytest.mark.stack
 
@@ -507,11 +507,8 @@ def test_a_request_cannot_write_a_line_into_uwsgis_log(make_stack: Callable[...,
     get(url + "/api/x%0d%0aFORGED-LINE%1b[31m")
     get(url + "/api/episodes?page=x%0aFORGED-QUERY")
     # Raw, nginx takes bytes from 0x80: U+009B, a terminal's control sequence introducer.
-    with socket.create_connection((stack.settings.host, stack.settings.port), timeout=10) as raw:
-        raw.sendall(
-            b"GET /api/x\xc2\x9b31m HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        assert raw.makefile("rb").readline().split()[1] == b"404"
+    request = b"GET /api/x\xc2\x9b31m HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    assert raw_request(stack.settings.host, stack.settings.port, request)[0] == 404
     stack.stop()
     log = stack.instances[0].log.read_text(errors="surrogateescape")
 
