@@ -34,6 +34,7 @@ from jinja2 import FileSystemLoader
 
 from deploy.stack.render import TEMPLATES
 from deploy.stack.settings import DEPLOY_DIR, PROJECT_ROOT, UWSGI_INI
+from deploy.stack.uwsgi import uwsgi_environment
 
 from .app_cpu import process_tree_cpu_seconds
 from .memory import WorkerMemory, worker_memory
@@ -154,8 +155,7 @@ class FrontedServer:
                 "processes": str(spec.workers),
                 **spec.uwsgi_options,
             }
-            variables = {"UWSGI_" + k.upper().replace("-", "_"): v for k, v in options.items()}
-            return [self.uwsgi, "--ini", str(UWSGI_INI)], variables
+            return [self.uwsgi, "--ini", str(UWSGI_INI)], uwsgi_environment(options)
         bind = f"127.0.0.1:{spec.app_port}"
         if spec.server == "gunicorn":
             # Its defaults but the worker count: sync workers, no preload, no access log.

@@ -21,7 +21,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from .render import TEMPLATES, render_nginx
 from .settings import StackError, StackSettings
-from .uwsgi import UwsgiInstance
+from .uwsgi import UwsgiInstance, uwsgi_environment
 
 
 class NotRunning(StackError):
@@ -129,9 +129,8 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.render()
         # The app's settings and the shared uWSGI options reach uWSGI through supervisord's
-        # environment, never a file: uWSGI reads UWSGI_PROCESSES=2 as processes = 2.
-        options = self.settings.uwsgi_options.items()
-        uwsgi = {"UWSGI_" + name.upper().replace("-", "_"): value for name, value in options}
+        # environment, never a file.
+        uwsgi = uwsgi_environment(self.settings.uwsgi_options)
         try:
             # Never a daemon (-n) but in a session of its own: it outlives this process, and a
             # Ctrl-C in the terminal reaches scripts/serve only, which shuts it down in order.

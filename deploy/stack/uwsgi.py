@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
+
+
+def uwsgi_environment(options: Mapping[str, str]) -> dict[str, str]:
+    """uWSGI options as the variables deploy/uwsgi/uwsgi.ini reads: ``{"harakiri": "5"}`` is
+    ``UWSGI_HARAKIRI=5``. Options reach uWSGI this way, never through a file."""
+    return {"UWSGI_" + name.upper().replace("-", "_"): value for name, value in options.items()}
 
 
 class UwsgiInstance:
