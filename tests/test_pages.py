@@ -71,6 +71,34 @@ def test_episode_page_shows_notes_guests_and_audio(client):
     assert "Chapters" not in body  # episode 7 has none
 
 
+#: What an imported feed or a pasted page can put in show notes, and must not reach a browser.
+HOSTILE_NOTES = (
+    '<p onclick="steal()">Intro <b>bold</b></p><script>alert(1)</script>'
+    '<img src="x" onerror="alert(2)"><a href="javascript:alert(3)">link</a>'
+    '<style>body{display:none}</style><iframe src="https://evil.test/"></iframe>'
+    '<a href="https://example.com/" target="_blank">good</a><!-- <script>x</script> -->'
+)
+
+
+def test_show_notes_never_carry_script_to_the_page_or_the_api(app, client):
+    """Show notes are printed as HTML: what could run or restyle the page is cleaned away,
+    on the page (where nginx's CSP may not be in front) and in the API alike."""
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET show_notes = %s WHERE number = 7", (HOSTILE_NOTES,))
+    slug = generate_episode(7)["slug"]
+    printed = {
+        "page": client.get(f"/episodes/7/{slug}").get_data(as_text=True),
+        "api item": client.get("/api/episodes/7").get_json()["show_notes_html"],
+    }
+    for where, text in printed.items():
+        for hostile in ("<script", "onclick", "onerror", "javascript:", "<style", "<iframe"):
+            assert hostile not in text, (where, hostile)
+        assert "target=" not in text and "<!--" not in text, where
+        assert '<p>Intro <b>bold</b></p><img src="x">' in text, where
+        assert '<a href="https://example.com/">good</a>' in text, where
+    assert_valid_html(printed["page"].encode())
+
+
 def test_episode_page_lists_its_chapters(client):
     expected = generate_episode(12)
     body = client.get(f"/episodes/12/{expected['slug']}").get_data(as_text=True)

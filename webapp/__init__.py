@@ -21,6 +21,7 @@ from .freeze import freeze_command, pull_build_command
 from .params import CanonicalInteger
 from .profiler import install_profiler
 from .settings import load_settings
+from .show_notes import show_notes_html
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -34,6 +35,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     # Before any route is added: the rules take their converters when they are.
     app.url_map.converters["int"] = CanonicalInteger
+    app.add_template_filter(show_notes_html)
     db.init_app(app)
     errors.init_app(app)
     cors.init_app(app)

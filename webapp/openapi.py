@@ -100,7 +100,13 @@ EPISODE_PROPERTIES: dict[str, Any] = {
     "chapters_url": _url("The chapters (JSON chapters 1.2), if there are any", nullable=True),
 }
 DETAIL_PROPERTIES: dict[str, Any] = {
-    "show_notes_html": {"type": "string", "description": "HTML written by the site's editors"},
+    "show_notes_html": {
+        "type": "string",
+        "description": (
+            "HTML written by the site's editors, cleaned: no script, style, event handler"
+            " or javascript: link"
+        ),
+    },
     "transcript": {"type": "string"},
 }
 

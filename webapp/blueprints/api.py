@@ -28,6 +28,7 @@ from ..models import MAX_EPISODE_NUMBER, Episode, EpisodeItem, EpisodePage, Site
 from ..openapi import DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE, openapi_document
 from ..params import int_arg
 from ..rss import CHAPTERS_PATH, TRANSCRIPT_PATH
+from ..show_notes import show_notes_html
 
 blueprint = Blueprint("api", __name__)
 
@@ -149,7 +150,10 @@ def _serialise_episodes(episodes: Sequence[Episode]) -> list[str]:
     return [
         _compact_json(
             episode_summary(episode)
-            | {"show_notes_html": episode.show_notes, "transcript": episode.transcript}
+            | {
+                "show_notes_html": show_notes_html(episode.show_notes),
+                "transcript": episode.transcript,
+            }
         )
         for episode in episodes
     ]
