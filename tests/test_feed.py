@@ -395,6 +395,10 @@ def test_the_apps_validators_are_nginxs_for_the_frozen_file(app, client, tmp_pat
         ("gzip;q=0", False),
         ("*", False),
         ("br", False),
+        # Content-codings are case-insensitive (RFC 9110 8.4.1), and nginx sends the .gz for these.
+        ("GZIP", True),
+        ("Gzip, deflate", True),
+        ("deflate, GZIP;q=0", False),
     ],
 )
 def test_gzip_is_sent_when_nginx_would_send_the_gz_file(client, accept_encoding, gzipped):

@@ -189,4 +189,7 @@ def accepts_gzip() -> bool:
     """Whether nginx would send this request the .gz file (gzip_static, gzip_http_version 1.1)."""
     if request.environ.get("SERVER_PROTOCOL") == "HTTP/1.0":
         return False
-    return any(coding == "gzip" and quality > 0 for coding, quality in request.accept_encodings)
+    # Content-codings are case-insensitive (RFC 9110 8.4.1): nginx sends the .gz for "GZIP" too.
+    return any(
+        coding.lower() == "gzip" and quality > 0 for coding, quality in request.accept_encodings
+    )
