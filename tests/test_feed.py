@@ -322,6 +322,34 @@ def test_conditional_get_answers_304_without_rendering_again(client, render_coun
     assert len(render_count) == 1
 
 
+def test_a_failed_if_match_or_if_unmodified_since_answers_412_as_nginx_does(client):
+    """RFC 9110 13.2.2: these preconditions are judged before If-None-Match, on a GET too,
+    and nginx judges them for the frozen file: the app gives the same answer."""
+    first = client.get("/episodes/rss")
+    etag, last_modified = first.headers["ETag"], first.headers["Last-Modified"]
+    earlier = http_date(parse_date(last_modified) - timedelta(seconds=1))
+    later = http_date(parse_date(last_modified) + timedelta(seconds=1))
+    for headers in (
+        {"If-Match": '"other"'},
+        {"If-Match": f"W/{etag}"},  # If-Match compares strongly
+        {"If-Match": '"other"', "If-None-Match": etag},  # before If-None-Match's 304
+        {"If-Unmodified-Since": earlier},
+    ):
+        for method in (client.get, client.head):
+            response = method("/episodes/rss", headers=headers)
+            assert response.status_code == 412, (method, headers)
+    for headers in (
+        {"If-Match": etag},
+        {"If-Match": f'"other", {etag}'},
+        {"If-Match": "*"},
+        {"If-Unmodified-Since": last_modified},
+        {"If-Unmodified-Since": later},
+        {"If-Unmodified-Since": "not a date"},  # an invalid date is ignored (RFC 9110 13.1.4)
+    ):
+        response = client.get("/episodes/rss", headers=headers)
+        assert response.status_code == 200 and response.data == first.data, headers
+
+
 def test_a_change_in_the_data_changes_validators_and_content(app, client, render_count):
     first = client.get("/episodes/rss")
     with get_database(app).session() as session:

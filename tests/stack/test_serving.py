@@ -219,6 +219,13 @@ def test_the_feed_has_one_set_of_validators_whether_nginx_or_the_app_answers(
         assert (status, body, headers["ETag"]) == (304, b"", from_nginx["ETag"]), validators
         status, headers, body = get(url, base | validators)
         assert (status, body, headers["ETag"]) == (304, b"", from_app["ETag"]), validators
+    # Preconditions that fail: a 412 from either, before If-None-Match's 304.
+    for validators in (
+        {"If-Match": '"other"', "If-None-Match": from_nginx["ETag"]},
+        {"If-Unmodified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"},
+    ):
+        assert get(url, base | to_app | validators)[0] == 412, validators
+        assert get(url, base | validators)[0] == 412, validators
 
 
 def test_cache_lifetimes(site_stack: Stack, site: Site) -> None:
