@@ -23,6 +23,9 @@ from .profiler import install_profiler
 from .settings import load_settings
 from .show_notes import show_notes_html
 
+#: What other origins may read (cors.py): the API, the feed, transcripts and chapters.
+READABLE_ANYWHERE = r"/api/|/episodes/rss$|/episodes/[0-9]+/(?:transcript\.html|chapters\.json)$"
+
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app. ``config`` overrides settings by their environment variable names."""
@@ -38,7 +41,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.add_template_filter(show_notes_html)
     db.init_app(app)
     errors.init_app(app)
-    cors.init_app(app)
+    cors.init_app(app, READABLE_ANYWHERE)
     app.cli.add_command(freeze_command)
     app.cli.add_command(pull_build_command)
     app.register_blueprint(pages.blueprint)

@@ -1,11 +1,15 @@
-"""CORS for what any website may read: the API, the feed, transcripts and chapters.
+"""CORS for what any website may read: the paths the app names when it calls ``init_app``.
 
-All of it is public and read-only, and no request carries credentials, so
-every origin is allowed with ``*``. Because the answer is the same for every
-origin, a response does not vary by ``Origin`` and says no ``Vary: Origin``
-(that would only split shared caches). A browser asks first (a preflight
-``OPTIONS``) when a script sends a header outside the CORS-safelisted ones,
-such as ``If-None-Match``; ``preflight`` answers it. Pages and the profiler
+    cors.init_app(app, r"/api/|/feed$")    # matched from the start of the path
+
+The site says which (``READABLE_ANYWHERE`` in webapp/__init__.py: the API, the
+feed, transcripts and chapters); this module knows none. All of it is public
+and read-only, and no request carries credentials, so every origin is allowed
+with ``*``. Because the answer is the same for every origin, a response does
+not vary by ``Origin`` and says no ``Vary: Origin`` (that would only split
+shared caches). A browser asks first (a preflight ``OPTIONS``) when a script
+sends a header outside the CORS-safelisted ones, such as ``If-None-Match``;
+``preflight`` answers it. Pages and the profiler
 allow no other origin: they send none of these headers.
 """
 
@@ -14,15 +18,10 @@ from __future__ import annotations
 import re
 from typing import TypeVar
 
-from flask import Flask, Response, request
+from flask import Flask, Response, current_app, request
 from werkzeug.wrappers import Response as BaseResponse
 
 R = TypeVar("R", bound=BaseResponse)
-
-#: What other origins may read: the API, the feed, transcripts and chapters.
-READABLE_ANYWHERE = re.compile(
-    r"/api/|/episodes/rss$|/episodes/[0-9]+/(?:transcript\.html|chapters\.json)$"
-)
 
 #: Response headers a script on another origin may read, beyond the safelisted ones
 #: (Cache-Control, Content-Type, Last-Modified …): validators, pagination, back-off.
@@ -51,9 +50,16 @@ def preflight() -> Response:
     return response
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, readable_anywhere: str | re.Pattern[str]) -> None:
+    """Let any origin read the answers (errors included) on paths ``readable_anywhere``
+    matches from their start, and answer preflights for those of them that are routes."""
+    app.extensions["cors_readable"] = re.compile(readable_anywhere)
     app.before_request(_answer_preflight)
     app.after_request(_allow_other_origins)
+
+
+def _readable(path: str) -> bool:
+    return current_app.extensions["cors_readable"].match(path) is not None
 
 
 def _answer_preflight() -> Response | None:
@@ -62,7 +68,7 @@ def _answer_preflight() -> Response | None:
         request.method == "OPTIONS"
         and "Access-Control-Request-Method" in request.headers
         and request.url_rule is not None
-        and READABLE_ANYWHERE.match(request.path)
+        and _readable(request.path)
     ):
         return preflight()
     return None
@@ -70,6 +76,6 @@ def _answer_preflight() -> Response | None:
 
 def _allow_other_origins(response: Response) -> Response:
     """An ``after_request`` hook: every answer on those paths, errors included, is readable."""
-    if READABLE_ANYWHERE.match(request.path):
+    if _readable(request.path):
         allow_any_origin(response)
     return response
