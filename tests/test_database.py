@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import SMALL_SEED, make_app
 from webapp import create_app
 from webapp.db import get_database
-from webapp.db.backends import open_database, redact_url
+from webapp.db.backends import Database, DatabaseUnavailable, open_database, redact_url
 from webapp.db.seed import seed
 
 
@@ -204,3 +204,45 @@ def test_sqlite_file_is_created_on_first_use(tmp_path: Path):
     response = app.test_client().get("/health")
     assert response.status_code == 200 and response.get_json()["episodes"] == 0
     assert path.exists()
+
+
+def sqlite_with_schema(tmp_path: Path, script: str) -> Database:
+    """A SQLite database whose app's schema script is ``script``, as in a copy of the template."""
+    database = open_database(f"sqlite:///{tmp_path}/site.sqlite3")
+    database.schema_sql = lambda: script  # type: ignore[method-assign]
+    return database
+
+
+def test_a_sqlite_schema_changed_without_a_new_user_version_is_named(tmp_path: Path) -> None:
+    """The tables the queries need are missing: the error says the schema, not the file."""
+    old = "CREATE TABLE IF NOT EXISTS episodes (id INTEGER); PRAGMA user_version = 4;"
+    with sqlite_with_schema(tmp_path, old).session() as session:
+        session.fetch_all("SELECT id FROM episodes")
+    # The copy's new schema kept the old number: the app leaves the database as it is.
+    new = "CREATE TABLE IF NOT EXISTS articles (id INTEGER); PRAGMA user_version = 4;"
+    database = sqlite_with_schema(tmp_path, new)
+
+    for statement in ("SELECT id FROM articles", "SELECT title FROM episodes"):
+        with pytest.raises(DatabaseUnavailable) as raised, database.session() as session:
+            session.fetch_all(statement)
+        message = str(raised.value)
+        assert "does not have the app's schema" in message and "PRAGMA user_version" in message
+        assert "database unavailable" not in message
+
+
+def test_a_sqlite_schema_without_a_user_version_is_named(tmp_path: Path) -> None:
+    database = sqlite_with_schema(tmp_path, "CREATE TABLE IF NOT EXISTS articles (id INTEGER);")
+
+    with pytest.raises(DatabaseUnavailable, match=r"sets no `PRAGMA user_version = N;`"):
+        with database.session() as session:
+            session.fetch_all("SELECT id FROM articles")
+
+
+def test_a_sqlite_file_that_cannot_be_opened_is_still_unavailable(tmp_path: Path) -> None:
+    """Only a missing table or column is the schema's fault; other errors keep their message."""
+    (tmp_path / "site.sqlite3").write_bytes(b"not a database" * 100)
+
+    with pytest.raises(DatabaseUnavailable, match="cannot open") as raised:
+        with open_database(f"sqlite:///{tmp_path}/site.sqlite3").session() as session:
+            session.fetch_all("SELECT 1")
+    assert "schema" not in str(raised.value)

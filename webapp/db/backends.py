@@ -301,6 +301,15 @@ class Session:
         if self._connection is not None:
             self.database.release(self._connection, broken=True)
             self._connection = None
+        if isinstance(error, sqlite3.OperationalError) and SQLITE_SCHEMA_ERROR.match(str(error)):
+            # Reachable, but without the app's tables: "database unavailable" would send
+            # whoever reads it to the file or the disk instead of the schema.
+            raise DatabaseUnavailable(
+                f"the database ({redact_url(self.database.url)}) does not have the app's schema"
+                f" ({first_line(error)}): the app applies schema_sqlite.sql only to a database"
+                " whose PRAGMA user_version is below the one the script ends with, so raise that"
+                " number whenever the schema changes, or start from a new database file"
+            ) from None
         raise DatabaseUnavailable(
             f"database unavailable ({redact_url(self.database.url)}): {first_line(error)}"
         ) from None
@@ -322,6 +331,11 @@ class Session:
                 raise DatabaseUnavailable("database unavailable while committing") from None
         finally:
             self.database.release(connection, broken=broken)
+
+
+#: How SQLite says a statement names a table or column the database lacks: its schema is
+#: not the one the app's queries are written for.
+SQLITE_SCHEMA_ERROR = re.compile(r"no such (?:table|column)|table \S+ has no column named")
 
 
 class SQLiteDatabase(Database):
@@ -386,7 +400,14 @@ class SQLiteDatabase(Database):
 
 def _script_version(script: str) -> int:
     """The ``PRAGMA user_version = N`` a schema script ends with."""
-    return int(re.search(r"PRAGMA user_version = (\d+);", script).group(1))  # type: ignore[union-attr]
+    found = re.search(r"PRAGMA user_version = (\d+);", script)
+    if found is None:
+        # A copy of the template with its own schema may not know the line is needed.
+        raise DatabaseUnavailable(
+            "schema_sqlite.sql sets no `PRAGMA user_version = N;` (at its end): the app applies"
+            " the script to a database whose user_version is below N, and never without one"
+        )
+    return int(found.group(1))
 
 
 class PostgresDatabase(Database):
