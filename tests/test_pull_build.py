@@ -17,6 +17,7 @@ from tests.conftest import SMALL_SEED, make_app, require_binary
 from webapp.db import get_database
 from webapp.db.seed import seed
 from webapp.freeze import FreezeError, freeze, pull_build
+from webapp.freeze.pull import NGINX_INCLUDES
 
 
 @pytest.fixture(autouse=True)
@@ -196,3 +197,11 @@ def test_the_command_pulls_into_freeze_dir_and_says_when_nginx_must_reload(
     assert tree_of(Path(nginx_host.config["FREEZE_DIR"])) == tree_of(source)
     failed = nginx_host.test_cli_runner().invoke(args=["pull-build", str(tmp_path / "x" / "build")])
     assert failed.exit_code != 0 and "cannot read" in failed.output
+
+
+def test_a_pull_watches_every_file_the_build_writes_for_nginx(source: Path) -> None:
+    """What nginx reads only on a reload is named once: a pull that missed one (a copy of the
+    template renaming its redirect map, say) would leave nginx on the old one, silently."""
+    written = {path.relative_to(source).as_posix() for path in (source / "nginx").iterdir()}
+
+    assert written == set(NGINX_INCLUDES)

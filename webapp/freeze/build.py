@@ -61,7 +61,15 @@ from ..db import get_session, queries
 from ..db.backends import DatabaseUnavailable
 from ..models import Episode, EpisodeRevision, episode_path
 from . import chunked_gzip
-from .output import BuildTrees, FileRecord, FreezeError, Range, content_digest
+from .output import (
+    EPISODE_MAP,
+    REDIRECTS,
+    BuildTrees,
+    FileRecord,
+    FreezeError,
+    Range,
+    content_digest,
+)
 from .site import (
     EpisodeTable,
     Page,
@@ -77,8 +85,6 @@ from .splice import Layout, LiveListing, Splice
 
 #: The .gz of a file still being made: how to get its pieces and layout, when written.
 Compressed = Callable[[], tuple[Sequence[bytes | Range], str | None]]
-EPISODE_MAP = "nginx/episodes.map"
-REDIRECTS = "nginx/redirects.conf"
 
 
 @dataclass(frozen=True)

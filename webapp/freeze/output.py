@@ -50,6 +50,10 @@ STATE_FILE = ".freeze-state.json"
 #: Bumped when the state's meaning changes: a state of another format is not trusted.
 STATE_FORMAT = 2
 MANIFEST_FILE = "manifest.json"
+#: What a build writes for nginx, which nginx reads only when it starts or reloads: the
+#: episode redirects (a map, site.episodes_map) and the app's other redirects to frozen pages.
+EPISODE_MAP = "nginx/episodes.map"
+REDIRECTS = "nginx/redirects.conf"
 TREE_NAMES = ("a", "b")
 
 

@@ -41,10 +41,19 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .output import STATE_FILE, TREE_NAMES, BuildTrees, FreezeError, TreeDigest, read_state
+from .output import (
+    EPISODE_MAP,
+    REDIRECTS,
+    STATE_FILE,
+    TREE_NAMES,
+    BuildTrees,
+    FreezeError,
+    TreeDigest,
+    read_state,
+)
 
-#: What nginx reads only when it starts or reloads.
-NGINX_INCLUDES = ("nginx/episodes.map", "nginx/redirects.conf")
+#: What nginx reads only when it starts or reloads: the names the build writes them under.
+NGINX_INCLUDES = (EPISODE_MAP, REDIRECTS)
 #: Seconds rsync may go without any data before it gives up.
 RSYNC_TIMEOUT = 60
 
