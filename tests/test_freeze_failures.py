@@ -12,7 +12,7 @@ from jinja2 import ChoiceLoader, DictLoader
 from tests.test_freeze import assert_matches_live, episodes_of, everything_under, execute, versions
 from webapp import create_app
 from webapp.db import get_database
-from webapp.freeze import FreezeError, SiteBuild, freeze
+from webapp.freeze import FreezeError, SiteBuild, freeze, site
 
 
 @pytest.fixture
@@ -49,6 +49,20 @@ def test_a_read_only_parent_directory_is_named(app, tmp_path):
         parent.chmod(0o755)
     assert result.exit_code == 1
     assert "cannot write to" in result.output and "Permission denied" in result.output
+
+
+def test_a_rendering_library_that_is_not_installed_is_named(app, dest, monkeypatch):
+    """A copy of the template that drops a library from its dependencies, but not from the
+    list of those whose versions a build digests, is told which and where: no traceback."""
+    monkeypatch.setattr(site, "RENDERING_LIBRARIES", (*site.RENDERING_LIBRARIES, "no-such-lib"))
+    site._library_versions.cache_clear()
+    try:
+        result = freeze_cli(app, dest)
+    finally:
+        site._library_versions.cache_clear()
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "no-such-lib is not installed, and RENDERING_LIBRARIES" in result.output
+    assert not dest.exists()
 
 
 def test_an_empty_database_keeps_the_previous_build(app, dest):

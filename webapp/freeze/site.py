@@ -46,7 +46,7 @@ import re
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
@@ -335,7 +335,20 @@ def code_fingerprint(app: Flask) -> str:
 def _library_versions() -> str:
     # Once per process: it renders with the versions it imported, whatever
     # pip has installed since (and reading package metadata is slow).
-    return "".join(f"{library}={version(library)}\0" for library in RENDERING_LIBRARIES)
+    return "".join(f"{library}={_version(library)}\0" for library in RENDERING_LIBRARIES)
+
+
+def _version(library: str) -> str:
+    try:
+        return version(library)
+    except PackageNotFoundError:
+        # A copy of the template that drops a library (Pillow, with the artwork) from its
+        # dependencies meets this list first.
+        raise FreezeError(
+            f"{library} is not installed, and RENDERING_LIBRARIES (webapp/freeze/site.py) names"
+            " it: a build digests the version of every library that renders pages; remove it"
+            " from the list if no page renders with it, or install it"
+        ) from None
 
 
 def _rendering_files(app: Flask) -> set[Path]:
