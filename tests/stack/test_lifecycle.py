@@ -112,6 +112,9 @@ def test_serve_in_the_foreground_stops_cleanly_on_ctrl_c(
     finally:
         if process.poll() is None:
             process.kill()
+            # supervisord and its programs are in sessions of their own, and outlive the kill:
+            # a failed assertion above must not leave a stack running for the rest of the session.
+            serve("stop", "--run-dir", str(run_dir), env={}).communicate(timeout=90)
     output = "".join(lines)
     assert process.returncode == 0, output
     assert "stopped; nothing left running" in output
