@@ -227,6 +227,21 @@ def test_a_preflight_is_answered(client):
     assert int(response.headers["Access-Control-Max-Age"]) > 0
 
 
+@pytest.mark.parametrize("path", ["/api/episodes", "/api/episodes/3", "/api/openapi.json"])
+@pytest.mark.parametrize("preflight", [True, False])
+def test_options_is_a_204_with_allow_and_no_html(client, path, preflight):
+    """OPTIONS, a CORS preflight or not, says which methods the resource takes, with no content
+    and so no Content-Type: not the empty text/html 200 Flask answers by default."""
+    headers = {"Origin": "https://app.example"}
+    if preflight:
+        headers["Access-Control-Request-Method"] = "GET"
+    response = client.options(path, headers=headers)
+    assert (response.status_code, response.data) == (204, b"")
+    assert "Content-Type" not in response.headers
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
 @pytest.mark.parametrize("path", ["/", "/episodes/", "/search?q=python", "/health"])
 def test_pages_allow_no_other_origin(client, path):
     response = client.get(path, headers={"Origin": "https://app.example"})

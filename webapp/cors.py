@@ -43,6 +43,8 @@ def allow_any_origin(response: R) -> R:
 def preflight() -> Response:
     """The answer to a CORS preflight: the methods and headers a script may use, and how long."""
     response = allow_any_origin(Response(status=204))
+    # No content, so no Content-Type (Werkzeug's default would claim text/html).
+    del response.headers["Content-Type"]
     response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
     response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
     response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
@@ -63,10 +65,10 @@ def _readable(path: str) -> bool:
 
 
 def _answer_preflight() -> Response | None:
-    """A ``before_request`` hook: a preflight for a route that exists gets its answer."""
+    """A ``before_request`` hook: a preflight for a route that exists gets its answer, and so does
+    a plain OPTIONS there (its Allow), rather than Flask's empty 200 labelled text/html."""
     if (
         request.method == "OPTIONS"
-        and "Access-Control-Request-Method" in request.headers
         and request.url_rule is not None
         and _readable(request.path)
     ):
