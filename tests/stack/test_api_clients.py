@@ -10,15 +10,19 @@ frozen feed but no page and not the profiler.
 from __future__ import annotations
 
 import json
+import time
 from email.message import Message
+from pathlib import Path
 
 import pytest
 from request_profiler import make_token
 
 from deploy.stack import Stack
+from webapp.db import get_database
+from webapp.db.seed import seed
 from webapp.errors import STATUS_PHRASES
 
-from .conftest import PROFILER_SECRET
+from .conftest import EPISODES, PROFILER_SECRET, build_site
 from .probe_wsgi import GC_PATH, SLEEP_PATH
 from .support import get, raw_request
 
@@ -170,6 +174,24 @@ def test_api_answers_revalidate_through_nginx(site_stack: Stack, encoding: str |
         assert headers["ETag"].removeprefix("W/") == etag.removeprefix("W/")
     link = get(url)[1]["Link"]
     assert 'rel="next"' in link and "<https://podcast.test/api/episodes?page=3&per_page=10>" in link
+
+
+def test_an_edit_shows_within_a_second_after_a_quiet_spell(make_stack, tmp_path: Path) -> None:
+    """The micro-cache keeps an answer one second: the first request after that gets the app's
+    answer, not the copy from before the quiet spell (up to `inactive`, 10 minutes, old)
+    while nginx refreshes it in the background."""
+    own = build_site(f"sqlite:///{tmp_path}/own.sqlite3", tmp_path / "own")
+    try:
+        stack = make_stack(own)
+        url = stack.settings.url + "/api/episodes?per_page=5"
+        assert json.loads(get(url)[2])["total"] == EPISODES
+        time.sleep(2)  # the micro-cache's copy is past its second
+        with get_database(own.app).session() as session:
+            seed(session, EPISODES + 1)
+        status, headers, body = get(url)
+        assert (status, json.loads(body)["total"]) == (200, EPISODES + 1), headers["X-Cache-Status"]
+    finally:
+        get_database(own.app).close()
 
 
 # --- CORS --------------------------------------------------------------------------------
