@@ -116,6 +116,22 @@ def test_a_request_line_nginx_cannot_parse_gets_its_400_page(site_stack: Stack) 
     assert headers["X-Content-Type-Options"] == "nosniff"
 
 
+@pytest.mark.parametrize("method", [b"TRACE", b"CONNECT"])
+def test_a_method_nginx_refuses_itself_is_a_405_problem_with_allow_on_the_api(
+    site_stack: Stack, method: bytes
+) -> None:
+    """nginx answers TRACE and CONNECT before choosing a location: the API's 405, not an HTML
+    page without Allow (RFC 9110 requires it on a 405), as the app's 405s carry."""
+    host, port = site_stack.settings.host, site_stack.settings.port
+    head = b" HTTP/1.1\r\nHost: localhost\r\nOrigin: https://player.example\r\n\r\n"
+    answer = raw_request(host, port, method + b" /api/episodes" + head)
+    assert_problem(answer, 405)
+    assert answer[1].get_all("Allow") == ["GET, HEAD, OPTIONS"]
+    got, headers, _ = raw_request(host, port, method + b" /search" + head)
+    assert got == 405 and headers["Content-Type"].startswith("text/html")
+    assert "Allow" not in headers and "Access-Control-Allow-Origin" not in headers
+
+
 def test_the_apps_own_problems_pass_through_once(site_stack: Stack) -> None:
     problem = assert_problem(get(site_stack.settings.url + "/api/episodes/99999", ORIGIN), 404)
     assert problem["detail"] == "There is no episode 99999."
