@@ -235,6 +235,19 @@ def test_other_origins_read_the_api_the_feed_and_transcripts_not_pages(
     assert "Access-Control-Allow-Origin" not in headers
 
 
+def test_a_range_past_the_end_of_the_feed_is_readable_once(site_stack: Stack) -> None:
+    """nginx adds its headers to the frozen feed, then finds the range unsatisfiable and sends
+    a 416 through its headers again: one Access-Control-Allow-Origin, not "*, *" (which a
+    browser refuses), as for any answer."""
+    status, headers, _ = get(
+        site_stack.settings.url + "/episodes/rss",
+        ORIGIN | {"Range": "bytes=999999999-"},
+    )
+    assert status == 416
+    assert headers.get_all("Access-Control-Allow-Origin") == ["*"]
+    assert headers.get_all("Access-Control-Expose-Headers") == ["ETag, Link, Retry-After"]
+
+
 # The feed too: a script revalidating it sends If-None-Match, which is not CORS-safelisted.
 @pytest.mark.parametrize("path", ["/api/episodes", "/episodes/rss", "/episodes/12/transcript.html"])
 def test_a_preflight_through_nginx(site_stack: Stack, path: str) -> None:
