@@ -36,6 +36,40 @@ def test_the_document_is_valid_openapi_3_1(client):
     assert document["servers"] == [{"url": "https://podcast.test/api"}]
 
 
+def _resolve(document: dict, item: dict) -> dict:
+    while "$ref" in item:
+        _, kind, name = item["$ref"].removeprefix("#/").split("/")
+        item = document["components"][kind][name]
+    return item
+
+
+#: Every error status a client of the API can get, from the app (webapp/errors.py) or from
+#: nginx in front of it (deploy/nginx/site.conf.j2), each as problem details.
+ERROR_STATUSES = [400, 404, 405, 413, 414, 429, 500, 501, 502, 503, 504]
+
+
+@pytest.mark.parametrize("status", ERROR_STATUSES)
+def test_every_error_an_operation_can_answer_is_described_as_problem_details(status):
+    """A client generated from the description parses any error it gets, not only the 400s,
+    404s and 503s the operations name: a 405, nginx's 413, 429, 502 …, and the 400 that a query
+    string which is not UTF-8 gets on every operation."""
+    document = openapi_document("https://podcast.test")
+    for path, item in document["paths"].items():
+        responses = item["get"]["responses"]
+        described = _resolve(document, responses.get(str(status)) or responses.get("default", {}))
+        content = described.get("content", {})
+        assert list(content) == ["application/problem+json"], (path, status)
+        assert content["application/problem+json"]["schema"] == {
+            "$ref": "#/components/schemas/Problem"
+        }
+
+
+@pytest.mark.parametrize("path", ["/api/episodes/3", "/api/openapi.json"])
+def test_a_query_string_not_utf8_is_a_400_problem_on_every_operation(client, path):
+    response = client.get(path + "?q=%FF")
+    assert (response.status_code, response.mimetype) == (400, "application/problem+json")
+
+
 @pytest.fixture
 def live_url(app) -> Iterator[str]:
     """The app served over HTTP on a free port, in a thread of this process."""

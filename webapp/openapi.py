@@ -16,7 +16,7 @@ from typing import Any
 from .models import MAX_EPISODE_NUMBER
 
 #: Bump with every change to what the API answers.
-API_VERSION = "1.1.0"
+API_VERSION = "1.1.1"
 #: What blueprints/api.py accepts: one place, so the description cannot drift from the limits.
 #: Far past any real catalogue; a larger page number is malformed, not a miss.
 MAX_PAGE = 1_000_000
@@ -66,6 +66,9 @@ def _responses(ok: dict[str, Any], *errors: str) -> dict[str, Any]:
     for status in errors:
         responses[status] = _ref("responses", {"400": "BadRequest", "404": "NotFound"}[status])
     responses["503"] = _ref("responses", "Unavailable")
+    # Any other error is problem details too, whoever answers: a 405, a 400 for a query string that
+    # is not UTF-8, a 500, and nginx's own (413, 414, 429, 502, 504: deploy/nginx/site.conf.j2).
+    responses["default"] = _ref("responses", "Error")
     return responses
 
 
@@ -284,6 +287,7 @@ def openapi_document(site_url: str) -> dict[str, Any]:
                 },
                 "BadRequest": _problem_response("A malformed or out-of-range parameter"),
                 "NotFound": _problem_response("No such episode, or no such page"),
+                "Error": _problem_response("Any other error"),
                 "Unavailable": _problem_response(
                     "The database is unreachable; try again after Retry-After",
                     **{"Retry-After": _ref("headers", "RetryAfter")},
