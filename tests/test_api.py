@@ -110,6 +110,24 @@ def test_answers_carry_a_strong_etag_and_a_lifetime_and_revalidate(client, path)
     assert client.get(path, headers={"If-None-Match": '"stale"'}).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "path", ["/api/episodes?page=2&per_page=5", "/api/episodes/3", "/api/openapi.json"]
+)
+def test_if_match_is_evaluated_as_rfc_9110_says(client, path):
+    """If-Match first, with strong comparison, "*" for any current answer; false, a 412 problem
+    (not the answer's own body under a 412); true, If-None-Match is then evaluated as usual."""
+    etag = client.get(path).headers["ETag"]
+    for if_match in ["*", etag, f'"x", {etag}']:
+        response = client.get(path, headers={"If-Match": if_match})
+        assert response.status_code == 200 and response.headers["ETag"] == etag, if_match
+        both = client.get(path, headers={"If-Match": if_match, "If-None-Match": etag})
+        assert both.status_code == 304, if_match
+    for if_match in ['"x"', f"W/{etag}"]:  # W/: If-Match compares strongly
+        response = client.get(path, headers={"If-Match": if_match})
+        assert_problem(response, 412, "Precondition Failed")
+        assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
 def test_the_etag_changes_with_the_data(app, client):
     before = client.get("/api/episodes/3")
     with get_database(app).session() as session:
