@@ -132,6 +132,21 @@ def test_a_method_nginx_refuses_itself_is_a_405_problem_with_allow_on_the_api(
     assert "Allow" not in headers and "Access-Control-Allow-Origin" not in headers
 
 
+@pytest.mark.parametrize(
+    "precondition",
+    [{"If-Match": '"not-the-etag"'}, {"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}],
+)
+def test_a_precondition_nginx_finds_false_is_a_412_problem(
+    site_stack: Stack, precondition: dict[str, str]
+) -> None:
+    """nginx evaluates If-Match and If-Unmodified-Since on the app's 200 (the micro-cache keeps
+    them from the app): its 412 is problem details, not its HTML page."""
+    url = site_stack.settings.url + "/api/episodes/4"
+    for _ in range(2):  # from the app, then from the micro-cache
+        assert_problem(get(url, ORIGIN | precondition), 412)
+    assert get(url, ORIGIN | {"If-Match": "*"})[0] == 200
+
+
 def test_the_apps_own_problems_pass_through_once(site_stack: Stack) -> None:
     problem = assert_problem(get(site_stack.settings.url + "/api/episodes/99999", ORIGIN), 404)
     assert problem["detail"] == "There is no episode 99999."
