@@ -45,7 +45,7 @@ def _resolve(document: dict, item: dict) -> dict:
 
 #: Every error status a client of the API can get, from the app (webapp/errors.py) or from
 #: nginx in front of it (deploy/nginx/site.conf.j2), each as problem details.
-ERROR_STATUSES = [400, 404, 405, 413, 414, 429, 500, 501, 502, 503, 504]
+ERROR_STATUSES = [400, 404, 405, 412, 413, 414, 429, 500, 501, 502, 503, 504]
 
 
 @pytest.mark.parametrize("status", ERROR_STATUSES)

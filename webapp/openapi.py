@@ -67,7 +67,8 @@ def _responses(ok: dict[str, Any], *errors: str) -> dict[str, Any]:
         responses[status] = _ref("responses", {"400": "BadRequest", "404": "NotFound"}[status])
     responses["503"] = _ref("responses", "Unavailable")
     # Any other error is problem details too, whoever answers: a 405, a 400 for a query string that
-    # is not UTF-8, a 500, and nginx's own (413, 414, 429, 502, 504: deploy/nginx/site.conf.j2).
+    # is not UTF-8, a 412 (If-Match), a 500, and nginx's own (413, 414, 429, 502, 504:
+    # deploy/nginx/site.conf.j2).
     responses["default"] = _ref("responses", "Error")
     return responses
 
