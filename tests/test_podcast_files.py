@@ -114,6 +114,29 @@ def test_players_on_other_origins_may_read_them_and_revalidate(client, path):
     assert again.status_code == 304 and again.data == b""
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/episodes/{WITH_CHAPTERS}/transcript.html",
+        f"/episodes/{WITH_CHAPTERS}/chapters.json",
+        "/artwork.png",
+    ],
+)
+def test_if_match_is_evaluated_as_rfc_9110_says(client, path):
+    """As nginx judges it in front: "*" or the ETag is the answer (If-None-Match then applies);
+    any other a 412 page, not the answer's own body under a 412."""
+    response = client.get(path)
+    etag = response.headers["ETag"]
+    for if_match in ["*", etag]:
+        matched = client.get(path, headers={"If-Match": if_match})
+        assert (matched.status_code, matched.data) == (200, response.data), if_match
+        both = client.get(path, headers={"If-Match": if_match, "If-None-Match": etag})
+        assert both.status_code == 304, if_match
+    refused = client.get(path, headers={"If-Match": '"x"'})
+    assert refused.status_code == 412 and refused.mimetype == "text/html"
+    assert response.data not in refused.data
+
+
 def test_an_edit_changes_the_chapters_and_their_etag(app, client):
     path = f"/episodes/{WITH_CHAPTERS}/chapters.json"
     before = client.get(path)

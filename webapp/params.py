@@ -1,5 +1,6 @@
 """Reading request parameters strictly: a malformed value is a 400 with a reason; a path
-holds a number only as the site writes it (:class:`CanonicalInteger`).
+holds a number only as the site writes it (:class:`CanonicalInteger`); If-Match is judged as
+RFC 9110 says (:func:`if_match_fails`).
 
 page = int_arg("page", default=1, minimum=1, maximum=10_000)
 """
@@ -7,6 +8,7 @@ page = int_arg("page", default=1, minimum=1, maximum=10_000)
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from flask import abort, request
@@ -58,3 +60,18 @@ def reject_undecodable_query_string() -> None:
             unquote_to_bytes(raw.encode("latin-1")).decode("utf-8")
         except (UnicodeEncodeError, UnicodeDecodeError):
             abort(400, description="the query string is not valid UTF-8")
+
+
+def if_match_fails(etag: str) -> bool:
+    """Whether the request's If-Match names none of ``etag`` (an answer's, unquoted) and ``*``.
+
+    RFC 9110 13.1.1: compared strongly, evaluated before If-None-Match. Werkzeug's
+    ``make_conditional`` gets it wrong ("*" fails; a false one keeps the answer's body under its
+    412; a true one hides a matching If-None-Match): hand it :func:`without_if_match`.
+    """
+    return bool(request.if_match) and not request.if_match.contains(etag)
+
+
+def without_if_match() -> dict[str, Any]:
+    """The request's WSGI environ but If-Match, already judged by :func:`if_match_fails`."""
+    return {key: value for key, value in request.environ.items() if key != "HTTP_IF_MATCH"}

@@ -27,7 +27,7 @@ from ..errors import problem
 from ..listing import Fragments
 from ..models import MAX_EPISODE_NUMBER, Episode, EpisodeItem, EpisodePage, SiteState
 from ..openapi import DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE, openapi_document
-from ..params import int_arg
+from ..params import if_match_fails, int_arg, without_if_match
 from ..rss import CHAPTERS_PATH, TRANSCRIPT_PATH
 from ..show_notes import show_notes_html
 
@@ -194,11 +194,7 @@ def cacheable(response: Response) -> Response:
     if request.method in ("GET", "HEAD") and response.status_code == 200:
         response.headers["Cache-Control"] = CACHE_CONTROL
         response.add_etag()
-        # If-Match is evaluated first (RFC 9110 13.2.2), strongly, "*" matching any answer.
-        # Werkzeug's make_conditional gets it wrong: "*" was a 412, a 412 kept the answer's body,
-        # and a true If-Match hid a matching If-None-Match (a 200, not a 304). So it sees the rest.
-        if request.if_match and not request.if_match.contains(response.get_etag()[0] or ""):
+        if if_match_fails(response.get_etag()[0] or ""):
             return problem(412, "The answer has changed: its ETag is none of those If-Match names.")
-        environ = {key: value for key, value in request.environ.items() if key != "HTTP_IF_MATCH"}
-        response.make_conditional(environ)
+        response.make_conditional(without_if_match())
     return response

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, abort, current_app, render_template, request
+from flask import Blueprint, Response, abort, current_app, render_template
 from werkzeug.wrappers import Response as BaseResponse
 
 from ..artwork import cover_art
 from ..db import get_session, queries
 from ..models import MAX_EPISODE_NUMBER, Episode
+from ..params import if_match_fails, without_if_match
 from ..rss import ARTWORK_PATH, CHAPTERS_PATH, TRANSCRIPT_PATH
 
 blueprint = Blueprint("podcast", __name__)
@@ -38,7 +39,9 @@ def _cacheable(response: Response, cache_control: str) -> BaseResponse:
     """``response`` with a strong ETag of its body, answered 304 if the client has it already."""
     response.headers["Cache-Control"] = cache_control
     response.add_etag()
-    return response.make_conditional(request)
+    if if_match_fails(response.get_etag()[0] or ""):
+        abort(412, description="The answer has changed: its ETag is none of those If-Match names.")
+    return response.make_conditional(without_if_match())
 
 
 def _episode(number: int) -> Episode:
