@@ -67,11 +67,7 @@ def _readable(path: str) -> bool:
 def _answer_preflight() -> Response | None:
     """A ``before_request`` hook: a preflight for a route that exists gets its answer, and so does
     a plain OPTIONS there (its Allow), rather than Flask's empty 200 labelled text/html."""
-    if (
-        request.method == "OPTIONS"
-        and request.url_rule is not None
-        and _readable(request.path)
-    ):
+    if request.method == "OPTIONS" and request.url_rule is not None and _readable(request.path):
         return preflight()
     return None
 

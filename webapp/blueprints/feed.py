@@ -38,6 +38,7 @@ from ..db import get_session, queries
 from ..freeze import chunked_gzip
 from ..listing import Entry, Fragments, Frame, Listing, register_page
 from ..models import Episode, SiteState
+from ..params import if_match_fails
 from ..rss import (
     CONTENT_TYPE,
     GZIP_CHUNK_EVERY,
@@ -137,9 +138,8 @@ def precondition_failed(etag: str, modified: datetime) -> bool:
     an invalid date (a 412 there) or ``If-Unmodified-Since`` beside ``If-Match``
     (both judged there), the app keeps to the RFC: it ignores the date.
     """
-    tags = request.headers.get("If-Match")
-    if tags is not None:
-        return not parse_etags(tags).contains(etag.strip('"'))
+    if "If-Match" in request.headers:
+        return if_match_fails(etag.strip('"'))
     since = parse_date(request.headers.get("If-Unmodified-Since"))
     return since is not None and modified > since
 
