@@ -263,6 +263,20 @@ def test_a_range_past_the_end_of_the_feed_is_readable_once(site_stack: Stack) ->
     assert headers.get_all("Access-Control-Expose-Headers") == ["ETag, Link, Retry-After"]
 
 
+def test_a_precondition_nginx_finds_failed_is_readable_from_other_origins(
+    site_stack: Stack,
+) -> None:
+    """nginx checks If-Match itself, on the app's answer or the micro-cache's, and its 412 drops
+    the app's headers: CORS comes from nginx then, once."""
+    url = site_stack.settings.url + "/api/episodes/4"
+    for _ in range(2):  # from the app, then from the micro-cache
+        status, headers, _ = get(url, ORIGIN | {"If-Match": '"not-the-etag"'})
+        assert status == 412
+        assert headers.get_all("Access-Control-Allow-Origin") == ["*"]
+        assert headers.get_all("Access-Control-Expose-Headers") == ["ETag, Link, Retry-After"]
+        assert headers.get_all("X-Content-Type-Options") == ["nosniff"]
+
+
 # The feed too: a script revalidating it sends If-None-Match, which is not CORS-safelisted.
 @pytest.mark.parametrize("path", ["/api/episodes", "/episodes/rss", "/episodes/12/transcript.html"])
 def test_a_preflight_through_nginx(site_stack: Stack, path: str) -> None:

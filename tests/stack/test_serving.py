@@ -304,6 +304,39 @@ def test_security_headers_on_every_kind_of_answer(site_stack: Stack, path: str) 
     assert "Strict-Transport-Security" not in headers  # not for a self-signed localhost
 
 
+#: Every header nginx adds to every answer (headers.conf), and those it adds to what other
+#: origins may read.
+ADDED_HEADERS = ["X-Content-Type-Options", "Referrer-Policy", "Content-Security-Policy"]
+CORS_HEADERS = ["Access-Control-Allow-Origin", "Access-Control-Expose-Headers"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "episode", "/static/style.css", "/episodes/rss", "/artwork.png"]
+)
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_range_past_the_end_of_a_frozen_file_is_a_416_with_each_header_once(
+    site_stack: Stack, site: Site, path: str, method: str
+) -> None:
+    """nginx turns a 200 into this 416 after its headers were added, and adds them again
+    unless headers.conf's maps see the second pass: "Access-Control-Allow-Origin: *, *"."""
+    path = episode_paths(site)[0] if path == "episode" else path
+    status, headers, _ = get(
+        site_stack.settings.url + path, {"Range": "bytes=999999999-"}, method=method
+    )
+    assert status == 416
+    assert headers["Content-Range"].startswith("bytes */")
+    for name in ADDED_HEADERS:
+        assert len(headers.get_all(name, [])) == 1, (name, headers.get_all(name))
+    readable = path == "/episodes/rss"
+    for name in CORS_HEADERS:
+        assert len(headers.get_all(name, [])) == readable, (name, headers.get_all(name))
+    # A range that fits is a 206 with the same headers, once.
+    status, headers, body = get(site_stack.settings.url + path, {"Range": "bytes=0-9"})
+    assert (status, len(body)) == (206, 10)
+    for name in ADDED_HEADERS + (CORS_HEADERS if readable else []):
+        assert len(headers.get_all(name, [])) == 1, (name, headers.get_all(name))
+
+
 def test_pages_satisfy_their_content_security_policy(site: Site) -> None:
     """default-src 'none', style-src 'self': no script, no inline style, nothing from elsewhere."""
     for page in sorted(site.build_dir.rglob("*.html")):
