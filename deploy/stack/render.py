@@ -50,6 +50,9 @@ _NOT_NGINX = re.compile(r"[;{}#\"'\\\x00-\x1f]")
 #: A server's values file (deploy/README.md): every name it must set, and each one's type.
 PRODUCTION_VALUES = DEPLOY_DIR / "nginx" / "production.toml"
 _TLS = frozenset({"https_listen", "certificate", "certificate_key"})
+#: A time as nginx reads it: "10s", "500ms", "1m30s" (or bare seconds, which a value may be but
+#: production.toml never writes: its "80" is a port).
+_NGINX_TIME = re.compile(r"(?:[0-9]+(?:ms|s|m|h|d))+")
 
 
 @functools.cache
@@ -65,9 +68,10 @@ def nginx_variables() -> frozenset[str]:
 
 def check_server_values(values: dict[str, Any]) -> None:
     """A server's values (a copy of production.toml) hold every name production.toml sets (the
-    TLS three all or none), each of its type; paths absolute, at least one upstream, counts not
-    negative, and HTTPS only with an HTTPS server. StackError naming each problem otherwise:
-    a template's default is the local stack's (a relative pid file, no rate limit ...)."""
+    TLS three all or none), each of its type; paths absolute, times as nginx reads them ("10s"),
+    at least one upstream, counts not negative, and HTTPS only with an HTTPS server. StackError
+    naming each problem otherwise: a template's default is the local stack's (a relative pid
+    file, no rate limit ...)."""
     model = tomllib.loads(PRODUCTION_VALUES.read_text())
     required = model.keys() - (set() if _TLS & values.keys() else _TLS)
     problems = [f"{name} is missing" for name in sorted(required - values.keys())]
@@ -78,6 +82,9 @@ def check_server_values(values: dict[str, Any]) -> None:
             problems.append(f"{name} must be {type(like).__name__}, like {like!r}")
         elif isinstance(like, str) and like.startswith("/") and not value.startswith("/"):
             problems.append(f"{name} must be an absolute path, not {value!r}")
+        elif isinstance(like, str) and _NGINX_TIME.fullmatch(like):
+            if not (value.isdigit() or _NGINX_TIME.fullmatch(value)):
+                problems.append(f"{name} must be a time nginx reads, like {like!r}, not {value!r}")
         elif isinstance(like, int) and value < 0 or isinstance(like, list) and not value:
             problems.append(f"{name} cannot be {value!r}")
     if values.get("https_only") and not values.get("https_listen"):

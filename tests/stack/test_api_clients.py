@@ -9,7 +9,9 @@ frozen feed but no page and not the profiler.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from email.message import Message
 from pathlib import Path
@@ -24,7 +26,7 @@ from webapp.errors import STATUS_PHRASES
 
 from .conftest import EPISODES, PROFILER_SECRET, build_site
 from .probe_wsgi import GC_PATH, SLEEP_PATH
-from .support import get, raw_request
+from .support import get, raw_request, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -184,6 +186,41 @@ def test_past_the_rate_limit_is_a_429_problem_with_retry_after(make_stack) -> No
     assert limited[0][1]["Retry-After"] == "1"
     # Only the API is limited: pages are served on.
     assert all(get(url + "/")[0] == 200 for _ in range(5))
+
+
+def test_slow_clients_hold_no_worker_and_at_most_the_limit_per_address(make_stack) -> None:
+    """A slow body holds an nginx connection, never a uWSGI worker, and one address holds at
+    most connections_per_address of them; a slow request head is cut at client_header_timeout."""
+    stack = make_stack(nginx_options={"connections_per_address": 3, "client_header_timeout": "1s"})
+    url, port = stack.settings.url, int(stack.settings.url.rsplit(":", 1)[1])
+    head = b"POST /api/episodes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{"
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        for client in slow:
+            client.sendall(head)  # and never the rest of the body
+        # nginx reads a body whole before passing the request on: every worker is idle.
+        assert wait_until(lambda: get(url + "/")[0] == 429, timeout=5)
+        for instance in stack.instances:
+            assert {w["status"] for w in instance.stats()["workers"]} == {"idle"}
+        # The fourth request from the address is refused, a problem on the API.
+        assert_problem(get(url + "/api/episodes/1", ORIGIN), 429)
+    finally:
+        for client in slow:
+            client.close()
+    assert wait_until(lambda: get(url + "/")[0] == 200, timeout=5)
+    # A head trickled a byte at a time is cut once client_header_timeout has passed.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        started = time.monotonic()
+        with pytest.raises(OSError):  # reset (reset_timedout_connection), or closed
+            for byte in b"X-Slow: " + b"a" * 100:
+                time.sleep(0.2)
+                client.sendall(bytes([byte]))
+                client.settimeout(0.01)
+                with contextlib.suppress(TimeoutError):
+                    if client.recv(1) == b"":
+                        raise ConnectionResetError("closed")
+        assert time.monotonic() - started < 4
 
 
 # --- Validators through nginx's gzip and micro-cache ----------------------------------------

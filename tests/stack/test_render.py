@@ -111,6 +111,14 @@ def base_nginx_variables(tmp_path: Path, **variables: object) -> dict[str, objec
         ("upstreams", ["10.0.0.9:3031"], "nginx.conf", "server 10.0.0.9:3031 max", "unix:"),
         ("api_rate_limit", 5, "site.conf", "podcast_api burst=10 nodelay;", "No rate limit"),
         ("harakiri", "7", "nginx.conf", "uwsgi_read_timeout 12s;", "uwsgi_read_timeout 35s;"),
+        (
+            "connections_per_address",
+            5,
+            "nginx.conf",
+            "limit_conn podcast_address 5;",
+            "No limit of connections per address",
+        ),
+        ("client_body_timeout", "3s", "nginx.conf", "client_body_timeout 3s;", "body_timeout 10s"),
     ],
 )
 def test_each_switch_of_the_nginx_templates_renders_a_valid_config(
@@ -151,6 +159,9 @@ def test_production_values_render_and_their_tls_lines_may_go_together(tmp_path: 
         )
         assert result.exit_code == 0, result.output
         conf = (out / "nginx.conf").read_text()
+        # Slow clients bounded, and at most 64 requests in progress per address.
+        assert "limit_conn podcast_address 64;" in conf
+        assert "client_header_timeout 10s;" in conf and "client_body_timeout 10s;" in conf
         assert ("listen 443 ssl http2" in conf) == (name == "https")
         assert ("return 301 https://" in conf) == (name == "https")
 
@@ -183,6 +194,24 @@ def test_status_where_no_stack_has_run_says_so(tmp_path: Path) -> None:
         (lambda text: text.replace("api_rate_limit = 20", 'api_rate_limit = "20"'), "must be int"),
         (lambda text: text.replace("api_rate_limit = 20", "api_rate_limit = -1"), "cannot be -1"),
         (lambda text: text.replace("https_only = true", 'https_only = "false"'), "must be bool"),
+        # A limit left out would be the local stack's: none.
+        (
+            lambda text: text.replace("connections_per_address =", "# connections_per_address ="),
+            "connections_per_address is missing",
+        ),
+        (
+            lambda text: text.replace(
+                "connections_per_address = 64", "connections_per_address = -1"
+            ),
+            "cannot be -1",
+        ),
+        # nginx -t would refuse it on the server, after the render said nothing.
+        (
+            lambda text: text.replace(
+                'client_body_timeout = "10s"', 'client_body_timeout = "10 s"'
+            ),
+            "client_body_timeout must be a time nginx reads",
+        ),
         # TLS ends in front, but the redirect to HTTPS stayed: a redirect loop.
         (without_tls, "https_only = true needs https_listen"),
         # A value holding nginx syntax would add directives of its own.
@@ -201,6 +230,9 @@ def test_status_where_no_stack_has_run_says_so(tmp_path: Path) -> None:
         "rate-a-string",
         "rate-negative",
         "switch-a-string",
+        "no-connection-limit",
+        "connection-limit-negative",
+        "timeout-not-a-time",
         "https-only-without-https",
         "directive-in-a-value",
         "newline-in-a-value",
