@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from deploy.stack.render import render_nginx, supervisor_value
 from deploy.stack.settings import DEPLOY_DIR
 from tests.conftest import require_binary
 
-from .support import free_port
+from .support import free_port, get, wait_until
 
 PRODUCTION_VALUES = DEPLOY_DIR / "nginx" / "production.toml"
 
@@ -164,6 +165,51 @@ def test_production_values_render_and_their_tls_lines_may_go_together(tmp_path: 
         assert "client_header_timeout 10s;" in conf and "client_body_timeout 10s;" in conf
         assert ("listen 443 ssl http2" in conf) == (name == "https")
         assert ("return 301 https://" in conf) == (name == "https")
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_production_redirects_to_https_on_its_own_name_whatever_the_host(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    """production.toml rendered and run (paths and ports moved under tmp_path): port 80 sends
+    any Host to https://server_name, not to the Host a request names."""
+    nginx = require_binary("nginx")
+    http_port, https_port = free_port(), free_port()
+    values = PRODUCTION_VALUES.read_text()
+    for old, new in [
+        ("/etc/letsencrypt/live/podcast.example.org/fullchain.pem", str(certificate[0])),
+        ("/etc/letsencrypt/live/podcast.example.org/privkey.pem", str(certificate[1])),
+        ('"80"', f'"127.0.0.1:{http_port}"'),
+        ('"443"', f'"127.0.0.1:{https_port}"'),
+        ('"www-data"', '"root"' if os.geteuid() == 0 else '"www-data"'),
+        *[(f'"{path}', f'"{tmp_path}{path}') for path in ("/srv", "/run", "/var")],
+    ]:
+        values = values.replace(old, new)
+    for directory in ("var/log/nginx", "var/lib/nginx", "var/cache/nginx", "run"):
+        (tmp_path / directory).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "nginx.toml").write_text(values)
+    result = CliRunner().invoke(
+        cli, ["render", str(tmp_path / "nginx.toml"), "--out", str(tmp_path / "conf")]
+    )
+    assert result.exit_code == 0, result.output
+    command = [nginx, "-p", f"{tmp_path}/", "-c", str(tmp_path / "conf" / "nginx.conf")]
+    server = subprocess.Popen([*command, "-e", "stderr", "-g", "daemon off;"])
+    try:
+        assert wait_until(lambda: listening(http_port), timeout=10), "nginx did not start"
+        for host in ["podcast.example.org", "evil.example"]:
+            status, headers, _ = get(f"http://127.0.0.1:{http_port}/episodes/?a=1", {"Host": host})
+            assert status == 301
+            assert headers["Location"] == "https://podcast.example.org/episodes/?a=1", host
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_status_where_no_stack_has_run_says_so(tmp_path: Path) -> None:

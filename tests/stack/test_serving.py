@@ -483,6 +483,11 @@ def test_an_invalid_token_is_served_as_if_there_were_none(
     assert "HIT" in statuses  # the micro-cache again
     status, _, body = get(url + "/no-such-page" + query, headers)
     assert (status, body) == (404, frozen(site, "404.html"))
+    # Routed again by @unprofiled's `rewrite ^ $uri last` with the path decoded: a CR LF in
+    # it (what gixy warns of) stays in the path, never a header.
+    status, response_headers, body = get(url + "/no-such%0d%0aX-Injected:%20yes" + query, headers)
+    assert (status, body) == (404, frozen(site, "404.html"))
+    assert "X-Injected" not in response_headers
     status, _, body = get(url + "/health" + query, headers)  # what only the app answers
     assert status == 200 and json.loads(body)["status"] == "ok"
 
