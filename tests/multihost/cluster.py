@@ -268,8 +268,9 @@ class NginxHost:
             upstreams=upstreams,
             http_listen=f"{self.host.address}:{HTTP_PORT}",
             server_name="podcast.test",
-            # The load comes from one client address on purpose: no per-address API limit.
+            # The load comes from one client address on purpose: no per-address limit.
             api_rate_limit=0,
+            connections_per_address=0,
             # Its workers read the build in pytest's 0700 directories; production: www-data.
             user="root",
             pid_file=str(self.pid_file),

@@ -244,7 +244,8 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
     conf = (out / "nginx.conf").read_text()
     assert "server unix:/run/podcast/uwsgi.sock" in conf and "server 10.0.0.6:3031" in conf
     assert "max-age=63072000" in conf  # HSTS in production
-    assert "return 301 https://$host$request_uri;" in conf
+    assert "return 301 https://$server_name$request_uri;" in conf  # not the client's Host
+    assert "limit_conn podcast_address 64;" in conf
     assert "open_file_cache_valid 10s;" in conf and "rate=20r/s" in conf
     assert f"\nroot {build};" in (out / "site.conf").read_text()
     nginx = [stack_binaries["nginx"], "-t", "-p", f"{out}/", "-c", out / "nginx.conf"]
