@@ -5,10 +5,12 @@ Never deployed.
 uWSGI runs it with the project's own uwsgi.ini
 (``UWSGI_MODULE=tests.stack.probe_wsgi:application``),
 so what is tested is the real configuration. The app itself gets no test routes: this wrapper
-answers two URLs under /api/ (a prefix nginx sends to uWSGI) and hands everything else to the site:
+answers three URLs under /api/ (a prefix nginx sends to uWSGI) and hands everything else to the
+site:
 
     /api/__test/sleep?seconds=N   sleeps, then answers 200: a request slower than harakiri
     /api/__test/gc                this worker's garbage collector: enabled? objects frozen?
+    /api/__test/body              reads the request body whole (no route of the site reads one)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from webapp.wsgi import application as site
 
 SLEEP_PATH = "/api/__test/sleep"
 GC_PATH = "/api/__test/gc"
+BODY_PATH = "/api/__test/body"
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -33,6 +36,9 @@ def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
         seconds = float(parse_qs(environ.get("QUERY_STRING", "")).get("seconds", ["1"])[0])
         time.sleep(seconds)
         body = b"slept\n"
+    elif path == BODY_PATH:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = b"%d\n" % len(environ["wsgi.input"].read(length))
     elif path == GC_PATH:
         body = json.dumps(
             {"pid": os.getpid(), "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}

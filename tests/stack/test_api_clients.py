@@ -25,7 +25,7 @@ from webapp.db.seed import seed
 from webapp.errors import STATUS_PHRASES
 
 from .conftest import EPISODES, PROFILER_SECRET, build_site
-from .probe_wsgi import GC_PATH, SLEEP_PATH
+from .probe_wsgi import BODY_PATH, GC_PATH, SLEEP_PATH
 from .support import get, raw_request, wait_until
 
 pytestmark = pytest.mark.stack
@@ -166,6 +166,9 @@ def test_no_app_server_is_a_502_problem(make_stack) -> None:
     assert (status, headers["Content-Type"]) == (502, "application/problem+json")
     assert json.loads(body)["status"] == 502
     assert "Access-Control-Allow-Origin" not in headers
+    # A podcast app's player reads a transcript from another origin: nginx's 502 too.
+    status, headers, _ = get(stack.settings.url + "/episodes/12/transcript.html", ORIGIN)
+    assert (status, headers.get_all("Access-Control-Allow-Origin")) == (502, ["*"])
 
 
 def test_an_app_server_too_slow_is_a_504_problem(make_stack) -> None:
@@ -188,26 +191,39 @@ def test_past_the_rate_limit_is_a_429_problem_with_retry_after(make_stack) -> No
     assert all(get(url + "/")[0] == 200 for _ in range(5))
 
 
+def all_idle(stack: Stack) -> bool:
+    """Whether every uWSGI worker of the stack is waiting for a request."""
+    statuses = {w["status"] for i in stack.instances for w in i.stats()["workers"]}
+    return statuses == {"idle"}
+
+
 def test_slow_clients_hold_no_worker_and_at_most_the_limit_per_address(make_stack) -> None:
     """A slow body holds an nginx connection, never a uWSGI worker, and one address holds at
     most connections_per_address of them; a slow request head is cut at client_header_timeout."""
-    stack = make_stack(nginx_options={"connections_per_address": 3, "client_header_timeout": "1s"})
+    stack = make_stack(
+        nginx_options={"connections_per_address": 3, "client_header_timeout": "1s"},
+        # A route that reads the body (the site has none): a worker given the request before
+        # its body would wait on the client.
+        uwsgi_options={"module": "tests.stack.probe_wsgi:application"},
+    )
     url, port = stack.settings.url, int(stack.settings.url.rsplit(":", 1)[1])
-    head = b"POST /api/episodes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{"
+    head = f"POST {BODY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{{"
     slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
     try:
         for client in slow:
-            client.sendall(head)  # and never the rest of the body
-        # nginx reads a body whole before passing the request on: every worker is idle.
+            client.sendall(head.encode())  # and never the rest of the body
         assert wait_until(lambda: get(url + "/")[0] == 429, timeout=5)
-        for instance in stack.instances:
-            assert {w["status"] for w in instance.stats()["workers"]} == {"idle"}
+        # nginx reads a body whole before passing the request on: every worker is idle (soon:
+        # the stack's own first requests may still be finishing), while the three are held.
+        assert wait_until(lambda: all_idle(stack), timeout=5)
         # The fourth request from the address is refused, a problem on the API.
         assert_problem(get(url + "/api/episodes/1", ORIGIN), 429)
     finally:
         for client in slow:
             client.close()
     assert wait_until(lambda: get(url + "/")[0] == 200, timeout=5)
+    status, _, body = get(url + BODY_PATH, method="POST", body=b"x" * 1000)
+    assert (status, body) == (200, b"1000\n")  # the route does read what a client sends
     # A head trickled a byte at a time is cut once client_header_timeout has passed.
     with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
         client.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
@@ -300,12 +316,13 @@ def test_a_range_past_the_end_of_the_feed_is_readable_once(site_stack: Stack) ->
     assert headers.get_all("Access-Control-Expose-Headers") == ["ETag, Link, Retry-After"]
 
 
+@pytest.mark.parametrize("path", ["/api/episodes/4", "/episodes/12/transcript.html"])
 def test_a_precondition_nginx_finds_failed_is_readable_from_other_origins(
-    site_stack: Stack,
+    site_stack: Stack, path: str
 ) -> None:
     """nginx checks If-Match itself, on the app's answer or the micro-cache's, and its 412 drops
     the app's headers: CORS comes from nginx then, once."""
-    url = site_stack.settings.url + "/api/episodes/4"
+    url = site_stack.settings.url + path
     for _ in range(2):  # from the app, then from the micro-cache
         status, headers, _ = get(url, ORIGIN | {"If-Match": '"not-the-etag"'})
         assert status == 412
