@@ -212,16 +212,16 @@ def test_slow_clients_hold_no_worker_and_at_most_the_limit_per_address(make_stac
     try:
         for client in slow:
             client.sendall(head.encode())  # and never the rest of the body
-        assert wait_until(lambda: get(url + "/")[0] == 429, timeout=5)
+        assert wait_until(lambda: get(url + "/")[0] == 429, timeout=15)
         # nginx reads a body whole before passing the request on: every worker is idle (soon:
         # the stack's own first requests may still be finishing), while the three are held.
-        assert wait_until(lambda: all_idle(stack), timeout=5)
+        assert wait_until(lambda: all_idle(stack), timeout=15)
         # The fourth request from the address is refused, a problem on the API.
         assert_problem(get(url + "/api/episodes/1", ORIGIN), 429)
     finally:
         for client in slow:
             client.close()
-    assert wait_until(lambda: get(url + "/")[0] == 200, timeout=5)
+    assert wait_until(lambda: get(url + "/")[0] == 200, timeout=15)
     status, _, body = get(url + BODY_PATH, method="POST", body=b"x" * 1000)
     assert (status, body) == (200, b"1000\n")  # the route does read what a client sends
     # A head trickled a byte at a time is cut once client_header_timeout has passed.
@@ -236,7 +236,9 @@ def test_slow_clients_hold_no_worker_and_at_most_the_limit_per_address(make_stac
                 with contextlib.suppress(TimeoutError):
                     if client.recv(1) == b"":
                         raise ConnectionResetError("closed")
-        assert time.monotonic() - started < 4
+        assert (
+            time.monotonic() - started < 8
+        )  # the 20 s it would take, less a busy machine's delays
 
 
 # --- Validators through nginx's gzip and micro-cache ----------------------------------------

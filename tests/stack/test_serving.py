@@ -24,7 +24,7 @@ from werkzeug.routing import Rule
 from deploy.stack import Stack
 
 from .conftest import PROFILER_SECRET, Site
-from .support import get, raw_request, timed_requests
+from .support import get, raw_request, timed_requests, wait_until
 
 pytestmark = pytest.mark.stack
 
@@ -532,6 +532,11 @@ def test_profiler_viewer_through_nginx_keeps_its_own_csp(site_stack: Stack) -> N
     token = make_token(PROFILER_SECRET, 300)
     url = site_stack.settings.url
     get(url + "/api/episodes/2", {"X-Profile-Token": token})  # at least one stored profile
+    # Stored by the writer thread, soon after the answer: the list shows it within a second.
+    assert wait_until(
+        lambda: b"<tbody><tr" in get(url + "/_profiler/", {"X-Profile-Token": token})[2],
+        timeout=10,
+    )
     status, headers, body = get(url + "/_profiler/", {"X-Profile-Token": token})
     assert status == 200
     policies = headers.get_all("Content-Security-Policy")
