@@ -6,13 +6,18 @@
     python -m lab.compare --absolute        # raw medians, pytest-benchmark's own compare-fail
 
 ``scripts/bench-compare`` runs this in the project's venv. Baselines live in
-pytest-benchmark's storage (``.benchmarks/``, one folder per machine).
+pytest-benchmark's storage (``.benchmarks/``, one folder per machine id: system,
+Python x.y, bits); only this interpreter's folder is compared against.
 
 By default medians are compared as ratios: each benchmark's median is divided
 by the median of ``test_calibration`` (tests/benchmarks/test_calibration_bench.py,
 a fixed workload that uses nothing from the project) measured in the same
 run. A machine that is busier now than when the baseline was saved slows
 both alike, and the ratio cancels it; a slower code path moves only its own.
+A selection (``-- -k feed``) that leaves the calibration out gets it measured
+by a second pytest run. What else differs between the two runs (another
+machine, other pytest-benchmark settings such as ``--quick`` in one only) is
+printed as a warning: the ratios cannot tell it from the code.
 ``--absolute`` wraps ``--benchmark-compare-fail=median:N%`` instead, which
 is right on a quiet, dedicated machine.
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pytest_benchmark.utils import get_machine_id
 
 from .command import run_command
 
@@ -36,6 +42,14 @@ BASELINE_NAME = "baseline"
 DEFAULT_THRESHOLD = 15.0
 #: pytest-benchmark options that make every benchmark short, for CI's proof that they run.
 QUICK_OPTIONS = ["--benchmark-max-time=0.1", "--benchmark-min-rounds=3", "--benchmark-warmup=off"]
+CALIBRATION_FILE = "tests/benchmarks/test_calibration_bench.py"
+#: What in pytest-benchmark's machine_info tells two machines (or interpreters) apart.
+MACHINE_KEYS = {
+    "node": ("node",),
+    "python": ("python_version",),
+    "cpu": ("cpu", "brand_raw"),
+    "cpus": ("cpu", "count"),
+}
 
 
 class CompareError(RuntimeError):
@@ -105,20 +119,97 @@ def format_table(comparisons: Sequence[Comparison], relative: bool) -> str:
     return "\n".join(lines)
 
 
+def machine_id() -> str:
+    """pytest-benchmark's folder for this interpreter (e.g. ``Linux-CPython-3.11-64bit``)."""
+    return str(get_machine_id())
+
+
 def latest_baseline(storage: Path) -> Path:
-    """The newest ``NNNN_baseline.json`` that ``--save`` wrote under ``storage``."""
-    saved = sorted(storage.glob(f"*/*_{BASELINE_NAME}.json"), key=lambda path: path.stat().st_mtime)
-    if not saved:
+    """The newest ``NNNN_baseline.json`` that ``--save`` wrote under ``storage`` for this
+    machine id: pytest-benchmark saves each interpreter's runs in a folder of their own."""
+
+    def saved(folder: str) -> list[Path]:
+        found = storage.glob(f"{folder}/*_{BASELINE_NAME}.json")
+        return sorted(found, key=lambda path: path.stat().st_mtime)
+
+    ours = saved(machine_id())
+    if ours:
+        return ours[-1]
+    others = sorted({path.parent.name for path in saved("*")})
+    if others:
         raise CompareError(
-            f"no saved baseline under {storage}/: run with --save first (e.g. on main)"
+            f"no saved baseline for {machine_id()} under {storage}/ (there are for "
+            f"{', '.join(others)}): run with --save first, with this Python on this machine"
         )
-    return saved[-1]
+    raise CompareError(f"no saved baseline under {storage}/: run with --save first (e.g. on main)")
 
 
-def _pytest(arguments: Sequence[str]) -> int:
-    return subprocess.call(
-        [sys.executable, "-m", "pytest", "tests/benchmarks", "--benchmark-only", *arguments]
-    )
+def _lookup(document: dict[str, Any], path: Sequence[str]) -> Any:
+    value: Any = document
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def unlike(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two pytest-benchmark documents besides the code: the machine,
+    and the settings (``options``) of the benchmarks both ran; one line for each."""
+    lines = []
+    machine = [
+        f"{name} {before}, now {after}"
+        for name, path in MACHINE_KEYS.items()
+        if (before := _lookup(baseline.get("machine_info", {}), path))
+        != (after := _lookup(current.get("machine_info", {}), path))
+    ]
+    if machine:
+        lines.append(f"the machine: {'; '.join(machine)}")
+    options: dict[str, tuple[Any, Any]] = {}
+    now = {
+        bench.get("fullname"): bench.get("options", {}) for bench in current.get("benchmarks", [])
+    }
+    for bench in baseline.get("benchmarks", []):
+        after_options = now.get(bench.get("fullname"))
+        if after_options is None:
+            continue
+        for key, before in bench.get("options", {}).items():
+            if key not in options and after_options.get(key) != before:
+                options[key] = (before, after_options.get(key))
+    if options:
+        settings = "; ".join(f"{key} {a}, now {b}" for key, (a, b) in sorted(options.items()))
+        lines.append(f"pytest-benchmark's settings: {settings}")
+    return lines
+
+
+def _pytest(arguments: Sequence[str], target: str = "tests/benchmarks") -> int:
+    return subprocess.call([sys.executable, "-m", "pytest", target, "--benchmark-only", *arguments])
+
+
+def with_calibration(path: Path, options: Sequence[str]) -> None:
+    """Add the calibration benchmark to the pytest-benchmark file ``path`` if the run left it
+    out (``-- -k feed``): it is measured by a pytest run of its own, with ``options``."""
+    document = json.loads(path.read_text())
+    names = [bench.get("fullname", "") for bench in document.get("benchmarks", [])]
+    if any(name.split("::")[-1] == REFERENCE for name in names):
+        return
+    calibration = path.with_name(f"{path.stem}.calibration.json")
+    try:
+        if _pytest([f"--benchmark-json={calibration}", *options], CALIBRATION_FILE) != 0:
+            raise CompareError(f"measuring {REFERENCE} ({CALIBRATION_FILE}) failed")
+        document["benchmarks"] += json.loads(calibration.read_text())["benchmarks"]
+    finally:
+        calibration.unlink(missing_ok=True)
+    path.write_text(json.dumps(document, indent=4))
+
+
+def _warn_if_unlike(baseline: dict[str, Any], current: dict[str, Any]) -> None:
+    differences = unlike(baseline, current)
+    if differences:
+        click.echo(
+            "bench-compare: warning: the baseline was measured with other settings or on "
+            "another machine; the changes below include that, not the code alone:\n  "
+            + "\n  ".join(differences),
+            err=True,
+        )
 
 
 @click.command(
@@ -165,29 +256,35 @@ def compare_command(
     pytest_args: tuple[str, ...],
 ) -> int:
     """The command behind ``scripts/bench-compare``; returns the exit status."""
-    common = [f"--benchmark-storage={storage}", *(QUICK_OPTIONS if quick else []), *pytest_args]
-
-    if save:
-        status = _pytest([f"--benchmark-save={BASELINE_NAME}", *common])
-        if status == 0:
-            click.echo(f"bench-compare: baseline saved as {latest_baseline(storage)}")
-        return status
+    timing = QUICK_OPTIONS if quick else []
+    common = [f"--benchmark-storage={storage}", *timing, *pytest_args]
 
     try:
+        if save:
+            status = _pytest([f"--benchmark-save={BASELINE_NAME}", *common])
+            if status == 0:
+                baseline_path = latest_baseline(storage)
+                with_calibration(baseline_path, timing)
+                click.echo(f"bench-compare: baseline saved as {baseline_path}")
+            return status
+
         baseline_path = latest_baseline(storage)
         out.parent.mkdir(parents=True, exist_ok=True)
-        run_id = baseline_path.name.split("_")[0]
-        extra = [f"--benchmark-compare={run_id}", f"--benchmark-json={out}"]
+        out.unlink(missing_ok=True)  # a run that writes none is not read as the last one's
+        # The file itself, not its number: pytest-benchmark's own table compares the same one.
+        extra = [f"--benchmark-compare={baseline_path}", f"--benchmark-json={out}"]
         if absolute:
             extra.append(f"--benchmark-compare-fail=median:{threshold:g}%")
         status = _pytest([*extra, *common])
+        if absolute and out.exists():
+            _warn_if_unlike(json.loads(baseline_path.read_text()), json.loads(out.read_text()))
         if status != 0 or absolute:
             return status
-        comparisons = compare(
-            medians(json.loads(baseline_path.read_text())),
-            medians(json.loads(out.read_text())),
-            threshold,
-        )
+        with_calibration(out, timing)
+        baseline_document = json.loads(baseline_path.read_text())
+        current_document = json.loads(out.read_text())
+        comparisons = compare(medians(baseline_document), medians(current_document), threshold)
+        _warn_if_unlike(baseline_document, current_document)
     except (CompareError, OSError, json.JSONDecodeError) as error:
         click.echo(f"bench-compare: {error}", err=True)
         return 2

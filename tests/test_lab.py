@@ -502,14 +502,77 @@ def test_compare_without_a_saved_baseline_says_to_save_one(tmp_path, capsys):
     assert "no saved baseline" in capsys.readouterr().err
 
 
+def saved_baseline(storage: Path, machine: str, name: str, mtime: int | None = None) -> Path:
+    path = storage / machine / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
 def test_the_newest_saved_baseline_is_used(tmp_path):
-    machine = tmp_path / "Linux-CPython-3.11-64bit"
-    machine.mkdir()
-    old, new = machine / "0001_baseline.json", machine / "0002_baseline.json"
-    old.write_text("{}")
-    new.write_text("{}")
-    os.utime(old, (1, 1))
+    saved_baseline(tmp_path, compare.machine_id(), "0001_baseline.json", mtime=1)
+    new = saved_baseline(tmp_path, compare.machine_id(), "0002_baseline.json")
     assert compare.latest_baseline(tmp_path) == new
+
+
+def test_a_baseline_saved_under_another_python_or_machine_is_not_compared(tmp_path):
+    # pytest-benchmark keeps one folder per machine id (system, Python x.y, bits): a baseline
+    # saved under another is another interpreter's timings, however new it is.
+    ours = saved_baseline(tmp_path, compare.machine_id(), "0001_baseline.json", mtime=1)
+    saved_baseline(tmp_path, "Other-CPython-0.0-64bit", "0002_baseline.json")
+    assert compare.latest_baseline(tmp_path) == ours
+    ours.unlink()
+    with pytest.raises(compare.CompareError) as error:
+        compare.latest_baseline(tmp_path)
+    assert f"no saved baseline for {compare.machine_id()}" in str(error.value)
+    assert "Other-CPython-0.0-64bit" in str(error.value)
+
+
+def benchmark_document(node: str, max_time: float) -> dict:
+    return {
+        "machine_info": {"node": node, "python_version": "3.11.7", "cpu": {"count": 2}},
+        "benchmarks": [
+            {
+                "fullname": "tests/benchmarks/test_x.py::test_feed",
+                "options": {"max_time": max_time, "min_rounds": 5},
+                "stats": {"median": 1.0},
+            }
+        ],
+    }
+
+
+def test_compare_names_what_differs_between_the_two_runs_besides_the_code():
+    assert compare.unlike(benchmark_document("vm", 1.0), benchmark_document("vm", 1.0)) == []
+    assert compare.unlike(benchmark_document("vm", 0.1), benchmark_document("ci", 1.0)) == [
+        "the machine: node vm, now ci",
+        "pytest-benchmark's settings: max_time 0.1, now 1.0",
+    ]
+
+
+@pytest.mark.slow
+def test_bench_compare_with_pytest_arguments_still_divides_by_the_calibration(
+    tmp_path, monkeypatch, capfd
+):
+    # The documented `-- -k feed`: a selection without the calibration benchmark in it. A
+    # cheap benchmark (no seeded database) stands for it here, with short rounds.
+    monkeypatch.chdir(PROJECT_ROOT)
+    storage, out = tmp_path / "storage", tmp_path / "compare.json"
+    select = ["-k", "test_off_bare_flask"]
+    assert compare.main(["--save", "--quick", "--storage", str(storage), "--", *select]) == 0
+    capfd.readouterr()
+    short = ["--benchmark-max-time=0.05", "--benchmark-min-rounds=3", "--benchmark-warmup=off"]
+    status = compare.main(
+        ["--threshold", "1000", "--storage", str(storage), "--out", str(out), "--", *select] + short
+    )
+    printed = capfd.readouterr()
+    assert status == 0, printed.err
+    assert "test_profiler_bench.py::test_off_bare_flask" in printed.out
+    assert "(1 compared)" in printed.out
+    # The baseline was saved with --quick's settings, this run with others: said, not hidden.
+    assert "bench-compare: warning: the baseline was measured with other settings" in printed.err
+    assert "pytest-benchmark's settings: max_time 0.1, now 0.05" in printed.err
 
 
 def test_a_change_that_cannot_affect_a_request_straight_to_uwsgi_is_refused(tmp_path):
