@@ -323,6 +323,16 @@ def test_ab_report_is_parsed():
         loadgen.parse_ab("ab: invalid URL\n", 0.1)
 
 
+def test_ab_does_not_count_answers_of_another_length_as_errors():
+    # ab counts as failed every response whose length differs from the first one's: on a
+    # page that varies (a profile page, a timestamp) that is all of them, not an error.
+    varying = AB_OUTPUT.replace(
+        "Failed requests:        3\n",
+        "Failed requests:        1203\n   (Connect: 1, Receive: 2, Length: 1200, Exceptions: 0)\n",
+    )
+    assert loadgen.parse_ab(varying, cpu_seconds=0.5).errors == 3
+
+
 def fake_tool(directory: Path, name: str, body: str) -> None:
     path = directory / name
     path.write_text("#!/bin/sh\n" + body + "\n")
