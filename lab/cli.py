@@ -299,18 +299,24 @@ def _run(experiments: Sequence[Experiment], options: RunOptions) -> int:
             r.summary(c.id) for r in measured for c in r.experiment.configurations
         ):
             paths = write_report(
-                out_dir, measured, machine | {"incomplete": str(error)}, options.skipped
+                out_dir,
+                measured,
+                machine | {"incomplete": str(error)},
+                options.skipped,
+                options.quick,
             )
             click.echo(f"bench: what was measured before that is in {paths['markdown']}", err=True)
         return 1
     except KeyboardInterrupt:
         click.echo("bench: interrupted; every server it started is stopped", err=True)
         return 130
-    paths = write_report(out_dir, results, machine, options.skipped)
+    paths = write_report(out_dir, results, machine, options.skipped, options.quick)
     click.echo(
         f"bench: report {paths['markdown']}\n       runs   {paths['json']}\n       chart  "
         f"{paths['chart'] or 'skipped (matplotlib is not installed)'}"
     )
+    if options.quick and any(result.outcomes() for result in results):
+        click.echo("  --quick: one 1-second run each, a smoke test; these verdicts decide nothing")
     for result in results:
         for outcome in result.outcomes():
             verdict = "MET   " if outcome.met else "MISSED"

@@ -24,6 +24,11 @@ CHART_NAME = "ratios.png"
 #: The cheap dynamic routes, where a p99 beyond TAIL_RATIO × p50 is a stall, not the work:
 #: issue 14's target is that no run on them has one.
 LIGHT_ROUTES = ("/health", "/api/episodes/10", "/api/episodes")
+#: Above the targets of a --quick run, whose single short runs decide nothing.
+QUICK_VERDICTS = (
+    "_--quick: each verdict below comes from one 1-second run per configuration, a smoke "
+    "test and not a measurement; run the experiment without --quick to check a target._"
+)
 
 
 def write_report(
@@ -31,10 +36,12 @@ def write_report(
     results: Sequence[ExperimentResult],
     machine: Mapping[str, Any],
     skipped: Sequence[str] = (),
+    quick: bool = False,
 ) -> dict[str, Path | None]:
     """Write the three files into ``out_dir`` (created if needed) and return their paths.
 
-    ``skipped`` says what was left out and why, one line each (e.g. no PostgreSQL).
+    ``skipped`` says what was left out and why, one line each (e.g. no PostgreSQL);
+    ``quick`` marks the targets' verdicts as a smoke test's.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "runs.json"
@@ -52,7 +59,9 @@ def write_report(
     chart_path, chart_note = write_chart(out_dir / CHART_NAME, results)
     markdown_path = out_dir / "report.md"
     markdown_path.write_text(
-        markdown(results, machine, chart_path.name if chart_path else None, chart_note, skipped)
+        markdown(
+            results, machine, chart_path.name if chart_path else None, chart_note, skipped, quick
+        )
     )
     return {"markdown": markdown_path, "json": json_path, "chart": chart_path}
 
@@ -63,6 +72,7 @@ def markdown(
     chart: str | None,
     chart_note: str = "",
     skipped: Sequence[str] = (),
+    quick: bool = False,
 ) -> str:
     """The whole report as Markdown: the machine, one table per experiment, the targets."""
     lines = ["# Tuning lab report", ""]
@@ -90,9 +100,8 @@ def markdown(
         lines += ["## Not measured", "", *(f"- {line}" for line in skipped), ""]
     outcomes = [(result, outcome) for result in results for outcome in result.outcomes()]
     if outcomes:
+        lines += ["## Targets", "", *([QUICK_VERDICTS, ""] if quick else [])]
         lines += [
-            "## Targets",
-            "",
             "| experiment | target | requires | result |",
             "|---|---|---|---|",
         ]

@@ -49,7 +49,7 @@ from lab.cli import (
 )
 from lab.experiment import ExperimentError, load_experiment
 from lab.loadgen import LoadError, LoadResult, LoadSpec, LoadToolMissing
-from lab.report import markdown, write_report
+from lab.report import QUICK_VERDICTS, markdown, write_report
 from lab.results import ExperimentResult
 from lab.runner import LabError, LabOptions, run_lab
 from lab.stats import summarize
@@ -440,6 +440,15 @@ def test_report_files_hold_every_run_the_table_and_the_targets(tmp_path):
     assert experiment["targets"][0]["met"] is False and data["machine"] == {"cpus": 2}
     if paths["chart"] is not None:
         assert paths["chart"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_quick_report_says_its_verdicts_are_not_measurements(tmp_path):
+    # One 1-second run per configuration: no range to call a verdict inconclusive by, and
+    # a ratio that noise alone can move twofold (`profiler off` at 1.99x no middleware).
+    measured = two_config_result(tmp_path, "two / baseline >= 5")
+    quick = markdown([measured], {}, None, quick=True)
+    assert f"## Targets\n\n{QUICK_VERDICTS}\n\n| experiment |" in quick
+    assert QUICK_VERDICTS not in markdown([measured], {}, None)
 
 
 def test_report_without_matplotlib_says_the_chart_was_skipped(tmp_path, monkeypatch):
