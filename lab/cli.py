@@ -189,8 +189,24 @@ class RunOptions:
 
 
 def _knobs_help() -> str:
+    # A server or app knob with no default keeps deploy/'s setting; request.expect's is "auto".
+    kept = [
+        k.name
+        for k in knobs.KNOBS.values()
+        if k.default is None and not k.name.startswith("request.")
+    ]
+    groups = list(
+        dict.fromkeys(n.split(".")[0] for n in kept if n.startswith(("uwsgi.", "nginx.")))
+    )
+    named = [f"{group}.*" for group in groups] + [n for n in kept if n.split(".")[0] not in groups]
+    kept_line = f"{', '.join(named[:-1])} and {named[-1]} left unset keep what deploy/ configures."
+
+    def line(knob: knobs.Knob) -> str:
+        default = "" if knob.default is None else f" (default: {knobs.toml_value(knob.default)})"
+        return f"{knob.name:<26} {knob.help}{default}"
+
     # "\b" keeps click from rewrapping the list into one paragraph.
-    return "Knobs:\n\n\b\n" + "\n".join(f"{k.name:<26} {k.help}" for k in knobs.KNOBS.values())
+    return "Knobs:\n\n\b\n" + "\n".join([kept_line, *(line(k) for k in knobs.KNOBS.values())])
 
 
 @click.command(

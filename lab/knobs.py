@@ -55,7 +55,9 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
 def _choice(*choices: Any) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if isinstance(value, bool) or value not in choices:
-            raise ValueError("must be one of " + ", ".join(_toml(choice) for choice in choices))
+            raise ValueError(
+                "must be one of " + ", ".join(toml_value(choice) for choice in choices)
+            )
         return value
 
     return check
@@ -96,7 +98,8 @@ def _status(value: Any) -> int | None:
     return None if value == "auto" else _integer(100, 599)(value)
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` as an experiment file writes it: ``true``, ``"cpus"``, ``4``."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return f'"{value}"' if isinstance(value, str) else str(value)
@@ -189,7 +192,12 @@ _KNOBS = [
         '"site": the podcast site; "hello": a bare WSGI "hello" (lab/hello.py), the ceiling; '
         '"flask_hello": a minimal Flask app answering "hello" (lab/flask_hello.py)',
     ),
-    Knob("app.database", "sqlite", _choice("sqlite", "postgresql"), "the database backend"),
+    Knob(
+        "app.database",
+        "sqlite",
+        _choice("sqlite", "postgresql"),
+        'the database backend: "sqlite" or "postgresql"',
+    ),
     Knob(
         "app.gc_freeze",
         DEPLOYED,
@@ -257,7 +265,7 @@ def check(name: str, value: Any) -> Any:
     try:
         return knob.check(value)
     except ValueError as error:
-        raise KnobError(f"{name} = {_toml(value)}: {error}") from None
+        raise KnobError(f"{name} = {toml_value(value)}: {error}") from None
 
 
 def resolve(changes: Mapping[str, Any], base: Mapping[str, Any] = DEFAULTS) -> dict[str, Any]:
@@ -304,6 +312,6 @@ def conflict(settings: Mapping[str, Any]) -> str | None:
 def describe(changes: Mapping[str, Any]) -> str:
     """A short human form of some knob values: ``uwsgi.processes=4, nginx.gzip=false``."""
     return ", ".join(
-        f"{name}={'deployed' if value is DEPLOYED else _toml(value).strip(chr(34))}"
+        f"{name}={'deployed' if value is DEPLOYED else toml_value(value).strip(chr(34))}"
         for name, value in changes.items()
     )

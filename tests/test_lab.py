@@ -900,6 +900,25 @@ def test_bench_names_the_experiments_it_knows_when_one_is_unknown(capsys):
     assert "no experiment 'no-such-experiment' (known: " in capsys.readouterr().err
 
 
+def test_bench_help_lists_every_knob_with_its_values_and_default(capsys):
+    # docs/tuning.md: "`scripts/bench --help` lists them with their values", and names the
+    # load knobs' defaults, (32), (1), (5 s), (1 s), as a file that leaves them out gets.
+    assert main(["--help"]) == 0
+    printed = capsys.readouterr().out
+    lines = {
+        line.split()[0]: line
+        for line in printed.splitlines()
+        if line.split()[:1] in [[k] for k in knobs.KNOBS]
+    }
+    assert lines.keys() == knobs.KNOBS.keys()
+    assert lines["load.connections"].endswith("(default: 32)")
+    assert lines["load.duration"].endswith("(default: 5)")
+    assert lines["app.database"].endswith('"sqlite" or "postgresql" (default: "sqlite")')
+    # A server knob a file leaves out keeps deploy/'s setting, which the lab never restates.
+    assert "(default" not in lines["uwsgi.processes"]
+    assert "uwsgi.*, nginx.* and app.gc_freeze left unset keep what deploy/ configures." in printed
+
+
 def test_bench_list_checks_and_lists_the_shipped_experiments(capsys):
     assert main(["--list"]) == 0
     listing = capsys.readouterr().out
