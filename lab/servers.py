@@ -20,6 +20,7 @@ closed connection as a read error.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import uuid
@@ -185,6 +186,18 @@ class LabStacks:
         if self.syslog is not None:
             self.syslog.close()
             self.syslog = None
+        self._forget_lab_profiles()
+
+    @property
+    def lab_profiles(self) -> Path:
+        """Where the profilers lab.wsgi installs write (Werkzeug's: a file per request)."""
+        return self.workdir / "lab-profiles"
+
+    def _forget_lab_profiles(self) -> None:
+        # Werkzeug never prunes them and nothing reads them: a full profiler experiment
+        # would leave about a gigabyte. Emptied before each stack, too, so that every
+        # round of Werkzeug's starts from an empty directory, not the rounds before it.
+        shutil.rmtree(self.lab_profiles, ignore_errors=True)
 
     # -- data --------------------------------------------------------------
 
@@ -315,7 +328,7 @@ class LabStacks:
             # Another profiler in place of request_profiler, wrapped around the app by lab.wsgi.
             module = LAB_WSGI_MODULE
             environment["LAB_PROFILER"] = profiler
-            environment["LAB_PROFILE_DIR"] = str(self.workdir / "lab-profiles")
+            environment["LAB_PROFILE_DIR"] = str(self.lab_profiles)
         elif profiler != "none":
             environment["PROFILER_SECRET"] = uuid.uuid4().hex
             environment["PROFILER_SAMPLE_RATE"] = {
@@ -390,6 +403,7 @@ class LabStacks:
             port, http_port = free_port(), free_port()
         for number in (port, http_port):
             check_port_free(number)
+        self._forget_lab_profiles()
         if settings["app.server"] != "stack":
             assert self.nginx is not None, "__enter__ checked it is installed"
             front = FrontedServer(

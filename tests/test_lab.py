@@ -1486,6 +1486,20 @@ def test_the_flask_hello_answers_hello_on_every_path():
 # --- a search made afresh on every request -------------------------------------------------------
 
 
+def test_werkzeugs_profiles_are_not_left_behind_by_a_run(tmp_path):
+    # Werkzeug's ProfilerMiddleware writes a .prof file per request and never prunes: a
+    # 1-second --quick run left 34 MB in work/lab-profiles, a full profiler experiment
+    # about thirty times that. Nothing reads them; the logs beside them stay.
+    profiles = tmp_path / "lab-profiles"
+    profiles.mkdir()
+    (profiles / "GET.api.episodes.10.3ms.1764600000.000001.prof").write_bytes(b"stats")
+    log = tmp_path / "run" / "uwsgi-1.log"
+    log.parent.mkdir()
+    log.write_text("uWSGI's log")
+    servers.LabStacks([], tmp_path).__exit__(None, None, None)  # as when the lab ends
+    assert not profiles.exists() and log.exists()
+
+
 def test_the_search_texts_outnumber_what_the_workers_keep_and_are_plain_words():
     assert len(search_texts.SEARCH_TEXTS) > 2 * SEARCH_PAGES_KEPT
     assert len(set(search_texts.SEARCH_TEXTS)) == len(search_texts.SEARCH_TEXTS)
