@@ -202,7 +202,12 @@ class Experiment:
             settings = dict(configuration.settings)
             settings["load.duration"] = min(settings["load.duration"], duration)
             settings["load.warmup"] = min(settings["load.warmup"], warmup)
-            return replace(configuration, settings=settings)
+            # A change that sets them is shown (in the report) as it ran, not as its file says.
+            changes = {
+                name: settings[name] if name in ("load.duration", "load.warmup") else value
+                for name, value in configuration.changes.items()
+            }
+            return replace(configuration, changes=changes, settings=settings)
 
         return replace(
             self,

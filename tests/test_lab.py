@@ -263,6 +263,18 @@ def test_quick_shortens_runs_and_durations_only(tmp_path):
     assert quick.configuration("two").settings["uwsgi.processes"] == 2
 
 
+def test_quick_shortens_a_change_of_the_duration_and_the_report_shows_what_ran(tmp_path):
+    # uwsgi.toml's recycle_lifetime sets load.duration = 12: --quick ran it for 1 s while its
+    # row's changes said "load.duration=12".
+    experiment = load_experiment(write(tmp_path, MINIMAL + "load.duration = 12\nload.warmup = 3\n"))
+    quick = experiment.shortened(runs=1, duration=1, warmup=0).configuration("two")
+    assert quick.changes == {"uwsgi.processes": 2, "load.duration": 1, "load.warmup": 0}
+    measured = ExperimentResult(experiment.shortened(runs=1, duration=1, warmup=0))
+    measured.add_run("baseline", result())
+    measured.add_run("two", result())
+    assert "`uwsgi.processes=2, load.duration=1, load.warmup=0`" in markdown([measured], {}, None)
+
+
 def test_process_counts_scale_with_the_cpus():
     assert knobs.process_count(3, cpus=2) == 3
     assert knobs.process_count("cpus", cpus=2) == 2
