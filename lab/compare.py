@@ -106,6 +106,25 @@ def compare(
     return comparisons
 
 
+def not_compared(baseline: dict[str, float], current: dict[str, float], shown: int = 5) -> str:
+    """What only one of the runs measured (a -k selection, a skipped backend, a renamed
+    benchmark), named up to ``shown`` each; "" when both measured the same."""
+
+    def named(names: set[str]) -> str:
+        listed = sorted(names)
+        return ", ".join(listed[:shown] + (["…"] if len(listed) > shown else []))
+
+    parts = [
+        f"{len(names)} only in {which} ({named(names)})"
+        for which, names in (
+            ("the baseline", baseline.keys() - current.keys()),
+            ("this run", current.keys() - baseline.keys()),
+        )
+        if names
+    ]
+    return f"not compared: {', '.join(parts)}" if parts else ""
+
+
 def format_table(comparisons: Sequence[Comparison], relative: bool) -> str:
     header = "change vs calibration" if relative else "change"
     width = max([len(c.name) for c in comparisons] + [9])
@@ -283,16 +302,19 @@ def compare_command(
         with_calibration(out, timing)
         baseline_document = json.loads(baseline_path.read_text())
         current_document = json.loads(out.read_text())
-        comparisons = compare(medians(baseline_document), medians(current_document), threshold)
+        baseline_medians, current_medians = medians(baseline_document), medians(current_document)
+        comparisons = compare(baseline_medians, current_medians, threshold)
         _warn_if_unlike(baseline_document, current_document)
     except (CompareError, OSError, json.JSONDecodeError) as error:
         click.echo(f"bench-compare: {error}", err=True)
         return 2
     click.echo(format_table(comparisons, relative=True))
     regressions = [c for c in comparisons if c.regressed]
+    unmatched = not_compared(baseline_medians, current_medians)
     click.echo(
         f"bench-compare: {len(regressions)} regression(s) beyond {threshold:g}% "
-        f"against {baseline_path} ({len(comparisons)} compared)"
+        f"against {baseline_path} ({len(comparisons)} compared{'; ' if unmatched else ''}"
+        f"{unmatched})"
     )
     return 1 if regressions else 0
 

@@ -521,6 +521,25 @@ def test_compare_divides_by_the_calibration_so_a_busier_machine_is_no_regression
     assert "REGRESSION" in compare.format_table(comparisons, relative=True)
 
 
+def test_compare_names_the_benchmarks_only_one_of_the_runs_has():
+    # A baseline saved with TEST_DATABASE_URL, a run without it: the PostgreSQL benchmarks
+    # skip, and "(N compared)" alone did not say that they were not checked.
+    base = {
+        "x::test_calibration": 1.0,
+        "x::test_full[sqlite]": 1.0,
+        "x::test_full[postgresql]": 1.0,
+    }
+    current = {"x::test_calibration": 1.0, "x::test_full[sqlite]": 1.0, "x::test_new": 1.0}
+    assert compare.not_compared(base, current) == (
+        "not compared: 1 only in the baseline (x::test_full[postgresql]), "
+        "1 only in this run (x::test_new)"
+    )
+    assert compare.not_compared(base, base) == ""
+    many = {f"x::test_{n}": 1.0 for n in range(12)}
+    assert compare.not_compared(many, {}).startswith("not compared: 12 only in the baseline (x::")
+    assert compare.not_compared(many, {}).endswith(", …)")
+
+
 def test_compare_needs_the_calibration_in_both_runs_and_a_benchmark_file():
     with pytest.raises(compare.CompareError, match="the current run has no test_calibration"):
         compare.compare({"x::test_calibration": 1.0}, {"x::test_feed": 1.0}, 15)
