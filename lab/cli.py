@@ -302,6 +302,15 @@ def _run(experiments: Sequence[Experiment], options: RunOptions) -> int:
     )
     try:
         tool = find_tool(options.tool)
+    except LoadError as error:
+        click.echo(f"bench: {error}", err=True)
+        return 1
+    try:  # the run's work/ too: an existing directory may be read-only
+        (out_dir / "work").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        click.echo(f"bench: --out {out_dir}: cannot write there ({error.strerror})", err=True)
+        return 2
+    try:
         machine = machine_description(tool, options.quick)
         with LabStacks(
             experiments, out_dir / "work", port=options.port, postgres_url=options.postgres_url

@@ -956,6 +956,15 @@ def test_bench_list_checks_and_lists_the_shipped_experiments(capsys):
     assert "frozen: A frozen page served by nginx" in listing and "  baseline " in listing
 
 
+def test_bench_says_when_it_cannot_write_where_out_says(tmp_path, capsys):
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    out = not_a_directory / "run"
+    assert main([str(write(tmp_path, MINIMAL)), "--out", str(out)]) == 2
+    assert f"bench: --out {out}: cannot write there (Not a directory)" in capsys.readouterr().err
+    assert processes_mentioning(str(tmp_path)) == []
+
+
 def test_bench_without_wrk_or_ab_says_so_and_starts_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     handler = signal.getsignal(signal.SIGTERM)
