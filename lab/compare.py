@@ -199,6 +199,14 @@ def unlike(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _writable(option: str, path: Path, directory: Path) -> None:
+    """Make ``directory`` for ``option``'s ``path`` before any benchmark runs, or say why not."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CompareError(f"{option} {path}: cannot write there ({error.strerror})") from None
+
+
 def _pytest(arguments: Sequence[str], target: str = "tests/benchmarks") -> int:
     return subprocess.call([sys.executable, "-m", "pytest", target, "--benchmark-only", *arguments])
 
@@ -280,6 +288,7 @@ def compare_command(
 
     try:
         if save:
+            _writable("--storage", storage, storage)
             status = _pytest([f"--benchmark-save={BASELINE_NAME}", *common])
             if status == 0:
                 baseline_path = latest_baseline(storage)
@@ -288,7 +297,7 @@ def compare_command(
             return status
 
         baseline_path = latest_baseline(storage)
-        out.parent.mkdir(parents=True, exist_ok=True)
+        _writable("--out", out, out.parent)
         out.unlink(missing_ok=True)  # a run that writes none is not read as the last one's
         # The file itself, not its number: pytest-benchmark's own table compares the same one.
         extra = [f"--benchmark-compare={baseline_path}", f"--benchmark-json={out}"]

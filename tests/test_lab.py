@@ -552,6 +552,20 @@ def test_compare_without_a_saved_baseline_says_to_save_one(tmp_path, capsys):
     assert "no saved baseline" in capsys.readouterr().err
 
 
+def test_bench_compare_says_when_it_cannot_write_its_storage_or_json(tmp_path, capfd):
+    # Said before any benchmark runs, not as pytest-benchmark's traceback after all of them.
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    storage = not_a_directory / "storage"
+    assert compare.main(["--save", "--storage", str(storage), "--", "-k", "calibration"]) == 2
+    assert f"bench-compare: --storage {storage}: cannot write there" in capfd.readouterr().err
+    saved_baseline(tmp_path / "benchmarks", compare.machine_id(), "0001_baseline.json")
+    out = not_a_directory / "compare.json"
+    arguments = ["--storage", str(tmp_path / "benchmarks"), "--out", str(out)]
+    assert compare.main(arguments) == 2
+    assert f"bench-compare: --out {out}: cannot write there" in capfd.readouterr().err
+
+
 def saved_baseline(storage: Path, machine: str, name: str, mtime: int | None = None) -> Path:
     path = storage / machine / name
     path.parent.mkdir(parents=True, exist_ok=True)
