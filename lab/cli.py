@@ -148,6 +148,25 @@ def without_postgresql(experiments: Sequence[Experiment]) -> tuple[list[Experime
     )
 
 
+def quick_lists(experiments: Sequence[Experiment]) -> tuple[list[Experiment], list[str]]:
+    """The experiments as ``--quick`` runs them (less what their file's ``quick`` list
+    leaves out), and a line for each experiment saying what that left out."""
+    kept, skipped = [], []
+    for experiment in experiments:
+        quick = experiment.for_quick()
+        kept.append(quick)
+        left_out = len(experiment.configurations) - len(quick.configurations)
+        if left_out:
+            ran = ", ".join(c.id for c in quick.configurations)
+            unchecked = len(experiment.targets) - len(quick.targets)
+            skipped.append(
+                f"{experiment.id}: --quick measures only {ran} (its file's quick list): "
+                f"{left_out} other configuration(s) not measured, {unchecked} target(s) not "
+                "checked"
+            )
+    return kept, skipped
+
+
 def without_missing_servers(
     experiments: Sequence[Experiment],
 ) -> tuple[list[Experiment], list[str]]:
@@ -264,14 +283,21 @@ def bench_command(
             for e in files
             if not e.quick and not experiments
         ]
-        files = [e.for_quick() for e in files if e.quick or experiments]
+        files, left_out = quick_lists([e for e in files if e.quick or experiments])
+        skipped += left_out
     # --quick proves each configuration starts and answers: on the first route only (and
     # only those its file's `quick` list names, if it has one).
-    loaded = [
-        per_route
-        for experiment in files
-        for per_route in experiment.per_route()[: 1 if quick else None]
-    ]
+    loaded: list[Experiment] = []
+    for experiment in files:
+        routes = experiment.per_route()
+        if quick:
+            skipped += [
+                f"{route.id}: not measured, nor its {len(route.targets)} target(s): --quick "
+                "loads an experiment's first route only"
+                for route in routes[1:]
+            ]
+            routes = routes[:1]
+        loaded += routes
     loaded, missing = without_missing_servers(loaded)
     skipped += missing
     if not postgres_url:

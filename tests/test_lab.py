@@ -1354,6 +1354,25 @@ def test_quick_leaves_out_the_files_that_say_so_unless_named_and_runs_the_first_
     assert [e.id for e in ran[-1]] == ["long /health", "long /search?q=python"]
 
 
+def test_quick_names_the_routes_configurations_and_targets_it_leaves_out(tmp_path, monkeypatch):
+    # As for a file with quick = false: the report's "Not measured" says what --quick skipped
+    # (the shipped routes experiment's seven other configurations and their targets, the
+    # servers experiment's three other routes), instead of leaving them out unsaid.
+    three = '[changes.three]\nuwsgi.processes = 3\n[[targets]]\nrequire = "three / baseline >= 1"\n'
+    write(tmp_path, 'quick = ["two"]\n' + MINIMAL + three, "some.toml")
+    write(tmp_path, ROUTES, "routed.toml")
+    monkeypatch.setattr(cli, "EXPERIMENTS_DIR", tmp_path)
+    ran = []
+    monkeypatch.setattr(cli, "_run", lambda experiments, options: ran.append(options) or 0)
+    assert main(["--quick"]) == 0
+    assert list(ran[-1].skipped) == [
+        "some: --quick measures only baseline, two (its file's quick list): 1 other "
+        "configuration(s) not measured, 1 target(s) not checked",
+        "routed /search?q=python: not measured, nor its 1 target(s): --quick loads an "
+        "experiment's first route only",
+    ]
+
+
 def test_the_bare_hello_answers_any_path_without_flask():
     started = []
     body = hello.application({"PATH_INFO": "/anything"}, lambda *a: started.append(a))
