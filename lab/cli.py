@@ -322,6 +322,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(bench_command, argv, "bench")
 
 
+def _report_what_was_measured(
+    error: BaseException, out_dir: Path, machine: dict[str, Any], why: str, options: RunOptions
+) -> None:
+    """Write the report of the runs measured before ``error`` stopped the lab, if any."""
+    measured = getattr(error, "results", None)
+    if measured is None or not any(
+        r.summary(c.id) for r in measured for c in r.experiment.configurations
+    ):
+        return
+    paths = write_report(
+        out_dir, measured, machine | {"incomplete": why}, options.skipped, options.quick
+    )
+    click.echo(f"bench: what was measured before that is in {paths['markdown']}", err=True)
+
+
 def _run(experiments: Sequence[Experiment], options: RunOptions) -> int:
     out_dir = options.out or PROJECT_ROOT / "var" / "bench" / datetime.now().strftime(
         "%Y%m%d-%H%M%S"
@@ -336,6 +351,7 @@ def _run(experiments: Sequence[Experiment], options: RunOptions) -> int:
     except OSError as error:
         click.echo(f"bench: --out {out_dir}: cannot write there ({error.strerror})", err=True)
         return 2
+    machine: dict[str, Any] = {}  # what an interruption before it is known reports
     try:
         machine = machine_description(tool, options.quick)
         with LabStacks(
@@ -345,21 +361,11 @@ def _run(experiments: Sequence[Experiment], options: RunOptions) -> int:
             results = run_lab(experiments, LabOptions(out_dir=out_dir, tool=tool), stacks.start)
     except (LabError, LoadError) as error:
         click.echo(f"bench: {error}", err=True)
-        measured = getattr(error, "results", None)
-        if measured is not None and any(
-            r.summary(c.id) for r in measured for c in r.experiment.configurations
-        ):
-            paths = write_report(
-                out_dir,
-                measured,
-                machine | {"incomplete": str(error)},
-                options.skipped,
-                options.quick,
-            )
-            click.echo(f"bench: what was measured before that is in {paths['markdown']}", err=True)
+        _report_what_was_measured(error, out_dir, machine, str(error), options)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         click.echo("bench: interrupted; every server it started is stopped", err=True)
+        _report_what_was_measured(interruption, out_dir, machine, "interrupted", options)
         return 130
     paths = write_report(out_dir, results, machine, options.skipped, options.quick)
     click.echo(

@@ -169,7 +169,8 @@ def run_lab(
 ) -> list[ExperimentResult]:
     """Measure every configuration of every experiment; the stack is always stopped.
 
-    On a LabError the results measured so far are attached to it as ``error.results``.
+    On a LabError or an interruption (Ctrl-C, or SIGTERM as lab.cli turns it) the results
+    measured so far are attached to it as ``error.results``.
     """
     results = [ExperimentResult(experiment) for experiment in experiments]
     progress = Progress(options.progress, sum(e.runs * len(e.configurations) for e in experiments))
@@ -204,8 +205,8 @@ def run_lab(
                         load.requests_per_second,
                         load.generator_saturated,
                     )
-    except LabError as error:
-        error.results = results  # type: ignore[attr-defined]
+    except (LabError, KeyboardInterrupt) as error:
+        error.results = results  # type: ignore[union-attr]
         raise
     finally:
         if current is not None:

@@ -812,6 +812,53 @@ def test_a_stack_that_fails_to_start_keeps_what_was_measured(tmp_path, site, fak
     ] == [1, 1, 0]
 
 
+class StandInLab:
+    """Stands for LabStacks in lab.cli: every stack a StandInStacks one."""
+
+    def __init__(self, url: str) -> None:
+        self.stacks = StandInStacks(url)
+
+    def __call__(self, experiments, workdir, port, postgres_url) -> StandInLab:
+        return self
+
+    def __enter__(self) -> StandInLab:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def versions(self) -> dict[str, str]:
+        return {}
+
+    def start(self, settings):
+        return self.stacks.start(settings)
+
+
+def test_an_interrupted_lab_still_reports_what_it_measured(tmp_path, site, monkeypatch, capsys):
+    # Ctrl-C 40 minutes into the full lab kept nothing: only work/, no report, no runs.json.
+    loads = []
+
+    def run_load(tool, spec, workdir):
+        loads.append(spec)
+        if len(loads) == 3:  # round 1's third configuration
+            raise KeyboardInterrupt
+        return result(1000)
+
+    monkeypatch.setattr(runner, "run_load", run_load)
+    monkeypatch.setattr(cli, "find_tool", lambda preferred: "wrk")
+    lab = StandInLab(site)
+    monkeypatch.setattr(cli, "LabStacks", lab)
+    out = tmp_path / "out"
+    assert main([str(write(tmp_path, RUNNER_EXPERIMENT)), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "bench: interrupted; every server it started is stopped" in err
+    assert f"bench: what was measured before that is in {out / 'report.md'}" in err
+    data = json.loads((out / "runs.json").read_text())
+    assert data["machine"]["incomplete"] == "interrupted"
+    assert [len(c["runs"]) for c in data["experiments"][0]["configurations"]] == [1, 1, 0]
+    assert lab.stacks.events == [("start", 1), ("stop", 1), ("start", 2), ("stop", 2)]
+
+
 def test_a_failing_load_tool_names_the_configuration_and_stops_the_stack(
     tmp_path, site, monkeypatch
 ):
