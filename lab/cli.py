@@ -182,9 +182,18 @@ def without_missing_servers(
     return leave_out(experiments, needs, "whose server is not installed")
 
 
-def _stop_on_sigterm(signum: int, frame: Any) -> None:
-    # Turned into an exception so every `finally` that stops a server runs.
-    raise KeyboardInterrupt
+class _Interruption:
+    """The handler of Ctrl-C and SIGTERM during a run: the first is a KeyboardInterrupt, so
+    every `finally` that stops a server runs; the next ones are ignored, so that an impatient
+    second Ctrl-C cannot cut that stopping short and leave servers behind (as scripts/serve)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if not self.raised:
+            self.raised = True
+            raise KeyboardInterrupt
 
 
 @dataclass(frozen=True)
@@ -310,11 +319,17 @@ def bench_command(
     options = RunOptions(
         tool=tool, out=out, port=port, postgres_url=postgres_url, quick=quick, skipped=skipped
     )
-    previous_handler = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    interruption = _Interruption()
+    # SIGINT is left alone where it is ignored (a job started in the background with `&`).
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signals.append(signal.SIGINT)
+    previous_handlers = {signum: signal.signal(signum, interruption) for signum in signals}
     try:
         return _run(loaded, options)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

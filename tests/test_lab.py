@@ -859,6 +859,40 @@ def test_an_interrupted_lab_still_reports_what_it_measured(tmp_path, site, monke
     assert lab.stacks.events == [("start", 1), ("stop", 1), ("start", 2), ("stop", 2)]
 
 
+def test_a_second_ctrl_c_does_not_cut_the_stopping_short(tmp_path, site, monkeypatch, capsys):
+    # An impatient second Ctrl-C, while the servers stop, interrupted their stop: bench then
+    # printed "Error: supervisord: getPID(): SHUTDOWN_STATE", exit 1, without waiting.
+    lab = StandInLab(site)
+    start = lab.stacks.start
+
+    def start_with_an_impatient_user(settings):
+        running = start(settings)
+        stop = running.stop
+
+        def stop_while_ctrl_c_is_pressed_again():
+            os.kill(os.getpid(), signal.SIGINT)
+            stop()
+
+        running.stop = stop_while_ctrl_c_is_pressed_again
+        return running
+
+    lab.start = start_with_an_impatient_user
+
+    def run_load(tool, spec, workdir):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during the first run
+        return result(1000)
+
+    monkeypatch.setattr(runner, "run_load", run_load)
+    monkeypatch.setattr(cli, "find_tool", lambda preferred: "wrk")
+    monkeypatch.setattr(cli, "LabStacks", lab)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    arguments = [str(write(tmp_path, RUNNER_EXPERIMENT)), "--out", str(tmp_path / "out")]
+    assert main(arguments) == 130
+    assert "bench: interrupted; every server it started is stopped" in capsys.readouterr().err
+    assert lab.stacks.events == [("start", 1), ("stop", 1)]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
 def test_a_failing_load_tool_names_the_configuration_and_stops_the_stack(
     tmp_path, site, monkeypatch
 ):
