@@ -161,9 +161,11 @@ def test_a_copy_that_does_not_match_its_build_never_goes_live(
     freeze(app, source)
     tamper(source.resolve())
 
-    with pytest.raises(FreezeError, match="(differs from|another .* than) its build"):
+    with pytest.raises(FreezeError, match="(differs from|another .* than) its build") as failure:
         pull_build(str(source), dest)
 
+    # What to do: a freeze at the source during the copy is the usual cause.
+    assert "the live build here is unchanged: pull again" in str(failure.value)
     assert os.readlink(dest) == live_before
     assert "Changed" not in (dest / "index.html").read_text()
 

@@ -56,6 +56,12 @@ from .output import (
 NGINX_INCLUDES = (EPISODE_MAP, REDIRECTS)
 #: Seconds rsync may go without any data before it gives up.
 RSYNC_TIMEOUT = 60
+#: What to do about a copy that is not its build: the usual cause is a freeze at the source
+#: (two, in fact) while the copy ran, which rewrites the tree being copied.
+PULL_AGAIN = (
+    "; the live build here is unchanged: pull again (a freeze at the source during the copy"
+    " rewrites the tree being copied)"
+)
 
 
 @dataclass(frozen=True)
@@ -137,22 +143,25 @@ def _check_against_state(tree: Path) -> int:
     """The number of files in ``tree``, if they are exactly those its state file describes."""
     state = read_state(tree)
     if state is None:
-        raise FreezeError(f"the copy in {tree} has no readable state file: not a finished build")
+        raise FreezeError(
+            f"the copy in {tree} has no readable state file: not a finished build{PULL_AGAIN}"
+        )
     records, digest = state
     for path, record in records.items():
         try:
             stat = os.lstat(tree / path)
         except FileNotFoundError:
             raise FreezeError(
-                f"the copy in {tree} differs from its build: {path} is missing"
+                f"the copy in {tree} differs from its build: {path} is missing{PULL_AGAIN}"
             ) from None
         if (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
-            raise FreezeError(f"the copy in {tree} has another {path} than its build")
+            raise FreezeError(f"the copy in {tree} has another {path} than its build{PULL_AGAIN}")
     found = TreeDigest.of(tree)
     if found != digest:
         raise FreezeError(
             f"the copy in {tree} differs from its build: {found.files} files where the build"
             f" has {digest.files}, or another path, size or modification time among them"
+            f"{PULL_AGAIN}"
         )
     return found.files
 
