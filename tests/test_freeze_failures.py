@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from flask import Flask
 from jinja2 import ChoiceLoader, DictLoader
 
+from tests.conftest import SMALL_SEED, make_app
 from tests.test_freeze import assert_matches_live, episodes_of, everything_under, execute, versions
 from webapp import create_app
 from webapp.db import get_database
-from webapp.freeze import FreezeError, SiteBuild, freeze, site
+from webapp.db.seed import seed
+from webapp.freeze import FreezeError, SiteBuild, freeze, output, site
 
 
 @pytest.fixture
@@ -358,3 +369,162 @@ def test_a_second_freeze_into_the_same_destination_waits_its_turn(app, dest):
         with pytest.raises(FreezeError, match="another freeze is writing to"):
             freeze(app, dest)
     freeze(app, dest)  # the lock is released with the first build
+
+
+def test_a_full_disk_is_named_with_what_to_do_and_the_unfinished_tree_is_removed(
+    app, dest, monkeypatch
+):
+    """A build that runs out of space says so and what to do, and takes its unfinished tree
+    away with it: left there, it would keep the disk full for nginx's logs and the database
+    until some later build that changes something."""
+    freeze(app, dest)
+    before = live_build(dest)
+    builds = dest.with_name(f"{dest.name}.builds")
+    write = output.BuildTrees.write
+    written = 0
+
+    class NoSpace(list):
+        """Pieces of a file that the disk has no room for, once the file is open."""
+
+        def __iter__(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write_until_full(self, path, data, *args, **kwargs):
+        nonlocal written
+        written += 1
+        return write(self, path, NoSpace() if written > 20 else data, *args, **kwargs)
+
+    monkeypatch.setattr(output.BuildTrees, "write", write_until_full)
+    app.config["SITE_TITLE"] = "Another title"  # every page anew
+    result = freeze_cli(app, dest)
+
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot write the build for {dest}: No space left on device (" in result.output
+    assert "[Errno" not in result.output
+    assert "free space" in result.output and "the live build is unchanged" in result.output
+    assert live_build(dest) == before
+    assert sorted(path.name for path in builds.iterdir()) == [".lock", os.readlink(dest)[-1]]
+    monkeypatch.undo()
+    assert freeze_cli(app, dest).exit_code == 0
+    assert_matches_live(dest, app)
+
+
+def test_files_owned_by_another_user_name_the_owner_and_the_fix(tmp_path, dest):
+    """A build once frozen as root, then by the service's user: fs.protected_hardlinks refuses
+    the links a build makes to another user's files. The message says whose they are and what
+    to do, and the unfinished tree goes. Played here by root without the capabilities that
+    override file ownership, on a tree owned by nobody."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to play a user who does not own the build")
+    if Path("/proc/sys/fs/protected_hardlinks").read_text().strip() != "1":
+        pytest.skip("fs.protected_hardlinks is off: links to others' files are allowed")
+    app = make_app(f"sqlite:///{tmp_path}/owned.sqlite3", tmp_path)
+    with get_database(app).session() as session:
+        seed(session, SMALL_SEED)
+    freeze(app, dest)
+    nobody = pwd.getpwnam("nobody")
+    for path in [dest.resolve(), *dest.resolve().rglob("*")]:
+        os.lchown(path, nobody.pw_uid, nobody.pw_gid)
+    before = live_build(dest)
+    execute(app, "UPDATE episodes SET title = %s WHERE number = 4", ("Edited",))
+    settings = {name: str(app.config[name]) for name in ("DATABASE_URL", "VAR_DIR", "SITE_URL")}
+    result = subprocess.run(
+        [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner,-chown"]
+        + [sys.executable, "-m", "flask", "--app", "webapp", "freeze", "--dest", str(dest)],
+        env={**os.environ, **settings},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    builds = dest.with_name(f"{dest.name}.builds")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "Error: cannot write the build for" in result.stderr
+    assert "is owned by nobody, and this freeze runs as root" in result.stderr
+    assert f"`chown -R root {builds}`" in result.stderr
+    assert live_build(dest) == before
+    assert sorted(path.name for path in builds.iterdir()) == [".lock", "a"]
+
+
+class Outage:
+    """A TCP relay to the database that can go down, as a server or its network does."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.target)
+                self.sockets += [client, server]
+                for one, other in ((client, server), (server, client)):
+                    threading.Thread(target=self._pump, args=(one, other), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+    def down(self) -> None:
+        # shutdown first: close alone leaves the socket listening while accept() waits on it.
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for connection in self.sockets:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+
+def test_the_database_going_away_during_a_build_is_named(postgres_url, tmp_path, dest):
+    """Not "the app answered 503" for the first page that needed the database: what failed,
+    and what to do."""
+    url = urlsplit(postgres_url)
+    outage = Outage(url.hostname or "127.0.0.1", url.port or 5432)
+    relayed = url._replace(netloc=url.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{outage.port}")
+    app = make_app(urlunsplit(relayed), tmp_path)
+    with get_database(app).session() as session:
+        seed(session, SMALL_SEED)
+    with pytest.raises(FreezeError) as failure, SiteBuild(app, dest) as build:
+        outage.down()
+        for page in build.pending:
+            build.render(page)
+    message = str(failure.value)
+    # The session's connection died; its one retry found nothing listening.
+    assert message.startswith("cannot connect to postgresql://") and "503" not in message
+    assert "the live build is unchanged: freeze again once the database answers" in message
+    assert not dest.exists() and not dest.is_symlink()
+    get_database(app).close()
+
+
+def test_a_freeze_that_changes_nginx_s_redirects_says_nginx_must_reload(app, dest):
+    freeze_cli(app, dest)
+    execute(app, "UPDATE episodes SET title = %s WHERE number = 4", ("Only a title",))
+    assert "nginx must reload" not in freeze_cli(app, dest).output
+    execute(app, "UPDATE episodes SET slug = %s WHERE number = 4", ("a-new-slug",))
+    result = freeze_cli(app, dest)
+    assert result.exit_code == 0
+    assert "nginx must reload: its redirect maps changed" in result.output
+
+
+def test_a_destination_inside_a_build_names_the_build_to_use(app, tmp_path, dest):
+    """FREEZE_DIR set to what `readlink -f` gives (the live tree), or to a link to the build:
+    "move it away" or "remove the link" would take the site from nginx."""
+    freeze(app, dest)
+    before = live_build(dest)
+    alias = tmp_path / "alias"
+    alias.symlink_to(dest)
+    for wrong in (dest.resolve(), alias):
+        result = freeze_cli(app, wrong)
+        assert result.exit_code == 1
+        assert f"use {dest} (FREEZE_DIR or --dest)" in result.output, result.output
+        assert "move it away" not in result.output and "remove the link" not in result.output
+    assert live_build(dest) == before

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from flask.testing import EnvironBuilder
@@ -69,6 +70,7 @@ from .output import (
     FreezeError,
     Range,
     content_digest,
+    describe_os_error,
 )
 from .site import (
     EpisodeTable,
@@ -120,15 +122,19 @@ class BuildReport:
 
 
 class _LastError(logging.Handler):
-    """Keeps the last exception the app logs: its 500 handler logs each one."""
+    """Keeps the last exception the app logs: its 500 handler logs each one with its
+    traceback, its 503 handler a DatabaseUnavailable as the warning's argument."""
 
     def __init__(self) -> None:
-        super().__init__(logging.ERROR)
+        super().__init__(logging.WARNING)
         self.error: BaseException | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info:
             self.error = record.exc_info[1]
+        elif isinstance(record.args, tuple):
+            errors = [arg for arg in record.args if isinstance(arg, BaseException)]
+            self.error = errors[-1] if errors else self.error
 
 
 @contextmanager
@@ -137,9 +143,14 @@ def _freeze_errors(destination: Path) -> Iterator[None]:
     try:
         yield
     except DatabaseUnavailable as error:
-        raise FreezeError(f"{error}; the live build is unchanged") from None
+        raise FreezeError(
+            f"{error}; the live build is unchanged: freeze again once the database answers"
+        ) from None
     except OSError as error:
-        raise FreezeError(f"cannot write the build for {destination}: {error}") from None
+        raise FreezeError(
+            f"cannot write the build for {destination}: {describe_os_error(destination, error)};"
+            " the live build is unchanged"
+        ) from None
 
 
 class SiteBuild:
@@ -198,8 +209,9 @@ class SiteBuild:
             self._exit_stack = stack.pop_all()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._exit_stack.close()
+    def __exit__(self, *exc_info: Any) -> None:
+        # The exception, if any, goes to the trees too: a failed build removes its unfinished tree.
+        self._exit_stack.__exit__(*exc_info)
 
     @property
     def incremental(self) -> bool:
@@ -277,7 +289,7 @@ class SiteBuild:
                     else:
                         assert page.number is not None, "a page without a listing is an episode"
                         body = render_episode_page(self.app, self._episodes[page.number])
-                except FreezeError:
+                except (FreezeError, DatabaseUnavailable):
                     raise
                 except Exception as error:  # a template error: say which page
                     raise _page_error(page, f"{type(error).__name__}: {error}") from error
@@ -357,6 +369,8 @@ class SiteBuild:
         with self.app.full_dispatch_request() as response:
             if response.status_code != page.status:
                 error = self._errors.error
+                if isinstance(error, DatabaseUnavailable):
+                    raise error  # what failed is the database, not the page
                 cause = f" ({type(error).__name__}: {error})" if error else ""
                 raise _page_error(page, f"the app answered {response.status}{cause}")
             response.direct_passthrough = False  # static files: read the file as a server would

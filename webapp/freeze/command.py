@@ -10,7 +10,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .build import SiteBuild
-from .output import FreezeError
+from .output import EPISODE_MAP, REDIRECTS, FreezeError
 from .pull import pull_build
 from .site import Page
 
@@ -49,6 +49,9 @@ def freeze_command(dest: Path | None) -> None:
         click.echo(f"  {'removed' if path in report.removed else 'written'}  {path}")
     if len(report.changed) > LISTED_CHANGES:
         click.echo(f"  … and {len(report.changed) - LISTED_CHANGES} more: see manifest.json")
+    if EPISODE_MAP in report.changed or REDIRECTS in report.changed:
+        # nginx reads them only when it starts or reloads (systemd's unit reloads it after).
+        click.echo("nginx must reload: its redirect maps changed")
 
 
 @click.command("pull-build")

@@ -37,10 +37,12 @@ trusted, and the next build starts from nothing.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import pwd
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -59,6 +61,55 @@ TREE_NAMES = ("a", "b")
 
 class FreezeError(Exception):
     """The build cannot go on; the message says why. The live build is left as it was."""
+
+
+def describe_os_error(destination: Path, error: OSError) -> str:
+    """What a build could not do on disk, which file, and what to do: for the person running it.
+
+    The common causes each have a fix of their own: a full disk, a read-only
+    mount, and files of the build owned by another user (a freeze once run as
+    root; ``fs.protected_hardlinks`` then refuses the links a build makes).
+    """
+    files = " -> ".join(str(name) for name in (error.filename, error.filename2) if name)
+    what = f"{error.strerror or error}{f' ({files})' if files else ''}"
+    root = destination.with_name(f"{destination.name}.builds")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = (
+            f"free space on the file system of {root} (a build needs room for every file it"
+            " changes: all of them after a change of code or settings), then freeze again"
+        )
+    elif error.errno == errno.EROFS:
+        advice = (
+            f"{root} is on a read-only file system: remount it read-write, or choose another --dest"
+        )
+    elif error.errno in (errno.EACCES, errno.EPERM):
+        me = _user_name(os.geteuid())
+        owner = _owner(Path(error.filename)) if error.filename else None
+        whose = f"{owner[0]} is owned by {owner[1]}, and " if owner is not None else ""
+        advice = (
+            f"{whose}this freeze runs as {me}: run it as the user that owns the build,"
+            f" or give the build to {me} (`chown -R {me} {root}`)"
+        )
+    else:
+        return what
+    return f"{what}; {advice}"
+
+
+def _owner(path: Path) -> tuple[Path, str] | None:
+    """``path`` or its nearest existing parent, and the name of its owner."""
+    for candidate in (path, *path.parents):
+        try:
+            return candidate, _user_name(os.lstat(candidate).st_uid)
+        except OSError:
+            continue
+    return None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def content_digest(data: bytes) -> str:
@@ -158,6 +209,9 @@ class BuildTrees:
         self._removed: set[str] = set()
         self._open: dict[str, int] = {}
         self._lock: int | None = None
+        #: True once the spare is being made into this build, until it goes live: a build
+        #: that fails meanwhile removes it (see __exit__).
+        self._preparing = False
         # Per-file work uses plain strings: pathlib costs more than the syscalls here.
         self._made_dirs: set[str] = set()
 
@@ -167,7 +221,7 @@ class BuildTrees:
             self._lock = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise FreezeError(
-                f"cannot write to {self.destination}: {error.strerror} ({error.filename})"
+                f"cannot write to {self.destination}: {describe_os_error(self.destination, error)}"
             ) from None
         try:
             self._lock_and_find_live()
@@ -176,10 +230,16 @@ class BuildTrees:
             raise
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object = None, *exc_info: object) -> None:
         for descriptor in self._open.values():
             os.close(descriptor)
         self._open.clear()
+        if exc_type is not None and self._preparing and self._lock is not None:
+            # Unfinished, it cannot serve as the next build's spare (its state is gone), and
+            # after a full disk it would keep the disk full until a build that changes
+            # something: nginx's logs and the database may share that disk.
+            shutil.rmtree(self.spare, ignore_errors=True)
+            self._preparing = False
         if self._lock is not None:
             os.close(self._lock)  # closing releases the flock
             self._lock = None
@@ -206,12 +266,25 @@ class BuildTrees:
             for name in TREE_NAMES:
                 if target == f"{self.root.name}/{name}":
                     return self.root / name
+            build = _build_holding(self.destination)
+            if build is not None:
+                raise FreezeError(
+                    f"{self.destination} links to {target}, a tree of the build at {build};"
+                    f" use {build} (FREEZE_DIR or --dest), the symlink a freeze swaps"
+                )
             raise FreezeError(
                 f"{self.destination} links to {target}, not to a build of `flask freeze`;"
                 " remove the link or choose another --dest"
             )
         if self.destination.is_dir() and not any(self.destination.iterdir()):
             return None  # an empty directory, e.g. made by a deploy: replaced at the swap
+        build = _build_holding(self.destination)
+        if build is not None:
+            # Moving it away, as said below, would take the live site from nginx.
+            raise FreezeError(
+                f"{self.destination} is a tree of the build at {build};"
+                f" use {build} (FREEZE_DIR or --dest), the symlink a freeze swaps"
+            )
         if self.destination.exists():
             raise FreezeError(
                 f"{self.destination} exists and is not a build of `flask freeze`;"
@@ -226,6 +299,7 @@ class BuildTrees:
 
     def prepare(self) -> None:
         """Make the spare tree a copy of the live build (empty if none is trusted), unfinished."""
+        self._preparing = True
         self._tree = self._live_tree if self.trusted else TreeDigest()
         if self.trusted and self._spare_is_previous():
             # The build before the live one, untouched since: it differs from
@@ -315,18 +389,22 @@ class BuildTrees:
         self._removed.discard(path)
         pieces = [data] if isinstance(data, bytes) else data
         size = 0
-        with open(target, "xb") as file:
-            for piece in pieces:
-                if isinstance(piece, Range):
-                    file.flush()
-                    self._copy(path, file.fileno(), piece, size)
-                    file.seek(size + piece.size)
-                    size += piece.size
-                else:
-                    file.write(piece)
-                    size += len(piece)
-            file.flush()
-            os.utime(file.fileno(), ns=(mtime_ns, mtime_ns))
+        try:
+            with open(target, "xb") as file:
+                for piece in pieces:
+                    if isinstance(piece, Range):
+                        file.flush()
+                        self._copy(path, file.fileno(), piece, size)
+                        file.seek(size + piece.size)
+                        size += piece.size
+                    else:
+                        file.write(piece)
+                        size += len(piece)
+                file.flush()
+                os.utime(file.fileno(), ns=(mtime_ns, mtime_ns))
+        except OSError as error:
+            error.filename = error.filename or target  # a full disk names no file
+            raise
         self._tree = self._tree.plus(path, size, mtime_ns)
         return FileRecord(inputs, content, mtime_ns, size, layout)
 
@@ -451,6 +529,7 @@ class BuildTrees:
         if self.live is None and self.destination.is_dir():
             self.destination.rmdir()  # the empty directory from before the first build
         os.replace(link, self.destination)
+        self._preparing = False
 
     @property
     def removed(self) -> list[str]:
@@ -465,7 +544,11 @@ class BuildTrees:
     def _replace_file(self, name: str, data: bytes) -> None:
         target = self.spare / name
         target.unlink(missing_ok=True)
-        target.write_bytes(data)
+        try:
+            target.write_bytes(data)
+        except OSError as error:
+            error.filename = error.filename or str(target)
+            raise
 
     def _target(self, path: str) -> str:
         """The spare tree's file for ``path``, its directory made."""
@@ -488,6 +571,15 @@ class BuildTrees:
             except OSError:
                 break
             self._made_dirs.discard(str(directory))
+
+
+def _build_holding(path: Path) -> Path | None:
+    """The destination (``<dest>``) whose build tree ``path`` is, or resolves to; None if none."""
+    tree = Path(os.path.realpath(path))
+    if tree.name not in TREE_NAMES or not tree.parent.name.endswith(".builds"):
+        return None
+    destination = tree.parent.with_name(tree.parent.name.removesuffix(".builds"))
+    return destination if destination.is_symlink() else None
 
 
 def _read_state(tree: Path) -> dict[str, Any] | None:
