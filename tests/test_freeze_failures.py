@@ -528,3 +528,22 @@ def test_a_destination_inside_a_build_names_the_build_to_use(app, tmp_path, dest
         assert f"use {dest} (FREEZE_DIR or --dest)" in result.output, result.output
         assert "move it away" not in result.output and "remove the link" not in result.output
     assert live_build(dest) == before
+
+
+def test_a_build_that_renders_every_page_says_why(app, dest):
+    """An operator who expects an edit to cost milliseconds is told why a build took seconds."""
+    first = freeze_cli(app, dest)
+    assert "Every page rendered: there was no build in" in first.output
+    execute(app, "UPDATE episodes SET title = %s WHERE number = 4", ("Edited",))
+    assert "Every page rendered" not in freeze_cli(app, dest).output
+    app.config["SITE_TITLE"] = "Another title"
+    changed = freeze_cli(app, dest)
+    assert changed.exit_code == 0
+    assert "Every page rendered: the code, templates, rendering libraries or SITE_*" in (
+        changed.output
+    )
+    (dest.resolve() / ".freeze-state.json").unlink()
+    untrusted = freeze_cli(app, dest)
+    assert "Every page rendered: the live build's state file is missing or unreadable" in (
+        untrusted.output
+    )

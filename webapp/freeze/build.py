@@ -164,6 +164,8 @@ class SiteBuild:
         self.pages: list[Page] = []
         self.pending: list[Page] = []
         self.up_to_date = False
+        #: Why every page is rendered, if it is (None for a build of what changed only).
+        self.full_reason: str | None = None
         self._records: dict[str, FileRecord] = {}
         self._rendered: list[str] = []
         #: Each .gz file to write: its path, its record's inputs and content (None for
@@ -224,6 +226,18 @@ class SiteBuild:
         table = data.table
         if live is not None and live.get("code") == data.code:
             self._live_table = EpisodeTable.from_json(live.get("episodes"))
+        if self._live_table is None:
+            self.full_reason = (
+                f"there was no build in {self.trees.destination}"
+                if self.trees.live is None
+                else "the live build's state file is missing or unreadable"
+                " (a build of another version, or one taken apart by hand)"
+                if live is None
+                else "the code, templates, rendering libraries or SITE_* settings changed"
+                " since the live build"
+                if live.get("code") != data.code
+                else "the live build's state holds no table of episodes"
+            )
         if live is not None:
             self._episode_bytes = list(live.get("episode_bytes", (0, 0)))
         if self._live_table is not None:

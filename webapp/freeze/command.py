@@ -45,6 +45,8 @@ def freeze_command(dest: Path | None) -> None:
     except FreezeError as error:
         raise click.ClickException(str(error)) from None
     click.echo(report.summary())
+    if build.full_reason is not None:
+        click.echo(f"Every page rendered: {build.full_reason}.")
     for path in report.changed[:LISTED_CHANGES]:
         click.echo(f"  {'removed' if path in report.removed else 'written'}  {path}")
     if len(report.changed) > LISTED_CHANGES:
