@@ -290,6 +290,7 @@ def test_a_postgresql_database_from_before_revisions_asks_for_init_db(app, dest)
 
     assert result.exit_code == 1
     assert "run `flask --app webapp init-db`" in result.output and "Traceback" not in result.output
+    assert "freeze again" not in result.output  # init-db mends it, not waiting
     assert everything_under(dest) == before
 
 

@@ -143,9 +143,7 @@ def _freeze_errors(destination: Path) -> Iterator[None]:
     try:
         yield
     except DatabaseUnavailable as error:
-        raise FreezeError(
-            f"{error}; the live build is unchanged: freeze again once the database answers"
-        ) from None
+        raise FreezeError(f"{error}; the live build is unchanged") from None
     except OSError as error:
         raise FreezeError(
             f"cannot write the build for {destination}: {describe_os_error(destination, error)};"
@@ -384,7 +382,11 @@ class SiteBuild:
             if response.status_code != page.status:
                 error = self._errors.error
                 if isinstance(error, DatabaseUnavailable):
-                    raise error  # what failed is the database, not the page
+                    # What failed is the database, which answered when the build began.
+                    raise FreezeError(
+                        f"{error}; the live build is unchanged: freeze again once the database"
+                        " answers"
+                    )
                 cause = f" ({type(error).__name__}: {error})" if error else ""
                 raise _page_error(page, f"the app answered {response.status}{cause}")
             response.direct_passthrough = False  # static files: read the file as a server would
