@@ -207,3 +207,36 @@ def test_a_pull_watches_every_file_the_build_writes_for_nginx(source: Path) -> N
     written = {path.relative_to(source).as_posix() for path in (source / "nginx").iterdir()}
 
     assert written == set(NGINX_INCLUDES)
+
+
+def test_a_pull_onto_a_full_disk_says_so_and_takes_its_partial_copy_away(
+    source: Path, tmp_path: Path
+) -> None:
+    """Left there, the partial copy keeps the disk full (nginx's logs share it) until the
+    next pull. Played by an rsync that fills what it copies into, as a full disk stops it."""
+    dest = tmp_path / "nginx" / "build"
+    pull_build(str(source), dest)
+    live_before = tree_of(dest)
+    full_disk = tmp_path / "rsync-on-a-full-disk"
+    full_disk.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *--list-only*) exec rsync "$@";; esac\n'
+        "for last; do :; done\n"
+        'head -c 100000 /dev/zero > "${last}partial.html"\n'
+        'echo "rsync: [receiver] write failed on \\"${last}partial.html\\":'
+        ' No space left on device (28)" >&2\n'
+        "exit 11\n"
+    )
+    full_disk.chmod(0o755)
+
+    with pytest.raises(FreezeError) as failure:
+        pull_build(str(source), dest, rsync=str(full_disk))
+
+    message = str(failure.value)
+    assert "No space left on device" in message and "the live build here is unchanged" in message
+    assert "free space on the file system of" in message and "then pull again" in message
+    builds = dest.with_name(f"{dest.name}.builds")
+    assert sorted(path.name for path in builds.iterdir()) == [".lock", os.readlink(dest)[-1]]
+    assert tree_of(dest) == live_before
+    pull_build(str(source), dest)  # with room again
+    assert tree_of(dest) == tree_of(source)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -105,13 +106,25 @@ def pull_build(source: str, destination: Path, *, rsync: str | None = None) -> P
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise FreezeError(f"rsync from {tree} failed: {result.stderr.strip()[-1000:]}")
+            failed = f"rsync from {tree} failed: {result.stderr.strip()[-1000:]}"
+            if _DISK_FULL.search(result.stderr):
+                # Kept, the partial copy would hold the disk full (nginx's logs share it).
+                shutil.rmtree(trees.spare, ignore_errors=True)
+                raise FreezeError(
+                    f"{failed}; the live build here is unchanged, and the partial copy was"
+                    f" removed: free space on the file system of {trees.root}, then pull again"
+                )
+            raise FreezeError(failed)
         files = _check_against_state(trees.spare)
         reload = trees.live is None or any(
             not _same_file(trees.live / name, trees.spare / name) for name in NGINX_INCLUDES
         )
         trees.go_live()
     return PullReport(source_tree=tree, files=files, nginx_reload=reload)
+
+
+#: How rsync reports a full disk or quota, in any language: strerror's errno after it.
+_DISK_FULL = re.compile(r"\((?:28|122)\)$", re.MULTILINE)
 
 
 def _source_tree(rsync: str, source: str) -> str:
