@@ -528,6 +528,7 @@ def test_a_destination_inside_a_build_names_the_build_to_use(app, tmp_path, dest
         assert result.exit_code == 1
         assert f"use {dest} (FREEZE_DIR or --dest)" in result.output, result.output
         assert "move it away" not in result.output and "remove the link" not in result.output
+        assert not wrong.with_name(f"{wrong.name}.builds").exists()  # nothing made beside it
     assert live_build(dest) == before
 
 

@@ -216,6 +216,20 @@ class BuildTrees:
         self._made_dirs: set[str] = set()
 
     def __enter__(self) -> BuildTrees:
+        own = {f"{self.root.name}/{name}" for name in TREE_NAMES}
+        build = _build_holding(self.destination)
+        if build is not None and not (
+            self.destination.is_symlink() and os.readlink(self.destination) in own
+        ):
+            # Before anything is made beside it (a <tree>.builds in the build's own folder).
+            # "Move it away" or "remove the link", said of other paths, would take the live
+            # site from nginx here.
+            link = self.destination.is_symlink()
+            how = f"links to {os.readlink(self.destination)}," if link else "is"
+            raise FreezeError(
+                f"{self.destination} {how} a tree of the build at {build};"
+                f" use {build} (FREEZE_DIR or --dest), the symlink a freeze swaps"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._lock = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -266,25 +280,12 @@ class BuildTrees:
             for name in TREE_NAMES:
                 if target == f"{self.root.name}/{name}":
                     return self.root / name
-            build = _build_holding(self.destination)
-            if build is not None:
-                raise FreezeError(
-                    f"{self.destination} links to {target}, a tree of the build at {build};"
-                    f" use {build} (FREEZE_DIR or --dest), the symlink a freeze swaps"
-                )
             raise FreezeError(
                 f"{self.destination} links to {target}, not to a build of `flask freeze`;"
                 " remove the link or choose another --dest"
             )
         if self.destination.is_dir() and not any(self.destination.iterdir()):
             return None  # an empty directory, e.g. made by a deploy: replaced at the swap
-        build = _build_holding(self.destination)
-        if build is not None:
-            # Moving it away, as said below, would take the live site from nginx.
-            raise FreezeError(
-                f"{self.destination} is a tree of the build at {build};"
-                f" use {build} (FREEZE_DIR or --dest), the symlink a freeze swaps"
-            )
         if self.destination.exists():
             raise FreezeError(
                 f"{self.destination} exists and is not a build of `flask freeze`;"
