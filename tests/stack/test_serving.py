@@ -451,6 +451,8 @@ def test_profiling_tokens_reach_the_app_past_frozen_files_and_cache(
             assert status == 200, path
             assert response_headers.get("X-Profile-Id"), f"{path} did not reach the profiler"
             assert "X-Cache-Status" not in response_headers
+            # Nor kept by any cache further on: it is this token holder's answer.
+            assert response_headers.get_all("Cache-Control") == ["no-store"], path
             assert not is_nginx_etag(response_headers)
 
 
@@ -547,6 +549,31 @@ def test_profiler_viewer_through_nginx_keeps_its_own_csp(site_stack: Stack) -> N
     status, headers, _ = get(url + "/_profiler/")
     assert status in (401, 403, 404)
     assert "X-Cache-Status" not in headers
+
+
+def test_profiler_pages_through_nginx_keep_their_own_referrer_policy(
+    site_stack: Stack, site: Site
+) -> None:
+    """The viewer's and the inline profile's no-referrer is the one policy the browser applies.
+
+    Their URL may hold the token (``?_profile=``). Browsers apply the last of several
+    Referrer-Policy values, so nginx's strict-origin-when-cross-origin added after the app's
+    no-referrer used to win, and each link of the page sent the token on as its Referer.
+    """
+    token = make_token(PROFILER_SECRET, 300)
+    url = site_stack.settings.url
+    get(url + "/api/episodes/2", {"X-Profile-Token": token})  # at least one stored profile
+    for path in [
+        f"/_profiler/?_profile={token}",
+        f"{episode_paths(site)[1]}?_profile={token}&_profile_view=inline",
+    ]:
+        status, headers, _ = get(url + path)
+        assert status == 200, path
+        assert headers.get_all("Referrer-Policy") == ["no-referrer"], path
+        assert headers.get_all("X-Content-Type-Options") == ["nosniff"], path
+    # Everything else keeps nginx's, once.
+    _, headers, _ = get(url + "/api/episodes/2")
+    assert headers.get_all("Referrer-Policy") == ["strict-origin-when-cross-origin"]
 
 
 def test_a_request_cannot_write_a_line_into_uwsgis_log(make_stack: Callable[..., Stack]) -> None:
