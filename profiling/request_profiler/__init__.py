@@ -20,6 +20,9 @@ middleware's ``make_token()``), then send it with a request in the
     # X-Profile-Id: 20250101T120000123456-3f2a9c1b2d4e
     # Server-Timing: app;dur=12.3
 
+The profiled answer is otherwise the app's, but for ``Cache-Control: no-store``:
+it carries the token holder's profile id and timings, for no cache to keep.
+
 A token in the query string ends up in access logs (nginx, uWSGI): prefer the
 header or the cookie, and short lifetimes.
 

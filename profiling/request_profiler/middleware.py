@@ -393,7 +393,14 @@ class _Recording:
             # Sampled requests did not ask to be profiled, and their client
             # may not be trusted with timings: they look like any other.
             if self.requested:
-                headers = [*headers, *self.result_headers()]
+                # The answer carries this token holder's profile id and timings: no cache (a
+                # CDN, a proxy, the browser's) may keep it for anyone, nor reuse it for a later
+                # request that should be profiled afresh.
+                headers = [
+                    *(header for header in headers if header[0].lower() != "cache-control"),
+                    ("Cache-Control", "no-store"),
+                    *self.result_headers(),
+                ]
             return start_response(status, headers, exc_info)
 
         return profiled_start_response

@@ -85,6 +85,31 @@ def test_a_token_request_is_profiled_and_says_where(
     )
 
 
+def cacheable_app(environ, start_response):
+    start_response(
+        "200 OK",
+        [("Content-Type", "text/plain"), ("Cache-Control", "public, max-age=60"), ("ETag", '"1"')],
+    )
+    return [b"the same for everyone"]
+
+
+def test_a_profiled_answer_is_never_stored_by_a_cache(make_middleware, token) -> None:
+    """It carries the token holder's X-Profile-Id and timings: no shared cache (a CDN, a proxy)
+    may keep it for others, nor the browser reuse it for a request that should be profiled."""
+    bare = run(cacheable_app, "/api", headers={"X-Profile-Token": token})
+
+    profiled = run(make_middleware(cacheable_app), "/api", headers={"X-Profile-Token": token})
+
+    assert profiled.body == bare.body
+    assert [value for key, value in profiled.headers if key.lower() == "cache-control"] == [
+        "no-store"
+    ]
+    assert profiled.header("ETag") == '"1"'  # everything else as the app sent it
+    # Sampled answers say nothing of the profiler: they keep the app's Cache-Control.
+    sampled = run(make_middleware(cacheable_app, sample_rate=1.0), "/api")
+    assert sampled.headers == bare.headers
+
+
 def test_the_body_streams_chunk_by_chunk_and_the_profile_ends_in_close(
     make_middleware, store_dir, token
 ) -> None:
