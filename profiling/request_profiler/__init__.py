@@ -48,9 +48,11 @@ in batches, each batch one file of a ``directory`` store
 (:mod:`request_profiler.writer`), and what is queued is stored
 when the process exits (uWSGI: with ``enable-threads``). In a worker too
 busy to give that thread a turn, the request that finds a full batch queued
-stores it itself, after its response. The viewer waits for its own process's
-queue, so a profile just taken is listed; code that reads the store right
-after a request calls ``middleware.flush()`` first.
+stores it itself, after its response. A token request ends (its ``close()``)
+only once its profile is stored, for up to a second, so the viewer in any
+process finds the ``X-Profile-Id`` it was given; sampled profiles are
+batched, and code that reads the store right after a sampled request calls
+``middleware.flush()`` first.
 
 Stored metadata: method, path, redacted query string, status, duration, time
 to ``start_response``, time, endpoint (the ``endpoint`` option, or ``environ[ENDPOINT_KEY]``), host

@@ -47,6 +47,8 @@ _VIEW_HEADER_KEY = "HTTP_X_PROFILE_VIEW"
 # active", and pyinstrument keeps one sampler per thread. Requests that find
 # it taken are served unprofiled instead of waiting.
 _one_profile_at_a_time = threading.Lock()
+#: How long the end of a token request waits for its profile to be stored.
+_REQUESTED_STORE_SECONDS = 1.0
 
 
 class ProfilerMiddleware:
@@ -302,7 +304,14 @@ class ProfilerMiddleware:
                 return meta, recording.redactor.data(make_data())
 
             self.writer.submit(recording.id, make_profile)
-            self.writer.store_if_behind()
+            if recording.requested:
+                # The token holder was given its X-Profile-Id: the profile is in the store
+                # when the request ends, for the viewer in any process to find (only this
+                # one's could flush this writer). Rare requests, so no batching delay; a
+                # stuck store delays their end by at most this, and fails none.
+                self.writer.flush(timeout=_REQUESTED_STORE_SECONDS)
+            else:
+                self.writer.store_if_behind()
         return make_data
 
     def _endpoint_of(self, environ: dict[str, Any]) -> str | None:

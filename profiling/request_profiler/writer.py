@@ -99,6 +99,9 @@ class ProfileWriter:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._failing = False
+        # Set by flush(): the thread stores what is queued without waiting for a batch,
+        # even if it starts that wait after flush()'s notify.
+        self._hurry = False
 
     def submit(self, profile_id: str, make: MakeProfile) -> bool:
         """Queue one profile; False (and counted) if the queue is full or the writer closed."""
@@ -158,6 +161,7 @@ class ProfileWriter:
             return True
         deadline = time.monotonic() + timeout
         with self._ready:
+            self._hurry = True
             self._ready.notify_all()  # no waiting for a batch to fill
             while self._pending or self._in_progress:
                 remaining = deadline - time.monotonic()
@@ -194,7 +198,9 @@ class ProfileWriter:
                     if not self._pending and not self._closed:
                         self._ready.wait(self.idle_seconds)  # until submit() queues one
                     if 0 < len(self._pending) < self.batch and not self._closed:
-                        self._ready.wait(self.delay)
+                        if not self._hurry:
+                            self._ready.wait(self.delay)
+                    self._hurry = False
                     if not self._pending:
                         if self._closed or time.monotonic() - last_work >= self.idle_seconds:
                             # Under the lock: submit() then starts another thread.
