@@ -18,11 +18,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import click
 from request_profiler import check_secret, parse_ttl
 
 
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used."""
+class SettingsError(click.ClickException, ValueError):
+    """A setting has a value that cannot be used.
+
+    A ClickException too: create_app runs inside every ``flask --app webapp`` command, which
+    then prints "Error: <the message>" and exits 1, not a traceback around it.
+    """
 
 
 def _text(value: str) -> str:

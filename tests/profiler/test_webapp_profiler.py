@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,6 +126,26 @@ def test_the_token_command_needs_a_secret(tmp_path: Path) -> None:
     result = site(tmp_path).test_cli_runner().invoke(args=["profiler-token"])
 
     assert result.exit_code == 1 and "PROFILER_SECRET is not set" in result.output
+
+
+def test_a_secret_too_short_is_a_message_for_the_token_command_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """The on-call engineer's first step: minting a token with a mistyped secret."""
+    env = {**os.environ, "PROFILER_SECRET": "short", "VAR_DIR": str(tmp_path)}
+    env.pop("DATABASE_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "webapp", "profiler-token", "--ttl", "15m"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0 and result.stdout == ""
+    assert "PROFILER_SECRET" in result.stderr and "at least 32" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(
