@@ -47,6 +47,8 @@ _VIEW_HEADER_KEY = "HTTP_X_PROFILE_VIEW"
 # active", and pyinstrument keeps one sampler per thread. Requests that find
 # it taken are served unprofiled instead of waiting.
 _one_profile_at_a_time = threading.Lock()
+#: The app's headers a token request's answer replaces (_Recording.wrap says why).
+_REPLACED = frozenset({"cache-control", "referrer-policy"})
 #: How long the end of a token request waits for its profile to be stored.
 _REQUESTED_STORE_SECONDS = 1.0
 
@@ -404,10 +406,12 @@ class _Recording:
             if self.requested:
                 # The answer carries this token holder's profile id and timings: no cache (a
                 # CDN, a proxy, the browser's) may keep it for anyone, nor reuse it for a later
-                # request that should be profiled afresh.
+                # request that should be profiled afresh. Its URL may hold the token
+                # (?_profile=): what the page loads or links to gets no Referer to carry it on.
                 headers = [
-                    *(header for header in headers if header[0].lower() != "cache-control"),
+                    *(header for header in headers if header[0].lower() not in _REPLACED),
                     ("Cache-Control", "no-store"),
+                    ("Referrer-Policy", "no-referrer"),
                     *self.result_headers(),
                 ]
             return start_response(status, headers, exc_info)

@@ -110,6 +110,19 @@ def test_a_profiled_answer_is_never_stored_by_a_cache(make_middleware, token) ->
     assert sampled.headers == bare.headers
 
 
+def test_a_profiled_answer_sends_no_referer_on(make_middleware, token) -> None:
+    """Its URL may hold the token (?_profile=): its links, styles and scripts must not carry it
+    to the next request's Referer (and from there to logs, or another site)."""
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Referrer-Policy", "unsafe-url")])
+        return [b"<a href='https://elsewhere.example/'>"]
+
+    profiled = run(make_middleware(app), "/", query_string={"_profile": token})
+
+    assert [value for key, value in profiled.headers if key == "Referrer-Policy"] == ["no-referrer"]
+
+
 def test_a_token_profile_is_stored_by_the_time_the_request_ends(
     make_middleware, store_dir, token
 ) -> None:

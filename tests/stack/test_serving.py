@@ -576,6 +576,26 @@ def test_profiler_pages_through_nginx_keep_their_own_referrer_policy(
     assert headers.get_all("Referrer-Policy") == ["strict-origin-when-cross-origin"]
 
 
+def test_profiling_tokens_never_reach_nginxs_error_log(make_stack: Callable[..., Stack]) -> None:
+    """nginx writes a failed request's line and Referer to its error log as they came: a
+    `?_profile=` token with them. A 502 of a profiled request (uWSGI down, restarting, killed)
+    is not logged; the page a token in the query opened sends no Referer on."""
+    stack = make_stack()
+    url = stack.settings.url
+    token = make_token(PROFILER_SECRET, 300)
+    _, headers, _ = get(url + f"/?_profile={token}")
+    assert headers.get_all("Referrer-Policy") == ["no-referrer"]
+    stack.call("stopProcessGroup", "uwsgi")
+    for path in [f"/api/episodes/1?_profile={token}", f"/?page=2&_profile={token}"]:
+        assert get(url + path)[0] == 502, path
+    assert get(url + "/api/episodes/2")[0] == 502  # an unprofiled one is still logged
+    stack.stop()
+    log = (stack.nginx_dir / "error.log").read_text()
+
+    assert "/api/episodes/2" in log
+    assert token.partition(".")[2] not in log
+
+
 def test_a_request_cannot_write_a_line_into_uwsgis_log(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack()
     url = stack.settings.url
