@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from urllib.parse import quote
 
-from flask import Flask, Response, current_app, render_template, request
+from flask import Flask, Response, current_app, got_request_exception, render_template, request
 from flask.globals import request_ctx
 from werkzeug.exceptions import HTTPException, InternalServerError, ServiceUnavailable
 from werkzeug.http import HTTP_STATUS_CODES
@@ -89,6 +89,10 @@ def database_unavailable(error: DatabaseUnavailable) -> Response:
 
 
 def internal_error(error: Exception) -> Response:
+    # Flask sends this signal only when no handler is registered for Exception: sent here as
+    # Flask would, for what listens to it (the profiler names the error in the 500's profile).
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    got_request_exception.send(app, _async_wrapper=app.ensure_sync, exception=error)
     # Flask's log_exception, with the path percent-encoded again: decoded, a %0a in it would
     # end the log line and start one the client wrote.
     path = quote(request.path, safe=_URL_PATH_CHARACTERS)

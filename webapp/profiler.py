@@ -17,9 +17,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
-from flask import Flask, current_app
+from flask import Flask, current_app, got_request_exception, request
 from flask.cli import with_appcontext
 from request_profiler import (
+    ERROR_KEY,
     DirectoryStore,
     PostgresStore,
     ProfilerMiddleware,
@@ -57,8 +58,16 @@ def install_profiler(app: Flask) -> None:
         app.wsgi_app = middleware  # type: ignore[method-assign]
         # The data layer knows nothing of the profiler: the profiler asks to see its queries.
         get_database(app).query_hook = QueryHook(active=sql_capture_active, record=record_sql)
+        # Flask answers a view's exception with its 500 page: the middleware would see the
+        # status only. The signal fires on that path alone, so other requests pay nothing.
+        got_request_exception.connect(note_error_for_profile, app)
     app.extensions["request_profiler"] = middleware
     app.cli.add_command(profiler_token_command)
+
+
+def note_error_for_profile(sender: Flask, exception: BaseException, **extra: Any) -> None:
+    """Names the exception behind a 500 in its profile's Error line (``ERROR_KEY``)."""
+    request.environ[ERROR_KEY] = f"{type(exception).__qualname__}: {exception}"
 
 
 def open_profile_store(config: Mapping[str, Any]) -> Store:

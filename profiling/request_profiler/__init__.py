@@ -57,7 +57,8 @@ batched, and code that reads the store right after a sampled request calls
 Stored metadata: method, path, redacted query string, status, duration, time
 to ``start_response``, time, endpoint (the ``endpoint`` option, or ``environ[ENDPOINT_KEY]``), host
 name and process id, request headers (``Cookie``, ``Authorization``, ``Proxy-Authorization``
-and ``X-Profile-Token`` redacted), error, and the SQL queries reported through
+and ``X-Profile-Token`` redacted), error (one the application raised, or
+``environ[ERROR_KEY]``: what it answered itself), and the SQL queries reported through
 :func:`record_sql`. Besides those redacted by name, the token the request was
 accepted with and every ``_profile=`` value are removed by value from all of
 it (and from the profile's description and data), whatever header, parameter
@@ -69,7 +70,7 @@ imported only when a secret is configured, psycopg2 only when a
 :class:`PostgresStore` is made.
 """
 
-from .middleware import ENDPOINT_KEY, ProfilerMiddleware
+from .middleware import ENDPOINT_KEY, ERROR_KEY, ProfilerMiddleware
 from .postgres_store import PostgresStore
 from .profilers import CProfileProfiler, ExportFormat, Profiler, PyinstrumentProfiler
 from .redact import DEFAULT_SECRET_PARAMS
@@ -87,6 +88,7 @@ from .tokens import (
 __all__ = [
     "DEFAULT_SECRET_PARAMS",
     "ENDPOINT_KEY",
+    "ERROR_KEY",
     "CProfileProfiler",
     "DirectoryStore",
     "PostgresStore",

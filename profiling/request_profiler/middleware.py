@@ -32,6 +32,9 @@ logger = logging.getLogger("request_profiler")
 #: The application may set this environ key to the name of the view that
 #: served the request; the viewer groups by it. See the ``endpoint`` option.
 ENDPOINT_KEY = "request_profiler.endpoint"
+#: The application may set this environ key to the exception it answered itself
+#: (a framework's 500 page): the middleware sees only the status then.
+ERROR_KEY = "request_profiler.error"
 
 #: The WSGI variable nginx sets (``uwsgi_param``) on the requests it sends to the
 #: application only because they carry a token; see the ``accel_redirect_key`` option.
@@ -441,7 +444,7 @@ class _Recording:
             "pid": os.getpid(),
             "trigger": "token" if self.requested else "sample",
             "profiler": profiler_name,
-            "error": self.error,
+            "error": self.error or _error_of(environ),
             "body_complete": self.body_complete,
             "sql_count": sql.count,
             "sql_ms": round(sql.seconds * 1000, 3),
@@ -505,6 +508,11 @@ class _ProfiledBody:
         # run again in this process.
         if not self._recording.finished:
             self._finish(self._recording)
+
+
+def _error_of(environ: dict[str, Any]) -> str | None:
+    error = environ.get(ERROR_KEY)
+    return error[:500] if isinstance(error, str) else None
 
 
 def _text(wsgi_string: str) -> str:

@@ -89,6 +89,24 @@ def test_each_profile_names_the_endpoint_flask_routed_it_to(tmp_path: Path) -> N
     assert app.before_request_funcs == site(tmp_path / "plain").before_request_funcs
 
 
+def test_a_500_profile_names_the_exception_flask_turned_into_it(tmp_path: Path) -> None:
+    """In production Flask answers the exception itself (its 500 page): the middleware sees a
+    500, never the exception, and the viewer's Error line used to say "—"."""
+    app = site(tmp_path, PROFILER_SECRET=SECRET)
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as deployed: TESTING propagates them
+
+    @app.get("/probe/fails")
+    def fails() -> str:
+        raise RuntimeError("the reason the on-call engineer is looking")
+
+    result = run(app, "/probe/fails", headers={"X-Profile-Token": make_token(SECRET, 60)})
+
+    assert result.status.startswith("500")
+    [meta] = stored(tmp_path / "profiles")
+    assert meta["status"] == 500
+    assert meta["error"] == "RuntimeError: the reason the on-call engineer is looking"
+
+
 def test_the_engine_and_sampling_settings_reach_the_middleware(tmp_path: Path) -> None:
     app = site(
         tmp_path, PROFILER_SAMPLE_RATE=1.0, PROFILER_ENGINE="cprofile", PROFILER_MAX_PROFILES=1
