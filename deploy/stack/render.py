@@ -39,6 +39,9 @@ TEMPLATES = Environment(
     keep_trailing_newline=True,
 )
 TEMPLATES.filters["value"] = supervisor_value
+#: A path as one nginx word: quoted, so that a space in it (a home directory's "My Site")
+#: does not split it into two arguments. render_nginx has refused quotes and backslashes in it.
+TEMPLATES.filters["word"] = lambda path: f'"{path}"'
 TEMPLATES.filters["command"] = lambda words: supervisor_value(shlex.join(map(str, words)))
 TEMPLATES.globals.update(uwsgi_ini=UWSGI_INI, directory=PROJECT_ROOT)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -204,6 +205,35 @@ def test_uwsgi_alone_serves_the_frozen_files_where_nginx_is_missing(
     assert_nothing_left(stack.run_dir, pids)
 
 
+def test_a_checkout_whose_path_has_a_space_serves(
+    tmp_path: Path, site: Site, stack_binaries
+) -> None:
+    """A home directory's "My Site" or an accented name: nginx takes each path as one word
+    (it read "/tmp/my site" as two arguments and refused to start)."""
+    home = tmp_path / "my site ü"
+    build = shutil.copytree(site.build_dir, home / "bûild é", symlinks=False)
+    stack = Stack(
+        StackSettings(
+            run_dir=home / "run",
+            build_dir=build,
+            port=free_port(),
+            environment=site.environment,
+            nginx=stack_binaries["nginx"],
+            uwsgi=stack_binaries["uwsgi"],
+        )
+    )
+    stack.start()
+    try:
+        pids = list(stack.pids().values())
+        status, headers, body = get(stack.settings.url + "/")
+        assert status == 200 and body == (build / "index.html").read_bytes()
+        assert "X-Cache-Status" not in headers  # from the build, by nginx
+        assert get(stack.settings.url + "/api/episodes/2")[0] == 200  # through the socket
+    finally:
+        stack.stop()
+    assert_nothing_left(stack.run_dir, pids)
+
+
 def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_binaries) -> None:
     """`scripts/serve render` of deploy/nginx/production.toml, its paths moved to tmp, is a
     complete, valid nginx config."""
@@ -242,7 +272,7 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
     )
     assert result.returncode == 0, result.stderr
     conf = (out / "nginx.conf").read_text()
-    assert "server unix:/run/podcast/uwsgi.sock" in conf and "server 10.0.0.6:3031" in conf
+    assert 'server "unix:/run/podcast/uwsgi.sock"' in conf and 'server "10.0.0.6:3031"' in conf
     assert "max-age=63072000" in conf  # HSTS in production
     assert "return 301 https://$server_name$request_uri;" in conf  # not the client's Host
     assert "limit_conn podcast_address 64;" in conf

@@ -109,7 +109,7 @@ def base_nginx_variables(tmp_path: Path, **variables: object) -> dict[str, objec
         ("gzip", False, "nginx.conf", "\n    gzip_static off;", "gzip_static on;"),
         ("access_log", None, "nginx.conf", "\n    access_log off;", " redacted buffer=64k"),
         ("open_file_cache", False, "nginx.conf", "open_file_cache off;", "max=2000"),
-        ("upstreams", ["10.0.0.9:3031"], "nginx.conf", "server 10.0.0.9:3031 max", "unix:"),
+        ("upstreams", ["10.0.0.9:3031"], "nginx.conf", 'server "10.0.0.9:3031" max', "unix:"),
         ("api_rate_limit", 5, "site.conf", "podcast_api burst=10 nodelay;", "No rate limit"),
         ("harakiri", "7", "nginx.conf", "uwsgi_read_timeout 12s;", "uwsgi_read_timeout 35s;"),
         (
