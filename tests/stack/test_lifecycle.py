@@ -277,7 +277,7 @@ def test_production_render_passes_nginx_t(tmp_path: Path, certificate, stack_bin
     assert "return 301 https://$server_name$request_uri;" in conf  # not the client's Host
     assert "limit_conn podcast_address 64;" in conf
     assert "open_file_cache_valid 10s;" in conf and "rate=20r/s" in conf
-    assert f"\nroot {build};" in (out / "site.conf").read_text()
+    assert f'\nroot "{build}";' in (out / "site.conf").read_text()
     nginx = [stack_binaries["nginx"], "-t", "-p", f"{out}/", "-c", out / "nginx.conf"]
     check = subprocess.run(
         [*nginx, "-e", var / "error.log"], capture_output=True, text=True, timeout=30, check=False
