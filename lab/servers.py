@@ -194,9 +194,9 @@ class LabStacks:
         return self.workdir / "lab-profiles"
 
     def _forget_lab_profiles(self) -> None:
-        # Werkzeug never prunes them and nothing reads them: a full profiler experiment
-        # would leave about a gigabyte. Emptied before each stack, too, so that every
-        # round of Werkzeug's starts from an empty directory, not the rounds before it.
+        # Werkzeug never prunes them and nothing reads them, and a full profiler experiment
+        # leaves many (commit aa99713 says how much). Emptied before each stack, too, so that
+        # every round of Werkzeug's starts from an empty directory, not the rounds before it.
         shutil.rmtree(self.lab_profiles, ignore_errors=True)
 
     # -- data --------------------------------------------------------------

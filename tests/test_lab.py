@@ -456,7 +456,7 @@ def test_report_files_hold_every_run_the_table_and_the_targets(tmp_path):
 
 def test_a_quick_report_says_its_verdicts_are_not_measurements(tmp_path):
     # One 1-second run per configuration: no range to call a verdict inconclusive by, and
-    # a ratio that noise alone can move twofold (`profiler off` at 1.99x no middleware).
+    # a ratio that noise alone can move far (commit 4e8f0f4 has the run that showed it).
     measured = two_config_result(tmp_path, "two / baseline >= 5")
     quick = markdown([measured], {}, None, quick=True)
     assert f"## Targets\n\n{QUICK_VERDICTS}\n\n| experiment |" in quick
@@ -1641,9 +1641,8 @@ def test_the_flask_hello_answers_hello_on_every_path():
 
 
 def test_werkzeugs_profiles_are_not_left_behind_by_a_run(tmp_path):
-    # Werkzeug's ProfilerMiddleware writes a .prof file per request and never prunes: a
-    # 1-second --quick run left 34 MB in work/lab-profiles, a full profiler experiment
-    # about thirty times that. Nothing reads them; the logs beside them stay.
+    # Werkzeug's ProfilerMiddleware writes a .prof file per request and never prunes them
+    # (commit aa99713 says how much a run leaves). Nothing reads them; the logs beside them stay.
     profiles = tmp_path / "lab-profiles"
     profiles.mkdir()
     (profiles / "GET.api.episodes.10.3ms.1764600000.000001.prof").write_bytes(b"stats")
