@@ -40,7 +40,8 @@ TEMPLATES = Environment(
 )
 TEMPLATES.filters["value"] = supervisor_value
 #: A path as one nginx word: quoted, so that a space in it (a home directory's "My Site")
-#: does not split it into two arguments. render_nginx has refused quotes and backslashes in it.
+#: does not split it into two arguments. render_nginx has refused quotes, backslashes and "$"
+#: in it.
 TEMPLATES.filters["word"] = lambda path: f'"{path}"'
 TEMPLATES.filters["command"] = lambda words: supervisor_value(shlex.join(map(str, words)))
 TEMPLATES.globals.update(uwsgi_ini=UWSGI_INI, directory=PROJECT_ROOT)
@@ -48,8 +49,9 @@ TEMPLATES.globals.update(uwsgi_ini=UWSGI_INI, directory=PROJECT_ROOT)
 
 NGINX_TEMPLATES = ("nginx.conf", "site.conf", "microcache.conf")
 #: What would end an nginx directive, or start a comment or a quoted word, in a value the
-#: templates print bare: a server_name of "a.org; return 200" would add a directive.
-_NOT_NGINX = re.compile(r"[;{}#\"'\\\x00-\x1f]")
+#: templates print bare: a server_name of "a.org; return 200" would add a directive. And "$",
+#: which even a quoted word keeps: root "/srv/$site" names a variable, not a directory.
+_NOT_NGINX = re.compile(r"[;{}#$\"'\\\x00-\x1f]")
 #: A server's values file (deploy/README.md): every name it must set, and each one's type.
 PRODUCTION_VALUES = DEPLOY_DIR / "nginx" / "production.toml"
 _TLS = frozenset({"https_listen", "certificate", "certificate_key"})

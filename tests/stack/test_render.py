@@ -263,6 +263,12 @@ def test_status_where_no_stack_has_run_says_so(tmp_path: Path) -> None:
         # A value holding nginx syntax would add directives of its own.
         (lambda text: text.replace('"podcast.example.org"', '"a.org; return 200"'), "misread"),
         (lambda text: text.replace('"podcast.example.org"', '"a.org\\nlisten 1"'), "misread"),
+        # Quoted, a path is still read for variables: root "/srv/$site" would be a per-request
+        # (here, unknown) variable, not the directory.
+        (
+            lambda text: text.replace('"/srv/podcast/var/build"', '"/srv/$site/var/build"'),
+            "misread",
+        ),
     ],
     ids=[
         "no-certificate-key",
@@ -282,6 +288,7 @@ def test_status_where_no_stack_has_run_says_so(tmp_path: Path) -> None:
         "https-only-without-https",
         "directive-in-a-value",
         "newline-in-a-value",
+        "variable-in-a-path",
     ],
 )
 def test_a_production_render_that_cannot_work_is_refused(
