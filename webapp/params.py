@@ -62,6 +62,10 @@ def reject_undecodable_query_string() -> None:
             abort(400, description="the query string is not valid UTF-8")
 
 
+#: The reason a 412 gives when :func:`if_match_fails`: the API's and the podcast files' alike.
+IF_MATCH_FAILED = "The answer has changed: its ETag is none of those If-Match names."
+
+
 def if_match_fails(etag: str) -> bool:
     """Whether the request's If-Match names none of ``etag`` (an answer's, unquoted) and ``*``.
 

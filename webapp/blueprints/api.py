@@ -27,7 +27,7 @@ from ..errors import problem
 from ..listing import Fragments
 from ..models import MAX_EPISODE_NUMBER, Episode, EpisodeItem, EpisodePage, SiteState
 from ..openapi import DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE, openapi_document
-from ..params import if_match_fails, int_arg, without_if_match
+from ..params import IF_MATCH_FAILED, if_match_fails, int_arg, without_if_match
 from ..rss import CHAPTERS_PATH, TRANSCRIPT_PATH
 from ..show_notes import show_notes_html
 
@@ -195,6 +195,6 @@ def cacheable(response: Response) -> Response:
         response.headers["Cache-Control"] = CACHE_CONTROL
         response.add_etag()
         if if_match_fails(response.get_etag()[0] or ""):
-            return problem(412, "The answer has changed: its ETag is none of those If-Match names.")
+            return problem(412, IF_MATCH_FAILED)
         response.make_conditional(without_if_match())
     return response

@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from ..artwork import cover_art
 from ..db import get_session, queries
 from ..models import MAX_EPISODE_NUMBER, Episode
-from ..params import if_match_fails, without_if_match
+from ..params import IF_MATCH_FAILED, if_match_fails, without_if_match
 from ..rss import ARTWORK_PATH, CHAPTERS_PATH, TRANSCRIPT_PATH
 
 blueprint = Blueprint("podcast", __name__)
@@ -40,7 +40,7 @@ def _cacheable(response: Response, cache_control: str) -> BaseResponse:
     response.headers["Cache-Control"] = cache_control
     response.add_etag()
     if if_match_fails(response.get_etag()[0] or ""):
-        abort(412, description="The answer has changed: its ETag is none of those If-Match names.")
+        abort(412, description=IF_MATCH_FAILED)
     return response.make_conditional(without_if_match())
 
 
