@@ -24,10 +24,12 @@ _PAGE_TAGS = nh3.ALLOWED_TAGS - {"acronym", "center", "strike", "tt"}
 _PAGE_CLEANER = nh3.Cleaner(tags=_PAGE_TAGS, link_rel=None, strip_comments=True)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)
 def show_notes_html(html: str) -> Markup:
     """``html`` without what could run or restyle the page, as markup Jinja prints as it is.
 
-    Cached by the notes themselves: an episode page rendered again cleans nothing.
+    Cached by the notes themselves, for the pages rendered again and again (the API keeps each
+    episode's answer itself, and the episode pages are frozen): a few hundred, since each entry
+    holds the notes twice in every worker.
     """
     return Markup(_PAGE_CLEANER.clean(html))

@@ -140,6 +140,18 @@ def test_the_apps_own_problems_pass_through_once(site_stack: Stack) -> None:
     assert_problem(get(site_stack.settings.url + "/api/episodes?per_page=0", ORIGIN), 400)
 
 
+def test_the_feeds_502_is_readable_from_other_origins_without_a_build(
+    make_stack, tmp_path: Path
+) -> None:
+    """With no frozen feed nginx asks the app for /episodes/rss: its own 502, when no app
+    server answers, is readable from other origins like the feed it stands for."""
+    stack = make_stack(build_dir=tmp_path / "no-build")
+    stack.call("stopProcessGroup", "uwsgi")
+    status, headers, _ = get(stack.settings.url + "/episodes/rss", ORIGIN)
+    assert status == 502
+    assert headers.get_all("Access-Control-Allow-Origin") == ["*"]
+
+
 def test_no_app_server_is_a_502_problem(make_stack) -> None:
     stack = make_stack()
     stack.call("stopProcessGroup", "uwsgi")
