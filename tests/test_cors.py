@@ -45,3 +45,16 @@ def test_two_apps_in_one_process_keep_their_own_paths() -> None:
 
     assert "Access-Control-Allow-Origin" in api.test_client().get("/api/episodes").headers
     assert "Access-Control-Allow-Origin" not in feed.test_client().get("/api/episodes").headers
+
+
+def test_options_says_the_methods_the_route_takes() -> None:
+    """Allow names what the route itself takes, whatever other origins may do with it (a
+    site's own form posting to a readable path); the CORS answer stays read-only."""
+    app = app_reading(r"/articles/")
+    app.add_url_rule("/articles/comments", "comments", lambda: "ok", methods=["GET", "POST"])
+    client = app.test_client()
+
+    answer = client.options("/articles/comments", headers=PREFLIGHT)
+    assert answer.headers["Allow"] == "GET, HEAD, OPTIONS, POST"
+    assert answer.headers["Access-Control-Allow-Methods"] == "GET, HEAD, OPTIONS"
+    assert client.options("/articles/7").headers["Allow"] == "GET, HEAD, OPTIONS"

@@ -40,15 +40,16 @@ def allow_any_origin(response: R) -> R:
     return response
 
 
-def preflight() -> Response:
-    """The answer to a CORS preflight: the methods and headers a script may use, and how long."""
+def preflight(allow: str = ALLOWED_METHODS) -> Response:
+    """The answer to a CORS preflight: the methods and headers a script may use, and how long;
+    ``allow``, the methods the route itself takes (its ``Allow``)."""
     response = allow_any_origin(Response(status=204))
     # No content, so no Content-Type (Werkzeug's default would claim text/html).
     del response.headers["Content-Type"]
     response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
     response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
     response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
-    response.headers["Allow"] = ALLOWED_METHODS
+    response.headers["Allow"] = allow
     return response
 
 
@@ -67,8 +68,9 @@ def _readable(path: str) -> bool:
 def _answer_preflight() -> Response | None:
     """A ``before_request`` hook: a preflight for a route that exists gets its answer, and so does
     a plain OPTIONS there (its Allow), rather than Flask's empty 200 labelled text/html."""
-    if request.method == "OPTIONS" and request.url_rule is not None and _readable(request.path):
-        return preflight()
+    rule = request.url_rule
+    if request.method == "OPTIONS" and rule is not None and _readable(request.path):
+        return preflight(", ".join(sorted(rule.methods or ALLOWED_METHODS.split(", "))))
     return None
 
 

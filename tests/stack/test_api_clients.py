@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
 from email.message import Message
@@ -20,6 +21,7 @@ import pytest
 from request_profiler import make_token
 
 from deploy.stack import Stack
+from webapp import READABLE_ANYWHERE
 from webapp.db import get_database
 from webapp.db.seed import seed
 from webapp.errors import STATUS_PHRASES
@@ -140,16 +142,22 @@ def test_the_apps_own_problems_pass_through_once(site_stack: Stack) -> None:
     assert_problem(get(site_stack.settings.url + "/api/episodes?per_page=0", ORIGIN), 400)
 
 
-def test_the_feeds_502_is_readable_from_other_origins_without_a_build(
+def test_nginx_and_the_app_let_the_same_paths_be_read_from_other_origins(
     make_stack, tmp_path: Path
 ) -> None:
-    """With no frozen feed nginx asks the app for /episodes/rss: its own 502, when no app
-    server answers, is readable from other origins like the feed it stands for."""
+    """Two places decide which answers other origins may read: READABLE_ANYWHERE for the app's,
+    nginx's $readable_anywhere for its own (here a 502 for every route: no build, no app server).
+    They must agree, the feed included when nginx has no frozen copy of it."""
     stack = make_stack(build_dir=tmp_path / "no-build")
     stack.call("stopProcessGroup", "uwsgi")
-    status, headers, _ = get(stack.settings.url + "/episodes/rss", ORIGIN)
-    assert status == 502
-    assert headers.get_all("Access-Control-Allow-Origin") == ["*"]
+    readable = re.compile(READABLE_ANYWHERE)
+    paths = ["/api/episodes", "/api/episodes/3", "/episodes/rss", "/episodes/12/transcript.html"]
+    paths += ["/episodes/12/chapters.json", "/episodes/12/some-slug", "/search", "/health", "/"]
+    for path in paths:
+        status, headers, _ = get(stack.settings.url + path, ORIGIN)
+        assert status == 502, path
+        expected = ["*"] if readable.match(path) else None
+        assert headers.get_all("Access-Control-Allow-Origin") == expected, path
 
 
 def test_no_app_server_is_a_502_problem(make_stack) -> None:
