@@ -8,11 +8,11 @@ page = int_arg("page", default=1, minimum=1, maximum=10_000)
 from __future__ import annotations
 
 import re
-from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from flask import abort, request
 from werkzeug.routing import IntegerConverter
+from werkzeug.wrappers import Response as BaseResponse
 
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 
@@ -67,15 +67,22 @@ IF_MATCH_FAILED = "The answer has changed: its ETag is none of those If-Match na
 
 
 def if_match_fails(etag: str) -> bool:
-    """Whether the request's If-Match names none of ``etag`` (an answer's, unquoted) and ``*``.
-
-    RFC 9110 13.1.1: compared strongly, evaluated before If-None-Match. Werkzeug's
-    ``make_conditional`` gets it wrong ("*" fails; a false one keeps the answer's body under its
-    412; a true one hides a matching If-None-Match): hand it :func:`without_if_match`.
-    """
+    """Whether the request's If-Match names none of ``etag`` (an answer's, unquoted) and ``*``:
+    RFC 9110 13.1.1, compared strongly, evaluated before If-None-Match."""
     return bool(request.if_match) and not request.if_match.contains(etag)
 
 
-def without_if_match() -> dict[str, Any]:
-    """The request's WSGI environ but If-Match, already judged by :func:`if_match_fails`."""
-    return {key: value for key, value in request.environ.items() if key != "HTTP_IF_MATCH"}
+def answer_conditionally(response: BaseResponse) -> bool:
+    """Give ``response`` a strong ETag of its body and answer the request's conditions: a 304
+    when If-None-Match names it; False, for the caller's 412, when :func:`if_match_fails`.
+
+    Werkzeug's ``make_conditional`` gets If-Match wrong ("*" fails; a false one keeps the
+    answer's body under its 412; a true one hides a matching If-None-Match): it is judged here,
+    and Werkzeug is handed the environ without it.
+    """
+    response.add_etag()
+    if if_match_fails(response.get_etag()[0] or ""):
+        return False
+    environ = {key: value for key, value in request.environ.items() if key != "HTTP_IF_MATCH"}
+    response.make_conditional(environ)
+    return True

@@ -27,7 +27,7 @@ from ..errors import problem
 from ..listing import Fragments
 from ..models import MAX_EPISODE_NUMBER, Episode, EpisodeItem, EpisodePage, SiteState
 from ..openapi import DEFAULT_PER_PAGE, MAX_PAGE, MAX_PER_PAGE, openapi_document
-from ..params import IF_MATCH_FAILED, if_match_fails, int_arg, without_if_match
+from ..params import IF_MATCH_FAILED, answer_conditionally, int_arg
 from ..rss import CHAPTERS_PATH, TRANSCRIPT_PATH
 from ..show_notes import show_notes_html
 
@@ -193,8 +193,6 @@ def cacheable(response: Response) -> Response:
     """A strong ETag and a lifetime on every answer, and a 304 when the client has it already."""
     if request.method in ("GET", "HEAD") and response.status_code == 200:
         response.headers["Cache-Control"] = CACHE_CONTROL
-        response.add_etag()
-        if if_match_fails(response.get_etag()[0] or ""):
+        if not answer_conditionally(response):
             return problem(412, IF_MATCH_FAILED)
-        response.make_conditional(without_if_match())
     return response

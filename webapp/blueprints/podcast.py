@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from ..artwork import cover_art
 from ..db import get_session, queries
 from ..models import MAX_EPISODE_NUMBER, Episode
-from ..params import IF_MATCH_FAILED, if_match_fails, without_if_match
+from ..params import IF_MATCH_FAILED, answer_conditionally
 from ..rss import ARTWORK_PATH, CHAPTERS_PATH, TRANSCRIPT_PATH
 
 blueprint = Blueprint("podcast", __name__)
@@ -38,10 +38,9 @@ EPISODE = f"<int(max={MAX_EPISODE_NUMBER}):number>"
 def _cacheable(response: Response, cache_control: str) -> BaseResponse:
     """``response`` with a strong ETag of its body, answered 304 if the client has it already."""
     response.headers["Cache-Control"] = cache_control
-    response.add_etag()
-    if if_match_fails(response.get_etag()[0] or ""):
+    if not answer_conditionally(response):
         abort(412, description=IF_MATCH_FAILED)
-    return response.make_conditional(without_if_match())
+    return response
 
 
 def _episode(number: int) -> Episode:
