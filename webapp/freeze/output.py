@@ -57,6 +57,13 @@ MANIFEST_FILE = "manifest.json"
 EPISODE_MAP = "nginx/episodes.map"
 REDIRECTS = "nginx/redirects.conf"
 TREE_NAMES = ("a", "b")
+#: The folder beside a destination that holds its trees: ``<dest>.builds``.
+TREES_SUFFIX = ".builds"
+
+
+def trees_root(destination: Path) -> Path:
+    """``<dest>.builds``: where the build trees of ``destination`` (a symlink to one) live."""
+    return destination.with_name(destination.name + TREES_SUFFIX)
 
 
 class FreezeError(Exception):
@@ -72,7 +79,7 @@ def describe_os_error(destination: Path, error: OSError) -> str:
     """
     files = " -> ".join(str(name) for name in (error.filename, error.filename2) if name)
     what = f"{error.strerror or error}{f' ({files})' if files else ''}"
-    root = destination.with_name(f"{destination.name}.builds")
+    root = trees_root(destination)
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         advice = (
             f"free space on the file system of {root} (a build needs room for every file it"
@@ -191,7 +198,7 @@ class BuildTrees:
 
     def __init__(self, destination: Path) -> None:
         self.destination = Path(os.path.abspath(destination))
-        self.root = self.destination.with_name(f"{self.destination.name}.builds")
+        self.root = trees_root(self.destination)
         self.live: Path | None = None
         self.spare = self.root / TREE_NAMES[0]
         #: The live build's records of its files (empty before the first build).
@@ -577,9 +584,9 @@ class BuildTrees:
 def _build_holding(path: Path) -> Path | None:
     """The destination (``<dest>``) whose build tree ``path`` is, or resolves to; None if none."""
     tree = Path(os.path.realpath(path))
-    if tree.name not in TREE_NAMES or not tree.parent.name.endswith(".builds"):
+    if tree.name not in TREE_NAMES or not tree.parent.name.endswith(TREES_SUFFIX):
         return None
-    destination = tree.parent.with_name(tree.parent.name.removesuffix(".builds"))
+    destination = tree.parent.with_name(tree.parent.name.removesuffix(TREES_SUFFIX))
     return destination if destination.is_symlink() else None
 
 

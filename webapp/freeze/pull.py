@@ -47,6 +47,7 @@ from .output import (
     REDIRECTS,
     STATE_FILE,
     TREE_NAMES,
+    TREES_SUFFIX,
     BuildTrees,
     FreezeError,
     TreeDigest,
@@ -147,7 +148,7 @@ def _source_tree(rsync: str, source: str) -> str:
     _, arrow, target = result.stdout.strip().partition(" -> ")
     # A daemon without chroot shows it as /rsyncd-munged/<target>: its last two parts count.
     parts = target.split("/")[-2:]
-    if not arrow or parts[0] != f"{name}.builds" or parts[1] not in TREE_NAMES:
+    if not arrow or parts[0] != f"{name}{TREES_SUFFIX}" or parts[1] not in TREE_NAMES:
         raise FreezeError(f"{source} is not the symlink of a `flask freeze` build")
     return f"{parent}/{parts[0]}/{parts[1]}"
 
