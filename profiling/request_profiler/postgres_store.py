@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .store import StoreUnavailable, is_profile_id
+from .store import StoreUnavailable, is_profile_id, is_requested
 
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -36,7 +36,8 @@ class PostgresStore:
 
     The same contract as :class:`~request_profiler.DirectoryStore`: a profile
     is saved whole or not at all (one transaction), the oldest go first when a
-    bound is passed, and the profile just saved is never pruned by its own save.
+    bound is passed (requested ones last, see :func:`~request_profiler.store.is_requested`),
+    and the profile just saved is never pruned by its own save.
     Saves are serialised by a table lock that readers do not wait for (``SHARE
     ROW EXCLUSIVE``), so many writers keep the table within its bounds.
 
@@ -127,19 +128,22 @@ class PostgresStore:
             # One writer at a time, so each one's pruning sees the others' profiles;
             # SHARE ROW EXCLUSIVE lets readers (ACCESS SHARE) through.
             f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE; "
-            f"INSERT INTO {table} (id, meta, data, bytes) VALUES (%(id)s, %(meta)s, %(data)s, "
-            "%(bytes)s); "
-            # Newest first, a running count and size: everything from the first profile
-            # past a bound on is deleted (oldest first), except the one just saved.
+            f"INSERT INTO {table} (id, meta, data, bytes, requested) "
+            "VALUES (%(id)s, %(meta)s, %(data)s, %(bytes)s, %(requested)s); "
+            # Requested first, then newest first, a running count and size: everything from
+            # the first profile past a bound on is deleted, except the one just saved.
             f"DELETE FROM {table} WHERE id IN (SELECT id FROM ("
-            "SELECT id, row_number() OVER newest AS position, sum(bytes) OVER newest AS total "
-            f"FROM {table} WINDOW newest AS (ORDER BY id DESC)) AS ranked "
+            "SELECT id, row_number() OVER kept AS position, sum(bytes) OVER kept AS total "
+            f"FROM {table} WINDOW kept AS (ORDER BY requested DESC, id DESC)) AS ranked "
             "WHERE id <> %(id)s AND (position > %(max_profiles)s OR total > %(max_bytes)s))",
             {
                 "id": profile_id,
                 "meta": meta_json,
                 "data": self._psycopg2.Binary(data),
                 "bytes": size,
+                # A column, not the metadata's trigger: ordering on meta->>'trigger' would
+                # parse every row's JSON on every save.
+                "requested": is_requested(meta),
                 "max_profiles": self.max_profiles,
                 "max_bytes": self.max_bytes,
             },
@@ -224,11 +228,14 @@ class PostgresStore:
             f"SELECT pg_advisory_xact_lock({_lock_key(table)}); "
             f"CREATE TABLE IF NOT EXISTS {table} ("
             # new_profile_id(): UTC time to the microsecond, then random digits, so the
-            # primary key's order is the age order that recent() and pruning walk.
+            # primary key's order is the age order that recent() walks (pruning: within each kind).
             "id text PRIMARY KEY, "
             "meta json NOT NULL, "
             "data bytea NOT NULL, "
-            "bytes bigint NOT NULL)"
+            "bytes bigint NOT NULL); "
+            # The column, in a new table or one made before requested profiles were kept
+            # first (this runs at a process's first call).
+            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS requested boolean NOT NULL DEFAULT false"
         )
 
     def _discard(self) -> None:

@@ -30,8 +30,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 PROFILE_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{12}")
-#: ``<newest id>+<oldest id>+<count>.profiles``: several profiles saved as one file.
-_PACK_NAME = re.compile(rf"({PROFILE_ID.pattern})\+({PROFILE_ID.pattern})\+([1-9]\d*)\.profiles")
+#: ``<id>.profile``, or ``<id>.requested.profile`` for a requested profile (see is_requested).
+_PROFILE_NAME = re.compile(rf"({PROFILE_ID.pattern})(\.requested)?\.profile")
+#: ``<newest id>+<oldest id>+<count>.profiles``: several profiles saved as one file (a pack),
+#: ``.requested.profiles`` if one of them is requested.
+_PACK_NAME = re.compile(
+    rf"({PROFILE_ID.pattern})\+({PROFILE_ID.pattern})\+([1-9]\d*)(\.requested)?\.profiles"
+)
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -42,6 +47,13 @@ def new_profile_id(now: float | None = None) -> str:
 
 def is_profile_id(text: str) -> bool:
     return PROFILE_ID.fullmatch(text) is not None
+
+
+def is_requested(meta: Mapping[str, Any]) -> bool:
+    """Whether someone asked for this profile (the middleware's ``"trigger": "token"``). Stores
+    prune every other profile first: a flood of sampled or slow requests never pushes out the
+    one an engineer is about to open."""
+    return meta.get("trigger") == "token"
 
 
 class StoreUnavailable(Exception):
@@ -55,7 +67,8 @@ class Store(Protocol):
     """
 
     def save(self, profile_id: str, meta: Mapping[str, Any], data: bytes) -> None:
-        """Keep one profile; may drop older ones to stay within bounds."""
+        """Keep one profile; may drop older ones to stay within bounds, requested ones
+        (:func:`is_requested`) last."""
 
     # Optional: ``save_many(profiles)`` keeps several (id, meta, data) at once; the writer
     # uses it when the store has it.
@@ -75,7 +88,10 @@ class DirectoryStore:
     takes an ``fcntl`` lock on ``.lock`` so that two processes saving at once
     do not both delete against a stale listing. The profile just saved is
     never pruned by its own save, even when it alone exceeds ``max_bytes``:
-    the request that asked for it gets to see it.
+    the request that asked for it gets to see it. Requested profiles
+    (:func:`is_requested`, marked ``.requested`` in the file's name) are kept
+    first, newest first, then the others: sampled and slow requests only
+    push out each other.
 
     Pruning lists and stats the whole directory, so it runs in amortised
     steps: after every ``prune_every`` saves, or once the saves since the last
@@ -101,8 +117,6 @@ class DirectoryStore:
         ``max_profiles``, at least 1; 1 prunes on every save).
     """
 
-    suffix = ".profile"
-    pack_suffix = ".profiles"
     #: Temporary files older than this are left-overs, removed when pruning.
     stale_temp_seconds = 3600
 
@@ -137,7 +151,8 @@ class DirectoryStore:
         # One line of JSON (json.dumps escapes newlines), then the raw data:
         # recent() reads only the first line of each file.
         content = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + data
-        self._write(profile_id + self.suffix, profile_id, content, count=1)
+        name = f"{profile_id}{_mark(is_requested(meta))}.profile"
+        self._write(name, profile_id, content, count=1)
 
     def save_many(self, profiles: Sequence[tuple[str, Mapping[str, Any], bytes]]) -> None:
         """Keep several profiles as one file (a pack): one file created instead of one each.
@@ -157,7 +172,8 @@ class DirectoryStore:
         content = b"".join(
             [json.dumps(index, separators=(",", ":")).encode(), b"\n", *(p[2] for p in ordered)]
         )
-        name = f"{newest}+{oldest}+{len(ordered)}{self.pack_suffix}"
+        requested = any(is_requested(meta) for _, meta, _ in ordered)
+        name = f"{newest}+{oldest}+{len(ordered)}{_mark(requested)}.profiles"
         self._write(name, newest, content, count=len(ordered))
 
     def _write(self, name: str, temp_id: str, content: bytes, count: int) -> None:
@@ -200,22 +216,24 @@ class DirectoryStore:
                     first_line = json.loads(file.readline())
             except FileNotFoundError:  # pruned by another process meanwhile
                 continue
-            if name.endswith(self.pack_suffix):
-                metas.extend((profile_id, meta) for profile_id, meta, _ in first_line)
+            if single := _PROFILE_NAME.fullmatch(name):
+                metas.append((single[1], first_line))
             else:
-                metas.append((name[: -len(self.suffix)], first_line))
+                metas.extend((profile_id, meta) for profile_id, meta, _ in first_line)
         metas.sort(key=lambda found: found[0], reverse=True)
         return [meta for _, meta in metas]
 
     def load(self, profile_id: str) -> tuple[dict[str, Any], bytes] | None:
         if not is_profile_id(profile_id):
             return None
-        try:
-            with open(self._path(profile_id), "rb") as file:
-                meta = json.loads(file.readline())
-                return meta, file.read()
-        except FileNotFoundError:
-            pass
+        for requested in (False, True):
+            try:
+                path = os.path.join(self.directory, f"{profile_id}{_mark(requested)}.profile")
+                with open(path, "rb") as file:
+                    meta = json.loads(file.readline())
+                    return meta, file.read()
+            except FileNotFoundError:
+                pass
         for name in self._names():
             match = _PACK_NAME.fullmatch(name)
             if match is None or not match[2] <= profile_id <= match[1]:
@@ -233,9 +251,6 @@ class DirectoryStore:
                 continue
         return None
 
-    def _path(self, profile_id: str) -> str:
-        return os.path.join(self.directory, profile_id + self.suffix)
-
     def _names(self) -> list[str]:
         """The stored files (profiles and packs), newest first."""
         try:
@@ -246,8 +261,8 @@ class DirectoryStore:
 
     def _count(self, name: str) -> int:
         """How many profiles the file ``name`` holds; 0 if it is not one of the store's."""
-        if name.endswith(self.suffix):
-            return int(is_profile_id(name[: -len(self.suffix)]))
+        if _PROFILE_NAME.fullmatch(name):
+            return 1
         match = _PACK_NAME.fullmatch(name)
         return 0 if match is None else int(match[3])
 
@@ -261,7 +276,8 @@ class DirectoryStore:
                         temps.append(entry)
                     elif self._count(entry.name):
                         profiles.append(entry)
-            profiles.sort(key=lambda entry: entry.name, reverse=True)  # newest first
+            # Requested first, then the others; newest first in each.
+            profiles.sort(key=lambda entry: (".requested." in entry.name, entry.name), reverse=True)
             with self._counting:
                 cached = self._sizes.copy()
                 known = {entry.name: cached.get(entry.name) for entry in profiles}
@@ -295,6 +311,10 @@ class DirectoryStore:
                 stat = _stat(entry)
                 if stat is not None and stat.st_mtime < cutoff:
                     _remove(entry.path)
+
+
+def _mark(requested: bool) -> str:
+    return ".requested" if requested else ""
 
 
 def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:

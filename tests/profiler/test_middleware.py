@@ -337,6 +337,22 @@ def test_slow_ms_keeps_only_slow_sampled_profiles_but_every_token_profile(
     ]
 
 
+def test_a_requested_profile_outlives_any_number_of_sampled_ones(
+    make_middleware, store_dir, token
+) -> None:
+    """On call asks for one profile while sampling fills the store: that profile stays there
+    for the viewer however many sampled ones follow."""
+    middleware = make_middleware(sample_rate=1.0, max_profiles=5)
+    asked = run(middleware, "/asked", headers={"X-Profile-Token": token}).header("X-Profile-Id")
+    for _ in range(20):
+        run(middleware, "/sampled")
+
+    kept = stored(store_dir)
+    assert len(kept) == 5 and asked in [meta["id"] for meta in kept]
+    page = run(middleware, f"/_profiler/{asked}", headers={"X-Profile-Token": token})
+    assert page.status == "200 OK"
+
+
 @pytest.mark.parametrize(
     "options",
     [{"query_string": "_profile_view=inline"}, {"headers": {"X-Profile-View": "inline"}}],

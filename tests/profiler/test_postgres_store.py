@@ -171,6 +171,32 @@ def test_a_connection_the_server_closed_is_replaced_and_the_profile_kept(postgre
     store.close()
 
 
+def test_a_table_made_before_requested_profiles_were_kept_first_is_upgraded(
+    postgres_url: str,
+) -> None:
+    connection = psycopg2.connect(postgres_url)
+    with connection, connection.cursor() as cursor:  # the table as the store made it before
+        cursor.execute(
+            "CREATE TABLE request_profiles (id text PRIMARY KEY, meta json NOT NULL, "
+            "data bytea NOT NULL, bytes bigint NOT NULL)"
+        )
+        old = new_profile_id(1000.0)
+        cursor.execute(
+            "INSERT INTO request_profiles VALUES (%s, %s, %s, 3)",
+            (old, '{"trigger":"token"}', b"x"),
+        )
+    connection.close()
+    store = PostgresStore(postgres_url, max_profiles=2, timeout=TIMEOUT)
+    asked = new_profile_id(2000.0)
+    store.save(asked, {"id": asked, "trigger": "token"}, b"data")
+    sampled = new_profile_id(3000.0)
+    store.save(sampled, {"id": sampled, "trigger": "sample"}, b"data")
+
+    # The old row counts as not requested: the one saved since as requested outlives it.
+    assert [meta.get("id") for meta in store.recent()] == [sampled, asked]
+    store.close()
+
+
 def test_invalid_urls_and_table_names_are_refused_without_echoing_them() -> None:
     with pytest.raises(ValueError) as failure:
         # libpq's own message would quote it: missing "=" after "mysql://u:s3cret-pw@h/db"

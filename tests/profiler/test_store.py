@@ -172,10 +172,33 @@ def test_packs_count_each_profile_and_are_pruned_whole_never_the_one_just_saved(
     assert len(files(tmp_path)) == 1
 
 
+def test_a_pack_holding_a_requested_profile_is_pruned_last_and_read_as_any(
+    tmp_path: Path,
+) -> None:
+    store = DirectoryStore(tmp_path, max_profiles=3, prune_every=1)
+    old = profiles_at(1000.0, 1001.0)
+    old[0][1]["trigger"] = "token"
+    store.save_many(old)
+    store.save_many(profiles_at(2000.0, 2001.0))  # kept by its own save
+    latest = profiles_at(3000.0)
+    store.save_many(latest)  # 5 profiles: the sampled pack goes
+
+    assert store_ids(tmp_path) == [latest[0][0], old[1][0], old[0][0]]
+    assert f"{old[1][0]}+{old[0][0]}+2.requested.profiles" in files(tmp_path)
+    assert store.load(old[0][0]) == (old[0][1], old[0][2])
+
+
 def test_files_that_only_look_like_packs_are_neither_read_nor_pruned(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path, max_profiles=1, prune_every=1)
     newest, oldest = new_profile_id(2.0), new_profile_id(1.0)
-    lookalikes = [f"{newest}+{oldest}+0.profiles", f"{newest}+..+1.profiles", "a+b+1.profiles"]
+    lookalikes = [
+        f"{newest}+{oldest}+0.profiles",
+        f"{newest}+..+1.profiles",
+        "a+b+1.profiles",
+        f"{newest}+{oldest}+1.requested.requested.profiles",
+        f"{newest}.requested",
+        f"{newest}.profile.requested",
+    ]
     for name in lookalikes:
         (tmp_path / name).write_bytes(b"[]\n")
 

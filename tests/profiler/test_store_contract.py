@@ -85,6 +85,19 @@ def test_the_byte_bound_removes_the_oldest_first(make_store: MakeStore) -> None:
     assert ids(store) == [saved[3], saved[2]]
 
 
+def test_requested_profiles_are_pruned_after_every_other(make_store: MakeStore) -> None:
+    """Sampled profiles push out each other, never one a token asked for; requested ones
+    alone past the bound go oldest first, as any."""
+    store = make_store(max_profiles=3)
+    asked = save(store, at=1000.0, trigger="token")
+    sampled = [save(store, at=1001.0 + n, trigger="sample") for n in range(5)]
+
+    assert ids(store) == [sampled[4], sampled[3], asked]
+    assert store.load(asked) == ({"id": asked, "trigger": "token"}, b"data")
+    later = [save(store, at=2000.0 + n, trigger="token") for n in range(3)]
+    assert ids(store) == later[::-1]
+
+
 def test_a_profile_larger_than_the_bound_is_kept_until_the_next_save(make_store: MakeStore) -> None:
     store = make_store(max_bytes=100)
     old = save(store, at=1000.0)

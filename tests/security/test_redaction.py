@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from request_profiler import ProfilerMiddleware, make_token
+from request_profiler import DirectoryStore, ProfilerMiddleware, make_token
 
 from tests.profiler.helpers import OTHER_SECRET, SECRET, run
 
@@ -20,8 +20,8 @@ def everything_kept(served: Served) -> list[bytes]:
     kept = [path.read_bytes() for path in served.store_dir.iterdir()]
     kept += [path.name.encode() for path in served.store_dir.iterdir()]
     urls = ["/_profiler/", "/_profiler/?sort=duration", "/_profiler/endpoints"]
-    for path in served.store_dir.glob("*.profile"):
-        profile_id = path.name.removesuffix(".profile")
+    for meta in DirectoryStore(served.store_dir).recent():
+        profile_id = meta["id"]
         urls += [
             f"/_profiler/{profile_id}",
             f"/_profiler/{profile_id}/profile.html",
@@ -29,8 +29,12 @@ def everything_kept(served: Served) -> list[bytes]:
             f"/_profiler/{profile_id}/download/session",
         ]
     viewer = {"X-Profile-Token": served.token}
-    kept += [run(served.middleware, url, headers=viewer).body for url in urls]
-    return kept
+    answers = {url: run(served.middleware, url, headers=viewer) for url in urls}
+    # Each page shown, or a secret in it would go unseen.
+    assert {
+        url: answer.status for url, answer in answers.items() if answer.status != "200 OK"
+    } == {}
+    return kept + [answer.body for answer in answers.values()]
 
 
 def assert_nowhere(served: Served, *secrets: str) -> None:
