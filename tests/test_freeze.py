@@ -500,6 +500,27 @@ def test_a_settings_change_rerenders_every_page_but_keeps_identical_files(
     assert_matches_live(dest, renamed)
 
 
+def test_other_feed_bytes_from_the_same_data_get_other_validators(
+    app, database_url, tmp_path, dest
+):
+    """A title of the same length: the same data, the same size, other bytes. nginx's ETag
+    ("<mtime>-<size>") and Last-Modified must change all the same, or a client holding them
+    would be told 304 and keep the old feed."""
+    freeze(app, dest)
+    feed = dest / "episodes/rss.xml"
+    before, old_bytes = feed.stat(), feed.read_bytes()
+    retitled = make_app(database_url, tmp_path, SITE_TITLE=app.config["SITE_TITLE"].swapcase())
+
+    freeze(retitled, dest)
+
+    after = feed.stat()
+    assert feed.read_bytes() != old_bytes and after.st_size == before.st_size
+    assert after.st_mtime_ns > before.st_mtime_ns
+    assert (dest / "episodes/rss.xml.gz").stat().st_mtime_ns == after.st_mtime_ns
+    freeze(retitled, dest)  # nothing changed: the time stays
+    assert feed.stat().st_mtime_ns == after.st_mtime_ns
+
+
 def test_the_episode_map_covers_every_episode_redirect_the_live_app_makes(app, dest):
     freeze(app, dest)
     redirects = redirect_map(dest)

@@ -7,6 +7,10 @@ a 304, never the 1.2 MB again:
 
 * ``Last-Modified`` is when the data last changed (``rss.modified_at``,
   whole seconds); the freezer gives the frozen file that modification time.
+  When a setting alone changed the bytes (the site's title), it gives the
+  file a second past the live one's instead, as the same time and size would
+  keep nginx's ETag; the app, which knows no time for a setting, then sends
+  an older one, so a client moving from one to the other downloads once.
 * ``ETag`` is what nginx derives from a file, ``"<mtime hex>-<size hex>"``,
   computed here from the bytes this view sends. gzip_static sends the
   ``.gz`` file with its own size in the ETag; this view sends the same
