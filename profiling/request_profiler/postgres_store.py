@@ -234,8 +234,12 @@ class PostgresStore:
             "data bytea NOT NULL, "
             "bytes bigint NOT NULL); "
             # The column, in a new table or one made before requested profiles were kept
-            # first (this runs at a process's first call).
-            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS requested boolean NOT NULL DEFAULT false"
+            # first. Looked up first: ALTER TABLE, even with IF NOT EXISTS, would wait for an
+            # exclusive lock at every process's first call, and needs the table's owner.
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_attribute "
+            f"WHERE attrelid = '{table}'::regclass AND attname = 'requested' AND NOT attisdropped"
+            f") THEN ALTER TABLE {table} ADD COLUMN requested boolean NOT NULL DEFAULT false; "
+            "END IF; END $$"
         )
 
     def _discard(self) -> None:

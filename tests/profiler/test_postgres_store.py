@@ -197,6 +197,22 @@ def test_a_table_made_before_requested_profiles_were_kept_first_is_upgraded(
     store.close()
 
 
+def test_a_first_call_waits_for_no_reader_and_needs_no_ownership(postgres_url: str) -> None:
+    """A process's first call makes sure of the table and its columns. Altering it there would
+    wait for every open reader (and fail with the timeout) and need the table's owner."""
+    PostgresStore(postgres_url, timeout=TIMEOUT).recent()  # the table, as a first process made it
+    reader = psycopg2.connect(postgres_url)
+    store = PostgresStore(postgres_url, timeout=TIMEOUT)
+    try:
+        with reader.cursor() as cursor:  # a transaction left open holds its ACCESS SHARE lock
+            cursor.execute("SELECT count(*) FROM request_profiles")
+        saved = save(store, trigger="token")
+        assert [meta["id"] for meta in store.recent()] == [saved]
+    finally:
+        store.close()
+        reader.close()  # else dropping the test's schema would wait for it
+
+
 def test_invalid_urls_and_table_names_are_refused_without_echoing_them() -> None:
     with pytest.raises(ValueError) as failure:
         # libpq's own message would quote it: missing "=" after "mysql://u:s3cret-pw@h/db"
