@@ -51,7 +51,10 @@ class PostgresStore:
 
     :param url: a libpq URL or key=value string. Use the application's role,
         through PgBouncer if the site has one; the table is created on first use,
-        so the role needs CREATE on its schema the first time.
+        so the role needs CREATE on its schema the first time. A table made by an
+        earlier version gets the ``requested`` column then too, which needs the
+        table's owner; for one another role owns, that role runs once: ``ALTER
+        TABLE request_profiles ADD COLUMN requested boolean NOT NULL DEFAULT false``.
     :param max_profiles: how many profiles are kept at most.
     :param max_bytes: how many bytes of profiles are kept at most, counted as
         :class:`DirectoryStore` counts its files: the metadata as JSON, a

@@ -33,10 +33,8 @@ PROFILE_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{12}")
 #: ``<id>.profile``, or ``<id>.requested.profile`` for a requested profile (see is_requested).
 _PROFILE_NAME = re.compile(rf"({PROFILE_ID.pattern})(\.requested)?\.profile")
 #: ``<newest id>+<oldest id>+<count>.profiles``: several profiles saved as one file (a pack),
-#: ``.requested.profiles`` if one of them is requested.
-_PACK_NAME = re.compile(
-    rf"({PROFILE_ID.pattern})\+({PROFILE_ID.pattern})\+([1-9]\d*)(\.requested)?\.profiles"
-)
+#: never a requested one (see save_many).
+_PACK_NAME = re.compile(rf"({PROFILE_ID.pattern})\+({PROFILE_ID.pattern})\+([1-9]\d*)\.profiles")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -89,7 +87,7 @@ class DirectoryStore:
     do not both delete against a stale listing. The profile just saved is
     never pruned by its own save, even when it alone exceeds ``max_bytes``:
     the request that asked for it gets to see it. Requested profiles
-    (:func:`is_requested`, marked ``.requested`` in the file's name) are kept
+    (:func:`is_requested`, each in a file marked ``.requested``) are kept
     first, newest first, then the others: sampled and slow requests only
     push out each other.
 
@@ -158,10 +156,17 @@ class DirectoryStore:
         """Keep several profiles as one file (a pack): one file created instead of one each.
 
         The first line lists each profile's id, metadata and data size, newest first; the
-        data follow in that order. Packs are pruned whole.
+        data follow in that order. Packs are pruned whole, so a requested profile gets a
+        file of its own: in a pack, the sampled ones beside it would be kept first with it,
+        and a pack past ``max_profiles`` would go whole at the next prune, with it.
         """
-        if len(profiles) == 1:
-            self._save_one(*profiles[0])
+        for profile in profiles:
+            if is_requested(profile[1]):
+                self._save_one(*profile)
+        profiles = [profile for profile in profiles if not is_requested(profile[1])]
+        if len(profiles) <= 1:
+            for profile in profiles:
+                self._save_one(*profile)
             return
         ordered = sorted(profiles, key=lambda profile: profile[0], reverse=True)
         for profile_id, _, _ in ordered:
@@ -172,8 +177,7 @@ class DirectoryStore:
         content = b"".join(
             [json.dumps(index, separators=(",", ":")).encode(), b"\n", *(p[2] for p in ordered)]
         )
-        requested = any(is_requested(meta) for _, meta, _ in ordered)
-        name = f"{newest}+{oldest}+{len(ordered)}{_mark(requested)}.profiles"
+        name = f"{newest}+{oldest}+{len(ordered)}.profiles"
         self._write(name, newest, content, count=len(ordered))
 
     def _write(self, name: str, temp_id: str, content: bytes, count: int) -> None:

@@ -172,20 +172,22 @@ def test_packs_count_each_profile_and_are_pruned_whole_never_the_one_just_saved(
     assert len(files(tmp_path)) == 1
 
 
-def test_a_pack_holding_a_requested_profile_is_pruned_last_and_read_as_any(
+def test_a_requested_profile_handed_over_with_others_gets_a_file_of_its_own(
     tmp_path: Path,
 ) -> None:
+    """The writer hands over all it has queued at once: a token request's profile among
+    sampled ones. In their pack, it would go whole with them."""
     store = DirectoryStore(tmp_path, max_profiles=3, prune_every=1)
-    old = profiles_at(1000.0, 1001.0)
-    old[0][1]["trigger"] = "token"
-    store.save_many(old)
-    store.save_many(profiles_at(2000.0, 2001.0))  # kept by its own save
-    latest = profiles_at(3000.0)
-    store.save_many(latest)  # 5 profiles: the sampled pack goes
+    queued = profiles_at(*(1000.0 + n for n in range(5)))
+    requested = queued[2]
+    requested[1]["trigger"] = "token"
+    store.save_many(queued)
+    latest = profiles_at(2000.0, 2001.0)
+    store.save_many(latest)  # 7 profiles: the older pack of four goes
 
-    assert store_ids(tmp_path) == [latest[0][0], old[1][0], old[0][0]]
-    assert f"{old[1][0]}+{old[0][0]}+2.requested.profiles" in files(tmp_path)
-    assert store.load(old[0][0]) == (old[0][1], old[0][2])
+    assert store_ids(tmp_path) == [latest[1][0], latest[0][0], requested[0]]
+    assert f"{requested[0]}.requested.profile" in files(tmp_path)
+    assert store.load(requested[0]) == (requested[1], requested[2])
 
 
 def test_files_that_only_look_like_packs_are_neither_read_nor_pruned(tmp_path: Path) -> None:
@@ -195,7 +197,8 @@ def test_files_that_only_look_like_packs_are_neither_read_nor_pruned(tmp_path: P
         f"{newest}+{oldest}+0.profiles",
         f"{newest}+..+1.profiles",
         "a+b+1.profiles",
-        f"{newest}+{oldest}+1.requested.requested.profiles",
+        f"{newest}+{oldest}+1.requested.profiles",
+        f"{newest}.requested.requested.profile",
         f"{newest}.requested",
         f"{newest}.profile.requested",
     ]
