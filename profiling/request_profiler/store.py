@@ -32,6 +32,7 @@ from typing import Any, Protocol
 PROFILE_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{12}")
 #: ``<id>.profile``, or ``<id>.requested.profile`` for a requested profile (see is_requested).
 _PROFILE_NAME = re.compile(rf"({PROFILE_ID.pattern})(\.requested)?\.profile")
+_REQUESTED_SUFFIX = ".requested.profile"
 #: ``<newest id>+<oldest id>+<count>.profiles``: several profiles saved as one file (a pack),
 #: never a requested one (see save_many).
 _PACK_NAME = re.compile(rf"({PROFILE_ID.pattern})\+({PROFILE_ID.pattern})\+([1-9]\d*)\.profiles")
@@ -149,8 +150,7 @@ class DirectoryStore:
         # One line of JSON (json.dumps escapes newlines), then the raw data:
         # recent() reads only the first line of each file.
         content = json.dumps(meta, separators=(",", ":")).encode() + b"\n" + data
-        name = f"{profile_id}{_mark(is_requested(meta))}.profile"
-        self._write(name, profile_id, content, count=1)
+        self._write(_profile_name(profile_id, is_requested(meta)), profile_id, content, count=1)
 
     def save_many(self, profiles: Sequence[tuple[str, Mapping[str, Any], bytes]]) -> None:
         """Keep several profiles as one file (a pack): one file created instead of one each.
@@ -160,15 +160,17 @@ class DirectoryStore:
         file of its own: in a pack, the sampled ones beside it would be kept first with it,
         and a pack past ``max_profiles`` would go whole at the next prune, with it.
         """
+        packed = []
         for profile in profiles:
             if is_requested(profile[1]):
                 self._save_one(*profile)
-        profiles = [profile for profile in profiles if not is_requested(profile[1])]
-        if len(profiles) <= 1:
-            for profile in profiles:
-                self._save_one(*profile)
+            else:
+                packed.append(profile)
+        if len(packed) == 1:
+            self._save_one(*packed[0])
+        if len(packed) <= 1:
             return
-        ordered = sorted(profiles, key=lambda profile: profile[0], reverse=True)
+        ordered = sorted(packed, key=lambda profile: profile[0], reverse=True)
         for profile_id, _, _ in ordered:
             if not is_profile_id(profile_id):
                 raise ValueError(f"not a profile id: {profile_id!r}")
@@ -232,7 +234,7 @@ class DirectoryStore:
             return None
         for requested in (False, True):
             try:
-                path = os.path.join(self.directory, f"{profile_id}{_mark(requested)}.profile")
+                path = os.path.join(self.directory, _profile_name(profile_id, requested))
                 with open(path, "rb") as file:
                     meta = json.loads(file.readline())
                     return meta, file.read()
@@ -281,7 +283,9 @@ class DirectoryStore:
                     elif self._count(entry.name):
                         profiles.append(entry)
             # Requested first, then the others; newest first in each.
-            profiles.sort(key=lambda entry: (".requested." in entry.name, entry.name), reverse=True)
+            profiles.sort(
+                key=lambda entry: (entry.name.endswith(_REQUESTED_SUFFIX), entry.name), reverse=True
+            )
             with self._counting:
                 cached = self._sizes.copy()
                 known = {entry.name: cached.get(entry.name) for entry in profiles}
@@ -317,8 +321,9 @@ class DirectoryStore:
                     _remove(entry.path)
 
 
-def _mark(requested: bool) -> str:
-    return ".requested" if requested else ""
+def _profile_name(profile_id: str, requested: bool) -> str:
+    """The file of one profile (see _PROFILE_NAME)."""
+    return profile_id + (_REQUESTED_SUFFIX if requested else ".profile")
 
 
 def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:

@@ -514,9 +514,10 @@ class SiteBuild:
         layout: str | None = None,
     ) -> None:
         # A page and its .gz get the same mtime, as nginx's gzip_static expects.
-        mtime_ns = self._mtimes.get(path, self._mtime_ns)
-        live = self.trees.live_records.get(path)
-        if path in self._mtimes and live is not None and mtime_ns <= live.mtime_ns:
+        mtime_ns = self._mtimes.get(path)
+        if mtime_ns is None:
+            mtime_ns = self._mtime_ns
+        elif (live := self.trees.live_records.get(path)) and mtime_ns <= live.mtime_ns:
             # Other bytes from data no newer: a setting changed (the site's title). nginx's
             # ETag is "<mtime>-<size>": the same time and size (a title of the same length)
             # would tell a client holding the old bytes 304. A second later, it cannot.
