@@ -17,7 +17,7 @@ from tests.conftest import SMALL_SEED, make_app, require_binary
 from webapp.db import get_database
 from webapp.db.seed import seed
 from webapp.freeze import FreezeError, freeze, pull_build
-from webapp.freeze.pull import NGINX_INCLUDES
+from webapp.freeze.output import NGINX_INCLUDES
 
 
 @pytest.fixture(autouse=True)

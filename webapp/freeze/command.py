@@ -10,9 +10,12 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .build import SiteBuild
-from .output import EPISODE_MAP, REDIRECTS, FreezeError
+from .output import NGINX_INCLUDES, FreezeError
 from .pull import pull_build
 from .site import Page
+
+#: After a freeze or a pull that changed what nginx reads only when it starts or reloads.
+NGINX_MUST_RELOAD = "nginx must reload: its redirect maps changed"
 
 #: Up to this many changed files are listed after the summary; manifest.json has them all.
 LISTED_CHANGES = 20
@@ -51,9 +54,9 @@ def freeze_command(dest: Path | None) -> None:
         click.echo(f"  {'removed' if path in report.removed else 'written'}  {path}")
     if len(report.changed) > LISTED_CHANGES:
         click.echo(f"  … and {len(report.changed) - LISTED_CHANGES} more: see manifest.json")
-    if EPISODE_MAP in report.changed or REDIRECTS in report.changed:
+    if any(name in report.changed for name in NGINX_INCLUDES):
         # nginx reads them only when it starts or reloads (systemd's unit reloads it after).
-        click.echo("nginx must reload: its redirect maps changed")
+        click.echo(NGINX_MUST_RELOAD)
 
 
 @click.command("pull-build")
@@ -72,7 +75,7 @@ def pull_build_command(source: str, dest: Path | None) -> None:
         raise click.ClickException(str(error)) from None
     click.echo(f"pulled {report.files} files from {report.source_tree} into {destination}")
     if report.nginx_reload:
-        click.echo("nginx must reload: its redirect maps changed")
+        click.echo(NGINX_MUST_RELOAD)
 
 
 def _url(page: Page | None) -> str | None:

@@ -56,6 +56,7 @@ MANIFEST_FILE = "manifest.json"
 #: episode redirects (a map, site.episodes_map) and the app's other redirects to frozen pages.
 EPISODE_MAP = "nginx/episodes.map"
 REDIRECTS = "nginx/redirects.conf"
+NGINX_INCLUDES = (EPISODE_MAP, REDIRECTS)
 TREE_NAMES = ("a", "b")
 #: The folder beside a destination that holds its trees: ``<dest>.builds``.
 TREES_SUFFIX = ".builds"

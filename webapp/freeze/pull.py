@@ -43,8 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .output import (
-    EPISODE_MAP,
-    REDIRECTS,
+    NGINX_INCLUDES,
     STATE_FILE,
     TREE_NAMES,
     TREES_SUFFIX,
@@ -54,8 +53,6 @@ from .output import (
     read_state,
 )
 
-#: What nginx reads only when it starts or reloads: the names the build writes them under.
-NGINX_INCLUDES = (EPISODE_MAP, REDIRECTS)
 #: Seconds rsync may go without any data before it gives up.
 RSYNC_TIMEOUT = 60
 #: What to do about a copy that is not its build: the usual cause is a freeze at the source
