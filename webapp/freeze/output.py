@@ -224,16 +224,13 @@ class BuildTrees:
         self._made_dirs: set[str] = set()
 
     def __enter__(self) -> BuildTrees:
-        own = {f"{self.root.name}/{name}" for name in TREE_NAMES}
+        target, own = self._destination_link()
         build = _build_holding(self.destination)
-        if build is not None and not (
-            self.destination.is_symlink() and os.readlink(self.destination) in own
-        ):
+        if build is not None and own is None:
             # Before anything is made beside it (a <tree>.builds in the build's own folder).
             # "Move it away" or "remove the link", said of other paths, would take the live
             # site from nginx here.
-            link = self.destination.is_symlink()
-            how = f"links to {os.readlink(self.destination)}," if link else "is"
+            how = f"links to {target}," if target is not None else "is"
             raise FreezeError(
                 f"{self.destination} {how} a tree of the build at {build};"
                 f" use {build} (FREEZE_DIR or --dest), the symlink a freeze swaps"
@@ -282,12 +279,20 @@ class BuildTrees:
                 self._live_tree = state["tree"]
             self.spare = self.root / TREE_NAMES[self.live.name == TREE_NAMES[0]]
 
+    def _destination_link(self) -> tuple[str | None, Path | None]:
+        """Where the destination links (None if it is no symlink), and the tree of ours that
+        is (None if it is not one)."""
+        if not self.destination.is_symlink():
+            return None, None
+        target = os.readlink(self.destination)
+        ours = (self.root / name for name in TREE_NAMES if target == f"{self.root.name}/{name}")
+        return target, next(ours, None)
+
     def _find_live(self) -> Path | None:
-        if self.destination.is_symlink():
-            target = os.readlink(self.destination)
-            for name in TREE_NAMES:
-                if target == f"{self.root.name}/{name}":
-                    return self.root / name
+        target, own = self._destination_link()
+        if own is not None:
+            return own
+        if target is not None:
             raise FreezeError(
                 f"{self.destination} links to {target}, not to a build of `flask freeze`;"
                 " remove the link or choose another --dest"
