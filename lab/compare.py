@@ -87,7 +87,7 @@ def compare(
     def scale(run: dict[str, float], which: str) -> float:
         if reference is None:
             return 1.0
-        matches = [seconds for name, seconds in run.items() if name.split("::")[-1] == reference]
+        matches = [seconds for name, seconds in run.items() if _test_name(name) == reference]
         if not matches:
             raise CompareError(
                 f"the {which} run has no {reference} benchmark to normalize by "
@@ -99,7 +99,7 @@ def compare(
     limit = 1 + threshold_percent / 100
     comparisons = []
     for name in sorted(baseline.keys() & current.keys()):
-        if reference is not None and name.split("::")[-1] == reference:
+        if reference is not None and _test_name(name) == reference:
             continue
         change = (current[name] / current_scale) / (baseline[name] / base_scale)
         comparisons.append(Comparison(name, baseline[name], current[name], change, change > limit))
@@ -199,6 +199,11 @@ def unlike(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _test_name(fullname: str) -> str:
+    """A benchmark's test function (with its parameters), without the file it is in."""
+    return fullname.split("::")[-1]
+
+
 def _writable(option: str, path: Path, directory: Path) -> None:
     """Make ``directory`` for ``option``'s ``path`` before any benchmark runs, or say why not."""
     try:
@@ -216,7 +221,7 @@ def with_calibration(path: Path, options: Sequence[str]) -> None:
     out (``-- -k feed``): it is measured by a pytest run of its own, with ``options``."""
     document = json.loads(path.read_text())
     names = [bench.get("fullname", "") for bench in document.get("benchmarks", [])]
-    if any(name.split("::")[-1] == REFERENCE for name in names):
+    if any(_test_name(name) == REFERENCE for name in names):
         return
     calibration = path.with_name(f"{path.stem}.calibration.json")
     try:
