@@ -48,6 +48,11 @@ MIN_TTL = 1
 DEFAULT_MAX_TTL = 86400
 
 _MARKER = TOKEN_PARAM + "="
+# What make_token writes: the expiry in decimal, a dot, the HMAC-SHA256 in unpadded URL-safe
+# base64. itsdangerous decodes a signature leniently, skipping any other character, so without
+# this "<token>\r\n" or "<token><>" would verify too, and that text, not the token, would be
+# written into the cookie and be what the redaction removes by value.
+_TOKEN_SHAPE = re.compile(r"[0-9]+\.[A-Za-z0-9_-]{43}")
 _SALT = "request_profiler.token"
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -156,7 +161,7 @@ class TokenVerifier:
 
     def expires_at(self, token: str) -> float | None:
         """The expiry of a valid, unexpired token; None for anything else."""
-        if len(token) > MAX_TOKEN_LENGTH:
+        if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_SHAPE.fullmatch(token):
             return None
         try:
             # itsdangerous compares signatures with hmac.compare_digest.

@@ -299,6 +299,22 @@ def test_an_unknown_form_action_is_a_400(viewer) -> None:
     assert viewer.post("/_profiler/", data={"cookie": "eat"}).status_code == 400
 
 
+def test_a_token_with_a_line_break_appended_never_reaches_the_cookie(middleware, token) -> None:
+    """The signature check skips characters that are not base64, so this token passed, and
+    the cookie button wrote what was sent, line break included, into its Set-Cookie header."""
+    result = run(
+        middleware,
+        "/_profiler/",
+        method="POST",
+        query_string={"_profile": token + "\r\n;"},
+        data={"cookie": "set"},
+        headers=SAME_ORIGIN,
+    )
+
+    assert result.header("Set-Cookie") is None
+    assert result.header("X-Site") == "yes"  # no valid token: the site answers, not the viewer
+
+
 def test_the_endpoint_page_aggregates_time_per_endpoint(middleware, viewer, token) -> None:
     for path in ("/", "/", "/slow"):
         profile(middleware, token, path)
