@@ -106,6 +106,9 @@ class DirectoryStore:
     prune may keep up to one pack fewer than the bound); the viewer reads its
     profiles one by one as any other.
 
+    A damaged file (cut short, overwritten by something else) is left out of
+    :meth:`recent` and not found by :meth:`load`; the others read as ever.
+
     The directory is created on the first save, so a misconfigured path fails
     on profiled requests only (the middleware logs that) and not at startup.
 
@@ -220,12 +223,15 @@ class DirectoryStore:
             try:
                 with open(os.path.join(self.directory, name), "rb") as file:
                     first_line = json.loads(file.readline())
-            except FileNotFoundError:  # pruned by another process meanwhile
+            except (OSError, ValueError):
+                # Pruned by another process meanwhile, or damaged (cut short, overwritten, a
+                # directory by that name): the others are listed all the same.
                 continue
             if single := _PROFILE_NAME.fullmatch(name):
-                metas.append((single[1], first_line))
+                if isinstance(first_line, dict):
+                    metas.append((single[1], first_line))
             else:
-                metas.extend((profile_id, meta) for profile_id, meta, _ in first_line)
+                metas.extend((profile_id, meta) for profile_id, meta, _ in _pack_index(first_line))
         metas.sort(key=lambda found: found[0], reverse=True)
         return [meta for _, meta in metas]
 
@@ -237,8 +243,9 @@ class DirectoryStore:
                 path = os.path.join(self.directory, _profile_name(profile_id, requested))
                 with open(path, "rb") as file:
                     meta = json.loads(file.readline())
-                    return meta, file.read()
-            except FileNotFoundError:
+                    if isinstance(meta, dict):
+                        return meta, file.read()
+            except (OSError, ValueError):  # absent, damaged, or the directory is a file
                 pass
         for name in self._names():
             match = _PACK_NAME.fullmatch(name)
@@ -246,14 +253,14 @@ class DirectoryStore:
                 continue
             try:
                 with open(os.path.join(self.directory, name), "rb") as file:
-                    index = json.loads(file.readline())
+                    index = _pack_index(json.loads(file.readline()))
                     offset = file.tell()
                     for stored_id, meta, size in index:
                         if stored_id == profile_id:
                             file.seek(offset)
                             return meta, file.read(size)
                         offset += size
-            except FileNotFoundError:  # pruned meanwhile
+            except (OSError, ValueError):  # pruned meanwhile, or damaged
                 continue
         return None
 
@@ -319,6 +326,20 @@ class DirectoryStore:
                 stat = _stat(entry)
                 if stat is not None and stat.st_mtime < cutoff:
                     _remove(entry.path)
+
+
+def _pack_index(first_line: Any) -> list[tuple[str, dict[str, Any], int]]:
+    """A pack's first line as (id, metadata, data size) rows; none if it is not that (damaged)."""
+    if not isinstance(first_line, list):
+        return []
+    rows = []
+    for row in first_line:
+        match row:
+            case [str(profile_id), dict(meta), int(size)] if size >= 0:
+                rows.append((profile_id, meta, size))
+            case _:
+                return []
+    return rows
 
 
 def _profile_name(profile_id: str, requested: bool) -> str:

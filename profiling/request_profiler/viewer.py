@@ -34,6 +34,7 @@ pyinstrument's page, since browsers enforce every policy they receive.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -49,6 +50,8 @@ from .pages import Markup, element, page, table
 from .profilers import Profiler
 from .store import Store, StoreUnavailable, is_profile_id
 from .tokens import TOKEN_PARAM, TokenVerifier, ValidToken
+
+logger = logging.getLogger("request_profiler")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -333,22 +336,28 @@ class Viewer:
         if found is None:
             return _not_found()
         profiler, data = found
-        return _Response(
-            "200 OK", profiler.render_html(data).encode(), profile_page_headers(profiler)
-        )
+        try:
+            body = profiler.render_html(data).encode()
+        except Exception:  # see _damaged
+            return _damaged(profile_id)
+        return _Response("200 OK", body, profile_page_headers(profiler))
 
     def _download(self, profile_id: str, fmt: str) -> _Response:
         found = self._read(profile_id)
         if found is None or fmt not in found[0].formats:
             return _not_found()
         profiler, data = found
+        try:
+            body = profiler.export(data, fmt)
+        except Exception:  # see _damaged
+            return _damaged(profile_id)
         export = profiler.formats[fmt]
         headers = [
             ("Content-Type", export.content_type),
             ("Content-Disposition", f'attachment; filename="{profile_id}{export.suffix}"'),
             *_PRIVATE,
         ]
-        return _Response("200 OK", profiler.export(data, fmt), headers)
+        return _Response("200 OK", body, headers)
 
     def _read(self, profile_id: str) -> tuple[Profiler, bytes] | None:
         """The profile's data and the engine that reads it."""
@@ -414,6 +423,21 @@ def _unavailable(reason: str) -> _Response:
 
 def _not_found() -> _Response:
     body = page("Not found", element("h1", "No such profile or page")).encode()
+    return _Response("404 Not Found", body, _HTML_HEADERS)
+
+
+def _damaged(profile_id: str) -> _Response:
+    """The answer for a profile whose data its engine cannot read: a file cut short or
+    overwritten. Engines fail on such bytes with whatever their parser raises; the log keeps
+    it, in case it is the engine that is wrong."""
+    logger.warning(
+        "request_profiler: the data of profile %s cannot be read", profile_id, exc_info=True
+    )
+    body = page(
+        "Profile unreadable",
+        element("h1", "Profile unreadable"),
+        element("p", "This profile's data cannot be read: its stored copy is damaged."),
+    ).encode()
     return _Response("404 Not Found", body, _HTML_HEADERS)
 
 

@@ -88,6 +88,43 @@ def test_an_unusable_directory_makes_save_raise(tmp_path: Path) -> None:
     assert store.recent() == []
 
 
+def test_a_store_directory_that_is_a_file_finds_nothing(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+
+    for directory in (tmp_path / "a-file", tmp_path / "a-file" / "profiles"):
+        store = DirectoryStore(directory)
+        assert store.recent() == []
+        assert store.load(new_profile_id()) is None
+
+
+def _replace(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+
+
+#: What a disk error, a copy cut short or a stray hand can leave where a profile was.
+DAMAGES = {
+    "empty": lambda path: _replace(path, b""),
+    "cut in its first line": lambda path: _replace(path, path.read_bytes()[:5]),
+    "not UTF-8": lambda path: _replace(path, b"\xff\xfe\xfa\n" + path.read_bytes()),
+    "not an object": lambda path: _replace(path, b"null\n" + path.read_bytes()),
+    "random bytes": lambda path: _replace(path, b"\x8f\x00{[" * 40),
+    "a directory": lambda path: (path.unlink(), path.mkdir()),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES)
+def test_a_damaged_file_is_left_out_and_the_others_are_read(tmp_path: Path, damage) -> None:
+    store = DirectoryStore(tmp_path)
+    kept = save(store, at=1.0)
+    damaged = save(store, at=2.0)
+
+    damage(tmp_path / f"{damaged}.profile")
+
+    assert [meta["id"] for meta in store.recent()] == [kept]
+    assert store.load(damaged) is None
+    assert store.load(kept) == ({"id": kept}, b"data")
+
+
 def test_bounds_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         DirectoryStore(tmp_path, max_profiles=0)
@@ -188,6 +225,22 @@ def test_a_requested_profile_handed_over_with_others_gets_a_file_of_its_own(
     assert store_ids(tmp_path) == [latest[1][0], latest[0][0], requested[0]]
     assert f"{requested[0]}.requested.profile" in files(tmp_path)
     assert store.load(requested[0]) == (requested[1], requested[2])
+
+
+@pytest.mark.parametrize(
+    "index", [b"", b"[[", b"null", b'[["x"]]', b"[[1, {}, 4]]", b'[["x", null, 4]]', b"\xff"]
+)
+def test_a_pack_whose_index_is_damaged_is_left_out(tmp_path: Path, index: bytes) -> None:
+    store = DirectoryStore(tmp_path)
+    kept = save(store, at=1.0)
+    pack = profiles_at(2.0, 3.0)
+    store.save_many(pack)
+    [pack_file] = tmp_path.glob("*.profiles")
+
+    pack_file.write_bytes(index + b"\ndata")
+
+    assert store_ids(tmp_path) == [kept]
+    assert store.load(pack[0][0]) is None
 
 
 def test_files_that_only_look_like_packs_are_neither_read_nor_pruned(tmp_path: Path) -> None:

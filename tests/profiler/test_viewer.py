@@ -245,6 +245,36 @@ def test_unknown_and_traversing_ids_are_404(middleware, viewer, token, store_dir
     assert "X-Site" not in response.headers  # the viewer's own 404: the token was valid
 
 
+def test_a_damaged_profile_file_leaves_the_other_pages_working(
+    middleware, viewer, token, store_dir
+) -> None:
+    kept = profile(middleware, token, "/episodes")
+    damaged = profile(middleware, token, "/slow")
+    [path] = store_dir.glob(f"{damaged}.*")
+
+    path.write_bytes(path.read_bytes()[:20])  # cut in its metadata
+
+    listing = viewer.get("/_profiler/")
+    assert listing.status_code == 200
+    assert kept in listing.text and damaged not in listing.text
+    assert viewer.get("/_profiler/endpoints").status_code == 200
+    assert viewer.get(f"/_profiler/{damaged}").status_code == 404
+
+
+def test_a_profile_whose_data_is_damaged_is_said_so(middleware, viewer, token, store_dir) -> None:
+    damaged = profile(middleware, token)
+    [path] = store_dir.glob(f"{damaged}.*")
+    metadata, _, data = path.read_bytes().partition(b"\n")
+
+    path.write_bytes(metadata + b"\n" + data[:10])
+
+    assert viewer.get(f"/_profiler/{damaged}").status_code == 200  # its metadata is whole
+    for page in ("profile.html", "download/speedscope"):
+        response = viewer.get(f"/_profiler/{damaged}/{page}")
+        assert response.status_code == 404
+        assert "cannot be read" in response.text
+
+
 def test_the_cookie_buttons_set_and_clear_the_profiling_cookie(middleware, token) -> None:
     browser = Client(middleware)
 
