@@ -169,6 +169,8 @@ class ProfilerMiddleware:
                 profilers=readers,
                 fallback=app,
                 clock=clock,
+                # A profile requested a moment ago in this process is listed, not still queued.
+                before_reading=lambda: self.flush(timeout=1.0),
             )
         self._failing: set[str] = set()
 
@@ -188,8 +190,6 @@ class ProfilerMiddleware:
     ) -> Iterable[bytes]:
         # The path every unprofiled request takes: keep it to a few lookups.
         if self._viewer is not None and self._viewer.handles(environ.get("PATH_INFO", "")):
-            # A profile requested a moment ago in this process is listed, not still queued.
-            self.flush(timeout=1.0)
             return self._viewer(environ, start_response)
         token = None if self._tokens is None else self._tokens.from_environ(environ)
         if token is None and self.accel_redirect_key:

@@ -103,7 +103,9 @@ class Viewer:
     """Serves the pages above from ``store``, for the holders of a token ``tokens`` accepts.
 
     ``profilers`` reads stored profiles back, by engine name; ``fallback``
-    answers every request without a valid token.
+    answers every request without a valid token. ``before_reading`` runs before
+    the store is read for a token holder, and only then: a request without a
+    token must cost what the site's own answer costs, whatever the store is doing.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Viewer:
         profilers: Mapping[str, Profiler],
         fallback: WSGIApp,
         clock: Callable[[], float] = time.time,
+        before_reading: Callable[[], object] = lambda: None,
     ) -> None:
         self.prefix = prefix.rstrip("/")
         self._root = self.prefix + "/"
@@ -123,6 +126,7 @@ class Viewer:
         self._profilers = profilers
         self._fallback = fallback
         self._clock = clock
+        self._before_reading = before_reading
 
     def handles(self, path: str) -> bool:
         """Whether ``path`` (a PATH_INFO) is under the viewer's prefix."""
@@ -134,6 +138,7 @@ class Viewer:
         token = self._tokens.from_environ(environ)
         if token is None:
             return self._fallback(environ, start_response)
+        self._before_reading()
         try:
             response = self._route(environ, token)
         except StoreUnavailable as error:

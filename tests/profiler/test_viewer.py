@@ -6,12 +6,13 @@ import io
 import json
 import pstats
 import re
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from pyinstrument.session import Session
-from request_profiler import ENDPOINT_KEY, make_token
+from request_profiler import ENDPOINT_KEY, DirectoryStore, make_token
 from request_profiler.viewer import aggregate
 from werkzeug.test import Client
 
@@ -20,6 +21,7 @@ from .helpers import (
     SECRET,
     assert_html5_document,
     assert_runs_only_its_own_scripts,
+    environ_for,
     inline_scripts,
     run,
     script_sources,
@@ -101,6 +103,43 @@ def test_without_a_valid_token_the_site_answers_its_own_404(
     assert run(middleware, path, method=method, headers=headers) == run(
         site_app, path, method=method, headers=headers
     )
+
+
+def test_only_a_token_holder_waits_for_the_profile_writer(
+    make_middleware, store_dir, token
+) -> None:
+    """The viewer waits for this process's writer, so that a profile just taken is listed. It
+    waited before the token was checked: anyone could hold a worker for a second per request
+    under the viewer's path, while the store was slow."""
+    gate = threading.Event()
+
+    class SlowStore(DirectoryStore):
+        def save_many(self, profiles) -> None:
+            assert gate.wait(10), "the test never opened the gate"
+            super().save_many(profiles)
+
+    middleware = make_middleware(site_app, store=SlowStore(store_dir), sample_rate=1.0)
+
+    def serve(path: str) -> bytes:
+        """As a server serves it; helpers.run would wait for the writer."""
+        body = middleware(environ_for(path), lambda status, headers, exc_info=None: None)
+        try:
+            return b"".join(body)
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+    serve("/")  # sampled: its profile waits at the gate
+    started = time.perf_counter()
+    answer = serve("/_profiler/")
+    waited = time.perf_counter() - started
+    gate.set()
+
+    assert answer == b"<h1>The site's own 404</h1>"
+    assert waited < 0.5
+    serve("/episodes")  # sampled: queued for a batch the writer stores in half a second
+    listing = run(middleware, "/_profiler/", headers={"X-Profile-Token": token})
+    assert b"/episodes" in listing.body
 
 
 def test_the_list_shows_recent_profiles_newest_first_and_sorts_by_duration(
