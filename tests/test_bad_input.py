@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -9,6 +11,7 @@ from werkzeug.exceptions import NotFound
 from werkzeug.routing import Map, Rule
 
 from webapp.db import get_database, queries
+from webapp.db.seed import generate_episode
 from webapp.params import CanonicalInteger
 
 
@@ -47,6 +50,35 @@ def test_search_survives_any_syntax(app, client, query):
     assert response.status_code == 200
     assert response.content_type.startswith("text/html")
     assert data_version(app) == before
+
+
+#: What HTML allows in no document (its "control" and "noncharacter" code points, ASCII
+#: whitespace aside): the Nu Html Checker rejects a page holding one.
+NOT_IN_HTML = re.compile(
+    "[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(chr(plane | low) for plane in range(0, 0x110000, 0x10000) for low in (0xFFFE, 0xFFFF))
+    + "]"
+)
+
+
+@pytest.mark.parametrize(
+    "raw", ["q=%00", "q=python%01%1b%7fflask", "q=%C2%80%C2%9F", "q=%EF%BF%BE", "q=%F4%8F%BF%BF"]
+)
+def test_search_text_html_forbids_is_shown_replaced_and_the_page_stays_valid(client, raw):
+    # Each reaches the page's <title>, its search box and its heading: a page holding a
+    # control character or a noncharacter is not HTML. Shown as U+FFFD, as a browser would.
+    response = client.get(f"/search?{raw}")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert NOT_IN_HTML.search(page) is None
+    assert "\ufffd" in page
+
+
+def test_search_text_html_forbids_still_separates_words(client):
+    first, second = queries.search_terms(generate_episode(12)["title"])[:2]
+    between = client.get("/search", query_string={"q": f"{first}\x00{second}"})
+    spaced = client.get("/search", query_string={"q": f"{first} {second}"})
+    assert between.data.count(b"<li>") == spaced.data.count(b"<li>") > 0
 
 
 def test_overlong_search_is_a_400_with_a_reason(client):

@@ -47,6 +47,24 @@ def int_arg(name: str, *, default: int, minimum: int, maximum: int) -> int:
     return value
 
 
+#: What no HTML document may hold: controls other than ASCII whitespace, and noncharacters
+#: (the HTML standard's input stream rules; the Nu Html Checker rejects a page with one).
+_NOT_IN_HTML = re.compile(
+    "[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef"
+    + "".join(chr(plane + 0xFFFE) + chr(plane + 0xFFFF) for plane in range(0, 0x110000, 0x10000))
+    + "]"
+)
+
+
+def html_text(text: str) -> str:
+    """``text`` from a request, fit to be shown on a page: what HTML forbids becomes U+FFFD.
+
+    Escaping cannot help there (``&#0;`` is as invalid), so each such code point is replaced,
+    one for one, as a browser shows it: the text keeps its length and its word boundaries.
+    """
+    return _NOT_IN_HTML.sub("\ufffd", text)
+
+
 def reject_undecodable_query_string() -> None:
     """A ``before_request`` hook: a query string that is not UTF-8 is a 400.
 
