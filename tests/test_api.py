@@ -260,6 +260,19 @@ def test_options_is_a_204_with_allow_and_no_html(client, path, preflight):
     assert response.headers["Access-Control-Allow-Origin"] == "*"
 
 
+@pytest.mark.parametrize(
+    "path", ["/", "/episodes/", "/episodes/7", "/search", "/health", "/static/style.css"]
+)
+def test_options_on_a_page_is_a_204_with_allow_and_no_html_either(client, path):
+    """Flask's default answer, an empty 200 labelled text/html, is not a page: what the
+    resource takes, with no content, as on the paths other origins read, without CORS."""
+    response = client.options(path)
+    assert (response.status_code, response.data) == (204, b"")
+    assert "Content-Type" not in response.headers
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
 @pytest.mark.parametrize("path", ["/", "/episodes/", "/search?q=python", "/health"])
 def test_pages_allow_no_other_origin(client, path):
     response = client.get(path, headers={"Origin": "https://app.example"})

@@ -10,7 +10,8 @@ not vary by ``Origin`` and says no ``Vary: Origin`` (that would only split
 shared caches). A browser asks first (a preflight ``OPTIONS``) when a script
 sends a header outside the CORS-safelisted ones, such as ``If-None-Match``;
 ``preflight`` answers it. Pages and the profiler
-allow no other origin: they send none of these headers.
+allow no other origin: they send none of these headers (an OPTIONS there gets
+its ``Allow`` alone, from ``options``).
 """
 
 from __future__ import annotations
@@ -40,16 +41,22 @@ def allow_any_origin(response: R) -> R:
     return response
 
 
+def options(allow: str = ALLOWED_METHODS) -> Response:
+    """The answer to a plain OPTIONS: ``allow``, the methods the route takes, and no content."""
+    response = Response(status=204)
+    # No content, so no Content-Type (Werkzeug's default would claim text/html).
+    del response.headers["Content-Type"]
+    response.headers["Allow"] = allow
+    return response
+
+
 def preflight(allow: str = ALLOWED_METHODS) -> Response:
     """The answer to a CORS preflight: the methods and headers a script may use, and how long;
     ``allow``, the methods the route itself takes (its ``Allow``)."""
-    response = allow_any_origin(Response(status=204))
-    # No content, so no Content-Type (Werkzeug's default would claim text/html).
-    del response.headers["Content-Type"]
+    response = allow_any_origin(options(allow))
     response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
     response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
     response.headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
-    response.headers["Allow"] = allow
     return response
 
 
@@ -67,11 +74,13 @@ def _readable(path: str) -> bool:
 
 def _answer_preflight() -> Response | None:
     """A ``before_request`` hook: a preflight for a route that exists gets its answer, and so does
-    a plain OPTIONS there (its Allow), rather than Flask's empty 200 labelled text/html."""
+    a plain OPTIONS there (its Allow), rather than Flask's empty 200 labelled text/html; on any
+    other route, an OPTIONS gets its Allow without CORS."""
     rule = request.url_rule
-    if request.method == "OPTIONS" and rule is not None and _readable(request.path):
-        return preflight(", ".join(sorted(rule.methods or ALLOWED_METHODS.split(", "))))
-    return None
+    if request.method != "OPTIONS" or rule is None:
+        return None
+    allow = ", ".join(sorted(rule.methods or ALLOWED_METHODS.split(", ")))
+    return preflight(allow) if _readable(request.path) else options(allow)
 
 
 def _allow_other_origins(response: Response) -> Response:
