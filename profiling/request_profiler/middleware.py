@@ -50,6 +50,12 @@ _VIEW_HEADER_KEY = "HTTP_X_PROFILE_VIEW"
 # active", and pyinstrument keeps one sampler per thread. Requests that find
 # it taken are served unprofiled instead of waiting.
 _one_profile_at_a_time = threading.Lock()
+#: Profiles whose body was dropped without close() (a test client that never closes its
+#: responses), each with what ends it. The next call through a middleware ends them, not the
+#: body's __del__: the collector may run that in the middle of a context variable being set,
+#: and ending a profile sets context variables too (the SQL capture's, pyinstrument's), which
+#: corrupts CPython's context mapping there (the process crashed).
+_abandoned: list[tuple[Callable[[_Recording], object], _Recording]] = []
 #: The app's headers a token request's answer replaces (_Recording.wrap says why).
 _REPLACED = frozenset({"cache-control", "referrer-policy"})
 #: How long the end of a token request waits for its profile to be stored.
@@ -189,6 +195,8 @@ class ProfilerMiddleware:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         # The path every unprofiled request takes: keep it to a few lookups.
+        if _abandoned:
+            _finish_abandoned()
         if self._viewer is not None and self._viewer.handles(environ.get("PATH_INFO", "")):
             return self._viewer(environ, start_response)
         token = None if self._tokens is None else self._tokens.from_environ(environ)
@@ -459,7 +467,8 @@ class _ProfiledBody:
 
     ``close()`` closes the application's iterable, then ends the profile:
     servers call it when the body is sent, when sending failed and when the
-    client went away, so every profile ends and is kept.
+    client went away, so every profile ends and is kept. A body dropped without
+    it (a test client's) is ended by the middleware's next call.
     """
 
     def __init__(
@@ -505,9 +514,19 @@ class _ProfiledBody:
     def __del__(self) -> None:
         # WSGI servers call close(), but a test client whose response is never
         # closed would otherwise keep the process lock: no profile would ever
-        # run again in this process.
+        # run again in this process. Only handed over here (see _abandoned).
         if not self._recording.finished:
-            self._finish(self._recording)
+            _abandoned.append((self._finish, self._recording))
+
+
+def _finish_abandoned() -> None:
+    """End the profiles whose body was dropped unclosed (see ``_abandoned``)."""
+    while True:
+        try:
+            finish, recording = _abandoned.pop()
+        except IndexError:  # another thread ended the last one
+            return
+        finish(recording)
 
 
 def _error_of(environ: dict[str, Any]) -> str | None:
