@@ -370,6 +370,27 @@ def test_large_request_headers_reach_the_app(site_stack: Stack) -> None:
     assert json.loads(body)["per_page"] == 17
 
 
+def test_every_request_nginx_accepts_fits_uwsgis_buffer(site_stack: Stack) -> None:
+    """Heads just within nginx's limits (a head of 32 KB, a request line of 8 KB, a thousand
+    headers) reach the app.
+
+    uWSGI dropped them (nginx: 502) with a buffer-size of 32 KB, or its default max-vars (64),
+    and nginx counted each as a failure of its instance: two such requests marked both down,
+    and every other client got a 502 for fail_timeout."""
+    host, port = site_stack.settings.host, site_stack.settings.port
+    for target, count, expected in [
+        ("/api/episodes?page=1&per_page=13", 280, 200),
+        ("/api/" + "a" * 7_900, 200, 404),  # the path reaches uWSGI three times (uwsgi_params)
+        ("/api/episodes?page=1&per_page=14", -990, 200),  # as many short headers
+    ]:
+        value = "v" * 100 if count > 0 else ""
+        headers = "".join(f"X{i}: {value}\r\n" for i in range(abs(count)))
+        request = f"GET {target} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
+        status, _, _ = raw_request(host, port, request.encode())
+        assert status == expected, target[:40]
+    assert get(site_stack.settings.url + "/health")[0] == 200
+
+
 # --- HTTPS ------------------------------------------------------------------------
 
 
