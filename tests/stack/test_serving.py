@@ -127,6 +127,35 @@ def test_unknown_paths_get_the_frozen_404_page(site_stack: Stack, site: Site) ->
         assert headers["Content-Type"] == "text/html; charset=utf-8"
 
 
+def test_build_files_are_not_served_under_their_own_names(site_stack: Stack, site: Site) -> None:
+    """The app has no URL for a page's file (index.html, rss.xml, a .gz sibling): neither has nginx.
+
+    nginx served them: the .gz as application/octet-stream (gzip bytes with no
+    Content-Encoding), rss.xml as text/xml, and /404 (try_files $uri.html) as a 200."""
+    url = site_stack.settings.url
+    for path in [
+        "/404",
+        "/index",
+        "/index.html",
+        "/index.html.gz",
+        "/404.html.gz",
+        "/episodes/index",
+        "/episodes/index.html",
+        "/episodes/index.html.gz",
+        "/episodes/rss.xml",
+        "/episodes/rss.xml.gz",
+        "/static/style.css.gz",
+    ]:
+        status, headers, body = get(url + path, {"Accept-Encoding": "gzip"})
+        assert status == app_get(site, path).status_code == 404, path
+        assert gzip.decompress(body) == frozen(site, "404.html"), path
+        assert headers["Content-Type"] == "text/html; charset=utf-8", path
+    # Their URLs are served as ever, precompressed too.
+    for path, name in [("/", "index.html"), ("/episodes/rss", "episodes/rss.xml")]:
+        status, _, body = get(url + path, {"Accept-Encoding": "gzip"})
+        assert (status, body) == (200, frozen(site, name + ".gz")), path
+
+
 def test_unknown_episode_numbers_fall_through_to_the_app(site_stack: Stack, site: Site) -> None:
     status, _, body = get(site_stack.settings.url + "/episodes/999999")
     expected = app_get(site, "/episodes/999999")
