@@ -656,8 +656,8 @@ def test_a_request_cannot_write_a_line_into_uwsgis_log(make_stack: Callable[...,
     # and a terminal escape; nginx refuses them raw.
     get(url + "/api/x%0d%0aFORGED-LINE%1b[31m")
     get(url + "/api/episodes?page=x%0aFORGED-QUERY")
-    # Raw, nginx takes bytes from 0x80: U+009B, a terminal's control sequence introducer.
-    request = b"GET /api/x\xc2\x9b31m HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    # Raw, nginx takes bytes from 0x80 (but C1 controls: the next test).
+    request = b"GET /api/x\xc3\xa9 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     assert raw_request(stack.settings.host, stack.settings.port, request)[0] == 404
     stack.stop()
     log = stack.instances[0].log.read_text(errors="surrogateescape")
@@ -666,7 +666,39 @@ def test_a_request_cannot_write_a_line_into_uwsgis_log(make_stack: Callable[...,
     assert "GET /api/episodes => generated" in log  # no query string, encoded or not
     assert "\x1b" not in log and "\r" not in log
     assert not [line for line in log.splitlines() if line.startswith("FORGED")]
-    assert "\x9b" not in log and "GET - => generated" in log  # that path is not written at all
+    assert "\xc3" not in log and "GET - => generated" in log  # that path is not written at all
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "referer"),
+    [
+        (b"/api/episodes", b"localhost", b"\x1b[2J\x1b[31mFORGED"),  # ESC in the Referer
+        (b"/api/episodes", b"\xc2\x9b31mlocalhost", b"-"),  # U+009B (CSI) in the Host
+        (b"/api/ep\xc2\x9b31misodes", b"localhost", b"-"),  # ... in the request line
+        (b"/", b"localhost", b"a\x07bell"),  # BEL, for a page too
+    ],
+)
+def test_a_request_cannot_write_terminal_controls_into_nginxs_error_log(
+    make_stack: Callable[..., Stack], target: bytes, host: bytes, referer: bytes
+) -> None:
+    """nginx's error log holds the request line, Host and Referer as sent (here for the 413 of a
+    body over client_max_body_size); such a request is a 400 before that, and nothing is logged."""
+    stack = make_stack()
+    request = b"POST %s HTTP/1.1\r\nHost: %s\r\nReferer: %s\r\nContent-Length: 100000\r\n" % (
+        target,
+        host,
+        referer,
+    )
+    status = raw_request(stack.settings.host, stack.settings.port, request + b"\r\n")[0]
+    # The same headers without a control character: the 413 that nginx logs.
+    plain = b"POST /api/episodes HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n"
+    assert raw_request(stack.settings.host, stack.settings.port, plain)[0] == 413
+    stack.stop()
+    log = stack.nginx_log.read_bytes()
+
+    assert status == 400, log.decode(errors="replace")[-1500:]
+    assert b"client intended to send too large body" in log
+    assert b"\x1b" not in log and b"\xc2\x9b" not in log and b"\x07" not in log
 
 
 def test_profiling_tokens_never_reach_the_logs(
