@@ -74,6 +74,29 @@ def test_frozen_pages_are_the_build_files_served_by_nginx(site_stack: Stack, sit
         assert body == app_get(site, path).data, path
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_a_method_a_frozen_file_does_not_take_is_answered_as_the_app_answers_it(
+    site_stack: Stack, site: Site, method: str
+) -> None:
+    """nginx serves a file to GET and HEAD only. Its own 405 for any other method named no
+    method in Allow (RFC 9110 15.5.6 requires it), and it refused the OPTIONS the app answers
+    with a 204 and Allow: the app answers those methods, as it does for the feed."""
+    url = site_stack.settings.url
+    episode = episode_paths(site)[3]
+    number = episode.split("/")[2]
+    # An episode's other URLs too, which a GET is redirected from: no redirect for these methods.
+    redirected = [f"/episodes/{number}", f"/episodes/{number}/not-the-slug"]
+    for path in ["/", "/episodes/", episode, *redirected, "/static/style.css", "/artwork.png"]:
+        status, headers, _ = get(
+            url + path, method=method, body=b"" if method != "OPTIONS" else None
+        )
+        expected = site.app.test_client().open(path, method=method)
+        assert (path, status) == (path, expected.status_code), path
+        assert status in (204, 405), path
+        allowed = set(headers.get("Allow", "").split(", "))
+        assert allowed == set(expected.headers["Allow"].split(", ")) >= {"GET", "HEAD"}, path
+
+
 def test_dynamic_routes_reach_flask(site_stack: Stack, site: Site) -> None:
     url = site_stack.settings.url
     for path in [
