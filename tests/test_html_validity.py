@@ -9,12 +9,14 @@ under REQUIRE_SERVICES=1.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.conftest import require_binary
+from tests.test_freeze import execute
 from webapp.freeze import freeze
 
 #: Pages the app renders per request, checked beside the frozen ones.
@@ -25,8 +27,36 @@ DYNAMIC_PAGES = {
 }
 
 
+#: What HTML forbids (controls but whitespace, noncharacters) and an RTL override, as an
+#: editor's paste or an import can write them in any column.
+ODD_TEXT = "a\x01\x0b\x1b\x7f\x85\ufdd0\ufffe\uffff\U0001fffe\u202eb"
+#: Content the database takes that a page must still print as valid HTML.
+ODD_CONTENT = [
+    (
+        "UPDATE episodes SET title = %s, summary = %s, show_notes = %s, transcript = %s"
+        " WHERE number = 12",
+        (ODD_TEXT, ODD_TEXT, f"<p>{ODD_TEXT}</p>", ODD_TEXT),
+    ),
+    (
+        "UPDATE guests SET name = %s WHERE id IN (SELECT guest_id FROM episode_guests"
+        " WHERE episode_id = (SELECT id FROM episodes WHERE number = 12))",
+        (ODD_TEXT,),
+    ),
+    (
+        "UPDATE episode_chapters SET chapters = %s"
+        " WHERE episode_id = (SELECT id FROM episodes WHERE number = 12)",
+        (json.dumps([{"startTime": 0, "title": ODD_TEXT}]),),
+    ),
+    ("UPDATE episodes SET audio_url = %s WHERE number = 4", ('https://m.test/a b"{c}|.mp3',)),
+    ("UPDATE episodes SET audio_url = %s WHERE number = 5", ("javascript:alert(1)",)),
+    ("UPDATE episodes SET slug = %s WHERE number = 6", ('a b"<c>{d}`e`',)),
+]
+
+
 def test_vnu_finds_nothing_in_any_frozen_page(app, client, tmp_path: Path) -> None:
     require_binary("java")
+    for statement, values in ODD_CONTENT:
+        execute(app, statement, values)
     build = freeze(app, tmp_path / "build").destination.resolve()
     pages = sorted(build.rglob("*.html"))
     assert len(pages) >= 30 + 3  # every episode, /, /episodes/, the 404 page

@@ -61,8 +61,9 @@ def test_a_frame_is_its_template_split_where_the_items_block_is(templates):
         assert compose(frame, ["<li>1</li>", "<li>2</li>"]) == (
             "<h1>&lt;b&gt;</h1><ol><li>1</li><li>2</li>\n</ol><p>end</p>"
         )
-        # No text of the page can pass for the block: a NUL, say.
-        assert template_frame("page.html", title="\0").before == "<h1>\0</h1><ol>"
+        # No text of the page can pass for the block: a NUL, say (shown as U+FFFD: HTML
+        # forbids it).
+        assert template_frame("page.html", title="\0").before == "<h1>\ufffd</h1><ol>"
 
 
 def test_a_frame_that_does_not_reach_its_items_block_is_all_before(templates):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 from html.parser import HTMLParser
 
@@ -97,6 +98,93 @@ def test_show_notes_never_carry_script_to_the_page_or_the_api(app, client):
         assert '<p>Intro <b>bold</b></p><img src="x">' in text, where
         assert '<a href="https://example.com/">good</a>' in text, where
     assert_valid_html(printed["page"].encode())
+
+
+#: What HTML forbids in a document (controls but whitespace, noncharacters), as an editor's
+#: paste or an import can put it in any text column; U+202E (an RTL override) is allowed.
+FORBIDDEN_IN_HTML = "\x01\x0b\x1b\x7f\x85\x9f\ufdd0\ufffe\uffff\U0001fffe"
+
+
+def test_text_that_html_forbids_is_shown_as_u_fffd_on_every_page(app, client):
+    """Each forbidden code point in any printed column made the page invalid HTML (the Nu
+    Html Checker: "Forbidden code point U+0001"): it is shown as U+FFFD, one for one."""
+    text = f"a{FORBIDDEN_IN_HTML}b\u202e"
+    with get_database(app).session() as session:
+        session.execute(
+            "UPDATE episodes SET title = %s, summary = %s, show_notes = %s, transcript = %s"
+            " WHERE number = 12",
+            (text, text, f"<p>{text}</p>", text),
+        )
+        session.execute(
+            "UPDATE guests SET name = %s WHERE id IN (SELECT guest_id FROM episode_guests"
+            " WHERE episode_id = (SELECT id FROM episodes WHERE number = 12))",
+            (text,),
+        )
+        session.execute(
+            "UPDATE episode_chapters SET chapters = %s"
+            " WHERE episode_id = (SELECT id FROM episodes WHERE number = 12)",
+            (json.dumps([{"startTime": 0, "title": text}]),),
+        )
+    shown = "a" + "\ufffd" * len(FORBIDDEN_IN_HTML) + "b\u202e"
+    slug = generate_episode(12)["slug"]
+    for url in ("/episodes/", f"/episodes/12/{slug}", "/episodes/12/transcript.html"):
+        body = client.get(url).get_data(as_text=True)
+        assert not set(FORBIDDEN_IN_HTML) & set(body), url
+        assert shown in body, url
+    page = client.get(f"/episodes/12/{slug}").get_data(as_text=True)
+    # The title, the summary (twice), the notes, the transcript, a guest, the chapter.
+    assert page.count(shown) >= 7
+    # The API and its JSON keep the text as stored: JSON can carry it.
+    assert client.get("/api/episodes/12").get_json()["title"] == text
+
+
+def test_an_audio_url_is_a_valid_and_harmless_link(app, client):
+    """The audio URL is printed in ``src`` and ``href``: a space or a quote made the page
+    invalid HTML, and ``javascript:`` a link that ran script (the show notes are cleaned of
+    that; the audio URL was printed as it is)."""
+    slug = generate_episode(7)["slug"]
+    odd = 'https://media.example.com/a b"c<d>{e}|\x01é.mp3'
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET audio_url = %s WHERE number = 7", (odd,))
+    body = client.get(f"/episodes/7/{slug}").get_data(as_text=True)
+    encoded = "https://media.example.com/a%20b%22c%3Cd%3E%7Be%7D%7C%01é.mp3"
+    assert f'src="{encoded}"' in body and f'href="{encoded}"' in body
+    for scheme in (
+        "javascript:alert(1)",
+        " JavaScript:alert(1)",
+        "java\tscript:alert(1)",
+        "data:,x",
+    ):
+        with get_database(app).session() as session:
+            session.execute("UPDATE episodes SET audio_url = %s WHERE number = 7", (scheme,))
+        body = client.get(f"/episodes/7/{slug}").get_data(as_text=True)
+        assert 'src="#"' in body and 'href="#">Download' in body, scheme
+        assert "script:" not in body.lower() and "data:" not in body, scheme
+
+
+@pytest.mark.parametrize(
+    "slug, href",
+    [
+        ("a b", "a%20b"),
+        ('q"u<o>te{s}|^`\\', "q%22u%3Co%3Ete%7Bs%7D%7C%5E%60%5C"),
+        ("tab\there", "tab%09here"),
+        ("new\nline", "new%0Aline"),
+    ],
+)
+def test_an_episode_link_is_a_valid_url_whatever_the_slug(app, client, slug, href):
+    """An editor's slug is printed in every list's ``href`` and in the redirect's Location:
+    a space or a quote made each page invalid HTML, a tab a link browsers strip to another
+    URL (redirected back: a loop), and a newline a 500 with a traceback ("Header values
+    must not contain newline characters")."""
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET slug = %s WHERE number = 7", (slug,))
+    path = f"/episodes/7/{href}"
+    for url in ("/episodes/", "/episodes/7/transcript.html"):
+        assert f'href="{path}"' in client.get(url).get_data(as_text=True), url
+    redirect = client.get("/episodes/7")
+    assert redirect.status_code == 301 and redirect.headers["Location"] == path
+    # The link leads to the page: the server decodes it back to the slug.
+    assert client.get(path).status_code == 200
 
 
 def test_episode_page_lists_its_chapters(client):

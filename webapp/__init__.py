@@ -18,7 +18,7 @@ from flask.json.provider import DefaultJSONProvider
 from . import cors, db, errors
 from .blueprints import api, feed, pages, podcast
 from .freeze import freeze_command, pull_build_command
-from .params import CanonicalInteger
+from .params import CanonicalInteger, html_value, page_url
 from .profiler import install_profiler
 from .settings import load_settings
 from .show_notes import show_notes_html
@@ -38,7 +38,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     # Before any route is added: the rules take their converters when they are.
     app.url_map.converters["int"] = CanonicalInteger
+    # Before the first template compiles: Jinja builds finalize into each template's code.
+    app.jinja_options = {**app.jinja_options, "finalize": html_value}
     app.add_template_filter(show_notes_html)
+    app.add_template_filter(page_url)
     db.init_app(app)
     errors.init_app(app)
     cors.init_app(app, READABLE_ANYWHERE)

@@ -8,9 +8,10 @@ page = int_arg("page", default=1, minimum=1, maximum=10_000)
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from flask import abort, request
+from markupsafe import Markup
 from werkzeug.routing import IntegerConverter
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -63,6 +64,46 @@ def html_text(text: str) -> str:
     one for one, as a browser shows it: the text keeps its length and its word boundaries.
     """
     return _NOT_IN_HTML.sub("\ufffd", text)
+
+
+def html_value(value: object) -> object:
+    """Jinja's ``finalize``: every value a template prints, with what HTML forbids as U+FFFD.
+
+    Titles, summaries, transcripts, guest names, chapter titles and show notes come from
+    whatever writes the database, and one vertical tab (a word processor's line break) made
+    the page invalid HTML. Here, where every printed value passes, no column is missed;
+    cleaned markup (the show notes) stays markup: U+FFFD cannot open or close a tag.
+    """
+    if isinstance(value, str) and _NOT_IN_HTML.search(value):
+        cleaned = html_text(value)
+        return Markup(cleaned) if isinstance(value, Markup) else cleaned
+    return value
+
+
+#: What no URL in an attribute may hold as it is (the URL standard's code points, as the Nu
+#: Html Checker reads them): spaces, controls, quotes, brackets and the like. Percent-encoded,
+#: each names the same resource, so the link still leads where the data says.
+_NOT_IN_URL = re.compile(r'[\x00-\x20"<>\[\\\]^`{|}\x7f-\x9f]')
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_TAB_OR_NEWLINE = re.compile("[\t\n\r]")
+_C0_OR_SPACE = "".join(map(chr, range(0x21)))
+#: The schemes a link or a source from the data may have; a URL without a scheme is a path.
+_LINKED_SCHEMES = frozenset({"http", "https"})
+
+
+def page_url(url: str) -> str:
+    """``url`` from the data, fit for a page's ``href`` or ``src``: percent-encoded where a
+    URL may not hold a character as it is, and ``#`` (nowhere) if its scheme is not http(s).
+
+    A ``javascript:`` audio URL was a link that ran script in a reader's browser (the
+    show notes are cleaned of such links; this is the same rule for the other URLs).
+    """
+    # The scheme as a browser reads it: after leading controls and spaces, without tabs
+    # and newlines (``" java\tscript:"`` is ``javascript:``).
+    scheme = _SCHEME.match(_TAB_OR_NEWLINE.sub("", url.lstrip(_C0_OR_SPACE)))
+    if scheme and scheme.group(1).lower() not in _LINKED_SCHEMES:
+        return "#"
+    return _NOT_IN_URL.sub(lambda found: quote(found.group(), safe=""), url)
 
 
 def reject_undecodable_query_string() -> None:

@@ -14,7 +14,7 @@ from ..db.backends import DatabaseUnavailable
 from ..errors import RETRY_AFTER_SECONDS
 from ..listing import Fragments, Listing, compose, register_page, template_frame
 from ..models import Episode, EpisodeItem, EpisodeRevision, episode_routes
-from ..params import html_text, single_arg
+from ..params import html_text, page_url, single_arg
 
 blueprint = Blueprint("pages", __name__)
 
@@ -66,7 +66,8 @@ def episode(number: int, slug: str | None = None) -> ResponseReturnValue:
         abort(404, description=f"There is no episode {number}.")
     if slug != found.slug:
         # One canonical URL per episode: old or mistyped slugs still work.
-        return redirect(found.path, code=301)
+        # Percent-encoded: a slug may hold what a Location header or a URL cannot (a newline).
+        return redirect(page_url(found.path), code=301)
     return render_episode(found)
 
 
