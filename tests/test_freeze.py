@@ -574,6 +574,18 @@ def test_a_slug_that_would_break_nginx_syntax_is_percent_encoded(app, dest):
     assert (dest / f"{unquote(path)[1:]}.html").is_file()
 
 
+@pytest.mark.parametrize("slug", ["release-v1.0", "index.html", "x.html.gz"])
+def test_a_slug_with_a_dot_is_still_a_page_nginx_finds(app, dest, slug):
+    """nginx looks for an episode page at ``$uri.html``: a slug ``release-v1.0`` was
+    written as ``release-v1.0`` (a name with an extension was taken for a file's), which
+    nginx never found, so it redirected the page's URL to itself."""
+    execute(app, "UPDATE episodes SET slug = %s WHERE number = 2", (slug,))
+    freeze(app, dest)
+    assert (dest / f"episodes/2/{slug}.html").is_file()
+    assert not (dest / f"episodes/2/{slug}").exists()
+    assert_matches_live(dest, app)
+
+
 def test_the_manifest_describes_the_build(app, dest):
     report = freeze(app, dest)
     manifest = json.loads((dest / "manifest.json").read_text())

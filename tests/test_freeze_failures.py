@@ -225,10 +225,26 @@ SLUG_FIX = (
 )
 
 
-@pytest.mark.parametrize("slug", ["../../../escape", "a/b", ".", "..", "", "a%2Fb", "a?b"])
+@pytest.mark.parametrize(
+    "slug",
+    [
+        *("../../../escape", "a/b", ".", "..", "", "a%2Fb", "a?b"),
+        # A URL parser drops tabs and newlines: the build asked for another URL (a 301).
+        *("a\tb", "a\nb", "a\x01b"),
+        # nginx refuses every path with a segment starting with a dot (a dot file).
+        ".hidden",
+        # The URLs of the episode's transcript and chapters: the app and nginx answer those.
+        *("transcript.html", "chapters.json"),
+        # Its file, <slug>.html and <slug>.html.gz, over 255 bytes: ENAMETOOLONG.
+        *("s" * 248, "é" * 124),
+    ],
+)
 def test_a_slug_that_is_not_one_url_segment_is_named_and_nothing_is_written(app, dest, slug):
     """A page's file is episodes/<number>/<slug>.html: an editor's ``../../x`` wrote a file
-    outside the build, ``.`` failed on a directory, ``%2F`` with a traceback."""
+    outside the build, ``.`` failed on a directory, ``%2F`` with a traceback; a tab made the
+    build fail on a redirect, a 300-character slug on "File name too long", naming neither
+    the episode nor the fix; ``.hidden`` and ``transcript.html`` were written as pages nginx
+    never serves (it refuses dot files; the transcript's URL is the transcript)."""
     freeze(app, dest)
     before = everything_under(dest)
     around = sorted(dest.parent.parent.rglob("*"))
@@ -242,6 +258,27 @@ def test_a_slug_that_is_not_one_url_segment_is_named_and_nothing_is_written(app,
     assert everything_under(dest) == before
     assert sorted(dest.parent.parent.rglob("*")) == around
     execute(app, "UPDATE episodes SET slug = 'a-good-slug' WHERE number = 3")
+    assert freeze_cli(app, dest).exit_code == 0
+    assert_matches_live(dest, app)
+
+
+@pytest.mark.parametrize("number", [-7, -1, 2**31])
+def test_an_episode_number_its_url_cannot_hold_is_named_and_nothing_is_written(app, dest, number):
+    """Episode URLs hold a number from 0 to 2**31 - 1 (the app answers a 404 for others): a
+    build wrote the page of episode -7 anyway, a file nginx served where the app says 404."""
+    if number > 2**31 - 1 and app.config["DATABASE_URL"].startswith("postgresql"):
+        pytest.skip("PostgreSQL's INTEGER holds no larger number")
+    freeze(app, dest)
+    before = everything_under(dest)
+    execute(app, "UPDATE episodes SET number = %s WHERE number = 3", (number,))
+
+    result = freeze_cli(app, dest)
+
+    assert result.exit_code == 1
+    assert f"Error: episodes.number holds {number}: " in result.output
+    assert "a number from 0 to 2147483647" in result.output and "Traceback" not in result.output
+    assert everything_under(dest) == before
+    execute(app, "UPDATE episodes SET number = 3 WHERE number = %s", (number,))
     assert freeze_cli(app, dest).exit_code == 0
     assert_matches_live(dest, app)
 

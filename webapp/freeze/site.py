@@ -60,7 +60,8 @@ from ..blueprints import pages
 from ..db import get_session, queries
 from ..db.backends import Session
 from ..listing import Listing, page_renderer
-from ..models import Episode, EpisodeRevision, SiteState
+from ..models import MAX_EPISODE_NUMBER, Episode, EpisodeRevision, SiteState
+from ..rss import CHAPTERS_PATH, TRANSCRIPT_PATH
 from .output import FreezeError, content_digest
 
 #: Any URL no route matches: the live app's 404 body does not depend on which.
@@ -107,7 +108,7 @@ class EpisodeTable(Sequence[EpisodeRevision]):
     @classmethod
     def read(cls, session: Session) -> EpisodeTable:
         try:
-            return cls(*queries.episode_table(session))
+            table = cls(*queries.episode_table(session))
         except queries.UnrevisedEpisodes as unrevised:
             raise FreezeError(
                 f"episode(s) {unrevised} have no revision, so a build cannot tell whether they"
@@ -122,6 +123,16 @@ class EpisodeTable(Sequence[EpisodeRevision]):
                 f"{unreadable}: a build reads every number and revision as a 64-bit integer"
                 f" (SQLite keeps any value in any column): {'; '.join(fixes)}"
             ) from None
+        # Newest number first: the ends of the table are its extremes.
+        if table.numbers and (table.numbers[0] > MAX_EPISODE_NUMBER or table.numbers[-1] < 0):
+            bad = [n for n in table.numbers if not 0 <= n <= MAX_EPISODE_NUMBER][:10]
+            raise FreezeError(
+                f"episodes.number holds {', '.join(map(str, bad))}: an episode's URL holds a"
+                f" number from 0 to {MAX_EPISODE_NUMBER}, and the app answers 404 for its page"
+                " at any other, so a build cannot freeze it: set each such number to one in"
+                " that range (UPDATE episodes SET number = ... WHERE number = ...)"
+            )
+        return table
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -199,8 +210,15 @@ class SiteData:
 
 #: What a slug must not hold: its page's file would be written elsewhere (``/``, and
 #: ``\\``, which browsers read as ``/``), or its link would name another URL (``%``
-#: decodes, ``?`` and ``#`` end the path), so the page could not be served as itself.
-_NOT_IN_SLUG = re.compile(r"[/\\%?#]")
+#: decodes, ``?`` and ``#`` end the path, a URL parser drops tabs and newlines), so the
+#: page could not be served as itself; nor start with a dot, as nginx refuses dot files.
+_NOT_IN_SLUG = re.compile(r"[/\\%?#\x00-\x1f\x7f]|^\.")
+#: The episode's other files, which the app and nginx serve at ``/episodes/<number>/<name>``.
+_OTHER_FILES = frozenset(path.rpartition("/")[2] for path in (TRANSCRIPT_PATH, CHAPTERS_PATH))
+#: A page's file is ``<slug>.html``, and its gzip sibling ``<slug>.html.gz``: a file name
+#: longer than this many bytes is ENAMETOOLONG on Linux's file systems.
+_NAME_MAX = 255
+_LONGEST_SUFFIX = len(".html.gz")
 SLUG_FIX = (
     "set each such slug to one URL segment (UPDATE episodes SET slug = ... WHERE number = ...)"
 )
@@ -216,13 +234,18 @@ def check_slugs(episodes: Sequence[EpisodeRevision]) -> None:
     bad = [
         f"{episode.slug!r} for episode {episode.number}"
         for episode in episodes
-        if episode.slug in ("", ".", "..") or _NOT_IN_SLUG.search(episode.slug)
+        if not episode.slug
+        or _NOT_IN_SLUG.search(episode.slug)
+        or episode.slug in _OTHER_FILES
+        or len(episode.slug.encode()) + _LONGEST_SUFFIX > _NAME_MAX
     ]
     if bad:
         raise FreezeError(
             f"episodes.slug holds {'; '.join(bad)}: a slug is the last segment of its page's"
-            " URL and its file's name, so it is not empty, '.' or '..', and holds none of"
-            f" / \\ % ? #: {SLUG_FIX}"
+            " URL and its file's name, so it is not empty, starts with no '.', holds none of"
+            " / \\ % ? # and no control character (a tab, a newline), is not"
+            f" {' or '.join(sorted(_OTHER_FILES))} (the episode's other files), and is at most"
+            f" {_NAME_MAX - _LONGEST_SUFFIX} bytes in UTF-8: {SLUG_FIX}"
         )
 
 
@@ -287,6 +310,11 @@ def _episode_pages():
     return [episode.path for episode in site_data().episodes]
 
 
+#: An episode's page (but its other files), as deploy/nginx/site.conf.j2 finds its file: at
+#: ``$uri.html``.
+_EPISODE_PAGE = re.compile(r"/episodes/[0-9]+/[^/]+")
+
+
 class SiteFreezer(Freezer):
     """Frozen-Flask, told this site's URLs and nginx's file layout."""
 
@@ -306,6 +334,9 @@ class SiteFreezer(Freezer):
         """
         if path in FILE_NAMES:
             return FILE_NAMES[path]
+        if _EPISODE_PAGE.fullmatch(path) and path.rpartition("/")[2] not in _OTHER_FILES:
+            # Whatever its slug ends with (``v1.0``, ``index.html``): nginx looks for $uri.html.
+            return f"{path[1:]}.html"
         path = super().urlpath_to_filepath(path)
         return path if "." in path[path.rfind("/") + 1 :] else f"{path}.html"
 
