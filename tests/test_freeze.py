@@ -574,11 +574,15 @@ def test_a_slug_that_would_break_nginx_syntax_is_percent_encoded(app, dest):
     assert (dest / f"{unquote(path)[1:]}.html").is_file()
 
 
-@pytest.mark.parametrize("slug", ["release-v1.0", "index.html", "x.html.gz"])
+@pytest.mark.parametrize(
+    "slug", ["release-v1.0", "index.html", "x.html.gz", ".net-rocks", "a\x01b", "a\x0bb"]
+)
 def test_a_slug_with_a_dot_is_still_a_page_nginx_finds(app, dest, slug):
     """nginx looks for an episode page at ``$uri.html``: a slug ``release-v1.0`` was
     written as ``release-v1.0`` (a name with an extension was taken for a file's), which
-    nginx never found, so it redirected the page's URL to itself."""
+    nginx never found, so it redirected the page's URL to itself. A leading dot or a
+    control character other than a tab or line break is a page too, as it was before
+    (nginx's episode location comes before its refusal of dot files; a link encodes it)."""
     execute(app, "UPDATE episodes SET slug = %s WHERE number = 2", (slug,))
     freeze(app, dest)
     assert (dest / f"episodes/2/{slug}.html").is_file()

@@ -149,6 +149,19 @@ def test_an_audio_url_is_a_valid_and_harmless_link(app, client):
     body = client.get(f"/episodes/7/{slug}").get_data(as_text=True)
     encoded = "https://media.example.com/a%20b%22c%3Cd%3E%7Be%7D%7C%01é.mp3"
     assert f'src="{encoded}"' in body and f'href="{encoded}"' in body
+    # What a browser reads as a valid URL leads where it did: an import's trailing newline
+    # and a leading space are not part of it, nor a tab inside; "\\" is "/" in http(s); an
+    # IPv6 address keeps its brackets.
+    for url, printed in (
+        (" https://media.example.com/ep7.mp3\n", "https://media.example.com/ep7.mp3"),
+        ("https://media.example.com/e\tp7.mp3", "https://media.example.com/ep7.mp3"),
+        ("https://media.example.com\\ep7.mp3", "https://media.example.com/ep7.mp3"),
+        ("http://[2001:db8::1]:8080/[7].mp3", "http://[2001:db8::1]:8080/%5B7%5D.mp3"),
+    ):
+        with get_database(app).session() as session:
+            session.execute("UPDATE episodes SET audio_url = %s WHERE number = 7", (url,))
+        body = client.get(f"/episodes/7/{slug}").get_data(as_text=True)
+        assert f'src="{printed}"' in body and f'href="{printed}"' in body, url
     for scheme in (
         "javascript:alert(1)",
         " JavaScript:alert(1)",

@@ -95,11 +95,18 @@ def html_value(value: object) -> object:
 #: Html Checker reads them): spaces, controls, quotes, brackets and the like. Percent-encoded,
 #: each names the same resource, so the link still leads where the data says.
 _NOT_IN_URL = re.compile(r'[\x00-\x20"<>\[\\\]^`{|}\x7f-\x9f]')
+#: The same in a URL's authority, where an IPv6 address is written in brackets.
+_NOT_IN_AUTHORITY = re.compile(r'[\x00-\x20"<>\\^`{|}\x7f-\x9f]')
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
 _TAB_OR_NEWLINE = re.compile("[\t\n\r]")
 _C0_OR_SPACE = "".join(map(chr, range(0x21)))
 #: The schemes a link or a source from the data may have; a URL without a scheme is a path.
 _LINKED_SCHEMES = frozenset({"http", "https"})
+
+
+def _percent_encoded(found: re.Match[str]) -> str:
+    return quote(found.group(), safe="")
 
 
 def page_url(url: str) -> str:
@@ -107,14 +114,24 @@ def page_url(url: str) -> str:
     URL may not hold a character as it is, and ``#`` (nowhere) if its scheme is not http(s).
 
     A ``javascript:`` audio URL was a link that ran script in a reader's browser (the
-    show notes are cleaned of such links; this is the same rule for the other URLs).
+    show notes are cleaned of such links; this is the same rule for the other URLs). A path
+    (a page's, from its slug) keeps every character, encoded.
     """
-    # The scheme as a browser reads it: after leading controls and spaces, without tabs
-    # and newlines (``" java\tscript:"`` is ``javascript:``).
-    scheme = _SCHEME.match(_TAB_OR_NEWLINE.sub("", url.lstrip(_C0_OR_SPACE)))
-    if scheme and scheme.group(1).lower() not in _LINKED_SCHEMES:
+    # An absolute URL as a browser reads it: without leading and trailing controls and
+    # spaces (an import's trailing newline), without tabs and newlines (" java\tscript:" is
+    # javascript:), and, for http(s), with "\" read as "/".
+    read = _TAB_OR_NEWLINE.sub("", url.strip(_C0_OR_SPACE))
+    scheme = _SCHEME.match(read)
+    if scheme is None:
+        return _NOT_IN_URL.sub(_percent_encoded, url)
+    if scheme.group(1).lower() not in _LINKED_SCHEMES:
         return "#"
-    return _NOT_IN_URL.sub(lambda found: quote(found.group(), safe=""), url)
+    read = read.replace("\\", "/")
+    authority = _AUTHORITY.match(read)
+    head = "" if authority is None else authority.group()
+    return _NOT_IN_AUTHORITY.sub(_percent_encoded, head) + _NOT_IN_URL.sub(
+        _percent_encoded, read[len(head) :]
+    )
 
 
 def reject_undecodable_query_string() -> None:

@@ -423,7 +423,7 @@ def test_large_request_headers_reach_the_app(site_stack: Stack) -> None:
 
 
 def test_every_request_nginx_accepts_fits_uwsgis_buffer(site_stack: Stack) -> None:
-    """Heads just within nginx's limits (a head of 32 KB, a request line of 8 KB, a thousand
+    """Heads within nginx's limits (a head of 32 KB, a request line of 8 KB, a thousand
     headers) reach the app.
 
     uWSGI dropped them (nginx: 502) with a buffer-size of 32 KB, or its default max-vars (64),
@@ -699,6 +699,8 @@ def test_a_request_cannot_write_a_line_into_uwsgis_log(make_stack: Callable[...,
         (b"/api/episodes", b"\xc2\x9b31mlocalhost", b"-"),  # U+009B (CSI) in the Host
         (b"/api/ep\xc2\x9b31misodes", b"localhost", b"-"),  # ... in the request line
         (b"/", b"localhost", b"a\x07bell"),  # BEL, for a page too
+        (b"/_problem/x", b"localhost", b"\x1b[31m"),  # not a problem page's own path
+        (b"/_problem/400", b"localhost", b"\x1b[31m"),  # nor one of them, asked for
     ],
 )
 def test_a_request_cannot_write_terminal_controls_into_nginxs_error_log(

@@ -210,9 +210,10 @@ class SiteData:
 
 #: What a slug must not hold: its page's file would be written elsewhere (``/``, and
 #: ``\\``, which browsers read as ``/``), or its link would name another URL (``%``
-#: decodes, ``?`` and ``#`` end the path, a URL parser drops tabs and newlines), so the
-#: page could not be served as itself; nor start with a dot, as nginx refuses dot files.
-_NOT_IN_SLUG = re.compile(r"[/\\%?#\x00-\x1f\x7f]|^\.")
+#: decodes, ``?`` and ``#`` end the path, a URL parser drops tabs and newlines), or no
+#: file name can hold it (NUL), so the page could not be served as itself. Other controls
+#: are percent-encoded in links, and nginx decodes them back to the file's name.
+_NOT_IN_SLUG = re.compile(r"[/\\%?#\t\n\r\x00]")
 #: The episode's other files, which the app and nginx serve at ``/episodes/<number>/<name>``.
 _OTHER_FILES = frozenset(path.rpartition("/")[2] for path in (TRANSCRIPT_PATH, CHAPTERS_PATH))
 #: A page's file is ``<slug>.html``, and its gzip sibling ``<slug>.html.gz``: a file name
@@ -234,7 +235,7 @@ def check_slugs(episodes: Sequence[EpisodeRevision]) -> None:
     bad = [
         f"{episode.slug!r} for episode {episode.number}"
         for episode in episodes
-        if not episode.slug
+        if episode.slug in ("", ".", "..")
         or _NOT_IN_SLUG.search(episode.slug)
         or episode.slug in _OTHER_FILES
         or len(episode.slug.encode()) + _LONGEST_SUFFIX > _NAME_MAX
@@ -242,8 +243,8 @@ def check_slugs(episodes: Sequence[EpisodeRevision]) -> None:
     if bad:
         raise FreezeError(
             f"episodes.slug holds {'; '.join(bad)}: a slug is the last segment of its page's"
-            " URL and its file's name, so it is not empty, starts with no '.', holds none of"
-            " / \\ % ? # and no control character (a tab, a newline), is not"
+            " URL and its file's name, so it is not empty, '.' or '..', holds none of"
+            " / \\ % ? #, a tab, a line break or NUL, is not"
             f" {' or '.join(sorted(_OTHER_FILES))} (the episode's other files), and is at most"
             f" {_NAME_MAX - _LONGEST_SUFFIX} bytes in UTF-8: {SLUG_FIX}"
         )
