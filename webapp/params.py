@@ -65,27 +65,21 @@ def _html_character(found: re.Match[str]) -> str:
     return "\ufffd"
 
 
-def html_text(text: str) -> str:
-    """``text`` from a request, fit to be shown on a page: what HTML forbids becomes U+FFFD.
-
-    Escaping cannot help there (``&#0;`` is as invalid), so each such code point is replaced,
-    one for one, as a browser shows it: the text keeps its length and its word boundaries.
-    """
-    return _NOT_IN_HTML.sub(_html_character, text)
-
-
 def html_value(value: object) -> object:
     """Jinja's ``finalize``: every value a template prints, with what HTML forbids as U+FFFD.
 
     Titles, summaries, transcripts, guest names, chapter titles and show notes come from
-    whatever writes the database, and one vertical tab (a word processor's line break) made
-    the page invalid HTML. Here, where every printed value passes, no column is missed;
-    cleaned markup (the show notes) stays markup: U+FFFD cannot open or close a tag.
+    whatever writes the database, and search text from the request; one vertical tab (a word
+    processor's line break) made the page invalid HTML. Here, where every printed value
+    passes, none is missed. Escaping cannot help (``&#0;`` is as invalid), so each such code
+    point is replaced, one for one, as a browser shows it: the text keeps its length and its
+    word boundaries, and cleaned markup (the show notes) stays markup: U+FFFD cannot open or
+    close a tag.
     """
-    # isprintable() is false for every code point html_text replaces, and runs in C: most
+    # isprintable() is false for every code point _NOT_IN_HTML replaces, and runs in C: most
     # values (a title, a number) pass on that alone.
     if isinstance(value, str) and not value.isprintable():
-        cleaned = html_text(value)
+        cleaned = _NOT_IN_HTML.sub(_html_character, value)
         if cleaned != value:
             return Markup(cleaned) if isinstance(value, Markup) else cleaned
     return value

@@ -14,7 +14,7 @@ from ..db.backends import DatabaseUnavailable
 from ..errors import RETRY_AFTER_SECONDS
 from ..listing import Fragments, Listing, compose, register_page, template_frame
 from ..models import Episode, EpisodeItem, EpisodeRevision, episode_routes
-from ..params import html_text, page_url, single_arg
+from ..params import page_url, single_arg
 
 blueprint = Blueprint("pages", __name__)
 
@@ -82,8 +82,7 @@ SEARCH_PAGES_KEPT = 256
 
 @blueprint.get("/search")
 def search() -> str:
-    # The page shows the text: with what HTML forbids in it, it would not be HTML.
-    query = html_text((single_arg("q") or "").strip())
+    query = (single_arg("q") or "").strip()
     if len(query) > MAX_QUERY_LENGTH:
         abort(400, description=f"Search text is limited to {MAX_QUERY_LENGTH} characters.")
     if not query or current_app.jinja_env.auto_reload:  # templates being edited: rendered afresh
