@@ -60,7 +60,7 @@ from ..blueprints import pages
 from ..db import get_session, queries
 from ..db.backends import Session
 from ..listing import Listing, page_renderer
-from ..models import MAX_EPISODE_NUMBER, Episode, EpisodeRevision, SiteState
+from ..models import EPISODE_URL, MAX_EPISODE_NUMBER, Episode, EpisodeRevision, SiteState
 from ..rss import CHAPTERS_PATH, TRANSCRIPT_PATH
 from .output import FreezeError, content_digest
 
@@ -312,8 +312,9 @@ def _episode_pages():
 
 
 #: An episode's page (but its other files), as deploy/nginx/site.conf.j2 finds its file: at
-#: ``$uri.html``.
-_EPISODE_PAGE = re.compile(r"/episodes/[0-9]+/[^/]+")
+#: ``$uri.html``. Made from the URL the routes are declared from (its literal parts hold no
+#: regular expression syntax): cheaper than a match of the app's routes, twice a page.
+_EPISODE_PAGE = re.compile(EPISODE_URL.format(number="[0-9]+", slug="[^/]+"))
 
 
 class SiteFreezer(Freezer):
