@@ -402,7 +402,7 @@ def test_an_empty_directory_becomes_the_build(app, dest):
 
 def test_a_second_freeze_into_the_same_destination_waits_its_turn(app, dest):
     with SiteBuild(app, dest):
-        with pytest.raises(FreezeError, match="another freeze is writing to"):
+        with pytest.raises(FreezeError, match="another freeze or pull is writing to"):
             freeze(app, dest)
     freeze(app, dest)  # the lock is released with the first build
 

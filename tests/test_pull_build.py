@@ -6,7 +6,13 @@ tests/multihost pulls over the network from an app host into the nginx host.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +23,7 @@ from tests.conftest import SMALL_SEED, make_app, require_binary
 from webapp.db import get_database
 from webapp.db.seed import seed
 from webapp.freeze import FreezeError, freeze, pull_build
-from webapp.freeze.output import NGINX_INCLUDES
+from webapp.freeze.output import NGINX_INCLUDES, STATE_FILE, TreeDigest
 
 
 @pytest.fixture(autouse=True)
@@ -239,4 +245,163 @@ def test_a_pull_onto_a_full_disk_says_so_and_takes_its_partial_copy_away(
     assert sorted(path.name for path in builds.iterdir()) == [".lock", os.readlink(dest)[-1]]
     assert tree_of(dest) == live_before
     pull_build(str(source), dest)  # with room again
+    assert tree_of(dest) == tree_of(source)
+
+
+def write_as_a_freeze_would(tree: Path, path: str, data: bytes) -> None:
+    """Give the build ``tree`` a new ``path`` as a freeze into it does: a new file (never
+    written in place), a new mtime, and its state rewritten with it, last."""
+    state = json.loads((tree / STATE_FILE).read_bytes())
+    digest = TreeDigest.from_json(state["tree"])
+    target = tree / path
+    if target.exists():
+        old = target.stat()
+        digest = digest.minus(path, old.st_size, old.st_mtime_ns)
+        target.unlink()
+    target.write_bytes(data)
+    mtime_ns = time.time_ns()
+    os.utime(target, ns=(mtime_ns, mtime_ns))
+    state["tree"] = digest.plus(path, len(data), mtime_ns).to_json()
+    if path in state["files"]:
+        state["files"][path][2:4] = [mtime_ns, len(data)]
+    (tree / STATE_FILE).unlink()
+    (tree / STATE_FILE).write_text(json.dumps(state))
+
+
+def slow_rsync(tmp_path: Path) -> str:
+    """rsync itself, copying at 256 KiB/s: time to act while it copies."""
+    slow = tmp_path / "slow-rsync"
+    slow.write_text('#!/bin/sh\nexec rsync --bwlimit=256 "$@"\n')
+    slow.chmod(0o755)
+    return str(slow)
+
+
+def wait_until_copying(spare: Path, name: str) -> None:
+    """Until rsync writes ``name`` (under its temporary name): its file list is made."""
+    deadline = time.monotonic() + 30
+    while not (spare.is_dir() and any(p.name.startswith(f".{name}.") for p in spare.iterdir())):
+        assert time.monotonic() < deadline, f"rsync never began copying {name}"
+        time.sleep(0.01)
+
+
+#: A file copied before index.html (rsync copies in name order) and slowly: half a second's
+#: worth of copying at least, at slow_rsync's rate.
+BIG = "aaa-big.bin"
+
+
+def test_a_file_rewritten_at_the_source_during_the_copy_never_goes_live_with_its_old_time(
+    source: Path, tmp_path: Path
+) -> None:
+    """rsync gives a file the mtime it listed and the bytes it reads later: a file a freeze
+    at the source replaced in between arrives with the new build's bytes and the old build's
+    mtime. Checked against the state file copied before it, that mix passed, and nginx served
+    the new bytes under the old ETag (and this host differed from every other)."""
+    tree = source.resolve()
+    write_as_a_freeze_would(tree, BIG, os.urandom(512 * 1024))
+    dest = tmp_path / "nginx" / "build"
+    body = (tree / "index.html").read_bytes()
+    edited = body.replace(b"<title>", b"<TITLE>", 1)  # the same size: a typo fixed, say
+    assert len(edited) == len(body) != edited
+
+    def freeze_during_the_copy() -> None:
+        wait_until_copying(dest.with_name("build.builds") / "a", BIG)
+        write_as_a_freeze_would(tree, "index.html", edited)
+
+    freezer = threading.Thread(target=freeze_during_the_copy)
+    freezer.start()
+    try:
+        with pytest.raises(FreezeError, match="pull again"):
+            pull_build(str(source), dest, rsync=slow_rsync(tmp_path))
+    finally:
+        freezer.join()
+
+    assert not dest.exists()
+    pull_build(str(source), dest)  # the source is still now
+    assert tree_of(dest) == tree_of(source)
+
+
+def test_a_refused_pull_leaves_the_live_files_times_alone(
+    app: Flask, source: Path, tmp_path: Path
+) -> None:
+    """The spare tree shares the live tree's unchanged files (hard links): rsync used to set
+    a source's other mtime on them in place, which changed the live build's ETag and
+    Last-Modified, even when the copy was then refused."""
+    dest = tmp_path / "nginx" / "build"
+    pull_build(str(source), dest)
+    retitle(app, 3, "A new title for three")
+    freeze(app, source)
+    pull_build(str(source), dest)
+    live_before = tree_of(dest)
+    os.utime(_episode_page(source.resolve(), 2), ns=(1_000_000_000, 1_000_000_000))
+
+    with pytest.raises(FreezeError, match="differs from its build"):
+        pull_build(str(source), dest)
+
+    assert tree_of(dest) == live_before
+
+
+@pytest.mark.parametrize("copies_links", [False, True], ids=["rsync", "an rsync that copies links"])
+def test_a_symlink_in_the_source_never_goes_live(
+    source: Path, tmp_path: Path, copies_links: bool
+) -> None:
+    """A build holds files and folders only. A symlink to a folder was not counted in the
+    tree's digest, so one at the source (to /etc, say) went live and nginx served this
+    machine's files through it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("this machine's own")
+    os.symlink(outside, source.resolve() / "episodes" / "etc")
+    dest = tmp_path / "nginx" / "build"
+    rsync = "rsync"
+    if copies_links:  # what the check after the copy refuses, whatever copied it
+        rsync = str(tmp_path / "rsync-with-links")
+        Path(rsync).write_text('#!/bin/sh\nexec rsync "$@" --links\n')
+        Path(rsync).chmod(0o755)
+
+    if copies_links:
+        with pytest.raises(FreezeError, match="episodes/etc .* is a symlink") as failure:
+            pull_build(str(source), dest, rsync=rsync)
+        assert "the live build here is unchanged" in str(failure.value)
+        assert not dest.exists()
+    else:
+        pull_build(str(source), dest, rsync=rsync)  # rsync leaves the symlink out
+        assert [p for p in dest.resolve().rglob("*") if p.is_symlink()] == []
+        assert tree_of(dest) == tree_of(source)
+    assert (outside / "secret").read_text() == "this machine's own"
+
+
+def test_a_pull_killed_mid_copy_holds_the_destination_until_its_rsync_ends(
+    source: Path, tmp_path: Path
+) -> None:
+    """A pull killed outright (SIGKILL, the OOM killer) leaves its rsync copying into the
+    spare tree. A second pull used to copy into the same tree at once and make it live,
+    with the first one's rsync still writing and deleting in it."""
+    write_as_a_freeze_would(source.resolve(), BIG, os.urandom(512 * 1024))
+    dest = tmp_path / "nginx" / "build"
+    pull = (
+        "import sys; from pathlib import Path; from webapp.freeze import pull_build;"
+        " pull_build(sys.argv[1], Path(sys.argv[2]), rsync=sys.argv[3])"
+    )
+    killed = subprocess.Popen(
+        [sys.executable, "-c", pull, str(source), str(dest), slow_rsync(tmp_path)],
+        start_new_session=True,  # its rsync outlives it, as under a shell; killed with it below
+    )
+    try:
+        wait_until_copying(dest.with_name("build.builds") / "a", BIG)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+
+        with pytest.raises(FreezeError, match="another freeze or pull is writing to"):
+            pull_build(str(source), dest)
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+
+    deadline = time.monotonic() + 10
+    while True:  # until the killed rsync's processes are gone, and their lock with them
+        try:
+            pull_build(str(source), dest)
+            break
+        except FreezeError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
     assert tree_of(dest) == tree_of(source)

@@ -46,6 +46,7 @@ import pwd
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, NamedTuple
 
 STATE_FILE = ".freeze-state.json"
@@ -176,15 +177,30 @@ class TreeDigest(NamedTuple):
 
     @classmethod
     def of(cls, tree: Path) -> TreeDigest:
-        """The digest of every file of ``tree`` but its state file and manifest (read whole)."""
+        """The digest of every file of ``tree`` but its state file and manifest (read whole).
+
+        Raises :class:`FreezeError` for anything but files and folders: a build writes
+        nothing else, and a symlink would let nginx serve what lies outside the tree (one
+        to a folder is never walked into, so it would pass uncounted).
+        """
         digest = cls()
-        for directory, _, names in os.walk(tree):
+        for directory, folders, names in os.walk(tree):
+            for name in folders:
+                if os.path.islink(os.path.join(directory, name)):
+                    raise FreezeError(_not_a_file(tree, directory, name))
             for name in names:
                 path = os.path.normpath(os.path.relpath(os.path.join(directory, name), tree))
+                stat = os.lstat(os.path.join(directory, name))
+                if not S_ISREG(stat.st_mode):
+                    raise FreezeError(_not_a_file(tree, directory, name))
                 if path not in (STATE_FILE, MANIFEST_FILE):
-                    stat = os.lstat(os.path.join(directory, name))
                     digest = digest.plus(path, stat.st_size, stat.st_mtime_ns)
         return digest
+
+
+def _not_a_file(tree: Path, directory: str, name: str) -> str:
+    path = os.path.normpath(os.path.relpath(os.path.join(directory, name), tree))
+    return f"{path} in {tree} is a symlink or a special file: a build holds only files and folders"
 
 
 class Range(NamedTuple):
@@ -268,7 +284,8 @@ class BuildTrees:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # type: ignore[arg-type]
         except BlockingIOError:
             raise FreezeError(
-                f"another freeze is writing to {self.destination}; try again when it ends"
+                f"another freeze or pull is writing to {self.destination}; try again when it"
+                " ends (a pull that was killed ends when the rsync it started does)"
             ) from None
         self.live = self._find_live()
         if self.live is not None:
@@ -305,6 +322,14 @@ class BuildTrees:
                 " move it away or choose another --dest"
             )
         return None
+
+    @property
+    def lock_descriptor(self) -> int:
+        """The descriptor whose lock says a build is writing: a process that inherits it
+        (``pass_fds``) holds the lock for as long as it runs, whatever becomes of this one."""
+        if self._lock is None:
+            raise RuntimeError("the trees are not locked: use BuildTrees as a context manager")
+        return self._lock
 
     @property
     def trusted(self) -> bool:

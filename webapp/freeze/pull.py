@@ -12,19 +12,26 @@ The source is the build's ``<dest>`` symlink there, in any form rsync takes.
 
 1. The source's symlink is read first (``rsync --list-only``), and the tree it
    names is copied, not the symlink: a freeze there during the copy makes its
-   other tree, so the copy never mixes two builds.
-2. rsync copies that tree into this machine's spare tree, under the freezer's
-   lock (``output.BuildTrees``), comparing contents (``--checksum``): an
-   unchanged file is not copied again (the spare's own copy is kept, or it is
-   hard-linked from the live tree with ``--link-dest``), changed ones are
-   written under temporary names and renamed, and modification times are
-   kept, so nginx's ETag and Last-Modified are the source's.
+   other tree, and leaves this one alone; a second one rewrites it, and the check
+   below refuses the mix.
+2. rsync copies that tree into this machine's spare tree, emptied first, under
+   the freezer's lock (``output.BuildTrees``), which rsync holds too (a pull killed
+   outright leaves its rsync copying, and no second pull joins it). Unchanged files
+   (``--checksum``: by content) are hard-linked from the live tree (``--link-dest``),
+   never written through: rsync sets times and modes in place on a file the spare
+   already holds, so the spare starts empty rather than as the previous build, whose
+   files are the live build's. Changed files are written under temporary names and
+   renamed, modification times kept, so nginx's ETag and Last-Modified are the source's.
+   Only files and folders are copied (no symlinks). The state file comes last, on its
+   own: rsync gives a file the mtime it listed and the bytes it reads later, so a
+   file a freeze at the source replaced during the copy arrives with the old mtime,
+   and only a state file read after it sees the difference.
 3. Every file is checked against the build's own state file: the files it
    records (the listings, static files, nginx's maps) by size and modification
    time, and the whole tree by its digest (``output.TreeDigest``: the count of
    files and a sum over each one's path, size and modification time, which the
    build keeps up to date as it writes): nothing missing, nothing extra, nothing
-   half-copied. A build that does not match is not used.
+   half-copied, no symlink. A build that does not match is not used.
 4. ``<dest>`` is replaced by a symlink to the spare tree in one ``rename(2)``,
    as ``flask freeze`` does: a request gets the old build or the new one.
 
@@ -50,6 +57,7 @@ from .output import (
     BuildTrees,
     FreezeError,
     TreeDigest,
+    describe_os_error,
     read_state,
 )
 
@@ -83,36 +91,30 @@ def pull_build(source: str, destination: Path, *, rsync: str | None = None) -> P
         raise FreezeError("rsync is not installed: it copies the build")
     tree = _source_tree(rsync, source)
     with BuildTrees(destination) as trees:
-        # Unfinished until the source's state file arrives, last (rsync renames each file
-        # into place as it is done, and the check below reads it).
-        (trees.spare / STATE_FILE).unlink(missing_ok=True)
+        try:
+            if trees.spare.exists():
+                shutil.rmtree(trees.spare)
+            trees.spare.mkdir()
+        except OSError as error:
+            raise FreezeError(
+                f"cannot empty {trees.spare}: {describe_os_error(destination, error)}"
+            ) from None
         link_dest = [f"--link-dest={trees.live}"] if trees.live is not None else []
-        command = [
+        _rsync(
             rsync,
+            trees,
+            tree,
             "--recursive",
-            "--links",
-            "--perms",
-            "--times",
-            # Compare contents, not sizes and times: rsync's times are whole seconds, and two
-            # builds in one second can leave a stale file of the right size in the spare tree.
+            "--no-links",
+            # Compare contents, not sizes and times: rsync's quick check would take a live
+            # file of the right size and second for the source's (two builds in one second).
             "--checksum",
-            "--delete",
-            f"--timeout={RSYNC_TIMEOUT}",
+            f"--exclude=/{STATE_FILE}",
             *link_dest,
-            tree + "/",
+            f"{tree}/",
             f"{trees.spare}/",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            failed = f"rsync from {tree} failed: {result.stderr.strip()[-1000:]}"
-            if _DISK_FULL.search(result.stderr):
-                # Kept, the partial copy would hold the disk full (nginx's logs share it).
-                shutil.rmtree(trees.spare, ignore_errors=True)
-                raise FreezeError(
-                    f"{failed}; the live build here is unchanged, and the partial copy was"
-                    f" removed: free space on the file system of {trees.root}, then pull again"
-                )
-            raise FreezeError(failed)
+        )
+        _rsync(rsync, trees, tree, f"{tree}/{STATE_FILE}", f"{trees.spare}/{STATE_FILE}")
         files = _check_against_state(trees.spare)
         reload = trees.live is None or any(
             not _same_file(trees.live / name, trees.spare / name) for name in NGINX_INCLUDES
@@ -121,8 +123,35 @@ def pull_build(source: str, destination: Path, *, rsync: str | None = None) -> P
     return PullReport(source_tree=tree, files=files, nginx_reload=reload)
 
 
+def _rsync(rsync: str, trees: BuildTrees, tree: str, *arguments: str) -> None:
+    """Run rsync into ``trees.spare``, holding their lock; raises FreezeError if it fails."""
+    result = subprocess.run(
+        [rsync, "--perms", "--times", f"--timeout={RSYNC_TIMEOUT}", *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        pass_fds=(trees.lock_descriptor,),
+    )
+    if result.returncode == 0:
+        return
+    failed = f"rsync from {tree} failed: {result.stderr.strip()[-1000:]}"
+    if _DISK_FULL.search(result.stderr):
+        # Kept, the partial copy would hold the disk full (nginx's logs share it).
+        shutil.rmtree(trees.spare, ignore_errors=True)
+        raise FreezeError(
+            f"{failed}; the live build here is unchanged, and the partial copy was"
+            f" removed: free space on the file system of {trees.root}, then pull again"
+        )
+    if result.returncode in (_PARTIAL, _VANISHED):
+        raise FreezeError(failed + PULL_AGAIN)
+    raise FreezeError(failed)
+
+
 #: How rsync reports a full disk or quota, in any language: strerror's errno after it.
 _DISK_FULL = re.compile(r"\((?:28|122)\)$", re.MULTILINE)
+#: rsync's exit codes for files it could not copy (the state file a freeze there is
+#: rewriting, say) and for files that vanished while it copied.
+_PARTIAL, _VANISHED = 23, 24
 
 
 def _source_tree(rsync: str, source: str) -> str:
@@ -167,7 +196,10 @@ def _check_against_state(tree: Path) -> int:
             ) from None
         if (stat.st_size, stat.st_mtime_ns) != (record.size, record.mtime_ns):
             raise FreezeError(f"the copy in {tree} has another {path} than its build{PULL_AGAIN}")
-    found = TreeDigest.of(tree)
+    try:
+        found = TreeDigest.of(tree)
+    except FreezeError as error:
+        raise FreezeError(f"the copy is not its build: {error}{PULL_AGAIN}") from None
     if found != digest:
         raise FreezeError(
             f"the copy in {tree} differs from its build: {found.files} files where the build"
