@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from . import cors, db, errors
+from . import cors, db, errors, same_as_nginx
 from .blueprints import api, feed, pages, podcast
 from .freeze import freeze_command, pull_build_command
 from .params import CanonicalInteger, html_value, page_url
@@ -43,6 +43,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.add_template_filter(show_notes_html)
     app.add_template_filter(page_url)
     db.init_app(app)
+    # First: nginx redirects a run of slashes before it reads anything else of a request.
+    same_as_nginx.init_app(app)
     errors.init_app(app)
     cors.init_app(app, READABLE_ANYWHERE)
     app.cli.add_command(freeze_command)

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from email.message import Message
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from request_profiler import make_token
@@ -755,3 +755,170 @@ def test_profiling_tokens_never_reach_the_logs(
     for name, text in logs.items():
         assert token not in text and forged not in text, name
         assert token.partition(".")[2] not in text, name  # nor its signature alone
+
+
+# --- Ranges: one range is a part, many are the whole ----------------------------
+
+#: 300 one-byte ranges: without max_ranges nginx answered each as a part of one multipart
+#: answer, its own headers and all, some 30 KB for a 1.3 KB file. (It sends the whole file only
+#: when the parts add up to more than the file.)
+MANY_RANGES = "bytes=" + ",".join(["0-0"] * 300)
+
+
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        ("/static/style.css", "static/style.css"),
+        ("/episodes/rss", "episodes/rss.xml"),
+        ("/", "index.html"),
+        ("/artwork.png", "artwork.png"),
+    ],
+)
+def test_more_than_one_range_gets_the_whole_file_once(
+    site_stack: Stack, site: Site, path: str, name: str
+) -> None:
+    url = site_stack.settings.url + path
+    whole = frozen(site, name)
+    for ranges in [MANY_RANGES, "bytes=0-10,20-30", "bytes=0-10,5-"]:
+        status, headers, body = get(url, {"Range": ranges})
+        assert (status, len(body)) == (200, len(whole)), ranges[:40]
+        assert body == whole and "Content-Range" not in headers, ranges[:40]
+        # The app, answering when the build lacks the file, ignores them as well.
+        expected = app_get(site, path, {"Range": ranges})
+        assert (expected.status_code, expected.data) == (200, whole), ranges[:40]
+    # One range, which podcast apps and download managers resume with, is still a part.
+    status, headers, body = get(url, {"Range": "bytes=5-14"})
+    assert (status, body) == (206, whole[5:15])
+    assert headers["Content-Range"] == f"bytes 5-14/{len(whole)}"
+    # If-Range: the part while the file is the same, the whole file once it is not.
+    _, whole_headers, _ = get(url)
+    for validator in [whole_headers["ETag"], whole_headers["Last-Modified"]]:
+        status, _, body = get(url, {"Range": "bytes=-10", "If-Range": validator})
+        assert (status, body) == (206, whole[-10:]), validator
+    status, _, body = get(url, {"Range": "bytes=-10", "If-Range": '"not-the-etag"'})
+    assert (status, body) == (200, whole)
+
+
+def test_the_apps_static_files_take_one_range_and_ignore_many(site: Site) -> None:
+    """Werkzeug answered two ranges with a 416 ("none of the ranges can be satisfied"), where
+    nginx sends the whole file: RFC 9110 14.2 lets a server ignore Range, not refuse it."""
+    whole = frozen(site, "static/style.css")
+    response = app_get(site, "/static/style.css", {"Range": "bytes=5-14"})
+    assert (response.status_code, response.data) == (206, whole[5:15])
+    for ranges in [MANY_RANGES, "bytes=0-10,20-30"]:
+        response = app_get(site, "/static/style.css", {"Range": ranges})
+        assert (response.status_code, response.data) == (200, whole), ranges[:40]
+        assert "Content-Range" not in response.headers
+
+
+# --- One URL per page: duplicate slashes are redirected ---------------------------
+
+
+def app_get_raw(site: Site, target: str):
+    """The in-process app's answer to ``target`` as a request line would carry it: the test
+    client reads a leading "//" as a host."""
+    path, _, query = target.partition("?")
+    environ = {"PATH_INFO": unquote(path).encode().decode("latin-1"), "QUERY_STRING": query}
+    return site.app.test_client().get("/", environ_overrides=environ)
+
+
+@pytest.mark.parametrize(
+    "target, location",
+    [
+        ("//", "/"),
+        ("/episodes//", "/episodes/"),
+        ("///x", "/x"),
+        ("/api//episodes", "/api/episodes"),
+        ("/api//episodes?page=2&per_page=5", "/api/episodes?page=2&per_page=5"),
+        ("//static///style.css?v=1", "/static/style.css?v=1"),
+        ("/episodes/rss//", "/episodes/rss/"),
+        ("//episodes/rss", "/episodes/rss"),
+        ("/search//?q=a//b", "/search/?q=a//b"),  # the query string's slashes are its own
+        ("/a//b//c///d", "/a/b/c/d"),  # three runs, one redirect
+        # Never a Location another host: "//evil.example" is a network-path reference.
+        ("//evil.example", "/evil.example"),
+        ("///evil.example//", "/evil.example/"),
+        ("/search?next=//evil.example", None),
+    ],
+)
+def test_a_path_with_duplicate_slashes_is_redirected_to_its_one_url(
+    site_stack: Stack, site: Site, target: str, location: str | None
+) -> None:
+    """nginx merged the slashes (merge_slashes) and served //, /episodes// … as the pages at
+    / and /episodes/ with a 200, where the app redirects: one page at two URLs, cached twice."""
+    status, headers, _ = get(site_stack.settings.url + target)
+    expected = app_get_raw(site, target)
+    if location is None:
+        assert status == expected.status_code == 200, target
+        return
+    assert (status, headers["Location"]) == (308, location), target
+    assert (expected.status_code, expected.headers["Location"]) == (308, location), target
+    # No lifetime of the page's added to it ($frozen_cache_control): the app sends none either.
+    assert headers.get("Cache-Control") == expected.headers.get("Cache-Control") is None, target
+    # The page it names is the one nginx served at the duplicate URL, by nginx and by the app.
+    status, _, body = get(site_stack.settings.url + location)
+    assert status == app_get(site, location).status_code, target
+
+
+def test_more_than_three_runs_of_slashes_take_a_redirect_more(
+    site_stack: Stack, site: Site
+) -> None:
+    """nginx merges three runs a redirect (three maps); the app all of them at once."""
+    url = site_stack.settings.url
+    status, headers, _ = get(url + "/a//b//c//d//e?x=//")
+    assert (status, headers["Location"]) == (308, "/a/b/c/d//e?x=//")
+    status, headers, _ = get(url + headers["Location"])
+    assert (status, headers["Location"]) == (308, "/a/b/c/d/e?x=//")
+    expected = app_get_raw(site, "/a//b//c//d//e?x=//")
+    assert (expected.status_code, expected.headers["Location"]) == (308, "/a/b/c/d/e?x=//")
+
+
+@pytest.mark.parametrize(
+    "target, location, app_location",
+    [
+        # Browsers read "\\" as "/": "/\\evil.example" would send them to evil.example.
+        ("//\\evil.example", "/%5Cevil.example", "/%5Cevil.example"),
+        ("/\\//evil.example", "/%5C/evil.example", "/%5C/evil.example"),
+        # nginx keeps each %-escape as it was sent, in the path and the query string. The app is
+        # handed the path decoded (WSGI): "%2F" is a "/" to it, and the rest is escaped anew.
+        ("/a%20b//c%C3%A9?q=%2F%2F", "/a%20b/c%C3%A9?q=%2F%2F", "/a%20b/c%C3%A9?q=%2F%2F"),
+        ("/a//b%2Fc", "/a/b%2Fc", "/a/b/c"),
+    ],
+)
+def test_a_redirect_for_duplicate_slashes_is_always_a_path_of_this_site(
+    site_stack: Stack,
+    site: Site,
+    tls_context: ssl.SSLContext,
+    target: str,
+    location: str,
+    app_location: str,
+) -> None:
+    status, headers, _ = get(site_stack.settings.url + target)
+    assert (status, headers["Location"]) == (308, location)
+    expected = app_get_raw(site, target)
+    assert (expected.status_code, expected.headers["Location"]) == (308, app_location)
+    # Over HTTPS too, and with an absolute-form request line.
+    base = "https://{}:{}".format(*https_address(site_stack))
+    status, headers, _ = get(base + target, context=tls_context)
+    assert (status, headers["Location"]) == (308, location)
+    port = urlsplit(site_stack.settings.url).port
+    request = f"GET http://localhost:{port}{target} HTTP/1.1\r\nHost: localhost\r\n"
+    status, headers, _ = raw_request(
+        "127.0.0.1", port, (request + "Connection: close\r\n\r\n").encode()
+    )
+    assert (status, headers["Location"]) == (308, location)
+
+
+def test_a_refused_request_with_duplicate_slashes_is_still_refused(site_stack: Stack) -> None:
+    """The server's redirect runs again on the internal redirect to a problem page, for which
+    $request_uri is still the client's: the refusal must not become a 308."""
+    port = urlsplit(site_stack.settings.url).port
+    for status_sent, head in [
+        (414, f"GET /api//episodes?q={'x' * 9000} HTTP/1.1\r\nHost: localhost\r\n"),
+        (400, f"GET /api//episodes HTTP/1.1\r\nHost: localhost\r\nX-Big: {'x' * 9000}\r\n"),
+        (400, "GET /api//episodes HTTP/1.1\r\nHost: localhost\r\nReferer: /\x1b[2J\r\n"),
+    ]:
+        request = (head + "Connection: close\r\n\r\n").encode()
+        status, headers, body = raw_request("127.0.0.1", port, request)
+        assert status == status_sent and "Location" not in headers, head[:40]
+        assert json.loads(body)["status"] == status_sent, head[:40]
