@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .store import StoreUnavailable, is_profile_id, is_requested
+from .store import StoreUnavailable, is_profile_id, is_requested, json_value
 
 _TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -154,22 +154,25 @@ class PostgresStore:
 
     def recent(self) -> list[dict[str, Any]]:
         rows = self._run(
-            f"SELECT meta FROM {self.table} ORDER BY id DESC LIMIT %(limit)s",
+            f"SELECT meta::text FROM {self.table} ORDER BY id DESC LIMIT %(limit)s",
             {"limit": self.max_profiles},
             fetch=True,
         )
-        return [meta for (meta,) in rows]
+        return [meta for (text,) in rows if (meta := _json_object(text)) is not None]
 
     def load(self, profile_id: str) -> tuple[dict[str, Any], bytes] | None:
         if not is_profile_id(profile_id):
             return None
         rows = self._run(
-            f"SELECT meta, data FROM {self.table} WHERE id = %(id)s", {"id": profile_id}, fetch=True
+            f"SELECT meta::text, data FROM {self.table} WHERE id = %(id)s",
+            {"id": profile_id},
+            fetch=True,
         )
         if not rows:
             return None
-        meta, data = rows[0]
-        return meta, bytes(data)
+        text, data = rows[0]
+        meta = _json_object(text)
+        return None if meta is None else (meta, bytes(data))
 
     def close(self) -> None:
         """Close this process's connection (the next call opens a new one)."""
@@ -253,6 +256,17 @@ class PostgresStore:
                 connection.close()
             except self._psycopg2.Error:
                 pass
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """A row's metadata; None for a value the store never writes, which a hand-made row may hold
+    (the column takes any JSON). Parsed here rather than by psycopg2, whose json.loads raised
+    on JSON nested too deep for it, in fetchall(), failing every list."""
+    try:
+        meta = json_value(text)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _lock_key(table: str) -> int:

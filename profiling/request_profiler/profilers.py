@@ -112,7 +112,12 @@ class Profiler(abc.ABC):
 
     @abc.abstractmethod
     def export(self, data: bytes, fmt: str) -> bytes:
-        """A stored profile converted to one of :attr:`formats`."""
+        """A stored profile converted to one of :attr:`formats`.
+
+        Raises (anything) when ``data`` is not a profile this engine reads, as :meth:`render_html`
+        does, even for a format that is the stored bytes themselves: the viewer then answers that
+        the profile is damaged, instead of serving a file that no tool can open.
+        """
 
 
 class PyinstrumentProfiler(Profiler):
@@ -279,6 +284,7 @@ class PyinstrumentProfiler(Profiler):
 
     def export(self, data: bytes, fmt: str) -> bytes:
         if fmt == "session":
+            self._session(data)  # served as stored, once it reads back
             return data
         if fmt == "speedscope":
             speedscope: str = SpeedscopeRenderer().render(self._session(data))
@@ -412,15 +418,21 @@ class CProfileProfiler(Profiler):
 
     def render_html(self, data: bytes) -> str:
         text = io.StringIO()
-        # pstats reads any object with create_stats() and .stats, not only a Profile.
-        stats = pstats.Stats(_LoadedStats(data), stream=text)  # type: ignore[arg-type]
+        stats = _read_stats(data, text)
         stats.strip_dirs().sort_stats("cumulative").print_stats(self.rows)
         return page("cProfile", element("pre", text.getvalue()))
 
     def export(self, data: bytes, fmt: str) -> bytes:
         if fmt == "pstats":
+            _read_stats(data)  # served as stored, once it reads back
             return data
         raise KeyError(fmt)
+
+
+def _read_stats(data: bytes, stream: io.StringIO | None = None) -> pstats.Stats:
+    """Stored stats read back; raises if ``data`` is not that (cut short, another file)."""
+    # pstats reads any object with create_stats() and .stats, not only a Profile.
+    return pstats.Stats(_LoadedStats(data), stream=stream or io.StringIO())  # type: ignore[arg-type]
 
 
 class _LoadedStats:

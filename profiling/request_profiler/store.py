@@ -27,16 +27,23 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
-PROFILE_ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{12}")
+# [0-9], not \d, which matches every script's digits: a file named with Arabic-Indic ones
+# would have been listed.
+PROFILE_ID = re.compile(r"[0-9]{8}T[0-9]{12}-[0-9a-f]{12}")
 #: ``<id>.profile``, or ``<id>.requested.profile`` for a requested profile (see is_requested).
 _PROFILE_NAME = re.compile(rf"({PROFILE_ID.pattern})(\.requested)?\.profile")
 _REQUESTED_SUFFIX = ".requested.profile"
 #: ``<newest id>+<oldest id>+<count>.profiles``: several profiles saved as one file (a pack),
 #: never a requested one (see save_many).
-_PACK_NAME = re.compile(rf"({PROFILE_ID.pattern})\+({PROFILE_ID.pattern})\+([1-9]\d*)\.profiles")
+_PACK_NAME = re.compile(rf"({PROFILE_ID.pattern})\+({PROFILE_ID.pattern})\+([1-9][0-9]*)\.profiles")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+#: The longest first line read from a file, per profile it holds: a longer one is damaged. The
+#: middleware's metadata stays below it (its SQL list is bounded: sql.MAX_STATEMENTS statements
+#: of sql.MAX_STATEMENT_CHARS characters, 12 bytes each at most once escaped for JSON). Unbounded,
+#: a file without a line break (50 MB of anything) was read whole by every list.
+MAX_META_BYTES = 16 * 2**20
 
 
 def new_profile_id(now: float | None = None) -> str:
@@ -106,8 +113,10 @@ class DirectoryStore:
     prune may keep up to one pack fewer than the bound); the viewer reads its
     profiles one by one as any other.
 
-    A damaged file (cut short, overwritten by something else) is left out of
-    :meth:`recent` and not found by :meth:`load`; the others read as ever.
+    A damaged file (cut short, overwritten by something else, a first line longer
+    than :data:`MAX_META_BYTES` per profile) is left out of :meth:`recent` and not
+    found by :meth:`load`; the others read as ever. So is anything by a profile's
+    name that is not a file: a symbolic link is not followed, wherever it points.
 
     The directory is created on the first save, so a misconfigured path fails
     on profiled requests only (the middleware logs that) and not at startup.
@@ -220,14 +229,15 @@ class DirectoryStore:
     def recent(self) -> list[dict[str, Any]]:
         metas: list[tuple[str, dict[str, Any]]] = []
         for name in self._names():
+            single = _PROFILE_NAME.fullmatch(name)
             try:
-                with open(os.path.join(self.directory, name), "rb") as file:
-                    first_line = json.loads(file.readline())
+                with _open(os.path.join(self.directory, name)) as file:
+                    first_line = _first_line(file, 1 if single else self._count(name))
             except (OSError, ValueError):
                 # Pruned by another process meanwhile, or damaged (cut short, overwritten, a
-                # directory by that name): the others are listed all the same.
+                # directory or a link by that name): the others are listed all the same.
                 continue
-            if single := _PROFILE_NAME.fullmatch(name):
+            if single:
                 if isinstance(first_line, dict):
                     metas.append((single[1], first_line))
             else:
@@ -241,8 +251,8 @@ class DirectoryStore:
         for requested in (False, True):
             try:
                 path = os.path.join(self.directory, _profile_name(profile_id, requested))
-                with open(path, "rb") as file:
-                    meta = json.loads(file.readline())
+                with _open(path) as file:
+                    meta = _first_line(file, 1)
                     if isinstance(meta, dict):
                         return meta, file.read()
             except (OSError, ValueError):  # absent, damaged, or the directory is a file
@@ -252,13 +262,16 @@ class DirectoryStore:
             if match is None or not match[2] <= profile_id <= match[1]:
                 continue
             try:
-                with open(os.path.join(self.directory, name), "rb") as file:
-                    index = _pack_index(json.loads(file.readline()))
+                with _open(os.path.join(self.directory, name)) as file:
+                    index = _pack_index(_first_line(file, int(match[3])))
                     offset = file.tell()
                     for stored_id, meta, size in index:
                         if stored_id == profile_id:
-                            file.seek(offset)
-                            return meta, file.read(size)
+                            # Within the file: a damaged index may say 10**18, which read()
+                            # would allocate at once (a MemoryError) and seek() refuses.
+                            end = os.fstat(file.fileno()).st_size
+                            file.seek(min(offset, end))
+                            return meta, file.read(max(0, min(size, end - offset)))
                         offset += size
             except (OSError, ValueError):  # pruned meanwhile, or damaged
                 continue
@@ -328,6 +341,38 @@ class DirectoryStore:
                     _remove(entry.path)
 
 
+def _open(path: str) -> BinaryIO:
+    """The file ``path`` for reading, unless it is a symbolic link (an OSError).
+
+    Followed, a link named like a profile would show and serve what it points at: another
+    store's profiles, any JSON the server can read. O_NONBLOCK opens a FIFO by that name at
+    once (it then reads as empty) instead of waiting for a writer; a regular file reads as ever.
+    """
+    return open(path, "rb", opener=_no_follow)
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
+
+
+def _first_line(file: BinaryIO, profiles: int) -> Any:
+    """The JSON value on the first line of a file of ``profiles`` profiles; ValueError if it
+    is not JSON or is longer than any the store writes (see MAX_META_BYTES)."""
+    limit = MAX_META_BYTES * profiles
+    line = file.readline(limit + 1)
+    if len(line) > limit:
+        raise ValueError("the first line is longer than any metadata")
+    return json_value(line)
+
+
+def json_value(text: str | bytes) -> Any:
+    """``json.loads(text)``, with ValueError for JSON nested too deep for it (RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
+
+
 def _pack_index(first_line: Any) -> list[tuple[str, dict[str, Any], int]]:
     """A pack's first line as (id, metadata, data size) rows; none if it is not that (damaged)."""
     if not isinstance(first_line, list):
@@ -349,7 +394,8 @@ def _profile_name(profile_id: str, requested: bool) -> str:
 
 def _stat(entry: os.DirEntry[str]) -> os.stat_result | None:
     try:
-        return entry.stat()
+        # The name's own size: a link is pruned as a file, whatever it points at (or not).
+        return entry.stat(follow_symlinks=False)
     except FileNotFoundError:  # removed or renamed by another process meanwhile
         return None
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -143,6 +144,13 @@ class Viewer:
             response = self._route(environ, token)
         except StoreUnavailable as error:
             response = _unavailable(str(error))
+        except _ForeignMetadata as foreign:
+            logger.warning(
+                "request_profiler: profile %s has metadata the middleware does not write "
+                "(a file or row made by something else); shown as damaged",
+                foreign.profile_id,
+            )
+            response = _damaged()
         start_response(
             response.status, [*response.headers, ("Content-Length", str(len(response.body)))]
         )
@@ -168,8 +176,12 @@ class Viewer:
                 return self._download(profile_id, fmt)
         return _not_found()
 
+    def _recent(self) -> list[dict[str, Any]]:
+        """The store's recent profiles but those the viewer cannot show (see is_listable)."""
+        return [meta for meta in self._store.recent() if is_listable(meta)]
+
     def _list(self, base: str, *, by_duration: bool) -> _Response:
-        metas = self._store.recent()
+        metas = self._recent()
         if by_duration:
             metas.sort(key=lambda meta: meta["duration_ms"], reverse=True)
         rows = (
@@ -256,7 +268,7 @@ class Viewer:
         )
 
     def _endpoints(self, base: str) -> _Response:
-        metas = self._store.recent()
+        metas = self._recent()
         rows = (
             (s.endpoint, s.count, _ms(s.median_ms), _ms(s.p95_ms), _ms(s.total_ms), _ms(s.sql_ms))
             for s in aggregate(metas)
@@ -343,8 +355,8 @@ class Viewer:
         profiler, data = found
         try:
             body = profiler.render_html(data).encode()
-        except Exception:  # see _damaged
-            return _damaged(profile_id)
+        except Exception:  # see _unreadable_data
+            return _unreadable_data(profile_id)
         return _Response("200 OK", body, profile_page_headers(profiler))
 
     def _download(self, profile_id: str, fmt: str) -> _Response:
@@ -354,8 +366,8 @@ class Viewer:
         profiler, data = found
         try:
             body = profiler.export(data, fmt)
-        except Exception:  # see _damaged
-            return _damaged(profile_id)
+        except Exception:  # see _unreadable_data
+            return _unreadable_data(profile_id)
         export = profiler.formats[fmt]
         headers = [
             ("Content-Type", export.content_type),
@@ -374,8 +386,91 @@ class Viewer:
         return None if profiler is None else (profiler, data)
 
     def _load(self, profile_id: str) -> tuple[dict[str, Any], bytes] | None:
+        """The profile, or None if there is none; raises _ForeignMetadata if its metadata is
+        not the middleware's."""
         # Checked here too, so that no Store implementation ever sees a path.
-        return self._store.load(profile_id) if is_profile_id(profile_id) else None
+        stored = self._store.load(profile_id) if is_profile_id(profile_id) else None
+        if stored is not None and not is_viewable(stored[0]):
+            raise _ForeignMetadata(profile_id)
+        return stored
+
+
+class _ForeignMetadata(Exception):
+    def __init__(self, profile_id: str) -> None:
+        super().__init__(profile_id)
+        self.profile_id = profile_id
+
+
+def is_listable(meta: object) -> bool:
+    """Whether ``meta`` has the shape of the middleware's metadata, as far as the lists need:
+    every key it writes, each value the lists show of the type they show, the SQL a list and
+    the headers an object. The items of these two are checked by :func:`is_viewable` only:
+    checking every statement of every profile would cost a list as much as drawing it.
+
+    A store may hold what something else wrote: a hand-made file, another program's JSON, a row
+    inserted by hand. Such a profile is damaged: left out of the lists, its own pages a 404.
+    """
+    if type(meta) is not dict:
+        return False
+    try:
+        status, response_ms, profile_id = meta["status"], meta["response_ms"], meta["id"]
+        return (
+            type(profile_id) is str
+            and is_profile_id(profile_id)
+            and _number(meta["time"])
+            and 0 <= meta["time"] <= _LAST_TIME
+            and type(meta["method"]) is str
+            and type(meta["path"]) is str
+            and type(meta["query"]) is str
+            and type(meta["trigger"]) is str
+            and type(meta["profiler"]) is str
+            and (status is None or type(status) is int)
+            and _number(meta["duration_ms"])
+            and (response_ms is None or _number(response_ms))
+            and type(meta["sql_count"]) is int
+            and _number(meta["sql_ms"])
+            and type(meta["pid"]) is int
+            and type(meta["body_complete"]) is bool
+            and _optional_text(meta["endpoint"])
+            and _optional_text(meta["error"])
+            and _optional_text(meta.get("host"))  # none in profiles saved before it was
+            and type(meta["sql"]) is list
+            and type(meta["headers"]) is dict
+        )
+    except KeyError:
+        return False
+
+
+def is_viewable(meta: object) -> bool:
+    """Whether ``meta`` is whole for a profile's own page: :func:`is_listable`, each SQL row a
+    statement and its milliseconds, each header's value text."""
+    return (
+        is_listable(meta)
+        and all(
+            type(row) is list and len(row) == 2 and type(row[0]) is str and _number(row[1])
+            for row in meta["sql"]  # type: ignore[index]
+        )
+        and all(type(value) is str for value in meta["headers"].values())  # type: ignore[index]
+    )
+
+
+def _optional_text(value: object) -> bool:
+    return value is None or type(value) is str
+
+
+#: The last second datetime can show (9999-12-31T23:59:59 UTC).
+_LAST_TIME = 253402300799
+#: Beyond it, an int has no float ("{:.1f}" raises OverflowError).
+_LARGEST_FLOAT = int(sys.float_info.max)
+
+
+def _number(value: object) -> bool:
+    """A finite number. JSON's numbers are exactly int or float (type(), not isinstance(): a
+    bool is no number here); Python reads NaN and Infinity too, and 1e400 as inf."""
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    return kind is int and -_LARGEST_FLOAT <= value <= _LARGEST_FLOAT  # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -416,7 +511,8 @@ def aggregate(metas: Iterable[Mapping[str, Any]]) -> list[EndpointStats]:
 
 
 def _html(title: str, *body: object) -> _Response:
-    return _Response("200 OK", page(title, *body).encode(), _HTML_HEADERS)
+    # JSON may hold half a surrogate pair ("\ud800"), which no UTF-8 page can: shown as "?".
+    return _Response("200 OK", page(title, *body).encode(errors="replace"), _HTML_HEADERS)
 
 
 def _unavailable(reason: str) -> _Response:
@@ -431,17 +527,21 @@ def _not_found() -> _Response:
     return _Response("404 Not Found", body, _HTML_HEADERS)
 
 
-def _damaged(profile_id: str) -> _Response:
+def _unreadable_data(profile_id: str) -> _Response:
     """The answer for a profile whose data its engine cannot read: a file cut short or
     overwritten. Engines fail on such bytes with whatever their parser raises; the log keeps
     it, in case it is the engine that is wrong."""
     logger.warning(
         "request_profiler: the data of profile %s cannot be read", profile_id, exc_info=True
     )
+    return _damaged()
+
+
+def _damaged() -> _Response:
     body = page(
         "Profile unreadable",
         element("h1", "Profile unreadable"),
-        element("p", "This profile's data cannot be read: its stored copy is damaged."),
+        element("p", "This profile cannot be read: its stored copy is damaged."),
     ).encode()
     return _Response("404 Not Found", body, _HTML_HEADERS)
 

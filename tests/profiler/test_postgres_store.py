@@ -320,3 +320,41 @@ def test_the_viewer_answers_503_while_the_store_is_down() -> None:
 
     assert page.status_code == 503 and page.headers["Retry-After"]
     assert "unavailable" in page.text and "s3cret-pw" not in page.text
+
+
+#: Values of the json column that the middleware never writes: PostgreSQL takes them all.
+FOREIGN_ROWS = [
+    "{}",
+    "[]",
+    '"x"',
+    "null",
+    '{"duration_ms": "x"}',
+    '{"duration_ms": 1e400}',
+    # psycopg2's json.loads raised RecursionError in fetchall(): a 500 on every list.
+    "[" * 5000 + "]" * 5000,
+]
+
+
+def test_rows_the_middleware_never_wrote_are_damaged_profiles(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    middleware = ProfilerMiddleware(hello_app, secret=SECRET, store=store)
+    headers = {"X-Profile-Token": middleware.make_token()}
+    kept = run(middleware, "/kept", headers=headers).header("X-Profile-Id")
+    foreign = [new_profile_id() for _ in FOREIGN_ROWS]
+    with psycopg2.connect(postgres_url) as connection, connection.cursor() as cursor:
+        for profile_id, meta in zip(foreign, FOREIGN_ROWS, strict=True):
+            cursor.execute(
+                "INSERT INTO request_profiles (id, meta, data, bytes) VALUES (%s, %s, 'x', 1)",
+                (profile_id, meta),
+            )
+    connection.close()
+    viewer = Client(middleware)
+
+    for listing in ("/_profiler/", "/_profiler/?sort=duration", "/_profiler/endpoints"):
+        page = viewer.get(listing, headers=headers)
+        assert page.status_code == 200, listing
+    assert PROFILE_LINK.findall(viewer.get("/_profiler/", headers=headers).text) == [kept]
+    for profile_id in foreign:
+        for page in ("", "/profile.html", "/download/session"):
+            assert viewer.get(f"/_profiler/{profile_id}{page}", headers=headers).status_code == 404
+    store.close()

@@ -3,13 +3,18 @@ temporary files a killed writer leaves. What every store promises is in test_sto
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from request_profiler import DirectoryStore
-from request_profiler.store import is_profile_id, new_profile_id
+from request_profiler.sql import MAX_STATEMENT_CHARS, MAX_STATEMENTS
+from request_profiler.store import MAX_META_BYTES, is_profile_id, new_profile_id
 
 
 def save(store: DirectoryStore, data: bytes = b"data", *, at: float | None = None, **meta) -> str:
@@ -101,6 +106,20 @@ def _replace(path: Path, content: bytes) -> None:
     path.write_bytes(content)
 
 
+def _link_to(path: Path, target: Path | str) -> None:
+    """``path`` becomes a symbolic link to ``target``; a profile there is moved there first."""
+    target = Path(target)
+    if not target.exists():
+        path.rename(target)
+    path.unlink(missing_ok=True)
+    path.symlink_to(target)
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
 #: What a disk error, a copy cut short or a stray hand can leave where a profile was.
 DAMAGES = {
     "empty": lambda path: _replace(path, b""),
@@ -109,6 +128,13 @@ DAMAGES = {
     "not an object": lambda path: _replace(path, b"null\n" + path.read_bytes()),
     "random bytes": lambda path: _replace(path, b"\x8f\x00{[" * 40),
     "a directory": lambda path: (path.unlink(), path.mkdir()),
+    # json raises RecursionError, not ValueError, past its nesting limit.
+    "nested too deep": lambda path: _replace(path, b"[" * 100_000 + b"\n"),
+    "a symbolic link to a profile outside": lambda path: _link_to(path, path.parent.parent / "x"),
+    "a symbolic link to /etc/passwd": lambda path: _link_to(path, "/etc/passwd"),
+    "a symbolic link to a directory": lambda path: _link_to(path, path.parent.parent),
+    # Opened for reading, a FIFO waits for a writer: every list would hang.
+    "a FIFO": _fifo,
 }
 
 
@@ -120,9 +146,134 @@ def test_a_damaged_file_is_left_out_and_the_others_are_read(tmp_path: Path, dama
 
     damage(tmp_path / f"{damaged}.profile")
 
-    assert [meta["id"] for meta in store.recent()] == [kept]
-    assert store.load(damaged) is None
+    assert [meta["id"] for meta in within_seconds(5, store.recent)] == [kept]
+    assert within_seconds(5, lambda: store.load(damaged)) is None
     assert store.load(kept) == ({"id": kept}, b"data")
+
+
+def within_seconds(seconds: float, call: Callable[[], object]) -> object:
+    """``call()``'s result, or a failure if it takes longer (a thread left blocked)."""
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    assert result, "raised (see the thread's traceback above)"
+    return result[0]
+
+
+def test_a_pack_that_is_a_symbolic_link_is_not_followed(tmp_path: Path) -> None:
+    directory = tmp_path / "profiles"
+    store = DirectoryStore(directory)
+    pack = profiles_at(2.0, 3.0)
+    store.save_many(pack)
+    [pack_file] = directory.glob("*.profiles")
+
+    _link_to(pack_file, tmp_path / "elsewhere.profiles")
+
+    assert store.recent() == []
+    assert store.load(pack[0][0]) is None
+
+
+MIB = 2**20
+
+
+def peak_memory(call: Callable[[], object]) -> tuple[object, int]:
+    """``call()``'s result and the most memory Python held meanwhile, beyond what it held before."""
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_huge_profile_is_listed_without_reading_its_data(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    huge = save(store, b"x" * (50 * MIB), at=1.0)
+
+    metas, peak = peak_memory(store.recent)
+
+    assert metas == [{"id": huge}]
+    assert peak < MIB
+
+
+@pytest.mark.parametrize("name", ["{id}.profile", "{id}+{id}+1.profiles"])
+@pytest.mark.parametrize("size", [50 * MIB, 2**40], ids=["50 MiB", "1 TiB, sparse"])
+def test_a_first_line_longer_than_any_metadata_is_not_read_whole(
+    tmp_path: Path, name: str, size: int
+) -> None:
+    profile_id = new_profile_id(1.0)
+    huge = tmp_path / name.format(id=profile_id)
+    with huge.open("wb") as file:
+        file.write(b"[" * min(size, 50 * MIB))
+        file.truncate(size)  # the rest reads as zeros, never a line break
+    store = DirectoryStore(tmp_path)
+
+    metas, peak = peak_memory(store.recent)
+
+    assert metas == []
+    # What reading stops at, twice over: readline() joins the chunks it read.
+    assert peak < 2 * MAX_META_BYTES + MIB
+    assert store.load(profile_id) is None
+
+
+def test_the_largest_metadata_the_middleware_writes_is_read(tmp_path: Path) -> None:
+    """Its SQL list is bounded (MAX_STATEMENTS of MAX_STATEMENT_CHARS each); the characters
+    that take the most bytes once escaped for JSON are outside the BMP (12 bytes each)."""
+    statement = "\U0001d11e" * MAX_STATEMENT_CHARS
+    meta = {"sql": [[statement, 1.0]] * MAX_STATEMENTS, "headers": {"X": "y" * 65536}}
+    store = DirectoryStore(tmp_path)
+    single = save(store, at=1.0, **meta)
+    pack = [(new_profile_id(at), meta, b"data") for at in (2.0, 3.0)]
+    store.save_many(pack)
+
+    assert (
+        os.path.getsize(tmp_path / f"{single}.profile") > 12 * MAX_STATEMENTS * MAX_STATEMENT_CHARS
+    )
+    assert len(store.recent()) == 3
+    assert store.load(single) == ({"id": single, **meta}, b"data")
+    assert store.load(pack[1][0]) == (meta, b"data")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # Digits, but not ASCII ones: a regular expression's \d matches them.
+        "\u0662\u0660\u0662\u0664\u0660\u0661\u0660\u0661T000000000000-abcdefabcdef.profile",
+        "{id}.profile" + "x" * 200,
+        "x" * 200 + "{id}.profile",
+        "{id}\u2215..\u2215x.profile",
+        "{id}.profile\n",
+        "é{id}.profile",
+    ],
+)
+def test_files_with_odd_names_are_not_profiles(tmp_path: Path, name: str) -> None:
+    (tmp_path / name.format(id=new_profile_id(1.0))).write_bytes(b'{"id": "stranger"}\ndata')
+    store = DirectoryStore(tmp_path)
+
+    assert store.recent() == []
+
+
+def test_a_file_name_that_is_not_utf8_is_passed_over(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    kept = save(store, at=1.0)
+    name = os.fsencode(tmp_path) + b"/\xff" + new_profile_id(2.0).encode() + b".profile"
+    with open(name, "wb") as file:
+        file.write(b'{"id": "stranger"}\n')
+
+    assert store_ids(tmp_path) == [kept]
+
+
+def test_a_pack_whose_sizes_run_past_its_end_reads_what_is_there(tmp_path: Path) -> None:
+    """A size of 10**18 made load() ask for that many bytes at once: a MemoryError."""
+    store = DirectoryStore(tmp_path)
+    newer, older = new_profile_id(2.0), new_profile_id(1.0)
+    index = [[newer, {"id": newer}, 10**18], [older, {"id": older}, 4]]
+    (tmp_path / f"{newer}+{older}+2.profiles").write_bytes(json.dumps(index).encode() + b"\nshort")
+
+    assert store.load(newer) == ({"id": newer}, b"short")
+    assert store.load(older) == ({"id": older}, b"")
 
 
 def test_bounds_must_be_positive(tmp_path: Path) -> None:
@@ -262,3 +413,15 @@ def test_files_that_only_look_like_packs_are_neither_read_nor_pruned(tmp_path: P
 
     assert len(store.recent()) == 2
     assert set(lookalikes) <= set(files(tmp_path))
+
+
+def test_a_dangling_link_by_a_profiles_name_is_pruned_as_a_file(tmp_path: Path) -> None:
+    """Pruning stat'ed what each name points at: a link to nothing was never counted nor
+    removed, and a link to a large file counted as that file."""
+    store = DirectoryStore(tmp_path, max_profiles=2, prune_every=1)
+    dangling = tmp_path / f"{new_profile_id(1.0)}.profile"
+    dangling.symlink_to(tmp_path / "nothing")
+
+    kept = [save(store, at=2.0), save(store, at=3.0)]
+
+    assert files(tmp_path) == sorted(f"{profile_id}.profile" for profile_id in kept)

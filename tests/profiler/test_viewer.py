@@ -308,10 +308,181 @@ def test_a_profile_whose_data_is_damaged_is_said_so(middleware, viewer, token, s
     path.write_bytes(metadata + b"\n" + data[:10])
 
     assert viewer.get(f"/_profiler/{damaged}").status_code == 200  # its metadata is whole
-    for page in ("profile.html", "download/speedscope"):
+    for page in ("profile.html", "download/speedscope", "download/session"):
         response = viewer.get(f"/_profiler/{damaged}/{page}")
-        assert response.status_code == 404
+        assert response.status_code == 404, page
         assert "cannot be read" in response.text
+
+
+def test_a_cprofile_profile_whose_data_is_damaged_is_said_so(
+    make_middleware, token, store_dir
+) -> None:
+    middleware = make_middleware(site_app, profiler="cprofile")
+    damaged = profile(middleware, token)
+    [path] = store_dir.glob(f"{damaged}.*")
+    metadata, _, data = path.read_bytes().partition(b"\n")
+
+    path.write_bytes(metadata + b"\n" + data[: len(data) // 2])
+
+    for page in ("profile.html", "download/pstats"):
+        response = TokenBrowser(middleware, token).get(f"/_profiler/{damaged}/{page}")
+        assert response.status_code == 404, page
+        assert "cannot be read" in response.text
+
+
+_MISSING = object()
+
+#: First lines a profile file may hold that the middleware never wrote: another program's JSON,
+#: or its own metadata edited by hand.
+FOREIGN_METADATA = {
+    "an empty object": {},
+    "a list": [],
+    "a number": 1,
+    "a string": "x",
+    "null": None,
+    "a duration that is text": {"duration_ms": "x"},
+    "a duration that is NaN": {"duration_ms": float("nan")},
+    "a duration too large for a float": {"duration_ms": 10**400},
+    "no path": {"path": _MISSING},
+    "no time": {"time": _MISSING},
+    "a time past year 9999": {"time": 1e300},
+    "a time that is text": {"time": "2024-01-01"},
+    "a status that is text": {"status": "200 OK"},
+    "a list for an endpoint": {"endpoint": ["pages.index"]},
+    "an object for an engine": {"profiler": {"name": "pyinstrument"}},
+    "SQL that is text": {"sql": "SELECT 1"},
+    "an SQL count that is text": {"sql_count": "1"},
+    "headers that are a list": {"headers": [["Host", "x"]]},
+    "an id that is a path": {"id": "../../etc/passwd"},
+    "a query that is null": {"query": None},
+    "a host that is a list": {"host": ["app-1"]},
+    "a flag that is a number": {"body_complete": 1},
+}
+#: Damage inside the SQL list or the headers: the lists do not check every item (it would cost
+#: them as much as drawing them), the profile's own page does.
+DAMAGED_ITEMS = {
+    "SQL rows that are not pairs": {"sql": [["SELECT 1"]]},
+    "an SQL time that is text": {"sql": [["SELECT 1", "1 ms"]]},
+    "a header that is a number": {"headers": {"X-Number": 1}},
+}
+
+
+def _write_first_line(path: Path, changes: object) -> None:
+    metadata, _, data = path.read_bytes().partition(b"\n")
+    path.write_bytes(json.dumps(_edited(json.loads(metadata), changes)).encode() + b"\n" + data)
+
+
+def _edited(meta: dict, changes: object) -> object:
+    if not isinstance(changes, dict) or not changes:
+        return changes  # a whole first line of its own
+    edited = dict(meta)
+    for key, value in changes.items():
+        if value is _MISSING:
+            del edited[key]
+        else:
+            edited[key] = value
+    return edited
+
+
+@pytest.mark.parametrize("changes", FOREIGN_METADATA.values(), ids=FOREIGN_METADATA)
+def test_metadata_the_middleware_never_writes_is_a_damaged_profile(
+    middleware, viewer, token, store_dir, changes
+) -> None:
+    """An object with none of the middleware's keys (``{}``) made every page raise KeyError:
+    a 500 for the list, the endpoint page, and the profile's own pages."""
+    kept = profile(middleware, token, "/episodes")
+    foreign = profile(middleware, token, "/slow")
+    [path] = store_dir.glob(f"{foreign}.*")
+
+    _write_first_line(path, changes)
+
+    for listing in ("/_profiler/", "/_profiler/?sort=duration", "/_profiler/endpoints"):
+        response = viewer.get(listing)
+        assert response.status_code == 200, listing
+        assert "/slow" not in response.text and "pages.slow" not in response.text
+    assert kept in viewer.get("/_profiler/").text
+    for page in ("", "/profile.html", "/download/speedscope", "/download/session"):
+        response = viewer.get(f"/_profiler/{foreign}{page}")
+        assert response.status_code == 404, page
+        if isinstance(changes, dict) and changes:
+            assert "damaged" in response.text, page
+
+
+@pytest.mark.parametrize("changes", DAMAGED_ITEMS.values(), ids=DAMAGED_ITEMS)
+def test_a_damaged_sql_row_or_header_makes_the_profiles_own_pages_404(
+    middleware, viewer, token, store_dir, changes
+) -> None:
+    damaged = profile(middleware, token, "/slow")
+    [path] = store_dir.glob(f"{damaged}.*")
+
+    _write_first_line(path, changes)
+
+    for listing in ("/_profiler/", "/_profiler/?sort=duration", "/_profiler/endpoints"):
+        assert viewer.get(listing).status_code == 200, listing
+    for page in ("", "/profile.html", "/download/speedscope", "/download/session"):
+        response = viewer.get(f"/_profiler/{damaged}{page}")
+        assert response.status_code == 404, page
+        assert "damaged" in response.text, page
+
+
+def test_text_that_is_no_unicode_character_is_shown_replaced(
+    middleware, viewer, token, store_dir
+) -> None:
+    """JSON may escape half a surrogate pair, which no UTF-8 page can hold: encoding the page
+    raised UnicodeEncodeError."""
+    odd = profile(middleware, token, "/episodes")
+    [path] = store_dir.glob(f"{odd}.*")
+    metadata, _, data = path.read_bytes().partition(b"\n")
+    meta = json.loads(metadata)
+    meta["path"] = "/lone-\ud800"
+    meta["headers"]["X-Odd"] = "\udfff"
+
+    path.write_bytes(json.dumps(meta).encode() + b"\n" + data)
+
+    assert "/lone-?" in viewer.get("/_profiler/").text
+    assert viewer.get("/_profiler/endpoints").status_code == 200
+    assert "/lone-?" in viewer.get(f"/_profiler/{odd}").text
+
+
+@pytest.mark.parametrize("target", ["profile", "/etc/passwd"])
+def test_a_symbolic_link_in_the_store_is_never_followed(
+    middleware, viewer, token, store_dir, tmp_path, target
+) -> None:
+    """A link named like a profile, to a profile of another store or to any file: the viewer
+    showed and served what it points at."""
+    linked = profile(middleware, token, "/episodes")
+    [path] = store_dir.glob(f"{linked}.*")
+    outside = tmp_path / "other-store.profile" if target == "profile" else Path(target)
+    if target == "profile":
+        path.rename(outside)
+    else:
+        path.unlink()
+
+    path.symlink_to(outside)
+
+    assert "/episodes" not in viewer.get("/_profiler/").text
+    for page in ("", "/profile.html", "/download/session"):
+        assert viewer.get(f"/_profiler/{linked}{page}").status_code == 404, page
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_profiler/{id}%00",
+        "/_profiler/{id}%2F..%2F..",
+        "/_profiler/{id}%5C..",
+        "/_profiler/%D9%A2%D9%A0%D9%A2%D9%A4%D9%A0%D9%A1%D9%A0%D9%A1T000000000000-abcdefabcdef",
+        "/_profiler/{id}" + "a" * 5000,
+        "/_profiler/%FF{id}",
+    ],
+)
+def test_ids_with_odd_characters_are_404(middleware, viewer, token, path) -> None:
+    profile_id = profile(middleware, token)
+
+    response = viewer.get(path.format(id=profile_id))
+
+    assert response.status_code == 404
+    assert "X-Site" not in response.headers
 
 
 def test_the_cookie_buttons_set_and_clear_the_profiling_cookie(middleware, token) -> None:
