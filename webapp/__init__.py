@@ -15,11 +15,12 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from . import cors, db, errors, same_as_nginx
+from . import cors, db, errors
 from .blueprints import api, feed, pages, podcast
 from .freeze import freeze_command, pull_build_command
 from .params import CanonicalInteger, html_value, page_url
 from .profiler import install_profiler
+from .same_as_nginx import SameAsNginx
 from .settings import load_settings
 from .show_notes import show_notes_html
 
@@ -43,8 +44,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.add_template_filter(show_notes_html)
     app.add_template_filter(page_url)
     db.init_app(app)
-    # First: nginx redirects a run of slashes before it reads anything else of a request.
-    same_as_nginx.init_app(app)
     errors.init_app(app)
     cors.init_app(app, READABLE_ANYWHERE)
     app.cli.add_command(freeze_command)
@@ -53,6 +52,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(feed.blueprint)
     app.register_blueprint(podcast.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
+    # What nginx decides before any location: the app answers alike where it answers alone.
+    app.wsgi_app = SameAsNginx(app.wsgi_app)  # type: ignore[method-assign]
     # Last, so the profiler wraps everything the app does, from the first byte.
     install_profiler(app)
     return app

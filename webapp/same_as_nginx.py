@@ -7,14 +7,22 @@ request (deploy/nginx/):
   path of this site;
 * a Range naming more than one range is ignored (``max_ranges 1``): the whole answer, where
   Werkzeug refused it with a 416.
+
+A WSGI middleware rather than Flask ``before_request`` hooks: on every request it costs two
+lookups in the environ, where two hooks cost a few microseconds (docs/tuning.md).
+
+    app.wsgi_app = SameAsNginx(app.wsgi_app)
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from flask import Flask, Response, request
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 _SLASHES = re.compile(r"//+")
 #: Two byte ranges or more ("first-last", "first-" or "-suffix" each), as nginx reads them.
@@ -25,32 +33,42 @@ _MANY_RANGES = re.compile(rf"(?i:bytes)={_RANGE}(?:,{_RANGE})+\Z")
 _PATH_CHARACTERS = "/:@!$&'()*+,;=-._~"
 
 
-def redirect_runs_of_slashes() -> Response | None:
-    """A ``before_request`` hook: a path with "//" gets a 308 to the path with each run of
-    slashes made one, its query string as sent. Werkzeug's own redirect (merge_slashes) came
-    only where a route matched the merged path, and named the host the client sent."""
-    # PATH_INFO itself: request.path has its leading slashes cut to one.
-    path_info: str = request.environ.get("PATH_INFO", "")
-    if "//" not in path_info:
-        return None
+class SameAsNginx:
+    """Answers a path with "//" as nginx does, and drops a Range of more than one range.
+
+    :param app: the WSGI application to call for every other request.
+    """
+
+    def __init__(self, app: WSGIApplication) -> None:
+        self.app = app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # PATH_INFO itself: Werkzeug's request.path has its leading slashes cut to one.
+        if "//" in environ.get("PATH_INFO", ""):
+            return _redirect_runs_of_slashes(environ, start_response)
+        ranges = environ.get("HTTP_RANGE")
+        if ranges is not None and "," in ranges and _MANY_RANGES.match(ranges):
+            # One range is Werkzeug's to answer, and so is a malformed header (a 416, as nginx
+            # answers "bytes=0-10," too). Werkzeug refused overlapping or unordered ranges as
+            # malformed: they are only more than one here, and the answer is whole.
+            del environ["HTTP_RANGE"]
+        return self.app(environ, start_response)
+
+
+def _redirect_runs_of_slashes(
+    environ: WSGIEnvironment, start_response: StartResponse
+) -> Iterable[bytes]:
+    """A 308 to the path with each run of slashes made one, its query string as sent.
+    Werkzeug's own redirect (merge_slashes) came only where a route matched the merged path,
+    and named the host the client sent."""
     # WSGI hands the path over as bytes decoded as latin-1 (PEP 3333), %-escapes decoded: each
     # byte is escaped anew, a "\" too (browsers read "/\" as "//", naming a host).
-    merged = _SLASHES.sub("/", request.environ.get("SCRIPT_NAME", "") + path_info)
+    merged = _SLASHES.sub("/", environ.get("SCRIPT_NAME", "") + environ["PATH_INFO"])
     location = quote(merged.encode("latin-1"), safe=_PATH_CHARACTERS)
-    query = request.environ.get("QUERY_STRING", "")
-    return Response(status=308, headers={"Location": location + (f"?{query}" if query else "")})
-
-
-def ignore_more_than_one_range() -> None:
-    """A ``before_request`` hook: a Range naming more than one range is dropped, so the answer
-    is whole, as nginx's. One range is Werkzeug's to answer, and so is a malformed header (a
-    416, as nginx answers "bytes=0-10," too). Werkzeug refused overlapping or unordered ranges
-    as malformed: they are only more than one here."""
-    ranges = request.environ.get("HTTP_RANGE")
-    if ranges is not None and _MANY_RANGES.match(ranges):
-        del request.environ["HTTP_RANGE"]
-
-
-def init_app(app: Flask) -> None:
-    app.before_request(redirect_runs_of_slashes)
-    app.before_request(ignore_more_than_one_range)
+    query = environ.get("QUERY_STRING", "")
+    headers = [
+        ("Location", location + (f"?{query}" if query else "")),
+        ("Content-Length", "0"),
+    ]
+    start_response("308 Permanent Redirect", headers)
+    return []
