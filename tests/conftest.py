@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -22,6 +24,22 @@ from flask import Flask
 from webapp import create_app
 from webapp.db import get_database
 from webapp.db.seed import seed
+
+
+def run_flask(
+    *arguments: str, env: Mapping[str, str], cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``flask --app webapp ARGUMENTS`` in a process of its own, as an operator runs it: what
+    it prints when the app cannot even be made (a bad setting) is Flask's, not a test client's."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "webapp", *arguments],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
 
 #: Episodes in the seed most tests use: enough for several API pages.
 SMALL_SEED = 30

@@ -586,3 +586,32 @@ def test_a_build_that_renders_every_page_says_why(app, dest):
     assert "Every page rendered: the live build's state file is missing or unreadable" in (
         untrusted.output
     )
+
+
+def test_a_destination_inside_the_live_build_is_refused(app, dest):
+    """`--dest build/sub` would write a second build into the tree nginx serves, and the next
+    pull of the build would find files its state does not list."""
+    freeze(app, dest)
+    before = live_build(dest)
+    for inside in (dest / "sub", dest / "episodes" / "new", dest.with_name("build.builds") / "c"):
+        result = freeze_cli(app, inside)
+        assert result.exit_code == 1, result.output
+        assert f"inside the build at {dest}" in result.output, result.output
+    assert live_build(dest) == before
+    assert sorted(os.listdir(dest.with_name("build.builds"))) == [".lock", "a"]
+
+
+def test_the_root_directory_is_refused_as_a_destination(app):
+    result = freeze_cli(app, Path("/"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "Error: / cannot be a build" in result.output, result.output
+
+
+def test_a_refused_destination_leaves_nothing_beside_it(app, tmp_path):
+    """A file, the database say, named as --dest by mistake: refused, and no <dest>.builds made."""
+    (tmp_path / "data").mkdir()
+    database = tmp_path / "data" / "podcast.sqlite3"
+    database.write_bytes(b"SQLite format 3\0")
+    result = freeze_cli(app, database)
+    assert result.exit_code == 1 and "is not a build of `flask freeze`" in result.output
+    assert os.listdir(tmp_path / "data") == ["podcast.sqlite3"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import make_app
+from tests.conftest import make_app, run_flask
 from webapp.db import get_database, queries
 from webapp.db.seed import generate_episode, seed
 from webapp.settings import SettingsError, load_settings
@@ -112,6 +115,60 @@ def test_settings_come_from_the_environment_and_overrides():
 def test_malformed_settings_stop_start_up_naming_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         load_settings(environ={name: value})
+
+
+#: Stands for a password in the URLs below: no message may show it.
+PASSWORD = "hunter2"
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("DATABASE_URL", "sqlite:///"),
+        ("DATABASE_URL", f"mysql://u:{PASSWORD}@h/db"),
+        ("DATABASE_URL", f"postgresql://u:{PASSWORD}@[::1/db"),
+        # Gone when the command ends, and one database per thread of a server.
+        ("DATABASE_URL", "sqlite:///:memory:"),
+        ("PROFILER_ENGINE", "bogus"),
+        ("PROFILER_STORE", f"postgresql://u:{PASSWORD}@[::1/db"),
+        # The feed's and pages' absolute links are made from it.
+        ("SITE_URL", "http://"),
+        ("SITE_URL", "http:// exa mple.org"),
+        ("SITE_URL", "http://exa\nmple.org"),
+        ("SITE_URL", "http://example.org:99999"),
+        ("SITE_URL", "http://[::1"),
+        ("SITE_URL", "https://example.org/?a=1#top"),
+        ("SITE_URL", "https://user@example.org"),
+        # Empty, they would be "/" (VAR_DIR: the database at /podcast.sqlite3) or the current
+        # directory.
+        ("VAR_DIR", ""),
+        ("FREEZE_DIR", " "),
+        ("PROFILER_DIR", ""),
+    ],
+)
+def test_a_command_with_a_malformed_setting_says_which_in_one_line(tmp_path, name, value):
+    env = {
+        "PATH": os.environ["PATH"],
+        "LANG": "C.UTF-8",
+        "VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/podcast.sqlite3",
+        "PROFILER_SECRET": "s" * 40,  # else the PROFILER_ settings are not used
+        name: value,
+    }
+    result = run_flask("seed", "--episodes", "1", env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith(f"Error: {name}") and result.stderr.count("\n") == 1, (
+        result.stderr
+    )
+    assert PASSWORD not in result.stdout + result.stderr
+    assert {path.name for path in Path(tmp_path).iterdir()} <= {"var"}  # no database made
+
+
+def test_directories_in_settings_are_made_absolute():
+    settings = load_settings(environ={"VAR_DIR": "var"})
+    assert settings["VAR_DIR"] == os.path.abspath("var")
+    assert settings["DATABASE_URL"] == f"sqlite:///{os.path.abspath('var')}/podcast.sqlite3"
+    assert settings["FREEZE_DIR"] == os.path.abspath("var/build")
 
 
 def test_every_python_package_in_the_tree_is_packaged():

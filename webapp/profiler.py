@@ -79,8 +79,12 @@ def open_profile_store(config: Mapping[str, Any]) -> Store:
     url = config["PROFILER_STORE"]
     if not url:
         return DirectoryStore(config["PROFILER_DIR"], **bounds)
-    # Neither message quotes the URL: it holds a password.
-    if urlsplit(url).scheme not in ("postgresql", "postgres"):
+    # No message quotes the URL: it holds a password.
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:  # urlsplit's message may quote the host part, password and all
+        raise SettingsError("PROFILER_STORE: not a valid URL") from None
+    if scheme not in ("postgresql", "postgres"):
         raise SettingsError("PROFILER_STORE: expected a postgresql:// URL, or nothing")
     try:
         return PostgresStore(url, **bounds)

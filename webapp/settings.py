@@ -13,13 +13,16 @@ of surfacing later as a confusing error deep inside a request.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 from request_profiler import check_secret, parse_ttl
+from request_profiler.profilers import BUILTIN_PROFILERS
 
 
 class SettingsError(click.ClickException, ValueError):
@@ -32,6 +35,23 @@ class SettingsError(click.ClickException, ValueError):
 
 def _text(value: str) -> str:
     return value.strip()
+
+
+def _directory(value: str) -> str:
+    """A directory, made absolute: empty, it would be the current directory (or, as VAR_DIR,
+    put the database at /podcast.sqlite3). Not resolved: FREEZE_DIR is the symlink a freeze
+    swaps, never the tree it points to."""
+    value = value.strip()
+    if not value:
+        raise ValueError("must be a directory, not empty")
+    return os.path.abspath(value)
+
+
+def _profiler_engine(value: str) -> str:
+    value = value.strip()
+    if value not in BUILTIN_PROFILERS:
+        raise ValueError(f"must be one of {', '.join(sorted(BUILTIN_PROFILERS))}")
+    return value
 
 
 def _float_between(low: float, high: float) -> Callable[[str], float]:
@@ -91,10 +111,30 @@ def podcast_guid(feed_url: str) -> str:
     return str(uuid.uuid5(PODCAST_GUID_NAMESPACE, feed_url.split("://", 1)[-1].rstrip("/")))
 
 
+#: Whitespace and control characters: a URL printed into the feed and the pages holds none.
+_NOT_IN_URL = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 def _url_without_slash(value: str) -> str:
-    value = value.strip().rstrip("/")
+    """An http(s) URL with a host and nothing after its path: every absolute link is this
+    followed by a path, so a query, a fragment or a space would break each of them."""
+    value = value.strip()
     if not value.startswith(("http://", "https://")):
         raise ValueError("must start with http:// or https://")
+    value = value.rstrip("/")
+    if _NOT_IN_URL.search(value):
+        raise ValueError("must not hold spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError as error:
+        raise ValueError(f"is not a URL: {error}") from None
+    if not parts.hostname:
+        raise ValueError("must name a host: https://podcast.example.org")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold a user name or password")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError("must end with its host or a path: no ?query or #fragment")
     return value
 
 
@@ -107,7 +147,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     # Where run-time files live: the SQLite database, profiles, sockets, builds. The default
     # is the caller's (create_app passes Flask's instance folder), so an installed site
     # never writes into site-packages.
-    "VAR_DIR": (_text, lambda settings: settings["VAR_DIR"]),
+    "VAR_DIR": (_directory, lambda settings: settings["VAR_DIR"]),
     # sqlite:///absolute/path.db or postgresql://user:password@host/dbname
     "DATABASE_URL": (_text, lambda settings: f"sqlite:///{settings['VAR_DIR']}/podcast.sqlite3"),
     # Seconds a PostgreSQL connection attempt may take before the request gets a 503.
@@ -131,7 +171,7 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     ),
     "SITE_LANGUAGE": (_text, "en-us"),
     # Where `flask freeze` writes the static site nginx serves.
-    "FREEZE_DIR": (_text, lambda settings: f"{settings['VAR_DIR']}/build"),
+    "FREEZE_DIR": (_directory, lambda settings: f"{settings['VAR_DIR']}/build"),
     # Profiler: with no secret, on-demand profiling is off (see request_profiler).
     # At least 32 bytes: python -c 'import secrets; print(secrets.token_urlsafe(32))'
     "PROFILER_SECRET": (_profiler_secret, ""),
@@ -140,13 +180,13 @@ SETTINGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "PROFILER_TOKEN_MAX_TTL": (_duration, 86400),
     "PROFILER_SAMPLE_RATE": (_float_between(0.0, 1.0), 0.0),
     "PROFILER_SLOW_MS": (_float_between(0.0, 3_600_000.0), 0.0),
-    "PROFILER_DIR": (_text, lambda settings: f"{settings['VAR_DIR']}/profiles"),
+    "PROFILER_DIR": (_directory, lambda settings: f"{settings['VAR_DIR']}/profiles"),
     # postgresql://…: profiles in PostgreSQL, one list for every app server (PostgresStore).
     # Empty: files in PROFILER_DIR, one list per server.
     "PROFILER_STORE": (_text, ""),
     "PROFILER_MAX_PROFILES": (_positive_int, 200),
     "PROFILER_MAX_BYTES": (_positive_int, 100 * 1024 * 1024),
-    "PROFILER_ENGINE": (_text, "pyinstrument"),
+    "PROFILER_ENGINE": (_profiler_engine, "pyinstrument"),
     # Python's cyclic GC is frozen before uWSGI forks; see webapp/wsgi.py.
     "GC_FREEZE": (_flag, True),
 }

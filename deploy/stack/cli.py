@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 import click
 
 from .render import check_server_values, render_nginx
-from .settings import StackError, StackSettings, default_run_dir, find_nginx
+from .settings import StackError, StackSettings, default_run_dir, find_nginx, host_port
 from .stack import NotRunning, Stack
 
 Directory = click.Path(path_type=Path, file_okay=False)
@@ -38,7 +38,9 @@ def cli(ctx: click.Context) -> None:
 @cli.command()
 @run_dir_option
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, envvar="PORT", show_default=True)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8000, envvar="PORT", show_default=True
+)
 @click.option("--uwsgi-instances", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--processes", type=click.IntRange(1), help="Workers per instance (default: CPUs).")
 @click.option("--build-dir", type=Directory, help="The frozen site (default: FREEZE_DIR).")
@@ -69,8 +71,8 @@ def start(
         settings.nginx_options["access_log"] = None
     # The feed's and the API's absolute links: this server's (on loopback if it listens on every
     # address), unless they are set on purpose. scripts/freeze does the same with PORT.
-    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host)
-    os.environ.setdefault("SITE_URL", f"http://{host}:{settings.port}")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    os.environ.setdefault("SITE_URL", f"http://{host_port(host, settings.port)}")
     if freeze:  # only what changed is written; if it fails, the app serves every page
         command = [sys.executable, "-m", "flask", "--app", "webapp", "freeze", "--dest"]
         if subprocess.run([*command, str(settings.build_dir)]).returncode:
@@ -143,6 +145,9 @@ def render(values: BinaryIO, conf_dir: Path) -> None:
         variables = tomllib.load(values)
     except tomllib.TOMLDecodeError as error:
         raise StackError(f"{values.name}: {error}") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8: a binary file, or another encoding
+        reason = f"{error.reason} at byte {error.start}"
+        raise StackError(f"{values.name}: not UTF-8 text ({reason})") from None
     check_server_values(variables)
     conf = render_nginx(conf_dir, **variables)
     click.echo(f"rendered {conf}; check it with: nginx -t -c {conf}")

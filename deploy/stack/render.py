@@ -90,8 +90,16 @@ def check_server_values(values: dict[str, Any]) -> None:
         elif isinstance(like, str) and _NGINX_TIME.fullmatch(like):
             if not (value.isdigit() or _NGINX_TIME.fullmatch(value)):
                 problems.append(f"{name} must be a time nginx reads, like {like!r}, not {value!r}")
-        elif isinstance(like, int) and value < 0 or isinstance(like, list) and not value:
+        elif isinstance(like, int) and value < 0 or isinstance(like, list | str) and not value:
             problems.append(f"{name} cannot be {value!r}")
+        elif (
+            isinstance(like, list)
+            and (kind := type(like[0]))
+            and not all(type(item) is kind for item in value)
+        ):
+            problems.append(f"{name} must be a list of {kind.__name__}, like {like!r}")
+        elif isinstance(like, list) and "" in value:
+            problems.append(f"{name} cannot hold ''")
     if values.get("https_only") and not values.get("https_listen"):
         problems.append("https_only = true needs https_listen (else: https_only = false)")
     if problems:
@@ -118,9 +126,12 @@ def render_nginx(conf_dir: Path, **variables: object) -> Path:
         }
     except UndefinedError as error:  # StrictUndefined: a required value is missing
         raise StackError(f"the nginx templates need a value: {error.message}") from None
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in texts.items():
-        (conf_dir / name).write_text(text)
-    for name in ("headers.conf", "uwsgi_params"):  # included as they are
-        shutil.copyfile(DEPLOY_DIR / "nginx" / name, conf_dir / name)
+    try:
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            (conf_dir / name).write_text(text)
+        for name in ("headers.conf", "uwsgi_params"):  # included as they are
+            shutil.copyfile(DEPLOY_DIR / "nginx" / name, conf_dir / name)
+    except OSError as error:
+        raise StackError(f"cannot write {conf_dir}: {error.strerror}") from None
     return conf_dir / "nginx.conf"

@@ -80,5 +80,16 @@ class StackSettings:
     stop_timeout: float = 40.0
 
     @property
+    def address(self) -> str:
+        """``host:port`` as nginx's listen and uWSGI's http-socket read it: an IPv6 address in
+        brackets (nginx reads ``::1:8000`` as one port of that name)."""
+        return host_port(self.host, self.port)
+
+    @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.address}"
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets: ``[::1]:8000``."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"

@@ -103,7 +103,7 @@ class Stack:
             variables = dict(
                 build_dir=self.build_dir,
                 upstreams=[f"unix:{instance.socket}" for instance in self.instances],
-                http_listen=f"{settings.host}:{settings.port}",
+                http_listen=settings.address,
                 # Started as root, nginx would run its workers as `nobody`, who can neither read a
                 # build in the user's tree (pytest's 0700 tmp dirs) nor connect to 0660 sockets.
                 user="root" if os.geteuid() == 0 else None,
@@ -126,7 +126,10 @@ class Stack:
         with contextlib.suppress(NotRunning):  # nothing answers: nothing is running
             pid = self.call("getPID")
             raise StackError(f"a stack (pid {pid}) is already running in {self.run_dir}: stop it")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StackError(f"cannot write {self.run_dir}: {error.strerror}") from None
         self.render()
         # The app's settings and the shared uWSGI options reach uWSGI through supervisord's
         # environment, never a file.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from flask import Blueprint, Flask
 from request_profiler import PostgresStore, ProfilerMiddleware, TokenVerifier, make_token
 
-from tests.conftest import make_app
+from tests.conftest import make_app, run_flask
 from webapp.db import get_session
 from webapp.params import single_arg
 from webapp.profiler import install_profiler
@@ -152,14 +150,7 @@ def test_a_secret_too_short_is_a_message_for_the_token_command_not_a_traceback(
     """The on-call engineer's first step: minting a token with a mistyped secret."""
     env = {**os.environ, "PROFILER_SECRET": "short", "VAR_DIR": str(tmp_path)}
     env.pop("DATABASE_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "webapp", "profiler-token", "--ttl", "15m"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_flask("profiler-token", "--ttl", "15m", env=env, cwd=tmp_path)
 
     assert result.returncode != 0 and result.stdout == ""
     assert "PROFILER_SECRET" in result.stderr and "at least 32" in result.stderr

@@ -3,6 +3,7 @@ parser, and each switch of the nginx templates checked by ``nginx -t``."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import socket
@@ -269,6 +270,21 @@ def test_status_where_no_stack_has_run_says_so(tmp_path: Path) -> None:
             lambda text: text.replace('"/srv/podcast/var/build"', '"/srv/$site/var/build"'),
             "misread",
         ),
+        # Each item of a list is of the type production.toml's items are, and says something:
+        # `server 1;` or `server "";` would be nginx -t's to find, on the server.
+        (
+            lambda text: text.replace('["unix:/run/podcast/uwsgi-1.sock"]', "[3031]"),
+            "upstreams must be a list of str",
+        ),
+        (
+            lambda text: text.replace('["unix:/run/podcast/uwsgi-1.sock"]', '[["unix:/x"]]'),
+            "upstreams must be a list of str",
+        ),
+        (
+            lambda text: text.replace('["unix:/run/podcast/uwsgi-1.sock"]', '["unix:/x", ""]'),
+            "upstreams cannot hold ''",
+        ),
+        (lambda text: text.replace('"podcast.example.org"', '""'), "server_name cannot be ''"),
     ],
     ids=[
         "no-certificate-key",
@@ -289,6 +305,10 @@ def test_status_where_no_stack_has_run_says_so(tmp_path: Path) -> None:
         "directive-in-a-value",
         "newline-in-a-value",
         "variable-in-a-path",
+        "upstream-a-number",
+        "upstream-a-list",
+        "upstream-empty",
+        "server-name-empty",
     ],
 )
 def test_a_production_render_that_cannot_work_is_refused(
@@ -311,3 +331,60 @@ def test_a_value_no_nginx_template_reads_is_refused(tmp_path: Path) -> None:
     # Every knob the templates read is accepted, those of the included server blocks too.
     render_nginx(tmp_path / "conf", **base_nginx_variables(tmp_path, server_name="example.org"))
     assert "server_name example.org;" in (tmp_path / "conf" / "nginx.conf").read_text()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe\x00x = 1\n", bytes(range(256))],
+    ids=["not-utf-8", "binary"],
+)
+def test_values_that_are_not_text_are_refused_in_one_line(tmp_path: Path, content: bytes) -> None:
+    values = tmp_path / "nginx.toml"
+    values.write_bytes(content)
+    result = CliRunner().invoke(cli, ["render", str(values), "--out", str(tmp_path / "conf")])
+    assert result.exit_code == 1 and f"Error: {values}: not UTF-8 text" in result.output, (
+        result.output
+    )
+    assert not (tmp_path / "conf").exists()
+
+
+def test_a_config_directory_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = blocker / "conf"
+    result = CliRunner().invoke(cli, ["render", str(PRODUCTION_VALUES), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert f"Error: cannot write {out}: Not a directory" in result.output, result.output
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "-1"])
+def test_a_port_out_of_range_is_refused_before_anything_starts(tmp_path: Path, port: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["start", "--no-freeze", "--detach", "--run-dir", str(tmp_path), "--port", port]
+    )
+    assert result.exit_code == 2 and "Invalid value for '--port'" in result.output, result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_run_dir_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    stack = Stack(StackSettings(run_dir=blocker / "run", build_dir=tmp_path, uwsgi="uwsgi"))
+    with pytest.raises(StackError, match=f"cannot write {blocker / 'run'}: Not a directory"):
+        stack.start()
+
+
+def test_an_ipv6_host_renders_a_config_nginx_accepts(tmp_path: Path) -> None:
+    """nginx reads `listen ::1:8000` as a port of "::1:8000"; the address goes in brackets."""
+    nginx = require_binary("nginx")
+    settings = StackSettings(
+        run_dir=tmp_path / "run", build_dir=tmp_path, host="::1", nginx=nginx, uwsgi="uwsgi"
+    )
+    assert settings.url == f"http://[::1]:{settings.port}"
+    stack = Stack(settings)
+    stack.run_dir.mkdir()
+    stack.render()  # nginx -t: a StackError if nginx rejects the config
+    assert f"listen [::1]:{settings.port}" in (stack.nginx_dir / "nginx.conf").read_text()
+    alone = Stack(dataclasses.replace(settings, nginx=None))  # uWSGI listens on HTTP itself
+    alone.render()
+    assert f'UWSGI_HTTP_SOCKET="[::1]:{settings.port}"' in alone.supervisord_conf.read_text()

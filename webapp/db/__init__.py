@@ -19,17 +19,22 @@ from __future__ import annotations
 
 from flask import Flask, current_app, g
 
+from ..settings import SettingsError
 from .backends import Database, DatabaseUnavailable, Session, open_database
 
 
 def init_app(app: Flask) -> None:
     # Opening a backend connects to nothing: connections are made in each
     # worker on first use, never in the uWSGI master before it forks.
-    app.extensions["database"] = open_database(
-        app.config["DATABASE_URL"],
-        pool_size=app.config["DATABASE_POOL_SIZE"],
-        connect_timeout=app.config["DATABASE_CONNECT_TIMEOUT"],
-    )
+    try:
+        app.extensions["database"] = open_database(
+            app.config["DATABASE_URL"],
+            pool_size=app.config["DATABASE_POOL_SIZE"],
+            connect_timeout=app.config["DATABASE_CONNECT_TIMEOUT"],
+        )
+    except ValueError as error:
+        # A ClickException too: `flask --app webapp …` prints "Error: DATABASE_URL …", no traceback.
+        raise SettingsError(str(error)) from None
     app.teardown_appcontext(_end_session)
     # Imported here: the commands use get_database from this module.
     from .commands import init_db_command, seed_command

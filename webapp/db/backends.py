@@ -483,11 +483,24 @@ class PostgresDatabase(Database):
 
 
 def open_database(url: str, *, pool_size: int = 4, connect_timeout: int = 3) -> Database:
-    """The backend for ``url``: ``sqlite:///path`` or ``postgresql://…``."""
-    scheme = urlsplit(url).scheme
+    """The backend for ``url``: ``sqlite:///path`` or ``postgresql://…``.
+
+    ValueError, its message starting with ``DATABASE_URL`` and never showing a password,
+    if ``url`` is neither.
+    """
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:  # its message may quote the host part, password and all
+        raise ValueError(f"DATABASE_URL is not a valid URL: {redact_url(url)}") from None
     if scheme == "sqlite":
         if not url.startswith("sqlite:///") or url == "sqlite:///":
             raise ValueError("DATABASE_URL for SQLite must be sqlite:///path/to/file.db")
+        if url.removeprefix("sqlite:///") == ":memory:":
+            # Each thread's connection would have a database of its own, gone when it closes.
+            raise ValueError(
+                "DATABASE_URL for SQLite must name a file (sqlite:///path/to/file.db):"
+                " an in-memory database is gone when the command ends"
+            )
         return SQLiteDatabase(url)
     if scheme in {"postgresql", "postgres"}:
         return PostgresDatabase(url, pool_size=pool_size, connect_timeout=connect_timeout)

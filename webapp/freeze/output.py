@@ -215,6 +215,11 @@ class BuildTrees:
 
     def __init__(self, destination: Path) -> None:
         self.destination = Path(os.path.abspath(destination))
+        if not self.destination.name:  # "/": no symlink can take its place
+            raise FreezeError(
+                f"{self.destination} cannot be a build: a build is a symlink a freeze swaps;"
+                " choose a --dest like /srv/podcast/var/build"
+            )
         self.root = trees_root(self.destination)
         self.live: Path | None = None
         self.spare = self.root / TREE_NAMES[0]
@@ -251,6 +256,14 @@ class BuildTrees:
                 f"{self.destination} {how} a tree of the build at {build};"
                 f" use {build} (FREEZE_DIR or --dest), the symlink a freeze swaps"
             )
+        if (enclosing := _build_enclosing(self.destination)) is not None:
+            raise FreezeError(
+                f"{self.destination} is inside the build at {enclosing}: a freeze there would"
+                f" write into the site nginx serves; choose a --dest outside {enclosing} and"
+                f" {trees_root(enclosing)}"
+            )
+        # Refused before anything is made beside it; checked again under the lock.
+        self._find_live()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._lock = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -619,6 +632,19 @@ def _build_holding(path: Path) -> Path | None:
         return None
     destination = tree.parent.with_name(tree.parent.name.removesuffix(TREES_SUFFIX))
     return destination if destination.is_symlink() else None
+
+
+def _build_enclosing(path: Path) -> Path | None:
+    """The destination (``<dest>``) whose trees folder (``<dest>.builds``) ``path`` would be
+    made in, at any depth, through any symlink; None if none. ``path`` itself may be a build's
+    symlink: only its parent is resolved."""
+    parent = Path(os.path.realpath(path.parent))
+    for folder in (parent, *parent.parents):
+        if folder.name.endswith(TREES_SUFFIX):
+            destination = folder.with_name(folder.name.removesuffix(TREES_SUFFIX))
+            if destination.is_symlink():
+                return destination
+    return None
 
 
 def _read_state(tree: Path) -> dict[str, Any] | None:
