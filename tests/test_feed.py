@@ -7,6 +7,7 @@ import io
 import re
 import uuid
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import feedparser
@@ -393,6 +394,35 @@ def test_cache_serves_the_rendered_bytes_until_the_key_changes():
     assert cache.get_or_render(first, render).body == b"feed-1"
     assert cache.get_or_render(second, render).body == b"feed-2"
     assert len(renders) == 2
+
+
+class _StoredBetweenReads(FeedCache):
+    """A FeedCache in which another feed is stored right after ``get`` first reads the cache's
+    fields: the interleaving of a poll with a render of the next version, made certain."""
+
+    between: Callable[[], None] | None = None
+
+    def __getattribute__(self, name: str) -> object:
+        value = super().__getattribute__(name)
+        between = super().__getattribute__("between")
+        if between is not None and name.startswith("_") and name != "_lock":
+            self.between = None
+            between()
+        return value
+
+
+def test_a_poll_never_gets_the_previous_feed_under_the_next_versions_key():
+    """The view sends the validators of the state it read with the feed kept for that state:
+    the previous feed under the next key would be answered 304 to its holder until the data
+    changes again. The feed and its key are read as one, whatever is stored in between."""
+    cache = _StoredBetweenReads()
+    first, second = (1, datetime(2026, 1, 1, tzinfo=UTC)), (2, datetime(2026, 1, 2, tzinfo=UTC))
+    cache.get_or_render(first, lambda: RenderedFeed([b"feed-1"]))
+    cache.between = lambda: cache.get_or_render(second, lambda: RenderedFeed([b"feed-2"]))
+    found = cache.get(second)
+    assert cache.between is None  # the other render did happen between the reads
+    assert found is None or found.body == b"feed-2"
+    assert cache.get_or_render(second, lambda: RenderedFeed([b"again"])).body == b"feed-2"
 
 
 def test_the_apps_validators_are_nginxs_for_the_frozen_file(app, client, tmp_path):

@@ -92,13 +92,15 @@ class FeedCache:
     """
 
     def __init__(self) -> None:
-        self._key: CacheKey | None = None
-        self._feed: RenderedFeed | None = None
+        # The key and its feed in one attribute, read and replaced as one: read apart, a
+        # poll between a render's two stores could take the previous feed for the next key,
+        # and send it with the next key's validators (then 304s keep its holder on it).
+        self._kept: tuple[CacheKey, RenderedFeed] | None = None
         self._lock = threading.Lock()
 
     def get(self, key: CacheKey) -> RenderedFeed | None:
-        feed = self._feed
-        return feed if feed is not None and self._key == key else None
+        kept = self._kept
+        return kept[1] if kept is not None and kept[0] == key else None
 
     def get_or_render(self, key: CacheKey, render: Callable[[], RenderedFeed]) -> RenderedFeed:
         feed = self.get(key)
@@ -108,7 +110,7 @@ class FeedCache:
             feed = self.get(key)
             if feed is None:
                 feed = render()
-                self._key, self._feed = key, feed
+                self._kept = (key, feed)
         return feed
 
 
