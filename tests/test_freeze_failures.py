@@ -21,7 +21,7 @@ from jinja2 import ChoiceLoader, DictLoader
 from tests.conftest import SMALL_SEED, make_app
 from tests.test_freeze import assert_matches_live, episodes_of, everything_under, execute, versions
 from webapp import create_app
-from webapp.db import get_database
+from webapp.db import get_database, queries
 from webapp.db.seed import seed
 from webapp.freeze import FreezeError, SiteBuild, freeze, output, site
 
@@ -615,3 +615,26 @@ def test_a_refused_destination_leaves_nothing_beside_it(app, tmp_path):
     result = freeze_cli(app, database)
     assert result.exit_code == 1 and "is not a build of `flask freeze`" in result.output
     assert os.listdir(tmp_path / "data") == ["podcast.sqlite3"]
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["full", "incremental"])
+def test_an_episode_deleted_after_the_build_read_its_table_is_named(
+    app, dest, monkeypatch, incremental
+):
+    """The table of revisions is read first, the episodes after it: one deleted in between
+    fails the build with what happened and what to do, the live build left as it was."""
+    if incremental:
+        freeze(app, dest)
+        execute(app, "UPDATE episodes SET title = title || '!' WHERE number = 3")
+    before = live_build(dest) if incremental else None
+    read_table = queries.episode_table
+
+    def then_delete(session):
+        table = read_table(session)
+        execute(app, "DELETE FROM episodes WHERE number = 3")  # another connection, committed
+        return table
+
+    monkeypatch.setattr(queries, "episode_table", then_delete)
+    with pytest.raises(FreezeError, match="episode 3 was deleted while the build ran"):
+        freeze(app, dest)
+    assert (live_build(dest) if incremental else None) == before

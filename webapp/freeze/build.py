@@ -262,7 +262,10 @@ class SiteBuild:
         else:
             episodes = queries.episodes_by_number(session, numbers - self._episodes.keys())
         self._episodes.update((episode.number, episode) for episode in episodes)
-        missing = (numbers if numbers is not None else set()) - self._episodes.keys()
+        # Every number the build's table holds, read later than the table: an episode deleted
+        # in between would otherwise fail a listing's render with a bare KeyError.
+        wanted = numbers if numbers is not None else set(self._data.table.numbers)
+        missing = wanted - self._episodes.keys()
         if missing:
             raise FreezeError(
                 f"episode {min(missing)} was deleted while the build ran;"
