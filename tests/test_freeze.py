@@ -27,6 +27,7 @@ from webapp.blueprints.pages import CATALOGUE, LATEST_COUNT
 from webapp.db import get_database, get_session, queries
 from webapp.db.seed import seed
 from webapp.freeze import SiteBuild, freeze
+from webapp.freeze.command import MAX_BUILDS
 from webapp.freeze.site import site_freezer
 from webapp.models import Episode
 from webapp.settings import SETTINGS
@@ -643,6 +644,46 @@ def test_cli_freezes_into_freeze_dir_with_a_summary(app):
     assert "rendered 3 " in result.output
     assert "written  episodes/rss.xml.gz" in result.output
     assert "Nothing changed" in runner.invoke(args=["freeze"]).output
+
+
+def freeze_while_editing(app: Flask, monkeypatch: pytest.MonkeyPatch, builds: int):
+    """``flask freeze`` after a first build and a published edit, with an edit of episode 4
+    committed while each of the next ``builds`` builds renders (after it read the data), from
+    a connection of its own, as an editor publishing meanwhile. The CLI runner and result."""
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["freeze"]).exit_code == 0
+    execute(app, "UPDATE episodes SET title = %s WHERE number = 4", ("Published",))
+    render, edits = SiteBuild.render, iter(range(builds))
+
+    def render_then_edit(build: SiteBuild, page) -> None:
+        render(build, page)
+        if not getattr(build, "edited", False):
+            build.edited = True  # type: ignore[attr-defined]
+            if (edit := next(edits, None)) is not None:
+                execute(app, "UPDATE episodes SET title = %s WHERE number = 4", (f"Edit {edit}",))
+
+    monkeypatch.setattr(SiteBuild, "render", render_then_edit)
+    result = runner.invoke(args=["freeze"])
+    assert result.exit_code == 0, result.output
+    return runner, result
+
+
+def test_cli_builds_again_when_the_data_changes_during_a_build(app, monkeypatch):
+    """systemd's `start` of podcast-freeze, while a freeze runs, joins that run: an edit
+    committed after the build read the data must not wait for the next publish."""
+    runner, result = freeze_while_editing(app, monkeypatch, builds=1)
+    assert result.output.count("Froze ") == 2, result.output
+    assert "The data changed while the build ran: building again" in result.output
+    dest = Path(app.config["FREEZE_DIR"])
+    assert b"Edit 0" in (dest / "episodes" / "rss.xml").read_bytes()
+    assert_matches_live(dest, app)
+    assert "Nothing changed" in runner.invoke(args=["freeze"]).output
+
+
+def test_cli_builds_a_bounded_number_of_times_while_the_data_keeps_changing(app, monkeypatch):
+    _, result = freeze_while_editing(app, monkeypatch, builds=100)
+    assert result.output.count("Froze ") == MAX_BUILDS, result.output
+    assert f"still changing: {MAX_BUILDS} builds ran, the last is live" in result.output
 
 
 def test_scripts_freeze_is_an_executable_bash_script():

@@ -520,15 +520,21 @@ class Outage:
             connection.close()
 
 
-def test_the_database_going_away_during_a_build_is_named(postgres_url, tmp_path, dest):
-    """Not "the app answered 503" for the first page that needed the database: what failed,
-    and what to do."""
+def app_behind_outage(postgres_url: str, tmp_path: Path) -> tuple[Flask, Outage]:
+    """A seeded app whose PostgreSQL connections go through an :class:`Outage` relay."""
     url = urlsplit(postgres_url)
     outage = Outage(url.hostname or "127.0.0.1", url.port or 5432)
     relayed = url._replace(netloc=url.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{outage.port}")
     app = make_app(urlunsplit(relayed), tmp_path)
     with get_database(app).session() as session:
         seed(session, SMALL_SEED)
+    return app, outage
+
+
+def test_the_database_going_away_during_a_build_is_named(postgres_url, tmp_path, dest):
+    """Not "the app answered 503" for the first page that needed the database: what failed,
+    and what to do."""
+    app, outage = app_behind_outage(postgres_url, tmp_path)
     with pytest.raises(FreezeError) as failure, SiteBuild(app, dest) as build:
         outage.down()
         for page in build.pending:
@@ -540,6 +546,27 @@ def test_the_database_going_away_during_a_build_is_named(postgres_url, tmp_path,
     assert "the app answered" not in message
     assert "the live build is unchanged: freeze again once the database answers" in message
     assert not dest.exists() and not dest.is_symlink()
+    get_database(app).close()
+
+
+def test_the_database_going_away_after_a_build_leaves_it_live(
+    postgres_url, tmp_path, dest, monkeypatch
+):
+    """The check for data changed during the build (freeze_command) cannot reach the database:
+    the build is live, so the command succeeds (systemd then reloads nginx) and says so."""
+    app, outage = app_behind_outage(postgres_url, tmp_path)
+    commit = SiteBuild.commit
+
+    def commit_then_outage(build: SiteBuild):
+        report = commit(build)
+        outage.down()
+        return report
+
+    monkeypatch.setattr(SiteBuild, "commit", commit_then_outage)
+    result = freeze_cli(app, dest)
+    assert result.exit_code == 0, result.output
+    assert "The build is live; whether the data changed during it is unknown" in result.output
+    assert dest.is_symlink() and (dest / "index.html").is_file()
     get_database(app).close()
 
 

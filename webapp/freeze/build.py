@@ -101,6 +101,8 @@ class BuildReport:
     bytes: int
     compressed_bytes: int
     seconds: float
+    #: The version of the data the build shows (``site_state.version`` when it read it).
+    site_version: int
 
     @property
     def pages_per_second(self) -> float:
@@ -541,6 +543,7 @@ class SiteBuild:
             compressed_bytes=self._episode_bytes[1]
             + sum(records[path].size for page in others for path in page.files[1:]),
             seconds=time.perf_counter() - self._started,
+            site_version=self._data.state.version,
         )
 
     def _manifest(self, report: BuildReport) -> dict[str, object]:
@@ -553,7 +556,7 @@ class SiteBuild:
             "bytes": report.bytes,
             "compressed_bytes": report.compressed_bytes,
             "seconds": round(report.seconds, 3),
-            "site_version": self._data.state.version,
+            "site_version": report.site_version,
         }
 
 

@@ -6,16 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from .build import SiteBuild
+from ..db import DatabaseUnavailable, get_session, queries
+from .build import BuildReport, SiteBuild
 from .output import NGINX_INCLUDES, FreezeError
 from .pull import pull_build
 from .site import Page
 
 #: After a freeze or a pull that changed what nginx reads only when it starts or reloads.
 NGINX_MUST_RELOAD = "nginx must reload: its redirect maps changed"
+
+#: Builds one `freeze` makes at most while the data keeps changing under them.
+MAX_BUILDS = 3
 
 #: Up to this many changed files are listed after the summary; manifest.json has them all.
 LISTED_CHANGES = 20
@@ -39,6 +43,26 @@ def freeze_command(dest: Path | None) -> None:
     in one atomic rename, and manifest.json in it lists what changed.
     """
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    # A publish while a build runs may come after the build read the data, and systemd's
+    # `start` of a unit already running joins that run rather than queue another: so the
+    # build that runs is made again until it shows the data as it is.
+    for _ in range(MAX_BUILDS):
+        report = _build(app, dest)
+        try:
+            if queries.site_state(get_session()).version == report.site_version:
+                return
+        except DatabaseUnavailable as error:  # the build is live all the same: not a failure
+            click.echo(f"The build is live; whether the data changed during it is unknown: {error}")
+            return
+        click.echo("The data changed while the build ran: building again")
+    click.echo(
+        f"The data is still changing: {MAX_BUILDS} builds ran, the last is live;"
+        " freeze again once it settles"
+    )
+
+
+def _build(app: Flask, dest: Path | None) -> BuildReport:
+    """One build, its summary printed."""
     try:
         with SiteBuild(app, dest) as build:
             with click.progressbar(build.pending, label="Freezing", item_show_func=_url) as pages:
@@ -57,6 +81,7 @@ def freeze_command(dest: Path | None) -> None:
     if any(name in report.changed for name in NGINX_INCLUDES):
         # nginx reads them only when it starts or reloads (systemd's unit reloads it after).
         click.echo(NGINX_MUST_RELOAD)
+    return report
 
 
 @click.command("pull-build")
