@@ -15,7 +15,7 @@ from datetime import datetime
 from feedgen.feed import FeedGenerator
 
 from webapp.models import Episode
-from webapp.rss import ARTWORK_PATH, FeedChannel, apple_show_notes
+from webapp.rss import ARTWORK_PATH, FeedChannel, feed_show_notes
 
 
 def render_with_feedgen(
@@ -35,12 +35,14 @@ def render_with_feedgen(
     generator.podcast.itunes_image(f"{channel.site_url}{ARTWORK_PATH}")
     generator.podcast.itunes_owner(name=channel.author, email=channel.owner_email)
     generator.podcast.itunes_explicit("no")
-    for episode in reversed(episodes):  # feedgen prepends entries
-        entry = generator.add_entry()
+    # Cleaned as webapp.rss cleans them, with what the last feed cleaned kept.
+    notes = feed_show_notes(episodes)
+    for episode, show_notes in zip(reversed(episodes), reversed(notes), strict=True):
+        entry = generator.add_entry()  # feedgen prepends entries
         entry.guid(episode.guid, permalink=False)
         entry.title(episode.title)
         entry.link(href=channel.site_url + episode.path)
-        entry.description(apple_show_notes(episode.show_notes))
+        entry.description(show_notes)
         entry.enclosure(episode.audio_url, str(episode.audio_bytes), "audio/mpeg")
         entry.published(episode.published_at)
         entry.podcast.itunes_duration(episode.duration_seconds)

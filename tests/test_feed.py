@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import re
+import tracemalloc
 import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
@@ -188,6 +190,34 @@ def test_show_notes_carry_only_apples_tags_whatever_an_editor_wrote(app, client)
     assert '<a href="https://example.com/?a=1&amp;b=2">good</a>' in notes
     assert "<p>Intro</p>" in notes and "<p>paragraph</p>" in notes
     assert not feedparser.parse(body).bozo
+
+
+def test_editing_show_notes_again_and_again_keeps_no_notes_an_edit_replaced(app, client):
+    """A worker lives an hour while editors keep editing: what it keeps to render the next
+    feed must be the current feed's notes, not every version an editor ever saved."""
+    notes = "<p>" + "word " * 10_000 + "</p>"  # 50 KB: notes have no length limit
+
+    def edit_and_fetch(i: int) -> None:
+        with get_database(app).session() as session:
+            session.execute(
+                "UPDATE episodes SET show_notes = %s WHERE number = 3", (f"<p>Edit {i}</p>{notes}",)
+            )
+        response = client.get("/episodes/rss")
+        assert f"Edit {i}".encode() in response.data
+
+    edit_and_fetch(0)  # the feed and what it keeps exist once
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for i in range(1, 41):
+            edit_and_fetch(i)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # Kept, the 40 replaced versions would be 40 x 50 KB twice (as written, and cleaned):
+    # 4 MB. What may stay is one feed (the last) and its notes.
+    assert grown < 1_000_000, grown
 
 
 def test_characters_xml_forbids_in_any_field_leave_the_feed_well_formed(app, client, tmp_path):

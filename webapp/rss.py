@@ -15,7 +15,6 @@ notes in CDATA with Apple's tags only) and the Podcast Namespace 1.0
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -148,10 +147,43 @@ def feed_frame(channel: FeedChannel, updated_at: datetime) -> tuple[str, str]:
 
 
 def feed_items(episodes: Sequence[Episode], channel: FeedChannel) -> list[str]:
-    """One ``<item>`` per episode, in the order given."""
+    """One ``<item>`` per episode, in the order given: the whole feed's (see feed_show_notes)."""
     site = escape(channel.site_url)
     host = _host(channel)
-    return [_item(episode, site, host) for episode in episodes]
+    notes = feed_show_notes(episodes)
+    return [_item(episode, site, host, text) for episode, text in zip(episodes, notes, strict=True)]
+
+
+class _LastFeedNotes:
+    """The show notes of the last feed this process rendered: as written, and cleaned."""
+
+    cleaned: dict[str, str] = {}
+
+
+def feed_show_notes(episodes: Sequence[Episode]) -> list[str]:
+    """Each episode's show notes as :func:`apple_show_notes` cleans them, for one whole feed.
+
+    The feed is rendered whole again after every change of the data, when only the edited
+    episodes' notes differ, so the last feed's notes are kept cleaned and only the others
+    are cleaned here. Then this feed's replace them: a process holds one feed's notes, never
+    a version an edit replaced, however long it lives and however often editors save.
+    ``episodes`` are the whole feed: given fewer, the next feed cleans the rest again.
+    """
+    kept = _LastFeedNotes.cleaned
+    cleaned: dict[str, str] = {}
+    texts = []
+    for episode in episodes:
+        html = episode.show_notes
+        text = cleaned.get(html)
+        if text is None:
+            text = kept.get(html)
+            if text is None:
+                text = apple_show_notes(html)
+            cleaned[html] = text
+        texts.append(text)
+    # One assignment: a thread rendering another feed meanwhile reads either whole dict.
+    _LastFeedNotes.cleaned = cleaned
+    return texts
 
 
 def _host(channel: FeedChannel) -> str:
@@ -165,7 +197,7 @@ def _xml_text(value: str) -> str:
     return escape(value if value.isprintable() else _NOT_XML.sub(" ", value))
 
 
-def _item(episode: Episode, site: str, host: str) -> str:
+def _item(episode: Episode, site: str, host: str, show_notes: str) -> str:
     title = _xml_text(episode.title)
     # An item's people replace the channel's: the host is named again beside the guests.
     people = "".join(
@@ -195,12 +227,11 @@ def _item(episode: Episode, site: str, host: str) -> str:
         f"<itunes:episode>{episode.number}</itunes:episode>\n"
         "<itunes:episodeType>full</itunes:episodeType>\n"
         f"<itunes:explicit>{'true' if episode.explicit else 'false'}</itunes:explicit>\n"
-        f"<description><![CDATA[{apple_show_notes(episode.show_notes)}]]></description>\n"
+        f"<description><![CDATA[{show_notes}]]></description>\n"
         f"{host}\n{people}{transcript}{chapters}</item>\n"
     )
 
 
-@functools.lru_cache(maxsize=4096)
 def apple_show_notes(html: str) -> str:
     """Show notes as Apple Podcasts displays them: p, ol, ul, li and a (href) only.
 
@@ -208,8 +239,6 @@ def apple_show_notes(html: str) -> str:
     comments go. nh3 (the Ammonia sanitizer) parses the HTML as a browser
     would, so what editors wrote, however broken, comes out well-formed; it
     escapes ``>`` in text, so the result cannot close the CDATA section around
-    it. Cached by the notes themselves: a feed rendered again after an edit
-    sanitizes only the edited episode's, not every episode's, and cleans
-    what XML forbids (``_NOT_XML``) once per edit too.
+    it. Not cached: :func:`feed_show_notes` keeps what a feed cleaned for the next.
     """
     return _NOT_XML.sub(" ", _APPLE_CLEANER.clean(_HEADING.sub(r"<\1p", html)))
