@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from datetime import UTC, datetime
 
 import pytest
 
-from webapp.data_cache import DataCache
+from webapp.data_cache import MAX_BYTES, DataCache
 from webapp.db import get_database
 from webapp.models import SiteState
 
@@ -49,26 +51,64 @@ def test_the_least_recently_used_goes_first():
     assert cache.get_or_make(state(1), "b", lambda: "-2") == "-2"
 
 
-def test_what_is_kept_is_bounded_in_characters():
-    cache = DataCache(max_chars=10)
+def test_what_is_kept_is_bounded_in_bytes():
+    cache = DataCache(max_bytes=10, size=len)
     for key in "abcd":
-        cache.get_or_make(state(1), key, lambda: "xxxx")
-    assert cache.chars == 8 and len(cache) == 2  # a and b went, oldest first
-    assert cache.get_or_make(state(1), "c", lambda: "made") == "xxxx"
+        cache.get_or_make(state(1), key, lambda: b"xxxx")
+    assert cache.kept_bytes == 8 and len(cache) == 2  # a and b went, oldest first
+    assert cache.get_or_make(state(1), "c", lambda: b"made") == b"xxxx"
     # Larger than the whole bound: answered, not kept, and nothing else goes for it.
-    assert cache.get_or_make(state(1), "big", lambda: "y" * 11) == "y" * 11
-    assert cache.chars == 8 and len(cache) == 2
+    assert cache.get_or_make(state(1), "big", lambda: b"y" * 11) == b"y" * 11
+    assert cache.kept_bytes == 8 and len(cache) == 2
+
+
+def test_a_value_is_counted_by_the_memory_it_takes():
+    """A str of one astral character is stored at 4 bytes per character: counted as such."""
+    cache = DataCache()
+    cache.get_or_make(state(1), "ascii", lambda: "x" * 1000)
+    ascii_bytes = cache.kept_bytes
+    cache.get_or_make(state(1), "emoji", lambda: "x" * 999 + "\N{SNAKE}")
+    assert cache.kept_bytes - ascii_bytes > 4000 > ascii_bytes > 1000
 
 
 def test_a_client_walking_every_api_page_size_stays_within_the_bound(app, client):
     # The app's cache made beforehand with a small bound, as a large site fills the real one.
     cache = app.extensions["data_cache.api_pages"] = DataCache(
-        max_chars=20_000, size=lambda page: len(page.body)
+        max_bytes=20_000, size=lambda page: len(page.body)
     )
     first = {n: client.get(f"/api/episodes?per_page={n}").data for n in range(1, 101)}
-    assert 0 < cache.chars <= 20_000 and len(cache) < 100
+    assert 0 < cache.kept_bytes <= 20_000 and len(cache) < 100
     # Evicted or kept, every page is still what it was.
     assert all(client.get(f"/api/episodes?per_page={n}").data == first[n] for n in first)
+
+
+def test_search_pages_of_astral_text_hold_no_more_memory_than_the_bound(app, client):
+    """A worker lives an hour and anyone may search: the search pages it keeps must hold at
+    most MAX_BYTES of memory, though a search text with an emoji (in the page) makes CPython
+    store the page's str at 4 bytes per character."""
+    stripes = "stripes " * 250  # long titles, so that every page is large
+    with get_database(app).session() as session:
+        session.execute("UPDATE episodes SET title = 'Zebra ' || number || %s", (stripes,))
+    texts = [f"zebra {chr(0x1F400 + i)}" for i in range(121)]  # distinct emoji, one word
+    first = client.get("/search", query_string={"q": texts[0]})  # fragments rendered, kept
+    assert first.get_data(as_text=True).count("Zebra ") == 30 and texts[0] in first.text
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for text in texts[1:]:
+            assert client.get("/search", query_string={"q": text}).status_code == 200
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # Kept as str, the pages (~70,000 characters each, 4 bytes per character) filled the
+    # bound in characters, four times MAX_BYTES in memory. The keys and the pages' nodes may
+    # stay beside MAX_BYTES.
+    assert grown < MAX_BYTES + 500_000, grown
+    cache = app.extensions["data_cache.search_pages"]
+    assert MAX_BYTES - 100_000 < cache.kept_bytes <= MAX_BYTES
+    # Kept or not, a page is the same.
+    assert client.get("/search", query_string={"q": texts[0]}).data == first.data
 
 
 def test_a_kept_api_page_answers_until_the_data_changes(app, client):

@@ -17,10 +17,11 @@ path does) is not seen, as by the feed and the freezer.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from flask import current_app
 
@@ -28,11 +29,59 @@ from .models import SiteState
 
 #: A cache holds at most this many answers; the least recently used go first.
 MAX_ENTRIES = 1024
-#: ... and at most this many characters of them: a client that walks every
-#: (page, per_page) or searches many texts bounds a worker's memory, not its own.
-MAX_CHARS = 4_000_000
+#: ... and at most this many bytes of them: a client that walks every (page, per_page) or
+#: searches many texts bounds a worker's memory, not its own. Bytes, not characters:
+#: CPython stores a str of one emoji at 4 bytes per character.
+MAX_BYTES = 4_000_000
 
+Key = TypeVar("Key", bound=Hashable)
 Value = TypeVar("Value")
+
+
+class SizedLru(Generic[Key, Value]):
+    """Values by key, bounded in entries and in bytes; the least recently used go first.
+
+    Not locked: its owner holds a lock around each call.
+
+    :param max_entries: at most this many values are kept.
+    :param max_bytes: at most this many bytes of values, as the caller of :meth:`put`
+        counts them; a value larger than that is not kept.
+    """
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        #: The bytes of the values kept, as :meth:`put` was told them.
+        self.kept_bytes = 0
+        self._values: OrderedDict[Key, tuple[Value, int]] = OrderedDict()
+
+    def get(self, key: Key) -> Value | None:
+        """The value kept for ``key`` (now the most recently used), or None (so a value of
+        None is as good as not kept)."""
+        found = self._values.get(key)
+        if found is None:
+            return None
+        self._values.move_to_end(key)
+        return found[0]
+
+    def put(self, key: Key, value: Value, size: int) -> None:
+        """Keep ``value`` (``size`` bytes) for ``key``, the least recently used going for it."""
+        if size > self.max_bytes:
+            return  # it would push out everything else, and still not fit
+        replaced = self._values.pop(key, None)
+        if replaced is not None:
+            self.kept_bytes -= replaced[1]
+        self._values[key] = (value, size)
+        self.kept_bytes += size
+        while len(self._values) > self.max_entries or self.kept_bytes > self.max_bytes:
+            self.kept_bytes -= self._values.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        self._values.clear()
+        self.kept_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 class DataCache:
@@ -42,25 +91,29 @@ class DataCache:
 
     :param max_entries: at most this many values are kept; the least recently
         used goes first.
-    :param max_chars: at most this many characters of values (as ``size``
-        counts them) are kept, the least recently used going first; a value
-        larger than that is answered and not kept.
-    :param size: a value's size in characters (``len`` by default).
+    :param max_bytes: at most this many bytes of values (as ``size`` counts
+        them) are kept, the least recently used going first; a value larger
+        than that is answered and not kept. The keys are not counted: bounded
+        by ``max_entries``, they are small beside the values (a search text).
+    :param size: a value's size in bytes: ``sys.getsizeof`` by default, what a
+        ``str`` or ``bytes`` value takes in memory.
     """
 
     def __init__(
         self,
         max_entries: int = MAX_ENTRIES,
-        max_chars: int = MAX_CHARS,
-        size: Callable[[Any], int] = len,
+        max_bytes: int = MAX_BYTES,
+        size: Callable[[Any], int] = sys.getsizeof,
     ) -> None:
-        self.max_entries = max_entries
-        self.max_chars = max_chars
         self.size = size
-        self.chars = 0
         self._state: tuple[int, object] | None = None
-        self._values: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._values: SizedLru[Hashable, Any] = SizedLru(max_entries, max_bytes)
         self._lock = threading.Lock()
+
+    @property
+    def kept_bytes(self) -> int:
+        """The bytes of the values kept, as ``size`` counts them."""
+        return self._values.kept_bytes
 
     def get_or_make(self, state: SiteState, key: Hashable, make: Callable[[], Value]) -> Value:
         """The value of ``key`` for the data in ``state``: kept, or made by ``make()`` and kept.
@@ -69,25 +122,17 @@ class DataCache:
         """
         data = (state.version, state.changed_at)
         with self._lock:
-            if self._state == data and key in self._values:
-                self._values.move_to_end(key)
-                return self._values[key][0]
+            if self._state == data:
+                found = self._values.get(key)
+                if found is not None:
+                    return found
         value = make()
         size = self.size(value)
-        if size > self.max_chars:
-            return value
         with self._lock:
             if self._state != data:
                 self._state = data
                 self._values.clear()
-                self.chars = 0
-            replaced = self._values.pop(key, None)
-            if replaced is not None:
-                self.chars -= replaced[1]
-            self._values[key] = (value, size)
-            self.chars += size
-            while len(self._values) > self.max_entries or self.chars > self.max_chars:
-                self.chars -= self._values.popitem(last=False)[1][1]
+            self._values.put(key, value, size)
         return value
 
     def __len__(self) -> int:

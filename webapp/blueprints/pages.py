@@ -76,12 +76,12 @@ def render_episode(episode: Episode) -> str:
     return render_template("episode.html", episode=episode)
 
 
-#: Search pages kept per process (data_cache), besides its bound in characters.
+#: Search pages kept per process (data_cache), besides its bound in bytes.
 SEARCH_PAGES_KEPT = 256
 
 
 @blueprint.get("/search")
-def search() -> str:
+def search() -> str | bytes:
     query = (single_arg("q") or "").strip()
     if len(query) > MAX_QUERY_LENGTH:
         abort(400, description=f"Search text is limited to {MAX_QUERY_LENGTH} characters.")
@@ -91,8 +91,12 @@ def search() -> str:
     # served to everyone: the search page (base.html included) must depend only on the
     # config, the text and the data, never on the request's cookies or headers (a test
     # checks it). Something per visitor (a CSRF token, a name) would need a cache without it.
+    # Kept as UTF-8, what the response sends: a str holding one emoji (the search text is
+    # in the page) takes 4 bytes per character, its UTF-8 about 1, and a hit is not encoded.
     cache = data_cache("search_pages", max_entries=SEARCH_PAGES_KEPT)
-    return cache.get_or_make(queries.site_state(get_session()), query, lambda: search_page(query))
+    return cache.get_or_make(
+        queries.site_state(get_session()), query, lambda: search_page(query).encode()
+    )
 
 
 def search_page(query: str) -> str:
