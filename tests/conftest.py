@@ -8,12 +8,14 @@ missing service skips those tests with the reason, or fails them when
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -39,6 +41,19 @@ def run_flask(
         text=True,
         timeout=60,
     )
+
+
+def traced_growth(run: Callable[[], object]) -> int:
+    """The bytes of memory that ``run()`` leaves allocated (tracemalloc, garbage collected):
+    what a long-lived worker keeps of the requests ``run`` makes."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        run()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
 
 
 #: Episodes in the seed most tests use: enough for several API pages.

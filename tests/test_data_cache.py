@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gc
-import tracemalloc
 from datetime import UTC, datetime
 
 import pytest
 
+from tests.conftest import traced_growth
 from webapp.data_cache import MAX_BYTES, DataCache
 from webapp.db import get_database
 from webapp.models import SiteState
@@ -92,15 +91,12 @@ def test_search_pages_of_astral_text_hold_no_more_memory_than_the_bound(app, cli
     texts = [f"zebra {chr(0x1F400 + i)}" for i in range(121)]  # distinct emoji, one word
     first = client.get("/search", query_string={"q": texts[0]})  # fragments rendered, kept
     assert first.get_data(as_text=True).count("Zebra ") == 30 and texts[0] in first.text
-    gc.collect()
-    tracemalloc.start()
-    try:
+
+    def search_each() -> None:
         for text in texts[1:]:
             assert client.get("/search", query_string={"q": text}).status_code == 200
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
+
+    grown = traced_growth(search_each)
     # Kept as str, the pages (~70,000 characters each, 4 bytes per character) filled the
     # bound in characters, four times MAX_BYTES in memory. The keys and the pages' nodes may
     # stay beside MAX_BYTES.

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import gzip
 import io
 import re
-import tracemalloc
 import uuid
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
@@ -18,7 +16,7 @@ import pytest
 from werkzeug.http import http_date, parse_date
 
 import webapp.blueprints.feed as feed_module
-from tests.conftest import make_app
+from tests.conftest import make_app, traced_growth
 from webapp.blueprints.feed import FeedCache, RenderedFeed
 from webapp.db import get_database, get_session, queries
 from webapp.db.seed import seed
@@ -206,15 +204,7 @@ def test_editing_show_notes_again_and_again_keeps_no_notes_an_edit_replaced(app,
         assert f"Edit {i}".encode() in response.data
 
     edit_and_fetch(0)  # the feed and what it keeps exist once
-    gc.collect()
-    tracemalloc.start()
-    try:
-        for i in range(1, 41):
-            edit_and_fetch(i)
-        gc.collect()
-        grown = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
+    grown = traced_growth(lambda: [edit_and_fetch(i) for i in range(1, 41)])
     # Kept, the 40 replaced versions would be 40 x 50 KB twice (as written, and cleaned):
     # 4 MB. What may stay is one feed (the last) and its notes.
     assert grown < 1_000_000, grown

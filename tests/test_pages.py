@@ -5,12 +5,15 @@ from __future__ import annotations
 import html
 import json
 import re
+import uuid
 from html.parser import HTMLParser
 
 import pytest
 
+from tests.conftest import traced_growth
 from webapp.db import get_database, queries
 from webapp.db.seed import generate_episode
+from webapp.show_notes import SHOW_NOTES_KEPT_BYTES
 
 
 class TagBalance(HTMLParser):
@@ -98,6 +101,27 @@ def test_show_notes_never_carry_script_to_the_page_or_the_api(app, client):
         assert '<p>Intro <b>bold</b></p><img src="x">' in text, where
         assert '<a href="https://example.com/">good</a>' in text, where
     assert_valid_html(printed["page"].encode())
+
+
+def test_editing_show_notes_again_and_again_keeps_their_cleaned_versions_bounded(app, client):
+    """A worker lives an hour while editors keep saving: the versions of the notes an edit
+    replaced, kept as written and as cleaned, must hold no more than the bound in bytes."""
+    notes = "<p>" + "word " * 10_000 + "</p>"  # 50 KB: notes have no length limit
+    run = uuid.uuid4().hex  # the cache is the process's: no version another test saved
+    slug = generate_episode(3)["slug"]
+
+    def edit_and_fetch(i: int) -> None:
+        with get_database(app).session() as session:
+            session.execute(
+                "UPDATE episodes SET show_notes = %s WHERE number = 3",
+                (f"<p>Edit {i} {run}</p>{notes}",),
+            )
+        assert f"<p>Edit {i} {run}</p>".encode() in client.get(f"/episodes/3/{slug}").data
+
+    edit_and_fetch(0)
+    grown = traced_growth(lambda: [edit_and_fetch(i) for i in range(1, 101)])
+    # Kept by count alone, the 100 versions were 100 x 50 KB twice: 10 MB.
+    assert grown < SHOW_NOTES_KEPT_BYTES + 500_000, grown
 
 
 #: What HTML forbids in a document (controls but whitespace, noncharacters), as an editor's
