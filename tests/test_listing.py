@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 from flask import Flask, url_for
@@ -134,14 +135,25 @@ def test_nothing_is_kept_while_templates_reload(app):
     assert calls == [1, 1]
 
 
-def test_a_fragment_cache_past_its_characters_starts_over():
-    cache = FragmentCache(max_chars=10)
+def test_a_fragment_cache_past_its_bytes_starts_over():
+    empty = sys.getsizeof("")  # what a str takes besides its characters
+    cache = FragmentCache(max_bytes=10 + 2 * empty)
     cache.put(1, 10, "12345")
-    cache.put(1, 11, "123456")  # replaces: 6 characters kept, not 11
+    cache.put(1, 11, "123456")  # replaces: 6 bytes kept, not 11
     cache.put(2, 20, "1234")
     assert len(cache) == 2
     cache.put(3, 30, "1")
     assert len(cache) == 1 and cache.get(3, 30) == "1" and cache.get(1, 11) is None
+
+
+def test_a_fragment_of_astral_text_counts_the_memory_it_takes():
+    """One emoji in a title makes CPython store the fragment at 4 bytes per character."""
+    cache = FragmentCache(max_bytes=20_000)
+    for number in range(1, 6):  # 5,000 characters, 20,000 bytes and more
+        cache.put(number, 1, "x" * 999 + "\N{SNAKE}")
+    kept = [number for number in range(1, 6) if cache.get(number, 1) is not None]
+    assert sum(sys.getsizeof(cache.get(number, 1)) for number in kept) <= 20_000
+    assert kept == [5]
 
 
 def test_a_full_fragment_cache_starts_over():

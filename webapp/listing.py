@@ -34,6 +34,7 @@ by dispatching its URL through the app.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -47,7 +48,10 @@ from .data_cache import per_app
 #: The block of a listing's template where the fragments go.
 ITEMS_BLOCK = "items"
 #: A fragment cache holds at most this many episodes; past it, it starts over
-#: (so a worker's memory stays bounded whatever the catalogue's size).
+#: (so a worker's memory stays bounded whatever the catalogue's size). Not bounded in
+#: bytes by default: it holds one fragment per episode (an edit replaces it), so at most
+#: what the catalogue's view composes on each request; a bound below that would make the
+#: catalogue start it over, and render every episode, at every request.
 MAX_CACHED_FRAGMENTS = 20_000
 
 
@@ -123,7 +127,7 @@ class Fragments:
     :param cached: keep each rendered fragment for the episode's revision.
         Off for fragments whose page is cached whole (the feed), which would
         otherwise be held twice. Never on while templates auto-reload.
-    :param max_chars: bounds the characters kept (see FragmentCache), for
+    :param max_bytes: bounds the bytes kept (see FragmentCache), for
         fragments as large as an episode's whole text.
     """
 
@@ -133,12 +137,12 @@ class Fragments:
         render: Callable[[Sequence[Any]], list[str]],
         *,
         cached: bool = True,
-        max_chars: int | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.name = name
         self.render = render
         self.cached = cached
-        self.max_chars = max_chars
+        self.max_bytes = max_bytes
 
     def for_entries(self, entries: Sequence[Entry], load: Loader) -> list[str]:
         """The fragments of ``entries``, in order: those kept, and the rest loaded and rendered.
@@ -170,7 +174,7 @@ class Fragments:
     def _cache(self) -> FragmentCache | None:
         if not self.cached or current_app.jinja_env.auto_reload:
             return None
-        return per_app(f"fragments.{self.name}", lambda: FragmentCache(max_chars=self.max_chars))
+        return per_app(f"fragments.{self.name}", lambda: FragmentCache(max_bytes=self.max_bytes))
 
 
 class FragmentCache:
@@ -180,16 +184,18 @@ class FragmentCache:
     threads: a lost race renders a fragment twice, never a wrong one.
 
     :param max_entries: past this many episodes, the cache starts over.
-    :param max_chars: past this many characters in all, too (None: no bound).
+    :param max_bytes: past this many bytes in all, too (None: no bound), each fragment
+        counted as it is stored (``sys.getsizeof``: a str holding an emoji takes 4 bytes
+        per character).
     """
 
     def __init__(
-        self, max_entries: int = MAX_CACHED_FRAGMENTS, max_chars: int | None = None
+        self, max_entries: int = MAX_CACHED_FRAGMENTS, max_bytes: int | None = None
     ) -> None:
         self.max_entries = max_entries
-        self.max_chars = max_chars
+        self.max_bytes = max_bytes
         self._entries: dict[int, tuple[int, str]] = {}
-        self._chars = 0
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def get(self, number: int, revision: int | None) -> str | None:
@@ -211,15 +217,14 @@ class FragmentCache:
         with self._lock:
             replaced = self._entries.get(number)
             if replaced is not None:
-                self._chars -= len(replaced[1])
+                self._bytes -= sys.getsizeof(replaced[1])
+            size = sys.getsizeof(fragment)
             full = len(self._entries) >= self.max_entries and replaced is None
-            if full or (
-                self.max_chars is not None and self._chars + len(fragment) > self.max_chars
-            ):
+            if full or (self.max_bytes is not None and self._bytes + size > self.max_bytes):
                 self._entries.clear()
-                self._chars = 0
+                self._bytes = 0
             self._entries[number] = (revision, fragment)
-            self._chars += len(fragment)
+            self._bytes += size
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -162,8 +162,8 @@ def _serialise_episodes(episodes: Sequence[Episode]) -> list[str]:
 
 #: Each episode's own answer as JSON, kept per episode revision. It holds the
 #: episode's whole text (show notes, transcript), so what is kept is bounded
-#: in characters too.
-EPISODES = Fragments("api_episodes", _serialise_episodes, max_chars=4_000_000)
+#: in bytes too.
+EPISODES = Fragments("api_episodes", _serialise_episodes, max_bytes=4_000_000)
 
 
 @blueprint.get(f"/episodes/<int(max={MAX_EPISODE_NUMBER}):number>")
