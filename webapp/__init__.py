@@ -53,7 +53,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(podcast.blueprint)
     app.register_blueprint(api.blueprint, url_prefix="/api")
     # What nginx decides before any location: the app answers alike where it answers alone.
-    app.wsgi_app = SameAsNginx(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = SameAsNginx(app.wsgi_app, READABLE_ANYWHERE)  # type: ignore[method-assign]
     # Last, so the profiler wraps everything the app does, from the first byte.
     install_profiler(app)
     return app

@@ -4,14 +4,15 @@ request (deploy/nginx/):
 
 * a path holding a run of slashes is a 308 to the path with each run made one
   (``$slashes_redirect`` in nginx.conf): one URL per page, and a Location that is always a
-  path of this site;
+  path of this site; other origins may read it where they may read the path it names
+  (CORS: a script follows a redirect only if it may), as nginx's headers.conf allows;
 * a Range naming more than one range is ignored (``max_ranges 1``): the whole answer, where
   Werkzeug refused it with a 416.
 
 A WSGI middleware rather than Flask ``before_request`` hooks: on every request it costs two
 lookups in the environ, where two hooks cost a few microseconds (docs/tuning.md).
 
-    app.wsgi_app = SameAsNginx(app.wsgi_app)
+    app.wsgi_app = SameAsNginx(app.wsgi_app, readable_anywhere=r"/api/")
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+from .cors import EXPOSED_HEADERS
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -37,15 +40,21 @@ class SameAsNginx:
     """Answers a path with "//" as nginx does, and drops a Range of more than one range.
 
     :param app: the WSGI application to call for every other request.
+    :param readable_anywhere: the paths other origins may read (as ``cors.init_app`` takes
+        them, matched from the start): the redirect to one of them is readable too. The
+        redirect answers before the app, whose ``after_request`` hooks never see it.
     """
 
-    def __init__(self, app: WSGIApplication) -> None:
+    def __init__(
+        self, app: WSGIApplication, readable_anywhere: str | re.Pattern[str] | None = None
+    ) -> None:
         self.app = app
+        self.readable = None if readable_anywhere is None else re.compile(readable_anywhere)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # PATH_INFO itself: Werkzeug's request.path has its leading slashes cut to one.
         if "//" in environ.get("PATH_INFO", ""):
-            return _redirect_runs_of_slashes(environ, start_response)
+            return _redirect_runs_of_slashes(environ, start_response, self.readable)
         ranges = environ.get("HTTP_RANGE")
         if ranges is not None and "," in ranges and _MANY_RANGES.match(ranges):
             # One range is Werkzeug's to answer, and so is a malformed header (a 416, as nginx
@@ -56,19 +65,26 @@ class SameAsNginx:
 
 
 def _redirect_runs_of_slashes(
-    environ: WSGIEnvironment, start_response: StartResponse
+    environ: WSGIEnvironment, start_response: StartResponse, readable: re.Pattern[str] | None
 ) -> Iterable[bytes]:
     """A 308 to the path with each run of slashes made one, its query string as sent.
     Werkzeug's own redirect (merge_slashes) came only where a route matched the merged path,
     and named the host the client sent."""
     # WSGI hands the path over as bytes decoded as latin-1 (PEP 3333), %-escapes decoded: each
     # byte is escaped anew, a "\" too (browsers read "/\" as "//", naming a host).
-    merged = _SLASHES.sub("/", environ.get("SCRIPT_NAME", "") + environ["PATH_INFO"])
+    path = _SLASHES.sub("/", environ["PATH_INFO"])
+    merged = _SLASHES.sub("/", environ.get("SCRIPT_NAME", "") + path)
     location = quote(merged.encode("latin-1"), safe=_PATH_CHARACTERS)
     query = environ.get("QUERY_STRING", "")
     headers = [
         ("Location", location + (f"?{query}" if query else "")),
         ("Content-Length", "0"),
     ]
+    # The merged path, as nginx matches $uri for its CORS headers and cors.py request.path.
+    if readable is not None and readable.match(path):
+        headers += [
+            ("Access-Control-Allow-Origin", "*"),
+            ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+        ]
     start_response("308 Permanent Redirect", headers)
     return []

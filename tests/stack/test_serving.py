@@ -855,6 +855,9 @@ def test_a_path_with_duplicate_slashes_is_redirected_to_its_one_url(
     assert (expected.status_code, expected.headers["Location"]) == (308, location), target
     # No lifetime of the page's added to it ($frozen_cache_control): the app sends none either.
     assert headers.get("Cache-Control") == expected.headers.get("Cache-Control") is None, target
+    # Readable by other origins where the page it names is (nginx's CORS headers, the app's).
+    for name in ("Access-Control-Allow-Origin", "Access-Control-Expose-Headers"):
+        assert headers.get(name) == expected.headers.get(name), (target, name)
     # The page it names is the one nginx served at the duplicate URL, by nginx and by the app.
     status, _, body = get(site_stack.settings.url + location)
     assert status == app_get(site, location).status_code, target
