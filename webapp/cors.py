@@ -34,10 +34,17 @@ ALLOWED_METHODS = "GET, HEAD, OPTIONS"
 PREFLIGHT_MAX_AGE = 7200
 
 
+#: The headers that make an answer readable by scripts on any origin.
+ANY_ORIGIN_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
+)
+
+
 def allow_any_origin(response: R) -> R:
     """``response``, readable by scripts on any origin."""
-    response.headers["Access-Control-Allow-Origin"] = "*"
-    response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    for name, value in ANY_ORIGIN_HEADERS:
+        response.headers[name] = value
     return response
 
 

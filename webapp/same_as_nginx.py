@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from .cors import EXPOSED_HEADERS
+from .cors import ANY_ORIGIN_HEADERS
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -82,9 +82,6 @@ def _redirect_runs_of_slashes(
     ]
     # The merged path, as nginx matches $uri for its CORS headers and cors.py request.path.
     if readable is not None and readable.match(path):
-        headers += [
-            ("Access-Control-Allow-Origin", "*"),
-            ("Access-Control-Expose-Headers", EXPOSED_HEADERS),
-        ]
+        headers += ANY_ORIGIN_HEADERS
     start_response("308 Permanent Redirect", headers)
     return []

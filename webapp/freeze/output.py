@@ -187,19 +187,20 @@ class TreeDigest(NamedTuple):
         for directory, folders, names in os.walk(tree):
             for name in folders:
                 if os.path.islink(os.path.join(directory, name)):
-                    raise FreezeError(_not_a_file(tree, directory, name))
+                    raise FreezeError(_not_a_file(tree, os.path.join(directory, name)))
             for name in names:
-                path = os.path.normpath(os.path.relpath(os.path.join(directory, name), tree))
-                stat = os.lstat(os.path.join(directory, name))
+                full = os.path.join(directory, name)
+                stat = os.lstat(full)
                 if not S_ISREG(stat.st_mode):
-                    raise FreezeError(_not_a_file(tree, directory, name))
+                    raise FreezeError(_not_a_file(tree, full))
+                path = os.path.normpath(os.path.relpath(full, tree))
                 if path not in (STATE_FILE, MANIFEST_FILE):
                     digest = digest.plus(path, stat.st_size, stat.st_mtime_ns)
         return digest
 
 
-def _not_a_file(tree: Path, directory: str, name: str) -> str:
-    path = os.path.normpath(os.path.relpath(os.path.join(directory, name), tree))
+def _not_a_file(tree: Path, full: str) -> str:
+    path = os.path.normpath(os.path.relpath(full, tree))
     return f"{path} in {tree} is a symlink or a special file: a build holds only files and folders"
 
 
@@ -628,10 +629,7 @@ class BuildTrees:
 def _build_holding(path: Path) -> Path | None:
     """The destination (``<dest>``) whose build tree ``path`` is, or resolves to; None if none."""
     tree = Path(os.path.realpath(path))
-    if tree.name not in TREE_NAMES or not tree.parent.name.endswith(TREES_SUFFIX):
-        return None
-    destination = tree.parent.with_name(tree.parent.name.removesuffix(TREES_SUFFIX))
-    return destination if destination.is_symlink() else None
+    return _destination_of(tree.parent) if tree.name in TREE_NAMES else None
 
 
 def _build_enclosing(path: Path) -> Path | None:
@@ -640,11 +638,17 @@ def _build_enclosing(path: Path) -> Path | None:
     symlink: only its parent is resolved."""
     parent = Path(os.path.realpath(path.parent))
     for folder in (parent, *parent.parents):
-        if folder.name.endswith(TREES_SUFFIX):
-            destination = folder.with_name(folder.name.removesuffix(TREES_SUFFIX))
-            if destination.is_symlink():
-                return destination
+        if (destination := _destination_of(folder)) is not None:
+            return destination
     return None
+
+
+def _destination_of(folder: Path) -> Path | None:
+    """The build's symlink (``<dest>``) whose trees folder is ``folder``; None if it is none."""
+    if not folder.name.endswith(TREES_SUFFIX):
+        return None
+    destination = folder.with_name(folder.name.removesuffix(TREES_SUFFIX))
+    return destination if destination.is_symlink() else None
 
 
 def _read_state(tree: Path) -> dict[str, Any] | None:
